@@ -1,0 +1,28 @@
+"""Typed exceptions, in the h11 style.
+
+A :class:`LocalProtocolError` means *you* (the application or driver) misused the API: fed an
+event of the wrong type, let time run backwards, or kept using a closed machine.  A
+:class:`RemoteProtocolError` means the *peer* sent something that cannot be understood (bad
+JSON, a wrong shape).  Adapters raise the remote kind at their parsing boundary so a bridge can
+log the offending frame, count it, and keep the call alive.
+"""
+
+from __future__ import annotations
+
+
+class ProtocolError(Exception):
+    """Base class: never raised directly, so ``except ProtocolError`` catches both directions."""
+
+    def __init__(self, message: str) -> None:
+        if type(self) is ProtocolError:
+            raise TypeError("raise LocalProtocolError or RemoteProtocolError, not ProtocolError")
+        super().__init__(message)
+        self.message = message
+
+
+class LocalProtocolError(ProtocolError):
+    """The caller of this library broke a rule of the API."""
+
+
+class RemoteProtocolError(ProtocolError):
+    """A peer (OpenAI Realtime server, Twilio) sent input that violates its protocol."""
