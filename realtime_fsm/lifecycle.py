@@ -511,10 +511,10 @@ class ResponseLifecycle:
             or not self._watchdog_eligible()
         ):
             return False
-        if self._now - first < self._cfg.no_audio_timeout:
+        if self._now < first + self._cfg.no_audio_timeout:
             return False
         last = self.watchdog_last_fire
-        return last is None or self._now - last >= self._cfg.watchdog_cooldown
+        return last is None or self._now >= last + self._cfg.watchdog_cooldown
 
     def watchdog_in_cooldown(self) -> bool:
         first = self._first_transcript_at
@@ -523,11 +523,11 @@ class ResponseLifecycle:
             and not self.audio_deltas
             and not self._watchdog_skipped
             and self._watchdog_eligible()
-            and self._now - first >= self._cfg.no_audio_timeout
+            and self._now >= first + self._cfg.no_audio_timeout
         )
 
     def stalled(self) -> bool:
-        return self._now - self._last_activity >= self._cfg.stall_timeout
+        return self._now >= self._last_activity + self._cfg.stall_timeout
 
     def create_timed_out(self) -> bool:
         return self._state_deadline is not None and self._now >= self._state_deadline
