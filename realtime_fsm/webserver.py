@@ -181,9 +181,15 @@ class WebSocket:
             return
         if self._writer.is_closing():
             raise WebSocketClosed(self.close_code, self.close_reason or "")
+        eof = False
         for chunk in chunks:
             if chunk:
                 self._writer.write(chunk)
+            else:
+                eof = True  # the protocol is done writing: the peer waits for TCP to close
+        if eof:
+            self._writer.close()
+            return
         try:
             await self._writer.drain()
         except (ConnectionError, OSError) as exc:
