@@ -1,0 +1,610 @@
+"""Twilio Media Streams adapter: inbound messages parsed, outbound messages built, playback tracked.
+
+Sans-IO: a driver reads a text frame from Twilio's WebSocket and calls :func:`parse_message`;
+it writes what :func:`media_message`, :func:`mark_message` and :func:`clear_message` return.
+
+Parsing is tolerant of what real sessions show and strict about shape.  Tolerant: stream sids
+are opaque (``MZ...`` or a UUID), ``sequenceNumber``/``chunk``/``timestamp`` may be strings or
+numbers, ``connected.version`` is any string, unknown fields are ignored and unknown ``event``
+values come back as :class:`UnknownMessage`.  Strict: bad JSON, a non-object, a missing
+``event``, or a message whose required parts are missing or of the wrong type raise
+:class:`~realtime_fsm.errors.RemoteProtocolError`, so the driver can log and drop that one
+message and keep the call.
+
+:class:`PlaybackTracker` answers the question the lifecycle's truncate depends on: how much of
+each assistant audio item has the caller *heard*?  Twilio echoes a mark when the audio before it
+finished playing, but also when a ``clear`` flushed it, with nothing in the echo to tell the two
+apart.  So every mark name carries a playback generation, bumped on each ``clear``: an echo from
+an older generation is audio that was thrown away, never audio that was played.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable, Mapping
+from types import MappingProxyType
+from typing import Any, Final
+
+import attrs
+
+from . import events as ev
+from ._wire import bad_field, load_json_object
+from .errors import LocalProtocolError, RemoteProtocolError
+
+log = logging.getLogger("realtime_fsm.twilio_media")
+
+#: Default cap on one inbound message.  A 20 ms media message is about 300 bytes; ``start``
+#: with custom parameters (each under 500 characters) is the largest thing Twilio sends.
+DEFAULT_MAX_MESSAGE_SIZE: Final = 64 * 1024
+#: G.711 at 8 kHz: one byte per sample, so 8 bytes per millisecond (160 bytes = 20 ms).
+MULAW_BYTES_PER_MS: Final = 8
+#: The only audio format a mu-law passthrough bridge can accept.
+MULAW_ENCODING: Final = "audio/x-mulaw"
+
+
+# ----------------------------------------------------------------------------- inbound messages
+
+
+def _frozen_params(value: Mapping[str, str]) -> Mapping[str, str]:
+    return MappingProxyType(dict(value))
+
+
+@attrs.frozen
+class Connected:
+    """The first message.  Its version has varied (``0.2.0`` in 2019, ``1.0.0`` documented), so
+    it is kept as text and never checked."""
+
+    protocol: str | None = None
+    version: str | None = None
+
+
+@attrs.frozen
+class MediaFormat:
+    """``start.mediaFormat``: Twilio documents ``audio/x-mulaw``, 8000 Hz, mono; compatible
+    providers may differ, which a passthrough bridge must refuse rather than play as noise."""
+
+    encoding: str
+    sample_rate: int
+    channels: int = 1
+
+    @property
+    def is_mulaw_8k_mono(self) -> bool:
+        """True when payloads can go to an ``audio/pcmu`` session untouched."""
+        return (
+            self.encoding.lower() == MULAW_ENCODING
+            and self.sample_rate == 8000
+            and self.channels == 1
+        )
+
+
+@attrs.frozen
+class Start:
+    """``start``: the stream's identity and parameters.
+
+    ``stream_sid`` is opaque and goes on every outbound message.  ``custom_parameters`` are the
+    ``<Parameter>`` pairs of the TwiML, the only way to pass per-call data (the stream URL can
+    carry no query string)."""
+
+    stream_sid: str
+    call_sid: str | None = None
+    account_sid: str | None = None
+    tracks: tuple[str, ...] = ()
+    custom_parameters: Mapping[str, str] = attrs.field(factory=dict, converter=_frozen_params)
+    media_format: MediaFormat | None = None
+    sequence_number: int | None = None
+
+
+@attrs.frozen
+class Media:
+    """``media``: caller audio.  ``payload`` is Twilio's base64 string, untouched, to be passed
+    to ``input_audio_buffer.append`` without decoding.  ``chunk`` (not ``sequence_number``, which
+    also counts marks and DTMF) is what shows gaps; ``timestamp`` is ms since stream start."""
+
+    payload: str
+    track: str | None = None
+    chunk: int | None = None
+    timestamp: int | None = None
+    stream_sid: str | None = None
+    sequence_number: int | None = None
+
+
+@attrs.frozen
+class Dtmf:
+    """``dtmf``: a key the caller pressed (bidirectional streams only)."""
+
+    digit: str
+    track: str | None = None
+    stream_sid: str | None = None
+    sequence_number: int | None = None
+
+
+@attrs.frozen
+class Mark:
+    """``mark``: an echo of a mark we sent, meaning "played" *or* "cleared"; feed its name to
+    :meth:`PlaybackTracker.mark_received`, which knows which."""
+
+    name: str
+    stream_sid: str | None = None
+    sequence_number: int | None = None
+
+
+@attrs.frozen
+class Stop:
+    """``stop``: the stream ended (call hung up, or the stream was stopped)."""
+
+    account_sid: str | None = None
+    call_sid: str | None = None
+    stream_sid: str | None = None
+    sequence_number: int | None = None
+
+
+@attrs.frozen
+class UnknownMessage:
+    """A well-formed message with an ``event`` this adapter does not know: ignore it."""
+
+    event: str
+
+
+TwilioMessage = Connected | Start | Media | Dtmf | Mark | Stop | UnknownMessage
+
+
+# ------------------------------------------------------------------------------ field helpers
+
+
+def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise bad_field(where, key, "a string", obj)
+
+
+def _req_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if type(value) is not str:
+        raise bad_field(where, key, "a string", obj)
+    return value
+
+
+def _req_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if type(value) is not dict:
+        raise bad_field(where, key, "an object", obj)
+    return value
+
+
+def _opt_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = obj.get(key)
+    if value is None or type(value) is dict:
+        return value
+    raise bad_field(where, key, "an object", obj)
+
+
+def _number(obj: Mapping[str, Any], key: str, where: str) -> int | None:
+    """A non-negative integer sent as a string (Twilio) or a number (compatible providers)."""
+    value = obj.get(key)
+    if value is None:
+        return None
+    kind = type(value)
+    if kind is str:
+        if value.isascii() and value.isdigit():
+            try:
+                return int(value)
+            except ValueError:  # more digits than int() accepts
+                pass
+    elif kind is int:
+        if value >= 0:
+            return int(value)
+    elif kind is float and value.is_integer() and value >= 0:
+        return int(value)
+    raise bad_field(where, key, "a non-negative integer or a string of digits", obj)
+
+
+def _scalar_text(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    """Text that some senders write as a number (a version, a DTMF digit, a parameter)."""
+    value = obj.get(key)
+    if value is None or type(value) is str:
+        return value
+    if type(value) is bool:
+        return "true" if value else "false"
+    if type(value) in (int, float):
+        return str(value)
+    raise bad_field(where, key, "a string", obj)
+
+
+def _stream_sid(data: Mapping[str, Any], where: str) -> str | None:
+    sid = _opt_str(data, "streamSid", where)
+    return sid or None
+
+
+# ----------------------------------------------------------------------------------- parsing
+
+
+def _connected(data: dict[str, Any]) -> Connected:
+    return Connected(
+        protocol=_scalar_text(data, "protocol", "connected"),
+        version=_scalar_text(data, "version", "connected"),
+    )
+
+
+def _start(data: dict[str, Any]) -> Start:
+    start = _req_obj(data, "start", "start")
+    where = "start.start"
+    top_sid = _stream_sid(data, "start")
+    sid = _opt_str(start, "streamSid", where) or top_sid
+    if not sid:
+        raise RemoteProtocolError("start: no streamSid (neither start.streamSid nor streamSid)")
+    if top_sid is not None and top_sid != sid:
+        raise RemoteProtocolError(f"start: streamSid {top_sid!r} != start.streamSid {sid!r}")
+    tracks = start.get("tracks")
+    if tracks is None:
+        tracks = []
+    elif type(tracks) is not list or not all(type(t) is str for t in tracks):
+        raise bad_field(where, "tracks", "an array of strings", start)
+    params_raw = _opt_obj(start, "customParameters", where) or {}
+    params: dict[str, str] = {}
+    for name in params_raw:
+        value = _scalar_text(params_raw, name, f"{where}.customParameters")
+        if value is not None:
+            params[name] = value
+    fmt_raw = _opt_obj(start, "mediaFormat", where)
+    media_format = None
+    if fmt_raw is not None:
+        fmt_where = f"{where}.mediaFormat"
+        rate = _number(fmt_raw, "sampleRate", fmt_where)
+        if rate is None:
+            raise bad_field(fmt_where, "sampleRate", "a non-negative integer", fmt_raw)
+        channels = _number(fmt_raw, "channels", fmt_where)
+        media_format = MediaFormat(
+            encoding=_req_str(fmt_raw, "encoding", fmt_where),
+            sample_rate=rate,
+            channels=1 if channels is None else channels,
+        )
+    return Start(
+        stream_sid=sid,
+        call_sid=_opt_str(start, "callSid", where),
+        account_sid=_opt_str(start, "accountSid", where),
+        tracks=tuple(tracks),
+        custom_parameters=params,
+        media_format=media_format,
+        sequence_number=_number(data, "sequenceNumber", "start"),
+    )
+
+
+def _media(data: dict[str, Any]) -> Media:
+    media = data.get("media")
+    if type(media) is not dict:
+        raise bad_field("media", "media", "an object", data)
+    payload = media.get("payload")
+    if type(payload) is not str:
+        raise bad_field("media.media", "payload", "a base64 string", media)
+    return Media(
+        payload=payload,
+        track=_opt_str(media, "track", "media.media"),
+        chunk=_number(media, "chunk", "media.media"),
+        timestamp=_number(media, "timestamp", "media.media"),
+        stream_sid=_stream_sid(data, "media"),
+        sequence_number=_number(data, "sequenceNumber", "media"),
+    )
+
+
+def _dtmf(data: dict[str, Any]) -> Dtmf:
+    dtmf = _req_obj(data, "dtmf", "dtmf")
+    digit = _scalar_text(dtmf, "digit", "dtmf.dtmf")
+    if not digit:
+        raise bad_field("dtmf.dtmf", "digit", "a non-empty string", dtmf)
+    return Dtmf(
+        digit=digit,
+        track=_opt_str(dtmf, "track", "dtmf.dtmf"),
+        stream_sid=_stream_sid(data, "dtmf"),
+        sequence_number=_number(data, "sequenceNumber", "dtmf"),
+    )
+
+
+def _mark(data: dict[str, Any]) -> Mark:
+    mark = _req_obj(data, "mark", "mark")
+    return Mark(
+        name=_req_str(mark, "name", "mark.mark"),
+        stream_sid=_stream_sid(data, "mark"),
+        sequence_number=_number(data, "sequenceNumber", "mark"),
+    )
+
+
+def _stop(data: dict[str, Any]) -> Stop:
+    stop = _opt_obj(data, "stop", "stop") or {}
+    return Stop(
+        account_sid=_opt_str(stop, "accountSid", "stop.stop"),
+        call_sid=_opt_str(stop, "callSid", "stop.stop"),
+        stream_sid=_stream_sid(data, "stop"),
+        sequence_number=_number(data, "sequenceNumber", "stop"),
+    )
+
+
+_PARSERS: dict[str, Callable[[dict[str, Any]], TwilioMessage]] = {
+    "connected": _connected,
+    "start": _start,
+    "media": _media,
+    "dtmf": _dtmf,
+    "mark": _mark,
+    "stop": _stop,
+}
+#: Every inbound ``event`` value this adapter parses.
+INBOUND_EVENTS: Final = frozenset(_PARSERS)
+
+
+def parse_message(
+    frame: str | bytes | bytearray, *, max_message_size: int = DEFAULT_MAX_MESSAGE_SIZE
+) -> TwilioMessage:
+    """Turn one inbound Media Streams text frame into a typed message.
+
+    Raises :class:`RemoteProtocolError` for bad JSON, a non-object, an oversized frame, a missing
+    ``event``, or a known message with a missing or wrongly typed required part.  An unknown
+    ``event`` is :class:`UnknownMessage`, not an error."""
+    data = load_json_object(frame, max_message_size, "Twilio")
+    event = data.get("event")
+    if type(event) is not str:
+        raise bad_field("Twilio message", "event", "a string", data)
+    parser = _PARSERS.get(event)
+    if parser is None:
+        return UnknownMessage(event)
+    return parser(data)
+
+
+# ---------------------------------------------------------------------------- outbound messages
+
+
+def _check_sid(stream_sid: str) -> None:
+    if type(stream_sid) is not str or not stream_sid:
+        raise LocalProtocolError(
+            f"outbound Twilio message needs the stream's streamSid, got {stream_sid!r};"
+            " nothing may be sent before 'start'"
+        )
+
+
+def _dumps(message: dict[str, Any]) -> str:
+    return json.dumps(message, separators=(",", ":"))
+
+
+def media_message(stream_sid: str, payload: str) -> str:
+    """``media`` with a base64 mu-law payload passed through as is (no track, chunk or
+    timestamp: Twilio's schema has none outbound, and extra fields are a 31951 error)."""
+    _check_sid(stream_sid)
+    return _dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
+
+
+def mark_message(stream_sid: str, name: str) -> str:
+    """``mark``; Twilio echoes it when the audio sent before it has played (or was cleared)."""
+    _check_sid(stream_sid)
+    if type(name) is not str or not name:
+        raise LocalProtocolError(f"mark name must be a non-empty string, got {name!r}")
+    return _dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
+
+
+def clear_message(stream_sid: str) -> str:
+    """``clear``: drop all audio buffered at Twilio; pending marks come back at once."""
+    _check_sid(stream_sid)
+    return _dumps({"event": "clear", "streamSid": stream_sid})
+
+
+# ---------------------------------------------------------------------------- playback tracker
+
+
+@attrs.frozen
+class MarkName:
+    """A mark name this tracker minted, decoded: ``g{generation}:{seq}:{end_ms}:{item_id}``.
+
+    The item id goes last so an id containing ``:`` still round-trips."""
+
+    generation: int
+    seq: int
+    end_ms: int
+    item_id: str
+
+    def __str__(self) -> str:
+        return f"g{self.generation}:{self.seq}:{self.end_ms}:{self.item_id}"
+
+    @classmethod
+    def parse(cls, name: str) -> MarkName | None:
+        """The decoded name, or ``None`` for a name this tracker did not mint."""
+        parts = name.split(":", 3)
+        if len(parts) != 4:
+            return None
+        gen, seq, end_ms, item_id = parts
+        if not (gen[:1] == "g" and _digits(gen[1:]) and _digits(seq) and _digits(end_ms)):
+            return None
+        if not item_id:
+            return None
+        return cls(int(gen[1:]), int(seq), int(end_ms), item_id)
+
+
+def _digits(text: str) -> bool:
+    return 0 < len(text) <= 18 and text.isascii() and text.isdigit()
+
+
+#: Per-item byte and ms counters kept for this many most recent items.
+_ITEMS_MAX: Final = 64
+
+
+class PlaybackTracker:
+    """How much of each assistant audio item the caller has heard, from Twilio mark echoes.
+
+    After each ``media`` message, send a ``mark`` named by :meth:`audio_sent`; feed every echoed
+    mark name to :meth:`mark_received`, which returns the ``PlaybackProgress`` to give the
+    lifecycle (``ResponseLifecycle.playback_progress(item_id, played_ms)``); call :meth:`clear`
+    when a Twilio ``clear`` is sent.  ``played_ms`` is absolute per item and rounded *up* to the
+    ms, so a fully played item reads as fully heard; the lifecycle clamps the truncate point to
+    the audio it received, so rounding up can never truncate past the end.
+
+    Marks that were pending at a ``clear`` come back from an older generation and count as
+    ``marks_cleared``, never as played.  One echo that was already on its way when the ``clear``
+    went out is misclassified the same way, under-counting by at most one chunk: the safe side.
+    """
+
+    __slots__ = (
+        "_bytes_per_ms",
+        "_call_id",
+        "_generation",
+        "_max_pending",
+        "_pending",
+        "_played",
+        "_sent",
+        "_seq",
+        "stats",
+    )
+
+    def __init__(
+        self,
+        *,
+        bytes_per_ms: int = MULAW_BYTES_PER_MS,
+        max_pending: int = 10_000,
+        call_id: str = "-",
+    ) -> None:
+        if type(bytes_per_ms) is not int or bytes_per_ms <= 0:
+            raise ValueError(f"bytes_per_ms must be a positive int, got {bytes_per_ms!r}")
+        if type(max_pending) is not int or max_pending <= 0:
+            raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        self._bytes_per_ms = bytes_per_ms
+        self._max_pending = max_pending
+        self._call_id = call_id
+        self._generation = 0
+        self._seq = 0
+        #: Mark name -> (item_id, end_ms), oldest first; only the current generation.
+        self._pending: dict[str, tuple[str, int]] = {}
+        #: item_id -> bytes sent / ms confirmed played, current generation.
+        self._sent: dict[str, int] = {}
+        self._played: dict[str, int] = {}
+        #: Counters a bridge can export: marks played, cleared, foreign, ...
+        self.stats: dict[str, int] = {}
+
+    @property
+    def generation(self) -> int:
+        return self._generation
+
+    @property
+    def pending_marks(self) -> int:
+        """Marks sent in this generation whose echo has not come back yet."""
+        return len(self._pending)
+
+    @property
+    def playing(self) -> bool:
+        """True while Twilio may still hold unplayed audio we sent (a mark is outstanding)."""
+        return bool(self._pending)
+
+    def sent_ms(self, item_id: str) -> int:
+        """Audio of this item sent to Twilio in this generation, in whole ms (rounded up)."""
+        return -(-self._sent.get(item_id, 0) // self._bytes_per_ms)
+
+    def played_ms(self, item_id: str) -> int:
+        """Audio of this item confirmed played in this generation, in ms."""
+        return self._played.get(item_id, 0)
+
+    def audio_sent(self, item_id: str, byte_count: int) -> str:
+        """Record ``byte_count`` bytes of ``item_id`` sent to Twilio; return the name of the mark
+        to send right after that ``media`` message."""
+        if type(item_id) is not str or not item_id:
+            raise LocalProtocolError(f"item_id must be a non-empty string, got {item_id!r}")
+        if type(byte_count) is not int or byte_count < 0:
+            raise LocalProtocolError(f"byte_count must be a non-negative int, got {byte_count!r}")
+        sent = self._sent
+        total = sent.get(item_id)
+        if total is None:
+            if len(sent) >= _ITEMS_MAX:
+                oldest = next(iter(sent))
+                del sent[oldest]
+                self._played.pop(oldest, None)
+            total = 0
+        total += byte_count
+        sent[item_id] = total
+        end_ms = -(-total // self._bytes_per_ms)
+        self._seq += 1
+        name = f"g{self._generation}:{self._seq}:{end_ms}:{item_id}"
+        pending = self._pending
+        if len(pending) >= self._max_pending:
+            del pending[next(iter(pending))]
+            self._count("marks_evicted")
+        pending[name] = (item_id, end_ms)
+        return name
+
+    def mark_received(self, name: str) -> tuple[ev.PlaybackProgress, ...]:
+        """Account for one echoed mark; return the playback progress it proves (often one
+        entry, empty for a cleared, duplicate or foreign mark).
+
+        Twilio plays in order, so an echo also proves every earlier pending mark played; their
+        items are reported too, should an echo ever go missing."""
+        pending = self._pending
+        if name not in pending:
+            self._classify_stray(name)
+            return ()
+        progress: list[ev.PlaybackProgress] = []
+        played = self._played
+        while True:
+            key, (item_id, end_ms) = next(iter(pending.items()))
+            del pending[key]
+            if end_ms > played.get(item_id, 0):
+                played[item_id] = end_ms
+                if progress and progress[-1].item_id == item_id:
+                    progress.pop()
+                progress.append(ev.PlaybackProgress(item_id=item_id, played_ms=end_ms))
+            if key == name:
+                break
+            self._count("marks_implied")
+        self._count("marks_played")
+        return tuple(progress)
+
+    def clear(self) -> None:
+        """A Twilio ``clear`` was sent: start a new generation; what was pending was dropped."""
+        dropped = len(self._pending)
+        self._generation += 1
+        self._pending.clear()
+        self._sent.clear()
+        self._played.clear()
+        if dropped:
+            self.stats["marks_dropped_by_clear"] = (
+                self.stats.get("marks_dropped_by_clear", 0) + dropped
+            )
+        log.debug(
+            "call=%s playback cleared: generation=%d, %d pending mark(s) dropped",
+            self._call_id,
+            self._generation,
+            dropped,
+        )
+
+    def _classify_stray(self, name: str) -> None:
+        decoded = MarkName.parse(name)
+        if decoded is None:
+            self._count("marks_foreign")
+        elif decoded.generation < self._generation:
+            self._count("marks_cleared")
+        else:
+            self._count("marks_unknown")
+            log.debug(
+                "call=%s mark %r is not pending (duplicate or never sent); ignored",
+                self._call_id,
+                name,
+            )
+
+    def _count(self, key: str) -> None:
+        self.stats[key] = self.stats.get(key, 0) + 1
+
+
+__all__ = [
+    "DEFAULT_MAX_MESSAGE_SIZE",
+    "INBOUND_EVENTS",
+    "MULAW_BYTES_PER_MS",
+    "MULAW_ENCODING",
+    "Connected",
+    "Dtmf",
+    "Mark",
+    "MarkName",
+    "Media",
+    "MediaFormat",
+    "PlaybackTracker",
+    "Start",
+    "Stop",
+    "TwilioMessage",
+    "UnknownMessage",
+    "clear_message",
+    "mark_message",
+    "media_message",
+    "parse_message",
+]
