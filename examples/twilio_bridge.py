@@ -1,0 +1,111 @@
+"""Bridge a real Twilio number to the OpenAI Realtime API, with realtime-fsm in the middle.
+
+    export OPENAI_API_KEY=sk-...
+    python examples/twilio_bridge.py --host 0.0.0.0 --port 8080 \\
+        --public-url https://example.ngrok.app --greeting "Greet the caller briefly."
+
+Point the Twilio number's voice webhook (GET or POST) at ``https://<public host>/incoming-call``.
+Set ``TWILIO_AUTH_TOKEN`` to refuse media streams without a valid ``X-Twilio-Signature``
+(needs ``pip install 'realtime-fsm[twilio]'``).  ``--realtime-url`` (or ``OPENAI_REALTIME_URL``)
+points the bridge at any compatible server, such as the simulator in ``realtime_fsm.testing``.
+Any client that speaks the Media Streams protocol can connect to ``/media-stream``: no Twilio
+account is needed to try it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+
+from realtime_fsm.bridge import BridgeConfig
+from realtime_fsm.config import LifecycleConfig
+from realtime_fsm.openai_realtime import Dialect, SessionConfig
+from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8080)
+    p.add_argument("--public-url", required=True, help="https://your-public-host (for TwiML)")
+    p.add_argument(
+        "--realtime-url",
+        default=os.environ.get("OPENAI_REALTIME_URL", DEFAULT_REALTIME_URL),
+        help="Realtime WebSocket URL (env OPENAI_REALTIME_URL)",
+    )
+    p.add_argument("--dialect", choices=["ga", "beta"], default="ga")
+    p.add_argument("--voice", default=None)
+    p.add_argument("--instructions", default=None)
+    p.add_argument(
+        "--turn-detection", choices=["server_vad", "semantic_vad", "none"], default="server_vad"
+    )
+    p.add_argument("--create-response", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--interrupt-response", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--greeting", default=None, help="instructions for a first response")
+    p.add_argument("--no-audio-timeout", type=float, default=3.0)
+    p.add_argument("--watchdog-cooldown", type=float, default=12.0)
+    p.add_argument(
+        "--accept-text-messages",
+        action="store_true",
+        help='accept {"event":"text","text":...} from the media socket (simulators only)',
+    )
+    p.add_argument("--log-level", default="INFO")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> ServerConfig:
+    turn = None if args.turn_detection == "none" else args.turn_detection
+    session = SessionConfig(
+        instructions=args.instructions,
+        voice=args.voice,
+        turn_detection=turn,
+        create_response=args.create_response,
+        interrupt_response=args.interrupt_response,
+    )
+    bridge = BridgeConfig(
+        session=session,
+        dialect=Dialect(args.dialect),
+        lifecycle=LifecycleConfig(
+            no_audio_timeout=args.no_audio_timeout, watchdog_cooldown=args.watchdog_cooldown
+        ),
+        greeting=args.greeting,
+        accept_text_messages=args.accept_text_messages,
+    )
+    return ServerConfig(
+        public_url=args.public_url,
+        realtime_url=args.realtime_url,
+        api_key=os.environ.get("OPENAI_API_KEY", ""),
+        twilio_auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
+        bridge=bridge,
+    )
+
+
+async def serve_forever(config: ServerConfig, host: str, port: int) -> None:
+    server = await start_server(config, host, port)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
+    )
+    config = build_config(args)
+    if not config.api_key and config.realtime_url.startswith("wss://api.openai.com"):
+        logging.getLogger("realtime_fsm").warning("OPENAI_API_KEY is not set")
+    asyncio.run(serve_forever(config, args.host, args.port))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,168 @@
+"""The Twilio bridge server: ``/incoming-call`` (TwiML) and ``/media-stream`` on one port.
+
+``examples/twilio_bridge.py`` is the command line around :func:`start_server`; the demo and the
+end-to-end tests start the very same server, pointed at the simulator instead of OpenAI.
+
+Security: when a Twilio auth token is configured, the WebSocket upgrade's
+``X-Twilio-Signature`` is checked against the *configured* public ``wss://`` URL (never one
+rebuilt from proxied request headers) with the ``twilio`` package's ``RequestValidator``, and a
+bad or missing signature is refused with HTTP 403 before any audio flows.  The API key and the
+token are never logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Protocol
+from urllib.parse import urlsplit, urlunsplit
+from xml.sax.saxutils import quoteattr
+
+import attrs
+from websockets.asyncio.client import connect
+
+from .bridge import BridgeConfig, CallBridge, CallReport
+from .openai_realtime import Dialect
+from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
+
+log = logging.getLogger("realtime_fsm.server")
+
+DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
+
+
+class SignatureValidator(Protocol):
+    def validate(self, uri: str, params: dict[str, str], signature: str) -> bool: ...
+
+
+@attrs.frozen
+class ServerConfig:
+    """Where to listen is given to :func:`start_server`; this is what to do with a call."""
+
+    #: The public base URL Twilio reaches this server at (``https://example.ngrok.app``).
+    public_url: str
+    realtime_url: str = DEFAULT_REALTIME_URL
+    api_key: str = attrs.field(default="", repr=False)
+    twilio_auth_token: str | None = attrs.field(default=None, repr=False)
+    bridge: BridgeConfig = attrs.field(factory=BridgeConfig)
+
+    @property
+    def stream_url(self) -> str:
+        """The ``wss://`` URL put in the TwiML ``<Stream>`` (and that Twilio signs)."""
+        parts = urlsplit(self.public_url)
+        scheme = {"https": "wss", "http": "ws"}.get(parts.scheme, parts.scheme)
+        path = parts.path.rstrip("/") + "/media-stream"
+        return urlunsplit((scheme, parts.netloc, path, "", ""))
+
+
+def twiml(stream_url: str) -> bytes:
+    return (
+        '<?xml version="1.0" encoding="UTF-8"?>\n'
+        f"<Response><Connect><Stream url={quoteattr(stream_url)} /></Connect></Response>\n"
+    ).encode()
+
+
+def _validator(token: str) -> SignatureValidator:
+    try:
+        from twilio.request_validator import RequestValidator
+    except ImportError as exc:  # fail closed: a token without a validator is a config error
+        raise RuntimeError(
+            "TWILIO_AUTH_TOKEN is set but the 'twilio' package is missing:"
+            " pip install 'realtime-fsm[twilio]'"
+        ) from exc
+    validator: SignatureValidator = RequestValidator(token)
+    return validator
+
+
+def signature_gate(config: ServerConfig) -> WebSocketGate | None:
+    """The upgrade check for ``/media-stream``, or ``None`` when no token is configured."""
+    token = config.twilio_auth_token
+    if not token:
+        return None
+    validator = _validator(token)
+    expected_url = config.stream_url
+
+    async def gate(request: HttpRequest) -> HttpResponse | None:
+        signature = request.headers.get("x-twilio-signature", "")
+        if "?" in request.target:
+            reason = "query string on the stream URL"
+        elif not signature:
+            reason = "missing X-Twilio-Signature"
+        elif not validator.validate(expected_url, {}, signature):
+            reason = "invalid X-Twilio-Signature"
+        else:
+            return None
+        log.warning("refusing media stream from %s: %s", request.client, reason)
+        return HttpResponse(403, f"forbidden: {reason}\n".encode())
+
+    return gate
+
+
+async def _incoming_call(config: ServerConfig, request: HttpRequest) -> HttpResponse:
+    if request.method not in ("GET", "POST"):
+        return HttpResponse(405, b"method not allowed\n")
+    call = request.form().get("CallSid") or request.query.get("CallSid") or "-"
+    log.info("call=%s incoming call; streaming to %s", call, config.stream_url)
+    return HttpResponse(200, twiml(config.stream_url), "text/xml; charset=utf-8")
+
+
+async def _media_stream(
+    config: ServerConfig,
+    twilio_ws: WebSocket,
+    reports: list[CallReport] | None,
+) -> None:
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    if config.bridge.dialect is Dialect.BETA:
+        headers["OpenAI-Beta"] = "realtime=v1"
+    try:
+        openai_ws = await connect(
+            config.realtime_url,
+            additional_headers=headers,
+            max_size=config.bridge.max_openai_frame,
+            open_timeout=10,
+            compression=None,
+        )
+    except (OSError, asyncio.TimeoutError, Exception) as exc:
+        # Never echo the exception text blindly: some clients put the URL (and so tokens in a
+        # query string) into it.  The type and the host are enough to act on.
+        log.error(
+            "cannot reach the realtime server at %s: %s",
+            urlsplit(config.realtime_url).netloc,
+            type(exc).__name__,
+        )
+        await twilio_ws.close(1011, "realtime server unreachable")
+        return
+    bridge = CallBridge(twilio_ws, openai_ws, config.bridge)
+    report = await bridge.run()
+    if reports is not None:
+        reports.append(report)
+
+
+async def start_server(
+    config: ServerConfig,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    *,
+    reports: list[CallReport] | None = None,
+) -> asyncio.Server:
+    """Start the bridge server; every finished call's report is appended to ``reports``."""
+
+    async def incoming(request: HttpRequest) -> HttpResponse:
+        return await _incoming_call(config, request)
+
+    async def media(ws: WebSocket) -> None:
+        await _media_stream(config, ws, reports)
+
+    routes = Routes(
+        http={"/incoming-call": incoming},
+        websocket={"/media-stream": media},
+        gate=signature_gate(config),
+        max_message_bytes=config.bridge.max_twilio_message,
+    )
+    server = await serve(routes, host, port)
+    log.info(
+        "listening on %s:%d; TwiML at /incoming-call streams to %s",
+        host,
+        server.sockets[0].getsockname()[1],
+        config.stream_url,
+    )
+    return server
