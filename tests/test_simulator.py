@@ -1,0 +1,1245 @@
+"""The simulator itself, over real websockets on 127.0.0.1.
+
+The fake OpenAI server is driven by a raw websocket client playing the app's side; the fake
+Twilio caller talks to a tiny scripted websocket server playing the bridge's side.  Every event
+the fake server sends is also validated against OpenAI's own pydantic types (GA or beta), so the
+simulator cannot drift from the real protocol's shapes unnoticed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
+from contextlib import asynccontextmanager
+from typing import Any
+
+import pytest
+from pydantic import TypeAdapter
+from websockets.asyncio.client import ClientConnection, connect
+from websockets.asyncio.server import ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from realtime_fsm.testing import (
+    LIFECYCLE_EVENT_TYPES,
+    FakeCallerConfig,
+    FakeRealtimeConfig,
+    FakeRealtimeServer,
+    FakeTwilioCaller,
+    HangUp,
+    ReplyContext,
+    ResponseFaults,
+    ScriptedError,
+    ScriptedReply,
+    Speak,
+    TagScanner,
+    TypeText,
+    find_audio_tags,
+    make_audio_tag,
+    mulaw_decode,
+    rms_level,
+    silence,
+    tone,
+    twilio_signature,
+)
+
+try:  # the shape check needs the SDK (a test extra), nothing else does
+    from openai.types.beta.realtime import RealtimeServerEvent as BetaServerEvent
+    from openai.types.realtime import RealtimeServerEvent as GaServerEvent
+
+    _GA: TypeAdapter[Any] | None = TypeAdapter(GaServerEvent)
+    _BETA: TypeAdapter[Any] | None = TypeAdapter(BetaServerEvent)
+except ImportError:  # pragma: no cover
+    _GA = _BETA = None
+
+JSON = dict[str, Any]
+FAST = FakeRealtimeConfig(realtime_factor=40, first_delta_delay_s=0.005, seed=7)
+GA_SESSION: JSON = {
+    "type": "realtime",
+    "audio": {
+        "input": {"format": {"type": "audio/pcmu"}, "turn_detection": None},
+        "output": {"format": {"type": "audio/pcmu"}, "voice": "alloy"},
+    },
+}
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 15.0) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode("ascii")
+
+
+def assert_valid_shapes(server: FakeRealtimeServer) -> None:
+    if _GA is None or _BETA is None:  # pragma: no cover
+        return
+    for sent in server.sent:
+        adapter = _BETA if server.connections[sent.connection].api == "beta" else _GA
+        adapter.validate_python(sent.event)
+
+
+class App:
+    """The app side of the Realtime protocol, in raw JSON."""
+
+    def __init__(self, ws: ClientConnection) -> None:
+        self.ws = ws
+        self.events: list[JSON] = []
+        self._n = 0
+
+    async def send(self, event_type: str, **fields: Any) -> str:
+        self._n += 1
+        event_id = fields.pop("event_id", f"evt_{self._n}")
+        await self.ws.send(json.dumps({"type": event_type, "event_id": event_id, **fields}))
+        return str(event_id)
+
+    async def recv(self, timeout: float = 3.0) -> JSON:
+        event: JSON = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
+        self.events.append(event)
+        return event
+
+    async def until(
+        self, event_type: str, pred: Callable[[JSON], bool] | None = None, timeout: float = 3.0
+    ) -> JSON:
+        deadline = time.monotonic() + timeout
+        while True:
+            event = await self.recv(max(0.01, deadline - time.monotonic()))
+            if event["type"] == event_type and (pred is None or pred(event)):
+                return event
+
+    async def drain(self, seconds: float = 0.1) -> list[JSON]:
+        """Everything that arrives within ``seconds``."""
+        got: list[JSON] = []
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0:
+            try:
+                got.append(await self.recv(left))
+            except asyncio.TimeoutError:
+                break
+        return got
+
+    def of(self, event_type: str) -> list[JSON]:
+        return [e for e in self.events if e["type"] == event_type]
+
+
+@asynccontextmanager
+async def realtime(
+    config: FakeRealtimeConfig = FAST,
+    *,
+    replies: Any = None,
+    session: JSON | None = GA_SESSION,
+    beta: bool = False,
+) -> AsyncIterator[tuple[FakeRealtimeServer, App]]:
+    """A started fake server and one connected, configured app client."""
+    async with FakeRealtimeServer(config, replies=replies) as server:
+        headers = {"Authorization": "Bearer test"}
+        if beta:
+            headers["OpenAI-Beta"] = "realtime=v1"
+        async with connect(server.url + "?model=gpt-realtime", additional_headers=headers) as ws:
+            app = App(ws)
+            assert (await app.recv())["type"] == "session.created"
+            if session is not None:
+                await app.send("session.update", session=session)
+                await app.until("session.updated")
+            yield server, app
+        assert_valid_shapes(server)
+
+
+# --- session --------------------------------------------------------------------------------
+
+
+def test_session_created_and_updated_with_effective_ga_config() -> None:
+    async def scenario() -> None:
+        async with realtime(session=None) as (server, app):
+            created = app.events[0]
+            assert created["session"]["type"] == "realtime"
+            assert created["session"]["audio"]["input"]["turn_detection"]["create_response"]
+            session = {
+                "type": "realtime",
+                "instructions": "Be brief.",
+                "audio": {
+                    "input": {
+                        "format": {"type": "audio/pcmu"},
+                        "turn_detection": {"type": "server_vad", "create_response": False},
+                        "transcription": {"model": "whisper-1"},
+                    },
+                    "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"},
+                },
+            }
+            await app.send("session.update", session=session)
+            effective = (await app.until("session.updated"))["session"]
+            assert effective["instructions"] == "Be brief."
+            assert effective["audio"]["input"]["format"] == {"type": "audio/pcmu"}
+            assert effective["audio"]["output"]["voice"] == "marin"
+            vad = effective["audio"]["input"]["turn_detection"]
+            assert vad["create_response"] is False and vad["interrupt_response"] is True
+            assert vad["silence_duration_ms"] == 500  # defaults filled in, like the server
+            assert effective["audio"]["input"]["transcription"] == {"model": "whisper-1"}
+
+            eid = await app.send("session.update", session={"instructions": "x"})
+            err = (await app.until("error"))["error"]
+            assert err["code"] == "missing_required_parameter" and err["event_id"] == eid
+            assert err["param"] == "session.type"
+            await app.send("session.update", session={"type": "realtime", "voice": "alloy"})
+            err = (await app.until("error"))["error"]
+            assert err["code"] == "unknown_parameter" and err["param"] == "session.voice"
+            assert server.error_counts == {"missing_required_parameter": 1, "unknown_parameter": 1}
+            assert [e.event["type"] for e in server.received] == ["session.update"] * 3
+            assert server.connections[0].headers["Authorization"] == "Bearer test"
+            assert server.connections[0].session["model"] == "gpt-realtime"
+
+    run(scenario())
+
+
+def test_beta_on_request_flat_session_and_beta_names() -> None:
+    async def scenario() -> None:
+        beta_session = {
+            "input_audio_format": "g711_ulaw",
+            "output_audio_format": "g711_ulaw",
+            "turn_detection": None,
+            "modalities": ["text", "audio"],
+        }
+        async with realtime(session=beta_session, beta=True, replies=["Hello there"]) as (
+            server,
+            app,
+        ):
+            assert server.connections[0].api == "beta"
+            updated = app.of("session.updated")[0]["session"]
+            assert updated["output_audio_format"] == "g711_ulaw"
+            assert updated["turn_detection"] is None
+            await app.send("conversation.item.create", item=_user_text("hi"))
+            await app.until("conversation.item.created")
+            await app.send("response.create")
+            await app.until("response.done")
+            types = {e["type"] for e in app.events}
+            assert {"response.audio.delta", "response.audio_transcript.delta"} <= types
+            assert {"response.audio.done", "response.audio_transcript.done"} <= types
+            assert not any(t.startswith("response.output_") and "item" not in t for t in types)
+            assert "conversation.item.added" not in types
+            assert "conversation.item.done" not in types
+            created = app.of("response.created")[0]["response"]
+            assert created["output_audio_format"] == "g711_ulaw"
+            await app.send("session.update", session={"type": "realtime"})
+            assert (await app.until("error"))["error"]["code"] == "unknown_parameter"
+
+    run(scenario())
+
+
+def test_ga_by_default_even_with_beta_keys_in_response_create() -> None:
+    async def scenario() -> None:
+        async with realtime() as (server, app):
+            assert server.connections[0].api == "ga"
+            await app.send("response.create", response={"modalities": ["text"]})
+            err = (await app.until("error"))["error"]
+            assert err["code"] == "unknown_parameter" and err["param"] == "response.modalities"
+            assert not server.responses
+
+    run(scenario())
+
+
+# --- responses ------------------------------------------------------------------------------
+
+
+def _user_text(text: str) -> JSON:
+    return {"type": "message", "role": "user", "content": [{"type": "input_text", "text": text}]}
+
+
+def test_create_streams_a_full_response_in_the_real_order() -> None:
+    text = "Hello! How can I help you today?"
+
+    async def scenario() -> None:
+        async with realtime(replies=[text]) as (server, app):
+            eid = await app.send("response.create", response={"metadata": {"client_event_id": "x"}})
+            done = await app.until("response.done")
+            types = [e["type"] for e in app.events[2:]]
+            first = [t for i, t in enumerate(types) if t not in types[:i]]
+            assert first == [
+                "response.created",
+                "rate_limits.updated",
+                "response.output_item.added",
+                "conversation.item.added",
+                "response.content_part.added",
+                "response.output_audio_transcript.delta",
+                "response.output_audio.delta",
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done",
+            ]
+            created = app.of("response.created")[0]["response"]
+            assert created["status"] == "in_progress"
+            assert created["metadata"] == {"client_event_id": "x"}
+            assert created["conversation_id"].startswith("conv_")
+            assert created["id"].startswith("resp_") and len(created["id"]) == 26
+            deltas = [base64.b64decode(e["delta"]) for e in app.of("response.output_audio.delta")]
+            assert all(len(d) == 160 for d in deltas)  # 20 ms of mu-law each
+            assert all(rms_level(mulaw_decode(d)) > 0.1 for d in deltas)  # not silence
+            assert len(deltas) * 20 == len(text) * FAST.ms_per_char
+            transcript = "".join(
+                e["delta"] for e in app.of("response.output_audio_transcript.delta")
+            )
+            assert transcript == text
+            assert done["response"]["status"] == "completed"
+            assert done["response"]["status_details"] is None
+            assert done["response"]["output"][0]["content"][0] == {
+                "type": "output_audio",
+                "transcript": text,
+            }
+            assert server.url.startswith("ws://127.0.0.1:") and server.port > 0
+            record = server.responses[0]
+            assert record.client_event_id == eid and record.origin == "client"
+            assert record.first_audio_at is not None and record.last_audio_at is not None
+            assert record.created_at <= record.first_audio_at <= record.last_audio_at
+            assert record.audio_ms == len(deltas) * 20 and record.done_sent
+            tags = find_audio_tags(b"".join(deltas))
+            assert [t.chunk for t in tags] == list(range(len(deltas)))
+            assert {t.ordinal for t in tags} == {record.tag}
+            assert server.error_counts == {}
+
+    run(scenario())
+
+
+def test_pace_is_faster_than_real_time_and_configurable() -> None:
+    async def scenario() -> None:
+        config = FakeRealtimeConfig(realtime_factor=10, first_delta_delay_s=0)
+        async with realtime(config, replies=[ScriptedReply("x", audio_ms=1000)]) as (_s, app):
+            start = time.monotonic()
+            await app.send("response.create")
+            await app.until("response.done")
+            elapsed = time.monotonic() - start
+            assert 0.07 < elapsed < 0.5  # 1 s of audio at 10x real time
+
+    run(scenario())
+
+
+def test_second_create_gets_the_busy_error_and_no_response() -> None:
+    async def scenario() -> None:
+        async with realtime() as (server, app):
+            await app.send("response.create")
+            created = await app.until("response.created")
+            rid = created["response"]["id"]
+            eid = await app.send("response.create", event_id="second_create")
+            err = await app.until("error")
+            assert err["error"] == {
+                "type": "invalid_request_error",
+                "code": "conversation_already_has_active_response",
+                "message": f"Conversation already has an active response in progress: {rid}. "
+                "Wait until the response is finished before creating a new one.",
+                "param": None,
+                "event_id": eid,
+            }
+            await app.until("response.done")
+            await app.drain(0.05)
+            assert len(app.of("response.created")) == 1
+            assert len(server.responses) == 1
+            assert server.error_counts == {"conversation_already_has_active_response": 1}
+            await app.send("response.create")  # the slot is free again after response.done
+            await app.until("response.done")
+            assert len(server.responses) == 2
+
+    run(scenario())
+
+
+def test_cancel_of_the_active_response() -> None:
+    async def scenario() -> None:
+        long = ScriptedReply("a long answer", audio_ms=3000)
+        async with realtime(replies=[long]) as (server, app):
+            await app.send("response.create")
+            await app.until("response.output_audio.delta")
+            await app.send("response.cancel")
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "cancelled"
+            assert done["response"]["status_details"] == {
+                "type": "cancelled",
+                "reason": "client_cancelled",
+            }
+            assert done["response"]["output"][0]["status"] == "incomplete"
+            tail = [e["type"] for e in app.events[-6:]]
+            assert tail == [
+                "response.output_audio.done",
+                "response.output_audio_transcript.done",
+                "response.content_part.done",
+                "response.output_item.done",
+                "conversation.item.done",
+                "response.done",
+            ]
+            record = server.responses[0]
+            assert record.status == "cancelled" and record.reason == "client_cancelled"
+            assert 0 < record.audio_ms < 3000
+            cancel_at = next(r.at for r in server.received if r.event["type"] == "response.cancel")
+            late = [
+                s
+                for s in server.sent
+                if s.event["type"] == "response.output_audio.delta" and s.at > cancel_at
+            ]
+            assert late == []
+            assert server.error_counts == {}
+
+    run(scenario())
+
+
+def test_cancel_with_nothing_active_and_of_a_finished_response() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["hi"]) as (server, app):
+            eid = await app.send("response.cancel")
+            err = (await app.until("error"))["error"]
+            assert err["code"] == "response_cancel_not_active"
+            assert err["message"] == "Cancellation failed: no active response found"
+            assert err["event_id"] == eid
+            await app.send("response.create")
+            rid = (await app.until("response.done"))["response"]["id"]
+            await app.send("response.cancel", response_id=rid)
+            assert (await app.until("error"))["error"]["code"] == "response_cancel_not_active"
+            assert server.error_counts == {"response_cancel_not_active": 2}
+
+    run(scenario())
+
+
+def test_create_after_cancel_but_before_done_is_rejected() -> None:
+    async def scenario() -> None:
+        slow = ResponseFaults(cancel_ack_delay_s=0.2)
+        async with realtime(replies=[ScriptedReply("long", audio_ms=3000, faults=slow)]) as (
+            server,
+            app,
+        ):
+            await app.send("response.create")
+            await app.until("response.output_audio.delta")
+            t_cancel = time.monotonic()
+            await app.send("response.cancel")
+            await app.send("response.create")
+            err = await app.until("error")
+            assert err["error"]["code"] == "conversation_already_has_active_response"
+            done = await app.until("response.done")
+            assert time.monotonic() - t_cancel >= 0.19  # the slow acknowledgement
+            assert done["response"]["status"] == "cancelled"
+            assert [r.status for r in server.responses] == ["cancelled"]
+
+    run(scenario())
+
+
+def test_out_of_band_responses_run_in_parallel() -> None:
+    async def scenario() -> None:
+        replies = [ScriptedReply("default", audio_ms=2000), ScriptedReply("oob", audio_ms=200)]
+        async with realtime(replies=replies) as (server, app):
+            await app.send("response.create")
+            await app.until("response.created")
+            await app.send(
+                "response.create", response={"conversation": "none", "metadata": {"k": "oob"}}
+            )
+            oob = await app.until("response.created", lambda e: e["response"]["metadata"])
+            assert oob["response"]["conversation_id"] is None
+            oob_id = oob["response"]["id"]
+            oob_done = await app.until("response.done", lambda e: e["response"]["id"] == oob_id)
+            assert oob_done["response"]["status"] == "completed"
+            oob_items = [
+                e
+                for e in app.of("conversation.item.added")
+                if e["item"]["id"] == oob_done["response"]["output"][0]["id"]
+            ]
+            assert oob_items == []  # out-of-band output is not added to the conversation
+            await app.send("response.cancel")  # no id: the default response only
+            done = await app.until("response.done")
+            assert done["response"]["id"] == server.responses[0].id
+            assert done["response"]["status"] == "cancelled"
+            assert server.error_counts == {}
+            assert server.responses[1].out_of_band
+
+    run(scenario())
+
+
+def test_truncate_is_validated_against_the_audio_actually_sent() -> None:
+    async def scenario() -> None:
+        replies = [ScriptedReply("spoken", audio_ms=400), ScriptedReply("silent", audio_ms=200)]
+        async with realtime(replies=replies) as (server, app):
+            await app.send("conversation.item.create", item=_user_text("hi"))
+            user_item = (await app.until("conversation.item.added"))["item"]["id"]
+            await app.send("response.create")
+            done = await app.until("response.done")
+            item_id = done["response"]["output"][0]["id"]
+
+            await app.send(
+                "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=410
+            )
+            err = (await app.until("error"))["error"]
+            assert err["message"] == "Audio content of 400ms is already shorter than 410ms"
+            await app.send(
+                "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=250
+            )
+            truncated = await app.until("conversation.item.truncated")
+            assert truncated["audio_end_ms"] == 250 and truncated["item_id"] == item_id
+            # Events already sent are not rewritten by later server state (the transcript is
+            # deleted server-side by the truncate, not in the recorded response.done).
+            recorded = server.server_events("response.done")[0]["response"]["output"][0]
+            assert recorded["content"][0]["transcript"] == "spoken"
+            await app.send(
+                "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=300
+            )
+            err = (await app.until("error"))["error"]
+            assert err["message"] == "Audio content of 250ms is already shorter than 300ms"
+            await app.send(
+                "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=-1
+            )
+            assert (await app.until("error"))["error"]["code"] == "integer_below_min_value"
+
+            await app.send(
+                "conversation.item.truncate", item_id=user_item, content_index=0, audio_end_ms=0
+            )
+            err = (await app.until("error"))["error"]
+            assert err["message"] == "Only model output audio messages can be truncated"
+            server.fault_next_response(ResponseFaults(silent=True))
+            await app.send("response.create")
+            silent_done = await app.until("response.done")
+            silent_item = silent_done["response"]["output"][0]["id"]
+            await app.send(
+                "conversation.item.truncate", item_id=silent_item, content_index=0, audio_end_ms=0
+            )
+            err = (await app.until("error"))["error"]
+            assert err["message"] == "Only model output audio messages can be truncated"
+            await app.send(
+                "conversation.item.truncate", item_id="item_nope", content_index=0, audio_end_ms=0
+            )
+            assert (await app.until("error"))["error"]["code"] == "item_not_found"
+            await app.send("conversation.item.delete", item_id=user_item)
+            assert (await app.until("conversation.item.deleted"))["item_id"] == user_item
+            await app.send("conversation.item.delete", item_id=user_item)
+            assert (await app.until("error"))["error"]["code"] == "item_not_found"
+
+    run(scenario())
+
+
+def test_truncate_of_items_without_audio() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["hold on", "in text"]) as (server, app):
+            server.fault_next_response(ResponseFaults(stall_after_deltas=0))
+            await app.send("response.create")
+            added = await app.until("response.content_part.added")
+            await app.send("response.cancel")  # interrupted before its first audio delta
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "cancelled"
+            assert not app.of("response.output_audio.delta")
+            await app.send(
+                "conversation.item.truncate",
+                item_id=added["item_id"],
+                content_index=0,
+                audio_end_ms=0,
+            )
+            err = (await app.until("error"))["error"]
+            assert err["message"] == "Only model output audio messages can be truncated"
+
+            await app.send("response.create", response={"output_modalities": ["text"]})
+            done = await app.until("response.done")
+            assert done["response"]["output_modalities"] == ["text"]
+            assert "".join(e["delta"] for e in app.of("response.output_text.delta")) == "in text"
+            item_id = done["response"]["output"][0]["id"]
+            await app.send(
+                "conversation.item.truncate", item_id=item_id, content_index=0, audio_end_ms=0
+            )
+            err = (await app.until("error"))["error"]
+            assert err["message"] == "Only model output audio messages can be truncated"
+
+    run(scenario())
+
+
+def test_cancel_before_the_output_item_gives_an_empty_output() -> None:
+    async def scenario() -> None:
+        config = FakeRealtimeConfig(first_delta_delay_s=1.0)
+        async with realtime(config) as (_server, app):
+            await app.send("response.create")
+            await app.until("response.created")
+            await app.send("response.cancel")
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "cancelled"
+            assert done["response"]["output"] == []
+            assert not app.of("response.output_item.added")
+
+    run(scenario())
+
+
+# --- server VAD -----------------------------------------------------------------------------
+
+
+def _vad_session(*, create: bool, interrupt: bool, transcription: bool = False) -> JSON:
+    return {
+        "type": "realtime",
+        "audio": {
+            "input": {
+                "format": {"type": "audio/pcmu"},
+                "turn_detection": {
+                    "type": "server_vad",
+                    "silence_duration_ms": 200,
+                    "prefix_padding_ms": 100,
+                    "create_response": create,
+                    "interrupt_response": interrupt,
+                },
+                "transcription": {"model": "whisper-1"} if transcription else None,
+            },
+            "output": {"format": {"type": "audio/pcmu"}},
+        },
+    }
+
+
+def test_vad_from_energy_creates_a_server_response_at_speech_stopped() -> None:
+    async def scenario() -> None:
+        session = _vad_session(create=True, interrupt=True, transcription=True)
+        async with realtime(session=session, replies=["Sure."]) as (server, app):
+            server.queue_transcript("book a table for two")
+            await app.send("input_audio_buffer.append", audio=b64(silence(1000)))
+            assert await app.drain(0.05) == []  # silence is not speech
+            await app.send("input_audio_buffer.append", audio=b64(tone(600) + silence(300)))
+            started = await app.until("input_audio_buffer.speech_started")
+            assert started["audio_start_ms"] == 900  # 1000 ms in, minus 100 ms prefix padding
+            stopped = await app.until("input_audio_buffer.speech_stopped")
+            assert stopped["item_id"] == started["item_id"]
+            assert stopped["audio_end_ms"] == 1800  # speech end + silence_duration_ms
+            committed = await app.until("input_audio_buffer.committed")
+            assert committed["item_id"] == started["item_id"]
+            user = await app.until("conversation.item.added")
+            assert user["item"]["role"] == "user"
+            created = await app.until("response.created")
+            assert created["response"]["metadata"] is None
+            assert created["response"]["conversation_id"].startswith("conv_")
+            transcription = await app.until("conversation.item.input_audio_transcription.completed")
+            assert transcription["transcript"] == "book a table for two"
+            assert transcription["item_id"] == started["item_id"]
+            # Transcription is asynchronous: it may come before or after the response events.
+            if not app.of("response.done"):
+                await app.until("response.done")
+            assert server.responses[0].origin == "server_vad"
+            assert server.error_counts == {}
+
+    run(scenario())
+
+
+def test_vad_interrupt_response_cancels_with_turn_detected_then_creates() -> None:
+    async def scenario() -> None:
+        session = _vad_session(create=True, interrupt=True)
+        replies = [ScriptedReply("long", audio_ms=4000), "short"]
+        async with realtime(session=session, replies=replies) as (server, app):
+            await app.send("response.create")
+            first = (await app.until("response.created"))["response"]["id"]
+            await app.until("response.output_audio.delta")
+            await app.send("input_audio_buffer.append", audio=b64(tone(300)))
+            await app.until("input_audio_buffer.speech_started")
+            done = await app.until("response.done")
+            assert done["response"]["id"] == first
+            assert done["response"]["status_details"]["reason"] == "turn_detected"
+            await app.send("input_audio_buffer.append", audio=b64(silence(300)))
+            await app.until("input_audio_buffer.speech_stopped")
+            second = await app.until("response.created")
+            assert second["response"]["id"] != first
+            assert [r.origin for r in server.responses] == ["client", "server_vad"]
+
+    run(scenario())
+
+
+def test_vad_with_both_flags_off_only_reports_speech() -> None:
+    async def scenario() -> None:
+        session = _vad_session(create=False, interrupt=False)
+        async with realtime(session=session, replies=[ScriptedReply("x", audio_ms=600)]) as (
+            server,
+            app,
+        ):
+            await app.send("response.create")
+            await app.until("response.output_audio.delta")
+            await app.send("input_audio_buffer.append", audio=b64(tone(200) + silence(300)))
+            await app.until("input_audio_buffer.committed")
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "completed"  # not interrupted
+            await app.drain(0.1)
+            assert len(server.responses) == 1  # and no server-created response
+
+    run(scenario())
+
+
+def test_manual_commit_and_clear_of_the_input_buffer() -> None:
+    async def scenario() -> None:
+        async with realtime() as (server, app):
+            await app.send("input_audio_buffer.commit")
+            err = (await app.until("error"))["error"]
+            assert err["code"] == "input_audio_buffer_commit_empty"
+            assert "buffer only has 0.00ms of audio" in err["message"]
+            await app.send("input_audio_buffer.append", audio=b64(tone(200)))
+            await app.send("input_audio_buffer.commit")
+            await app.until("input_audio_buffer.committed")
+            await app.send("input_audio_buffer.append", audio=b64(tone(200)))
+            await app.send("input_audio_buffer.clear")
+            await app.until("input_audio_buffer.cleared")
+            assert not app.of("input_audio_buffer.speech_started")  # turn_detection is null
+            assert server.error_counts == {"input_audio_buffer_commit_empty": 1}
+
+    run(scenario())
+
+
+# --- scripted replies -----------------------------------------------------------------------
+
+
+def test_reply_callable_sees_the_context() -> None:
+    seen: list[ReplyContext] = []
+
+    def reply(ctx: ReplyContext) -> str:
+        seen.append(ctx)
+        return f"You said: {ctx.last_user_text}"
+
+    async def scenario() -> None:
+        async with realtime(replies=reply) as (_server, app):
+            await app.send("conversation.item.create", item=_user_text("שלום"))
+            await app.send("response.create", response={"instructions": "Echo."})
+            done = await app.until("response.done")
+            assert done["response"]["output"][0]["content"][0]["transcript"] == "You said: שלום"
+            assert seen[0].instructions == "Echo." and seen[0].origin == "client"
+
+    run(scenario())
+
+
+# --- fault knobs ----------------------------------------------------------------------------
+
+
+def test_silent_response_streams_a_transcript_without_audio_until_cancelled() -> None:
+    async def scenario() -> None:
+        async with realtime() as (server, app):
+            server.fault_next_response(ResponseFaults(silent=True, hold_open_s=None))
+            await app.send("response.create")
+            await app.until("response.output_audio_transcript.delta")
+            await app.drain(0.2)
+            assert not app.of("response.done") and not app.of("response.output_audio.delta")
+            assert len(app.of("response.output_audio_transcript.delta")) >= 1
+            await app.send("response.cancel")
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "cancelled"
+            assert server.responses[0].audio_deltas == 0
+
+    run(scenario())
+
+
+def test_dropped_response_done_frees_the_slot_silently() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["one", "two"]) as (server, app):
+            server.fault_next_response(ResponseFaults(drop_done=True))
+            await app.send("response.create")
+            await app.until("response.output_item.done")
+            await app.drain(0.1)
+            assert not app.of("response.done")
+            assert server.responses[0].status == "completed" and not server.responses[0].done_sent
+            await app.send("response.create")  # the server considers the slot free
+            done = await app.until("response.done")
+            assert done["response"]["id"] == server.responses[1].id
+            assert server.error_counts == {}
+
+    run(scenario())
+
+
+def test_duplicated_events_repeat_with_the_same_event_id() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["dup"]) as (server, app):
+            server.fault_next_response(ResponseFaults(duplicate_events=LIFECYCLE_EVENT_TYPES))
+            await app.send("response.create")
+            await app.until("response.done")
+            await app.until("response.done")
+            for name in ("response.created", "response.output_item.added", "response.done"):
+                copies = app.of(name)
+                assert len(copies) == 2 and copies[0] == copies[1]
+            assert len(server.responses) == 1
+
+    run(scenario())
+
+
+def test_late_events_of_an_old_response_arrive_after_the_next_created() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["old", "new"]) as (server, app):
+            server.fault_next_response(ResponseFaults(late_events=True))
+            await app.send("response.create")
+            old = (await app.until("response.done"))["response"]["id"]
+            late_before = [e for e in await app.drain(0.1) if e.get("response_id") == old]
+            assert late_before == []  # held back until the next response.created
+            await app.send("response.create")
+            new = (await app.until("response.created"))["response"]["id"]
+            stale = [await app.recv() for _ in range(3)]
+            assert [e["type"] for e in stale] == [
+                "response.output_audio.delta",
+                "response.output_audio_transcript.delta",
+                "response.done",
+            ]
+            assert all(e.get("response_id", e.get("response", {}).get("id")) == old for e in stale)
+            assert stale[2]["event_id"] != app.of("response.done")[0]["event_id"]
+            done = await app.until("response.done", lambda e: e["response"]["id"] == new)
+            assert done["response"]["status"] == "completed"
+            assert server.injected_error_counts == {} and server.error_counts == {}
+
+    run(scenario())
+
+
+def test_late_events_after_a_delay() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["old"]) as (server, app):
+            server.fault_next_response(ResponseFaults(late_events=True, late_events_delay_s=0.1))
+            await app.send("response.create")
+            old = (await app.until("response.done"))["response"]["id"]
+            t0 = time.monotonic()
+            late = await app.until("response.done")
+            assert late["response"]["id"] == old and time.monotonic() - t0 >= 0.08
+            assert any(s.injected for s in server.sent)
+
+    run(scenario())
+
+
+def test_deltas_already_on_the_wire_after_a_cancel() -> None:
+    async def scenario() -> None:
+        faults = ResponseFaults(deltas_after_cancel=3)
+        async with realtime(replies=[ScriptedReply("x", audio_ms=3000, faults=faults)]) as (
+            server,
+            app,
+        ):
+            await app.send("response.create")
+            await app.until("response.output_audio.delta")
+            await app.send("response.cancel")
+            await app.until("response.done")
+            cancel_at = next(r.at for r in server.received if r.event["type"] == "response.cancel")
+            after = [
+                s
+                for s in server.sent
+                if s.event["type"] == "response.output_audio.delta" and s.at >= cancel_at
+            ]
+            assert len(after) == 3
+
+    run(scenario())
+
+
+def test_injected_errors_now_on_next_event_and_scripted() -> None:
+    async def scenario() -> None:
+        scripted = ScriptedError("server_error", "Scripted failure.", "server_error", at_s=0.05)
+        config = FakeRealtimeConfig(realtime_factor=40, scripted_errors=(scripted,))
+        async with realtime(config) as (server, app):
+            assert (await app.until("error"))["error"]["message"] == "Scripted failure."
+            server.inject_error("rate_limit_exceeded", "Slow down.", error_type="rate_limit_error")
+            assert (await app.until("error"))["error"]["code"] == "rate_limit_exceeded"
+            server.error_on_next("response.create", "server_error", "Try again.")
+            eid = await app.send("response.create")
+            err = (await app.until("error"))["error"]
+            assert err["event_id"] == eid and err["message"] == "Try again."
+            await app.drain(0.1)
+            assert not server.responses  # swallowed, like a rejected create
+            assert server.error_counts == {}
+            assert server.injected_error_counts == {
+                "server_error": 2,
+                "rate_limit_exceeded": 1,
+            }
+            server.send_event({"type": "rate_limits.updated", "rate_limits": []})
+            assert (await app.until("rate_limits.updated"))["rate_limits"] == []
+
+    run(scenario())
+
+
+def test_socket_drop_mid_response_closes_without_a_close_frame() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=[ScriptedReply("x", audio_ms=2000)]) as (server, app):
+            server.fault_next_response(ResponseFaults(drop_socket_after_deltas=3))
+            await app.send("response.create")
+            with pytest.raises(ConnectionClosed) as info:
+                while True:
+                    await app.recv()
+            assert info.value.rcvd is None  # abrupt: no close frame
+            assert len(app.of("response.output_audio.delta")) == 3
+            await server.wait_until(lambda: server.connections[0].closed)
+            assert server.responses[0].socket_dropped
+            assert server.responses[0].status == "in_progress"  # never finished
+
+    run(scenario())
+
+
+def test_drop_connections_and_reconnect() -> None:
+    async def scenario() -> None:
+        async with FakeRealtimeServer(FAST) as server:
+            async with connect(server.url) as ws:
+                await ws.recv()
+                server.drop_connections()
+                with pytest.raises(ConnectionClosed):
+                    await asyncio.wait_for(ws.recv(), 2)
+            async with connect(server.url) as ws:  # the server itself keeps listening
+                assert json.loads(await ws.recv())["type"] == "session.created"
+            assert len(server.connections) == 2
+
+    run(scenario())
+
+
+def test_ignored_create_and_stall_go_quiet() -> None:
+    async def scenario() -> None:
+        async with realtime(replies=["kept for later"]) as (server, app):
+            server.fault_next_response(ResponseFaults(ignore_create=True))
+            await app.send("response.create")
+            assert await app.drain(0.15) == []
+            server.fault_next_response(ResponseFaults(stall_after_deltas=2))
+            await app.send("response.create")
+            await app.until("response.created")
+            await app.drain(0.15)
+            assert len(app.of("response.output_audio.delta")) == 2
+            assert not app.of("response.done")
+            await app.send("response.cancel")
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "cancelled"
+            assert server.responses[0].text == "kept for later"
+
+    run(scenario())
+
+
+def test_incomplete_outcome() -> None:
+    async def scenario() -> None:
+        faults = ResponseFaults(outcome="incomplete")
+        async with realtime(replies=[ScriptedReply("a b c d", audio_ms=400, faults=faults)]) as (
+            server,
+            app,
+        ):
+            await app.send("response.create")
+            done = await app.until("response.done")
+            assert done["response"]["status"] == "incomplete"
+            assert done["response"]["status_details"]["reason"] == "max_output_tokens"
+            assert server.responses[0].audio_ms == 200
+
+    run(scenario())
+
+
+def test_every_client_event_is_recorded() -> None:
+    async def scenario() -> None:
+        async with realtime() as (server, app):
+            await app.ws.send("not json")
+            await app.send("no.such.event")
+            await app.until("error")
+            await app.until("error")
+            assert server.client_events("no.such.event")
+            assert server.received[-2].event == {"raw": "not json"}
+            assert server.error_counts == {"invalid_json": 1, "invalid_value": 1}
+            assert server.protocol_error_total == 2
+
+    run(scenario())
+
+
+# --- fake Twilio caller -----------------------------------------------------------------------
+
+
+@asynccontextmanager
+async def bridge_stub(
+    behaviour: Callable[[ServerConnection, list[JSON]], Awaitable[None]],
+) -> AsyncIterator[tuple[str, list[JSON]]]:
+    """A tiny websocket server in the bridge's place: records what the caller sends and runs
+    ``behaviour`` (which plays the bridge's outbound side)."""
+    received: list[JSON] = []
+
+    async def handler(ws: ServerConnection) -> None:
+        async def reader() -> None:
+            try:
+                async for message in ws:
+                    event = json.loads(message)
+                    event["_at"] = time.monotonic()
+                    received.append(event)
+            except ConnectionClosed:
+                pass
+
+        task = asyncio.get_running_loop().create_task(reader())
+        try:
+            await behaviour(ws, received)
+            await task
+        finally:
+            task.cancel()
+
+    async with serve(handler, "127.0.0.1", 0) as server:
+        port = next(iter(server.sockets)).getsockname()[1]
+        yield f"ws://127.0.0.1:{port}/media-stream", received
+
+
+async def _wait_for(received: list[JSON], event: str, timeout: float = 3.0) -> JSON:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        for message in received:
+            if message["event"] == event:
+                return message
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"no {event}")
+
+
+def _media(sid: str, data: bytes) -> str:
+    return json.dumps({"event": "media", "streamSid": sid, "media": {"payload": b64(data)}})
+
+
+def _mark(sid: str, name: str) -> str:
+    return json.dumps({"event": "mark", "streamSid": sid, "mark": {"name": name}})
+
+
+def test_caller_connects_like_twilio_and_streams_media_every_20_ms() -> None:
+    async def idle(_ws: ServerConnection, _r: list[JSON]) -> None:
+        return
+
+    async def scenario() -> None:
+        async with bridge_stub(idle) as (url, received):
+            config = FakeCallerConfig(custom_parameters={"FirstName": "Jane"}, auth_token="tok")
+            async with FakeTwilioCaller(url, config) as caller:
+                await asyncio.sleep(0.25)
+            await _wait_for(received, "stop")
+        connected, start = received[0], received[1]
+        assert connected == {
+            "event": "connected",
+            "protocol": "Call",
+            "version": "1.0.0",
+            "_at": connected["_at"],
+        }
+        assert start["sequenceNumber"] == "1"
+        sid = start["streamSid"]
+        assert sid == start["start"]["streamSid"] == caller.stream_sid
+        assert sid.startswith("MZ") and len(sid) == 34
+        assert start["start"]["callSid"].startswith("CA")
+        assert start["start"]["customParameters"] == {"FirstName": "Jane"}
+        assert start["start"]["mediaFormat"] == {
+            "encoding": "audio/x-mulaw",
+            "sampleRate": 8000,
+            "channels": 1,
+        }
+        media = [m for m in received if m["event"] == "media"]
+        assert 10 <= len(media) <= 16  # ~0.25 s at one frame per 20 ms
+        assert [m["media"]["chunk"] for m in media[:3]] == ["1", "2", "3"]
+        assert [m["media"]["timestamp"] for m in media[:3]] == ["0", "20", "40"]
+        assert [m["sequenceNumber"] for m in media[:2]] == ["2", "3"]
+        assert all(base64.b64decode(m["media"]["payload"]) == b"\xff" * 160 for m in media)
+        gaps = [b["_at"] - a["_at"] for a, b in itertools.pairwise(media)]
+        assert 0.015 < sum(gaps) / len(gaps) < 0.03
+        stop = received[-1]
+        assert stop["event"] == "stop" and stop["streamSid"] == sid
+        assert stop["stop"] == {"accountSid": caller.account_sid, "callSid": caller.call_sid}
+        assert caller.closed and caller.violations == []
+
+    run(scenario())
+
+
+def test_caller_speaks_non_silent_frames_for_the_duration() -> None:
+    async def idle(_ws: ServerConnection, _r: list[JSON]) -> None:
+        return
+
+    async def scenario() -> None:
+        async with bridge_stub(idle) as (url, received):
+            config = FakeCallerConfig(speed=4, script=(Speak(0.2, 0.2), HangUp(0.6)))
+            caller = FakeTwilioCaller(url, config)
+            await caller.start()
+            await caller.wait_closed(timeout=3)
+            await caller.hang_up()
+        payloads = [
+            base64.b64decode(m["media"]["payload"]) for m in received if m["event"] == "media"
+        ]
+        loud = [rms_level(mulaw_decode(p)) > 0.1 for p in payloads]
+        assert sum(loud) == 10  # 200 ms of speech = 10 frames
+        first = loud.index(True)
+        assert loud[first : first + 10] == [True] * 10 and first >= 5
+        assert caller.speech_frames_sent == 10
+        assert len(caller.speech_started_at) == 1
+
+    run(scenario())
+
+
+def test_caller_echoes_marks_only_after_playing_the_audio_before_them() -> None:
+    async def bridge(ws: ServerConnection, received: list[JSON]) -> None:
+        sid = (await _wait_for(received, "start"))["streamSid"]
+        await ws.send(_mark(sid, "nothing-buffered"))
+        await ws.send(_media(sid, make_audio_tag(1, 0) + tone(300)[12:]))  # 300 ms
+        await ws.send(_mark(sid, "after-300ms"))
+        await _wait_for(received, "stop", timeout=5)
+
+    async def scenario() -> None:
+        async with (
+            bridge_stub(bridge) as (url, received),
+            FakeTwilioCaller(url, FakeCallerConfig(speed=2)) as caller,
+        ):
+            await caller.wait_until(lambda: len(caller.marks_echoed) == 2, timeout=3)
+            echoes = {e.name: e for e in caller.marks_echoed}
+            first_audio = caller.media_received[0].at
+            assert echoes["nothing-buffered"].at < first_audio + 0.05
+            elapsed = echoes["after-300ms"].at - first_audio
+            assert 0.13 < elapsed < 0.35  # 300 ms of audio at speed 2 = 150 ms
+            assert caller.played_ms == 300 and not caller.is_playing
+            assert [t.tag.ordinal for t in caller.tags_played] == [1]
+        marks = [m for m in received if m["event"] == "mark"]
+        assert [m["mark"]["name"] for m in marks] == ["nothing-buffered", "after-300ms"]
+        assert all(int(m["sequenceNumber"]) > 1 for m in marks)
+
+    run(scenario())
+
+
+def test_caller_clear_flushes_audio_and_echoes_pending_marks_at_once() -> None:
+    async def bridge(ws: ServerConnection, received: list[JSON]) -> None:
+        sid = (await _wait_for(received, "start"))["streamSid"]
+        for i in range(5):  # 5 x 200 ms, a mark after each
+            await ws.send(_media(sid, make_audio_tag(7, i) + tone(200)[12:]))
+            await ws.send(_mark(sid, f"m{i}"))
+        await asyncio.sleep(0.15)
+        await ws.send(json.dumps({"event": "clear", "streamSid": sid}))
+        await asyncio.sleep(0.05)
+        await ws.send(_media(sid, make_audio_tag(8, 0) + tone(100)[12:]))
+        await ws.send(_mark(sid, "next"))
+        await _wait_for(received, "stop", timeout=5)
+
+    async def scenario() -> None:
+        async with bridge_stub(bridge) as (url, _received), FakeTwilioCaller(url) as caller:
+            await caller.wait_until(lambda: len(caller.marks_echoed) == 6, timeout=3)
+            clear = caller.clears[0]
+            assert clear.marks_released == ("m0", "m1", "m2", "m3", "m4")
+            assert 0.8 * 8000 < clear.flushed_bytes <= 8000  # up to 150 ms had played
+            released = [e for e in caller.marks_echoed if e.cleared]
+            assert [e.name for e in released] == ["m0", "m1", "m2", "m3", "m4"]
+            assert all(e.at - clear.at < 0.02 for e in released)  # immediately
+            assert caller.marks_echoed[-1].name == "next" and not caller.marks_echoed[-1].cleared
+            assert caller.tags_played_after(clear.at, 7) == []
+            assert [t.tag.ordinal for t in caller.tags_played_after(clear.at)] == [8]
+            assert caller.played_ms < 250  # at most the 20 ms pieces before the clear + 100
+
+    run(scenario())
+
+
+def test_caller_reports_messages_twilio_would_reject() -> None:
+    async def bridge(ws: ServerConnection, received: list[JSON]) -> None:
+        sid = (await _wait_for(received, "start"))["streamSid"]
+        await ws.send(b"\x00\x01")
+        await ws.send(
+            json.dumps({"event": "media", "streamSid": "MZwrong", "media": {"payload": ""}})
+        )
+        await ws.send(json.dumps({"event": "mark", "streamSid": sid}))
+        await ws.send(json.dumps({"event": "speak", "streamSid": sid}))
+        await ws.send(json.dumps({"event": "media", "streamSid": sid, "media": {"payload": "@@"}}))
+        await _wait_for(received, "stop", timeout=5)
+
+    async def scenario() -> None:
+        async with bridge_stub(bridge) as (url, _received), FakeTwilioCaller(url) as caller:
+            await caller.wait_until(lambda: len(caller.violations) == 5, timeout=3)
+            assert "31950" in caller.violations[0]
+            assert "mismatch" in caller.violations[1]
+            assert "mark.name" in caller.violations[2]
+            assert "'speak'" in caller.violations[3]
+            assert "base64" in caller.violations[4]
+
+    run(scenario())
+
+
+def test_typed_text_needs_an_explicit_channel() -> None:
+    async def idle(_ws: ServerConnection, received: list[JSON]) -> None:
+        await _wait_for(received, "stop", timeout=5)
+
+    async def scenario() -> None:
+        async with bridge_stub(idle) as (url, received), FakeTwilioCaller(url) as caller:
+            with pytest.raises(RuntimeError, match="not a Twilio"):
+                await caller.type_text("hello")
+        hooked: list[str] = []
+
+        async def hook(text: str) -> None:
+            hooked.append(text)
+
+        async with bridge_stub(idle) as (url, received):
+            config = FakeCallerConfig(text_event="text")
+            async with FakeTwilioCaller(url, config, on_text=hook) as caller:
+                await caller.type_text("שלום")
+                text = await _wait_for(received, "text")
+        assert text["text"] == "שלום" and text["streamSid"] == caller.stream_sid
+        assert hooked == ["שלום"]
+        with pytest.raises(ValueError, match="not a Twilio feature"):
+            FakeTwilioCaller(url, FakeCallerConfig(script=(TypeText(0.1, "x"),)))
+
+    run(scenario())
+
+
+def test_twilio_signature_matches_twilios_algorithm() -> None:
+    # The vector from the twilio SDKs' RequestValidator tests (token 12345).
+    params = {
+        "CallSid": "CA1234567890ABCDE",
+        "Caller": "+14158675309",
+        "Digits": "1234",
+        "From": "+14158675309",
+        "To": "+18005551212",
+    }
+    url = "https://mycompany.com/myapp.php?foo=1&bar=2"
+    assert twilio_signature("12345", url, params) == "RSOYDt4T1cUTdK1PDd93/VVr8B8="
+
+
+def test_tag_scanner_finds_tags_split_across_pieces() -> None:
+    stream = b"".join(make_audio_tag(3, i) + tone(20)[12:] for i in range(4))
+    scanner = TagScanner()
+    found = []
+    for i in range(0, len(stream), 7):
+        found += scanner.feed(stream[i : i + 7])
+    assert [(t.ordinal, t.chunk) for t in found] == [(3, 0), (3, 1), (3, 2), (3, 3)]
+    assert find_audio_tags(tone(1000)) == []
+
+
+# --- both together ------------------------------------------------------------------------------
+
+
+def test_caller_and_fake_server_through_a_minimal_pass_through_bridge() -> None:
+    """A 40-line bridge: the simulator's two halves interoperate, and the tag/clear records are
+    enough to prove "no audio of the cancelled response after its clear"."""
+
+    async def scenario() -> None:
+        config = FakeRealtimeConfig(realtime_factor=8, first_delta_delay_s=0.01, seed=3)
+        replies: list[str | ScriptedReply] = [ScriptedReply("long greeting", audio_ms=3000), "ok"]
+        async with FakeRealtimeServer(config, replies=replies) as ai:
+
+            async def bridge(twilio: ServerConnection, received: list[JSON]) -> None:
+                start = await _wait_for(received, "start")
+                sid = start["streamSid"]
+                async with connect(ai.url) as oa:
+                    await oa.recv()
+                    session = _vad_session(create=True, interrupt=True)
+                    await oa.send(json.dumps({"type": "session.update", "session": session}))
+                    await oa.send(json.dumps({"type": "response.create"}))
+                    interrupted: set[str] = set()
+
+                    async def uplink() -> None:
+                        sent = 0
+                        while True:
+                            media = [m for m in received if m["event"] == "media"]
+                            for m in media[sent:]:
+                                audio = m["media"]["payload"]
+                                await oa.send(
+                                    json.dumps(
+                                        {"type": "input_audio_buffer.append", "audio": audio}
+                                    )
+                                )
+                            sent = len(media)
+                            await asyncio.sleep(0.01)
+
+                    up = asyncio.get_running_loop().create_task(uplink())
+                    try:
+                        async for raw in oa:
+                            event = json.loads(raw)
+                            if event["type"] == "input_audio_buffer.speech_started":
+                                interrupted.update(r.id for r in ai.responses)
+                                await twilio.send(json.dumps({"event": "clear", "streamSid": sid}))
+                            elif (
+                                event["type"] == "response.output_audio.delta"
+                                and event["response_id"] not in interrupted
+                            ):
+                                await twilio.send(
+                                    json.dumps(
+                                        {
+                                            "event": "media",
+                                            "streamSid": sid,
+                                            "media": {"payload": event["delta"]},
+                                        }
+                                    )
+                                )
+                    except ConnectionClosed:
+                        pass
+                    finally:
+                        up.cancel()
+
+            async with bridge_stub(bridge) as (url, _received), FakeTwilioCaller(url) as caller:
+                await caller.wait_for_audio(300, timeout=3)
+                await caller.speak(0.3)
+                await ai.wait_until(lambda: len(ai.responses) == 2, timeout=3)
+                await caller.wait_for_audio(100, timeout=3)
+                first, second = ai.responses
+                assert first.status == "cancelled" and first.reason == "turn_detected"
+                clear_at = caller.clears[0].at
+                assert caller.tags_received_after(clear_at, first.tag) == []
+                assert caller.tags_received_after(clear_at, second.tag)
+                assert any(t.tag.ordinal == first.tag for t in caller.tags_received)
+            assert ai.error_counts == {}
+            assert_valid_shapes(ai)
+
+    run(scenario(), timeout=20)
