@@ -99,6 +99,7 @@ class ResponseLifecycle:
         "_ev",
         "_first_transcript_at",
         "_flow",
+        "_given_up",
         "_last_activity",
         "_now",
         "_out",
@@ -155,6 +156,9 @@ class ResponseLifecycle:
         self._flow: list[str] | None = None
         self.oob_responses: set[str] = set()
         self._retired: dict[str, str] = {}
+        #: event_ids of creates given up while in flight: a late response.created of one is
+        #: cancelled, never played (the app was told it will not be served).
+        self._given_up: dict[str, None] = {}
         self._play: dict[str, list[int]] = {}
         #: Counters a bridge can export: stale events, benign errors, drops, fires.
         self.stats: dict[str, int] = {}
@@ -397,6 +401,12 @@ class ResponseLifecycle:
         if len(retired) > _RETIRED_MAX:
             del retired[next(iter(retired))]
 
+    def _forget_create(self, inflight: _Inflight) -> None:
+        given_up = self._given_up
+        given_up[inflight.event_id] = None
+        if len(given_up) > _RETIRED_MAX:
+            del given_up[next(iter(given_up))]
+
     def _is_unknown(self, response_id: str) -> bool:
         return response_id not in self._retired and response_id not in self.oob_responses
 
@@ -482,6 +492,12 @@ class ResponseLifecycle:
         assert isinstance(event, ev.ResponseCreated)
         inflight = self.inflight
         return inflight is not None and event.metadata.get(META_EVENT_ID) == inflight.event_id
+
+    def is_given_up_create(self) -> bool:
+        """``response.created`` of a create we stopped waiting for (timeout): nobody wants it."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        return event.metadata.get(META_EVENT_ID) in self._given_up
 
     def inflight_cancel_wanted(self) -> bool:
         return self.inflight is not None and self.inflight.cancel_wanted
@@ -657,8 +673,30 @@ class ResponseLifecycle:
             rid,
         )
 
+    def cancel_late_response(self) -> None:
+        """A create we gave up on was served after all.  The response holds the slot until its
+        response.done, so track it, but cancel it by id and drop its audio: the request was
+        reported given up (and, if the user barged in, must not be heard)."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self._supersede_current()
+        self._clear_response()
+        rid = event.response_id
+        self.response_id = rid
+        self._last_activity = self._now
+        self._count("late_responses_cancelled")
+        self._send_cancel(rid)
+        self._emit(DropResponseAudio(response_id=rid))
+        self._retire(rid, "dropped")
+        log.info(
+            "call=%s response %s created for given-up create %s; cancelled, audio dropped",
+            self._cfg.call_id,
+            rid,
+            event.metadata.get(META_EVENT_ID),
+        )
+
     def adopt_server_response(self) -> None:
-        """A response we did not ask for (server VAD, idle timeout, a late one of ours)."""
+        """A response we did not ask for (server VAD, idle timeout)."""
         event = self._ev
         assert isinstance(event, ev.ResponseCreated)
         self._supersede_current()
@@ -880,6 +918,7 @@ class ResponseLifecycle:
         inflight = self.inflight
         assert inflight is not None
         self.inflight = None
+        self._forget_create(inflight)
         event = self._ev
         if isinstance(event, ev.ServerError):
             reason = f"rejected:{event.code or 'error'}"
@@ -975,6 +1014,7 @@ class ResponseLifecycle:
         if inflight is not None:
             # Only possible when the barge-in came before response.created and it never came.
             self.inflight = None
+            self._forget_create(inflight)
             self._emit(
                 RequestGivenUp(
                     reason="create_timeout",

@@ -115,10 +115,13 @@ TRANSITIONS: list[Row] = [
 
     # --- response.created: ours, ours-but-interrupted, or the server's own (VAD, idle timeout).
     _row("created",  OPEN,  None,       when=("is_known_response",), do=("ignore_stale",)),
+    _row("created",  OPEN,  CANCELLING, when=("is_given_up_create",),
+         do=("cancel_late_response",)),
     _row("created",  OPEN,  CANCELLING, when=("is_our_inflight", "inflight_cancel_wanted"),
          do=("adopt_response", "cancel_adopted")),
     _row("created",  OPEN,  ACTIVE,     when=("is_our_inflight",), do=("adopt_response",)),
     _row("created",  OPEN,  ACTIVE,     do=("adopt_server_response",)),
+    _row("created_oob", OPEN, None,     when=("is_known_response",), do=("ignore_stale",)),
     _row("created_oob", OPEN, None,     do=("track_oob",)),
 
     # --- response.done: only the current response's done frees the slot; any final status.
@@ -129,13 +132,18 @@ TRANSITIONS: list[Row] = [
     _row("done_oob", OPEN, None, do=("untrack_oob",)),
 
     # --- Rule 2: barge-in.  Text is held until response.done; speech relies on the server's
-    # own cancel when interrupt_response is on.  In idle, only playback is interrupted.
+    # own cancel when interrupt_response is on.  In idle, and in cancelling (the response is
+    # already being stopped), only playback is interrupted: it outlives generation.
     _row("user_text", IDLE, None, when=("caller_hearing_audio",),
          do=("interrupt_playback", "deliver_text")),
     _row("user_text", IDLE, None, do=("deliver_text",)),
     _row("user_text", [CREATING, ACTIVE], CANCELLING, do=("barge_in", "hold_text")),
+    _row("user_text", CANCELLING, None, when=("caller_hearing_audio",),
+         do=("interrupt_playback", "hold_text")),
     _row("user_text", CANCELLING, None, do=("hold_text",)),
     _row("speech_started", IDLE, None, when=("caller_hearing_audio",),
+         do=("interrupt_playback",)),
+    _row("speech_started", CANCELLING, None, when=("caller_hearing_audio",),
          do=("interrupt_playback",)),
     _row("speech_started", CREATING, CANCELLING, do=("barge_in",)),
     _row("speech_started", ACTIVE, CANCELLING, when=("server_interrupts",),
