@@ -209,7 +209,8 @@ class CallBridge:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
             self._finish(reason)
-            await self._close_both(1000, reason[:100])
+            # Too much malformed input is a policy violation (1008), as before ``start``.
+            await self._close_both(1008 if reason.startswith("bad") else 1000, reason[:100])
         return self.report
 
     def send_user_text(self, text: str, source: str = "app") -> None:
@@ -449,6 +450,9 @@ class CallBridge:
             if kind is OutputAudioDelta:
                 assert isinstance(message, OutputAudioDelta)
                 item = message.item_id
+                if not item:  # the mark names the item: an empty id is the peer's error
+                    self._bad_frame("openai", RemoteProtocolError("audio delta: empty item_id"))
+                    continue
                 if machine.audio_delta(message.response_id, item, message.byte_count, clock()):
                     sid = self.stream_sid
                     self._send_twilio(media_message(sid, message.payload))
@@ -485,7 +489,21 @@ class CallBridge:
             self._wake.clear()
             # Never spin: a deadline that a tick did not move is retried after a short pause.
             timeout = None if deadline is None else max(0.005, deadline - self.clock())
-            try:
-                await asyncio.wait_for(self._wake.wait(), timeout)
-            except asyncio.TimeoutError:
+            if not await _wait_event(self._wake, timeout):
                 self._handle(ev.Tick())
+
+
+async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """``event.wait()`` bounded by ``timeout``: True if the event was set, False on timeout.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns normally, swallowing the
+    cancellation, when the task is cancelled in the same loop iteration as the event is set
+    (python/cpython#86296).  A timer that survives its cancellation that way keeps
+    :meth:`CallBridge.run` waiting for it forever: the call never ends and both sockets stay
+    open.  ``asyncio.wait`` never absorbs the caller's cancellation."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)

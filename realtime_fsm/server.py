@@ -27,6 +27,23 @@ from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGa
 
 log = logging.getLogger("realtime_fsm.server")
 
+
+class _RedactAuthorization(logging.Filter):
+    """At DEBUG, ``websockets`` logs every handshake header as ``("> %s: %s", name, value)``;
+    the ``Authorization`` header of the OpenAI connection carries the API key."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        args = record.args
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
+            record.args = (args[0], "[redacted]")
+        return True
+
+
+#: The OpenAI connection's logger: under ``websockets.client``, so it is configured like it,
+#: but the API key is redacted from the handshake it logs.
+_openai_ws_log = logging.getLogger("websockets.client.realtime_fsm")
+_openai_ws_log.addFilter(_RedactAuthorization())
+
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
 
 
@@ -120,6 +137,7 @@ async def _media_stream(
             max_size=config.bridge.max_openai_frame,
             open_timeout=10,
             compression=None,
+            logger=_openai_ws_log,
         )
     except (OSError, asyncio.TimeoutError, Exception) as exc:
         # Never echo the exception text blindly: some clients put the URL (and so tokens in a

@@ -32,6 +32,8 @@ log = logging.getLogger("realtime_fsm.webserver")
 MAX_HEAD_BYTES = 16 * 1024
 MAX_BODY_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024
+#: How long closing a WebSocket waits for the peer, to take the close frame and to answer it.
+CLOSE_TIMEOUT = 2.0
 
 
 @attrs.frozen
@@ -159,17 +161,32 @@ class WebSocket:
             await self._flush()
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
-        """Start the closing handshake, wait briefly for the peer's reply, drop the TCP link."""
+        """Start the closing handshake, wait briefly for the peer's reply, drop the TCP link.
+
+        Every wait is bounded by :data:`CLOSE_TIMEOUT`: a peer that stops reading cannot hold
+        the connection open, it is aborted."""
+        stuck = False
         if self._protocol.state is State.OPEN:
             with contextlib.suppress(InvalidState):
                 self._protocol.send_close(code, reason[:120])
-            with contextlib.suppress(ConnectionError, OSError):
-                await self._flush()
-            with contextlib.suppress(WebSocketClosed, asyncio.TimeoutError, ConnectionError):
-                await asyncio.wait_for(self._drain_until_closed(), timeout=2.0)
+            try:
+                await asyncio.wait_for(self._flush(), timeout=CLOSE_TIMEOUT)
+            except asyncio.TimeoutError:
+                stuck = True
+            except (WebSocketClosed, ConnectionError, OSError):
+                pass
+            if not stuck:
+                with contextlib.suppress(WebSocketClosed, asyncio.TimeoutError, ConnectionError):
+                    await asyncio.wait_for(self._drain_until_closed(), timeout=CLOSE_TIMEOUT)
         self._writer.close()
-        with contextlib.suppress(ConnectionError, OSError):
-            await self._writer.wait_closed()
+        if stuck:
+            self._writer.transport.abort()
+        try:
+            await asyncio.wait_for(self._writer.wait_closed(), timeout=CLOSE_TIMEOUT)
+        except asyncio.TimeoutError:
+            self._writer.transport.abort()  # unsent data that nobody reads: do not wait for it
+        except (ConnectionError, OSError):
+            pass
 
     async def _drain_until_closed(self) -> None:
         while self._protocol.state is not State.CLOSED:
