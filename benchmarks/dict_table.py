@@ -1,0 +1,170 @@
+"""Baselines for the core benchmark: the same machine on a dict table, and a plain object.
+
+:class:`DictTableLifecycle` is :class:`~realtime_fsm.lifecycle.ResponseLifecycle` with one method
+replaced: ``_fire``.  Instead of ``MACHINE.events[name].trigger(self)`` (pytransitions) it looks
+``(state, trigger)`` up in a plain dict compiled once from :data:`realtime_fsm.table.TRANSITIONS`
+and :data:`realtime_fsm.table.ON_ENTER`, and runs the very same guard and action methods.  Every
+other line of code (event dispatch, fast paths, guards, actions, logging) is shared, so any
+difference a benchmark measures between the two is the engine and nothing else.
+
+The compiled table reproduces the semantics of ``transitions`` 0.9 for this configuration
+(``auto_transitions=False``, ``send_event=False``, ``queued=False``, no ``prepare``/``after``/
+``on_exit`` callbacks, no machine-level hooks):
+
+* rows for the same ``(source, trigger)`` are tried in table order; the first whose guards pass
+  runs, and the trigger returns ``True``;
+* guards are ``conditions`` (must return ``== True``) followed by ``unless`` (must return
+  ``== False``), evaluated in order and short-circuited, as ``Condition.check`` does;
+* ``before`` actions run first; then, unless ``dest`` is ``None`` (an internal transition), the
+  state is set and the destination's ``on_enter`` actions run.  A row whose ``dest`` equals its
+  source is *not* internal: ``on_enter`` runs again, exactly as in ``transitions``;
+* a trigger with no row for the current state (``MachineError`` in ``transitions``) and a trigger
+  whose rows all fail their guards both return ``False``.
+
+``tests/test_dict_table_equivalence.py`` checks both the compiled table against the
+``transitions`` machine's own objects and the two runtimes against each other on random event
+sequences.
+
+:class:`PlainCallState` is the memory yardstick of issue 5 ("a plain object of the same
+fields"): an ordinary Python class (no ``__slots__``) whose ``__init__`` sets the same attributes
+to the same initial values as ``ResponseLifecycle.__init__``, with no machine at all.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from typing import Final, NamedTuple
+
+from realtime_fsm import events as ev
+from realtime_fsm.commands import Command
+from realtime_fsm.config import LifecycleConfig
+from realtime_fsm.lifecycle import ResponseLifecycle
+from realtime_fsm.lifecycle import log as lifecycle_log
+from realtime_fsm.table import IDLE, ON_ENTER, TRANSITIONS, ResponseState
+
+#: A guard method and the value it must compare equal to (True for ``conditions``, False for
+#: ``unless``).
+Guard = tuple[Callable[[ResponseLifecycle], object], bool]
+Action = Callable[[ResponseLifecycle], object]
+
+
+class Entry(NamedTuple):
+    """One compiled row.  A plain tuple underneath: ``_fire`` unpacks it positionally."""
+
+    guards: tuple[Guard, ...]
+    dest: ResponseState | None
+    #: The row's ``before`` actions.
+    actions: tuple[Action, ...]
+    #: The ``on_enter`` actions of ``dest`` (empty for an internal transition).
+    on_enter: tuple[Action, ...]
+
+
+Table = dict[tuple[ResponseState, str], tuple[Entry, ...]]
+
+
+def compile_table(cls: type[ResponseLifecycle] = ResponseLifecycle) -> Table:
+    """``(state, trigger) -> rows`` from the transitions config, callbacks bound to ``cls``'s
+    unbound methods (looked up once, here, instead of by name on every trigger)."""
+
+    def method(name: str) -> Action:
+        func = getattr(cls, name)
+        if not callable(func):  # pragma: no cover - the lifecycle checks names at import
+            raise TypeError(f"{cls.__name__}.{name} is not callable")
+        return func  # type: ignore[no-any-return]
+
+    rows: dict[tuple[ResponseState, str], list[Entry]] = {}
+    for row in TRANSITIONS:
+        guards = tuple((method(n), True) for n in row["conditions"]) + tuple(
+            (method(n), False) for n in row["unless"]
+        )
+        dest = row["dest"]
+        actions = tuple(method(n) for n in row["before"])
+        on_enter = tuple(method(n) for n in ON_ENTER.get(dest, ())) if dest is not None else ()
+        entry = Entry(guards, dest, actions, on_enter)
+        for source in row["source"]:
+            rows.setdefault((source, row["trigger"]), []).append(entry)
+    return {key: tuple(entries) for key, entries in rows.items()}
+
+
+#: The compiled table, shared by every :class:`DictTableLifecycle`.
+TABLE: Final[Table] = compile_table()
+
+
+class DictTableLifecycle(ResponseLifecycle):
+    """``ResponseLifecycle`` driven by :data:`TABLE` instead of ``transitions``.
+
+    Same slots, same code, same logging; only ``_fire`` differs."""
+
+    __slots__ = ()
+
+    def _fire(self, trigger: str) -> bool:
+        source = self.state
+        done = False
+        entries = TABLE.get((source, trigger))
+        if entries is not None:
+            for guards, dest, actions, on_enter in entries:
+                for guard, target in guards:
+                    if guard(self) != target:
+                        break
+                else:
+                    for action in actions:
+                        action(self)
+                    if dest is not None:
+                        self.state = dest
+                        for action in on_enter:
+                            action(self)
+                    done = True
+                    break
+        # The same log line as ResponseLifecycle._fire, so logging costs the same in both.
+        if done and lifecycle_log.isEnabledFor(logging.INFO):
+            lifecycle_log.info(
+                "call=%s transition=%s %s->%s response=%s inflight=%s pending=%d held=%d",
+                self._cfg.call_id,
+                trigger,
+                source.value,
+                self.state.value,
+                self.response_id,
+                self.inflight.event_id if self.inflight else None,
+                len(self.pending),
+                len(self.held_texts),
+            )
+        return done
+
+
+class PlainCallState:
+    """The fields of ``ResponseLifecycle`` on an ordinary object: no machine, no ``__slots__``.
+
+    Kept in step with ``ResponseLifecycle.__init__`` by a test (same attribute names)."""
+
+    def __init__(self, config: LifecycleConfig | None = None, *, now: float = 0.0) -> None:
+        cfg = config if config is not None else LifecycleConfig()
+        self._cfg = cfg
+        self.state: ResponseState = IDLE
+        self._now = float(now)
+        self._ev: object = None
+        self._out: list[Command] = []
+        self._seq = 0
+        self._server_creates = cfg.server_creates_response
+        self._server_interrupts = cfg.server_interrupts_response
+        self.pending: list[ev.RequestResponse] = []
+        self.held_texts: list[ev.UserText] = []
+        self.inflight: object = None
+        self.response_id: str | None = None
+        self.response_is_retry = False
+        self.response_expects_audio = True
+        self.audio_deltas = 0
+        self.transcript_deltas = 0
+        self.cancel_sent = False
+        self._first_transcript_at: float | None = None
+        self._last_activity = self._now
+        self._state_deadline: float | None = None
+        self._watchdog_skipped = False
+        self.watchdog_last_fire: float | None = None
+        self._recovery: str | None = None
+        self._flow: list[str] | None = None
+        self.oob_responses: set[str] = set()
+        self._retired: dict[str, str] = {}
+        self._given_up: dict[str, None] = {}
+        self._play: dict[str, list[int]] = {}
+        self.stats: dict[str, int] = {}

@@ -1,0 +1,534 @@
+"""The benchmark's dict-table baseline behaves exactly like the real (``transitions``) machine.
+
+``benchmarks/dict_table.py`` replaces only the engine of :class:`ResponseLifecycle`; the core
+benchmark compares the two, so it is only fair if they do the same work.  Checked three ways:
+
+* structurally: the compiled table has, for every ``(state, trigger)``, the rows, guards,
+  actions and ``on_enter`` callbacks of the ``transitions`` machine's own objects;
+* differentially: hypothesis drives both with the same random, deliberately messy event
+  sequences (requests, user text, speech, ``response.created``/``done`` with current, stale,
+  retired and unknown ids, busy and other errors matched and unmatched, ticks early and past the
+  deadline, audio and transcript deltas, playback marks, close, time going backwards) and
+  compares every return value or exception, every command, and the whole machine state;
+* the harness is sensitive: a table with one row missing is caught.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from benchmarks import dict_table
+from benchmarks.dict_table import TABLE, DictTableLifecycle, PlainCallState
+from realtime_fsm import (
+    META_EVENT_ID,
+    AudioDelta,
+    ConnectionClosed,
+    LifecycleConfig,
+    PlaybackProgress,
+    RequestResponse,
+    ResponseCreated,
+    ResponseDone,
+    ResponseLifecycle,
+    ResponseState,
+    SendResponseCreate,
+    ServerError,
+    SessionConfigured,
+    SpeechStarted,
+    SpeechStopped,
+    Tick,
+    TranscriptDelta,
+    UserText,
+    UserTurnCommitted,
+)
+from realtime_fsm.table import MACHINE, ON_ENTER
+
+BUSY_CODE = "conversation_already_has_active_response"
+BUSY_MSG = "Conversation already has an active response in progress: {rid}. Wait until it is done."
+#: A few response and item ids, so that stale, retired and current ids collide often.
+RIDS = ("resp_1", "resp_2", "resp_3", "resp_4")
+ITEMS = ("item_1", "item_2", "item_3")
+
+Machine = ResponseLifecycle
+Step = tuple[Any, ...]
+
+
+# ------------------------------------------------------------------------------- structure
+
+
+def test_compiled_table_matches_the_transitions_machine() -> None:
+    assert not (
+        MACHINE.prepare_event
+        or MACHINE.finalize_event
+        or MACHINE.before_state_change
+        or MACHINE.after_state_change
+        or MACHINE.on_exception
+        or MACHINE.on_final
+    ), "machine-level hooks are not compiled into the dict table"
+    assert not MACHINE.send_event and not MACHINE.has_queue
+    seen: set[tuple[ResponseState, str]] = set()
+    for trigger, event in MACHINE.events.items():
+        for state_name, transitions in event.transitions.items():
+            state = ResponseState[state_name]
+            assert MACHINE.get_state(state_name).on_exit == []
+            entries = TABLE[(state, trigger)]
+            assert len(entries) == len(transitions), (state, trigger)
+            for entry, trans in zip(entries, transitions, strict=True):
+                assert trans.prepare == [] and trans.after == []
+                want_guards = [(c.func, c.target) for c in trans.conditions]
+                assert [(g.__name__, t) for g, t in entry.guards] == want_guards
+                assert [a.__name__ for a in entry.actions] == trans.before
+                if trans.dest is None:
+                    assert entry.dest is None and entry.on_enter == ()
+                else:
+                    assert entry.dest is ResponseState[trans.dest]
+                    on_enter = MACHINE.get_state(trans.dest).on_enter
+                    assert [a.__name__ for a in entry.on_enter] == on_enter
+                    assert on_enter == ON_ENTER.get(entry.dest, [])
+            seen.add((state, trigger))
+    assert seen == set(TABLE)
+
+
+def test_plain_object_has_the_same_fields() -> None:
+    assert set(vars(PlainCallState())) == set(ResponseLifecycle.__slots__)
+    assert DictTableLifecycle.__slots__ == ()
+
+
+# ---------------------------------------------------------------------------- the harness
+
+
+class Ids:
+    """Ids the random steps can refer to: creates seen on the wire, plus a fresh-id counter."""
+
+    def __init__(self) -> None:
+        self.creates: list[str] = []
+        self.fresh = 0
+
+    def rid(self, m: Machine, choice: int) -> str:
+        if choice == 0 and m.response_id is not None:
+            return m.response_id
+        if choice == len(RIDS) + 1:
+            self.fresh += 1
+            return f"resp_new_{self.fresh}"
+        return RIDS[choice % len(RIDS)]
+
+    def event_id(self, m: Machine, choice: int) -> str | None:
+        if choice == 0:
+            return m.inflight.event_id if m.inflight is not None else "evt_unknown"
+        if choice == 1:
+            return None
+        if self.creates:
+            return self.creates[choice % len(self.creates)]
+        return "evt_unknown"
+
+
+def snapshot(m: Machine) -> dict[str, Any]:
+    """Every field of the machine (the inflight create as plain data, dicts with their order,
+    which decides what the bounded ones forget first), plus derived views."""
+    data: dict[str, Any] = {}
+    for name in ResponseLifecycle.__slots__:
+        if name in ("_cfg", "_out", "_ev", "inflight"):
+            continue
+        value = getattr(m, name)
+        data[name] = list(value.items()) if isinstance(value, dict) else value
+    inflight = m.inflight
+    data["inflight"] = (
+        None
+        if inflight is None
+        else (inflight.event_id, inflight.requests, inflight.sent_at, inflight.cancel_wanted)
+    )
+    data["next_deadline"] = m.next_deadline
+    data["caller_hearing"] = m.caller_hearing
+    data["invariants"] = m.check_invariants()
+    return data
+
+
+def outcome(call: Callable[[Machine], object], m: Machine) -> tuple[str, object]:
+    try:
+        return ("ok", call(m))
+    except Exception as exc:  # both must fail the same way, e.g. LocalProtocolError
+        return ("raised", f"{type(exc).__name__}: {exc}")
+
+
+def resolve(step: Step, m: Machine, now: float, ids: Ids) -> Callable[[Machine], object]:
+    """Turn an abstract step into one call, with ids resolved against the (shared) state."""
+    kind = step[0]
+    if kind == "request":
+        _, instructions, oob = step
+        event: Any = RequestResponse(reason="app", instructions=instructions, out_of_band=oob)
+    elif kind == "user_text":
+        event = UserText(text=step[1])
+    elif kind == "turn":
+        event = UserTurnCommitted(item_id="item_user")
+    elif kind == "session":
+        _, detection, create, interrupt = step
+        event = SessionConfigured(
+            turn_detection=detection, create_response=create, interrupt_response=interrupt
+        )
+    elif kind == "speech_started":
+        event = SpeechStarted(item_id="item_user", audio_start_ms=10)
+    elif kind == "speech_stopped":
+        event = SpeechStopped(item_id="item_user", audio_end_ms=20)
+    elif kind == "created":
+        _, rid, eid, oob, modalities = step
+        eid_value = ids.event_id(m, eid)
+        metadata = {META_EVENT_ID: eid_value} if eid_value is not None else {}
+        event = ResponseCreated(
+            response_id=ids.rid(m, rid),
+            out_of_band=oob,
+            metadata=metadata,
+            output_modalities=modalities,
+        )
+    elif kind == "done":
+        _, rid, status = step
+        event = ResponseDone(response_id=ids.rid(m, rid), status=status)
+    elif kind == "error":
+        _, what, eid, rid = step
+        code: str | None = what
+        message = "boom"
+        if what == BUSY_CODE:
+            message = BUSY_MSG.format(rid=ids.rid(m, rid))
+        elif what == "busy_no_id":
+            code, message = None, "Conversation already has an active response"
+        elif what == "response_cancel_not_active":
+            message = "Cancellation failed: no active response found"
+        event = ServerError(code=code, message=message, event_id=ids.event_id(m, eid))
+    elif kind == "audio":
+        _, rid, item, nbytes, via_handle = step
+        rid_value, item_id = ids.rid(m, rid), ITEMS[item]
+        if not via_handle:
+            return lambda x: x.audio_delta(rid_value, item_id, nbytes, now)
+        event = AudioDelta(response_id=rid_value, item_id=item_id, byte_count=nbytes)
+    elif kind == "transcript":
+        _, rid, via_handle = step
+        rid_value = ids.rid(m, rid)
+        if not via_handle:
+            return lambda x: x.transcript_delta(rid_value, now)
+        event = TranscriptDelta(response_id=rid_value)
+    elif kind == "touch":
+        rid_value = ids.rid(m, step[1])
+        return lambda x: x.touch(rid_value, now)
+    elif kind == "playback":
+        _, item, played_ms, via_handle = step
+        if not via_handle:
+            return lambda x: x.playback_progress(ITEMS[item], played_ms)
+        event = PlaybackProgress(item_id=ITEMS[item], played_ms=played_ms)
+    elif kind in ("tick", "back_in_time"):
+        event = Tick()
+    elif kind == "close":
+        event = ConnectionClosed(reason="hangup")
+    else:  # pragma: no cover
+        raise AssertionError(kind)
+    return lambda x: x.handle(event, now)
+
+
+def run_both(config: LifecycleConfig, steps: list[tuple[float, Step]]) -> None:
+    """Drive both machines in lockstep; fail at the first difference."""
+    real = ResponseLifecycle(config, now=0.0)
+    table = DictTableLifecycle(config, now=0.0)
+    ids = Ids()
+    now = 0.0
+    for index, (dt, step) in enumerate(steps):
+        if step[0] == "tick" and step[1] and real.next_deadline is not None:
+            now = max(now, real.next_deadline + dt)  # at or past the deadline
+        elif step[0] == "back_in_time":
+            now -= 1.0
+        else:
+            now += dt
+        fresh_before = ids.fresh
+        call = resolve(step, real, now, ids)
+        ids.fresh = fresh_before
+        call_table = resolve(step, table, now, ids)
+        got_real = outcome(call, real)
+        got_table = outcome(call_table, table)
+        where = f"step {index}: {step} at t={now}"
+        assert got_table == got_real, where
+        assert snapshot(table) == snapshot(real), where
+        if step[0] == "back_in_time":
+            now += 1.0
+        result = got_real[1]
+        if isinstance(result, list):
+            ids.creates.extend(c.event_id for c in result if isinstance(c, SendResponseCreate))
+
+
+# ------------------------------------------------------------------------------ strategies
+
+#: 0 = the current response (most often), 1..4 = the small pool, 5 = a never-seen id.
+_rid = st.sampled_from([0, 0, 0, 0, len(RIDS) + 1, len(RIDS) + 1, 1, 2, 3, 4])
+#: 0 = the create in flight (most often), 1 = none, 2.. = any create seen so far.
+_eid = st.sampled_from([0, 0, 0, 1, 2, 3, 4])
+_item = st.integers(0, len(ITEMS) - 1)
+_STEPS: dict[str, st.SearchStrategy[Step]] = {
+    "request": st.tuples(
+        st.just("request"),
+        st.sampled_from([None, None, "be brief", "be long"]),
+        st.sampled_from([False, False, False, True]),
+    ),
+    "user_text": st.tuples(st.just("user_text"), st.sampled_from(["hi", "stop", "book it"])),
+    "turn": st.tuples(st.just("turn")),
+    "session": st.tuples(
+        st.just("session"), st.sampled_from([None, "server_vad"]), st.booleans(), st.booleans()
+    ),
+    "speech_started": st.tuples(st.just("speech_started")),
+    "speech_stopped": st.tuples(st.just("speech_stopped")),
+    "created": st.tuples(
+        st.just("created"),
+        _rid,
+        _eid,
+        st.sampled_from([False, False, False, False, True]),
+        st.sampled_from([(), (), ("audio",), ("text",)]),
+    ),
+    "done": st.tuples(
+        st.just("done"), _rid, st.sampled_from(["completed", "cancelled", "incomplete", "failed"])
+    ),
+    "error": st.tuples(
+        st.just("error"),
+        st.sampled_from(
+            [BUSY_CODE, BUSY_CODE, "busy_no_id", "response_cancel_not_active", "invalid_value"]
+        ),
+        _eid,
+        _rid,
+    ),
+    "audio": st.tuples(
+        st.just("audio"), _rid, _item, st.sampled_from([0, 160, 800]), st.booleans()
+    ),
+    "transcript": st.tuples(st.just("transcript"), _rid, st.booleans()),
+    "touch": st.tuples(st.just("touch"), _rid),
+    "playback": st.tuples(
+        st.just("playback"), _item, st.sampled_from([0, 10, 20, 100, 1000]), st.booleans()
+    ),
+    "tick": st.tuples(st.just("tick"), st.sampled_from([True, True, False])),
+    "close": st.tuples(st.just("close")),
+    "back_in_time": st.tuples(st.just("back_in_time")),
+}
+#: How often each kind of step is drawn, so whole response cycles happen in one example.
+_WEIGHTS = {
+    "request": 4,
+    "user_text": 2,
+    "turn": 1,
+    "session": 1,
+    "speech_started": 2,
+    "speech_stopped": 1,
+    "created": 5,
+    "done": 4,
+    "error": 3,
+    "audio": 4,
+    "transcript": 3,
+    "touch": 1,
+    "playback": 2,
+    "tick": 3,
+    "close": 1,
+    "back_in_time": 1,
+}
+STEP: st.SearchStrategy[Step] = st.sampled_from(
+    [kind for kind, weight in _WEIGHTS.items() for _ in range(weight)]
+).flatmap(_STEPS.__getitem__)
+DT = st.sampled_from([0.0, 0.01, 0.3, 1.0, 3.5, 6.0, 13.0])
+CONFIG = st.builds(
+    LifecycleConfig,
+    create_timeout=st.sampled_from([1.0, 5.0]),
+    cancel_timeout=st.sampled_from([1.0, 5.0]),
+    no_audio_timeout=st.sampled_from([0.5, 3.0]),
+    watchdog_cooldown=st.sampled_from([2.0, 12.0]),
+    stall_timeout=st.sampled_from([4.0, 20.0]),
+    server_creates_response=st.booleans(),
+    server_interrupts_response=st.booleans(),
+)
+
+
+@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(config=CONFIG, steps=st.lists(st.tuples(DT, STEP), min_size=30, max_size=100))
+def test_dict_table_and_transitions_agree(
+    config: LifecycleConfig, steps: list[tuple[float, Step]]
+) -> None:
+    run_both(config, steps)
+
+
+_REQ: Step = ("request", None, False)
+_OURS: Step = ("created", len(RIDS) + 1, 0, False, ())  # a new id, our in-flight create
+_SERVERS: Step = ("created", len(RIDS) + 1, 1, False, ())  # a new id, no metadata (VAD)
+_SPEECH: Step = ("speech_started",)
+_AUDIO: Step = ("audio", 0, 0, 800, False)
+_DEADLINE: Step = ("tick", True)
+#: Rows that random sequences reach only rarely, each reached on purpose (see the comments).
+#: Together with the random sequences they reach every row of the table except ``created`` in
+#: idle for a create in flight and in creating with a cancel wanted, which cannot happen (a
+#: create in flight is never idle; a barge-in while creating moves to cancelling).
+SCENARIOS: dict[str, list[Step]] = {
+    # active+inflight: a server response took the slot; then ours is created, or rejected.
+    "ours_after_server_response": [_REQ, _SERVERS, _OURS],
+    "busy_while_active": [_REQ, _SERVERS, ("error", BUSY_CODE, 0, 0)],
+    "done_while_ours_in_flight": [_REQ, _SERVERS, ("done", 0, "completed"), _OURS],
+    "create_failed_while_active": [_REQ, _SERVERS, ("error", "invalid_value", 0, 0)],
+    "ours_created_while_cancelling": [_REQ, _SERVERS, _SPEECH, _OURS],
+    "done_while_cancelling_and_ours_in_flight": [_REQ, _SERVERS, _SPEECH, ("done", 0, "cancelled")],
+    "create_failed_after_early_barge_in": [_REQ, _SPEECH, ("error", "invalid_value", 0, 0)],
+    "create_failed_while_cancelling": [_REQ, _SERVERS, _SPEECH, ("error", "invalid_value", 0, 0)],
+    # barge-in before response.created, then a server response, then ours: cancel it by id.
+    "deferred_cancel_after_server_response": [_REQ, _SPEECH, _SERVERS, _OURS],
+    # a create given up at its timeout is served while another response is being cancelled.
+    "given_up_served_while_cancelling": [
+        _REQ,
+        _DEADLINE,
+        _REQ,
+        _SERVERS,
+        _SPEECH,
+        ("created", len(RIDS) + 1, 2, False, ()),
+    ],
+    "given_up_served_while_creating": [
+        _REQ,
+        _DEADLINE,
+        _REQ,
+        ("created", len(RIDS) + 1, 2, False, ()),
+    ],
+    "given_up_served_while_active": [
+        _REQ,
+        _DEADLINE,
+        _SERVERS,
+        ("created", len(RIDS) + 1, 2, False, ()),
+    ],
+    "busy_while_cancelling_a_known_response": [_REQ, _SERVERS, _SPEECH, ("error", BUSY_CODE, 0, 0)],
+    # an out-of-band response (resp_2) during ours, its done, then a late duplicate created.
+    "out_of_band": [
+        _REQ,
+        _OURS,
+        ("created", 1, 1, True, ()),
+        ("done", 1, "completed"),
+        ("done", 0, "completed"),
+        ("created", 1, 1, True, ()),
+    ],
+    "out_of_band_done_while_idle": [
+        _REQ,
+        _OURS,
+        ("created", 1, 1, True, ()),
+        ("done", 0, "completed"),
+        ("done", 1, "completed"),
+    ],
+    # server VAD that cancels by itself on speech.
+    "server_vad": [("session", "server_vad", True, True), _REQ, _OURS, _SPEECH],
+    # a pool id (resp_2) finished, then creating and cancelling: resp_2 is known (retired).
+    "retired_pool_id": [
+        _REQ,
+        ("created", 1, 0, False, ()),
+        ("done", 0, "completed"),
+        _REQ,
+        _SPEECH,
+    ],
+    # an out-of-band response (resp_2) open while creating and cancelling.
+    "out_of_band_then_busy": [("created", 1, 1, True, ()), _REQ, _SPEECH],
+    # the caller still hears the last response after its done / during a stall cancel.
+    "speech_while_idle_and_hearing": [_REQ, _OURS, _AUDIO, ("done", 0, "completed"), _SPEECH],
+    "text_while_stall_cancel_and_hearing": [_REQ, _OURS, _AUDIO, _DEADLINE, ("user_text", "hi")],
+    "speech_while_stall_cancel_and_hearing": [_REQ, _OURS, _AUDIO, _DEADLINE, _SPEECH],
+    # a silent response, the watchdog's retry, then another silent one inside the cooldown.
+    "watchdog_cooldown": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, False),
+        _DEADLINE,
+        ("done", 0, "cancelled"),
+        _OURS,
+        ("done", 0, "completed"),
+        _REQ,
+        _OURS,
+        ("transcript", 0, False),
+        _DEADLINE,
+    ],
+}
+
+
+#: One of every kind of event, with ids that are current, stale, retired, ours or unknown.
+PROBES: list[Step] = [
+    _REQ,
+    ("request", "be brief", False),
+    ("request", None, True),
+    ("user_text", "hi"),
+    ("turn",),
+    ("session", "server_vad", True, True),
+    ("session", None, False, False),
+    _SPEECH,
+    ("speech_stopped",),
+    _OURS,
+    _SERVERS,
+    ("created", 0, 1, False, ()),  # the current id again
+    ("created", 1, 2, False, ()),  # a pool id, the first create seen (maybe given up)
+    ("created", len(RIDS) + 1, 1, True, ()),  # a new out-of-band response
+    ("created", 1, 1, True, ()),  # resp_2 out of band (retired if done before)
+    ("done", 0, "completed"),
+    ("done", 1, "completed"),  # resp_2: stale, or the out-of-band one
+    ("error", BUSY_CODE, 0, 0),
+    ("error", BUSY_CODE, 3, 0),
+    ("error", "busy_no_id", 1, 0),
+    ("error", "response_cancel_not_active", 1, 0),
+    ("error", "invalid_value", 0, 0),
+    ("error", "invalid_value", 3, 0),
+    _DEADLINE,
+    ("tick", False),
+    _AUDIO,
+    ("audio", 1, 1, 160, True),
+    ("transcript", 0, True),
+    ("touch", 0),
+    ("playback", 0, 50, True),
+    ("close",),
+    ("back_in_time",),
+]
+#: Rows no sequence can reach: a create in flight is never idle, and a barge-in while creating
+#: moves to cancelling, so ``creating`` never holds a create whose cancel is wanted.
+UNREACHABLE = {
+    (ResponseState.IDLE, "created", 2),
+    (ResponseState.IDLE, "created", 3),
+    (ResponseState.CREATING, "created", 2),
+}
+
+
+def test_every_prefix_then_every_probe_agrees_and_reaches_every_row(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every prefix of every scenario, followed by every probe: deterministic, and together they
+    fire every reachable row of the table (recorded by an extra first action on each row)."""
+    hits: set[tuple[ResponseState, str, int]] = set()
+
+    def recorder(key: tuple[ResponseState, str], index: int) -> Callable[[object], None]:
+        return lambda _m: hits.add((*key, index))
+
+    recording = {
+        key: tuple(
+            entry._replace(actions=(recorder(key, i), *entry.actions))
+            for i, entry in enumerate(entries)
+        )
+        for key, entries in TABLE.items()
+    }
+    monkeypatch.setattr(dict_table, "TABLE", recording)
+    prefixes = {tuple(steps[:n]) for steps in SCENARIOS.values() for n in range(len(steps) + 1)}
+    for prefix in sorted(prefixes, key=repr):
+        for probe in PROBES:
+            run_both(LifecycleConfig(), [(0.1, step) for step in (*prefix, probe)])
+    every_row = {(*key, i) for key, entries in TABLE.items() for i in range(len(entries))}
+    assert every_row - UNREACHABLE - hits == set()
+    assert not hits & UNREACHABLE
+
+
+def test_a_broken_table_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Drop the first ``created`` row in ``active`` (duplicate response.created is ignored): a
+    duplicate then replaces the response instead, and the harness must notice."""
+    key = (ResponseState.ACTIVE, "created")
+    broken = dict(TABLE)
+    broken[key] = TABLE[key][1:]
+    monkeypatch.setattr(dict_table, "TABLE", broken)
+    steps: list[tuple[float, Step]] = [
+        (0.1, ("request", None, False)),
+        (0.1, ("created", len(RIDS), 0, False, ())),  # resp_1, our in-flight create
+        (0.1, ("created", 0, 4, False, ())),  # the current id again: a duplicate
+    ]
+    with pytest.raises(AssertionError):
+        run_both(LifecycleConfig(), steps)
+    monkeypatch.undo()
+    run_both(LifecycleConfig(), steps)
