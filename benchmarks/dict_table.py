@@ -162,6 +162,7 @@ class PlainCallState:
         self._watchdog_skipped = False
         self.watchdog_last_fire: float | None = None
         self._recovery: str | None = None
+        self._server_turn_until: float | None = None
         self._flow: list[str] | None = None
         self.oob_responses: set[str] = set()
         self._retired: dict[str, str] = {}

@@ -43,6 +43,7 @@ from .table import (
     CREATING,
     IDLE,
     MACHINE,
+    TRANSITIONS,
     ResponseState,
     callback_names,
 )
@@ -66,6 +67,12 @@ _PLAYBACK_MAX: Final = 16
 _TRIGGERS: dict[str, Callable[..., bool]] = {
     name: event.trigger for name, event in MACHINE.events.items()
 }
+#: Every (state, trigger) pair the table has at least one row for.
+_DEFINED: frozenset[tuple[ResponseState, str]] = frozenset(
+    (source, row["trigger"]) for row in TRANSITIONS for source in row["source"]
+)
+#: Where commands go between two ``handle`` calls (nothing is emitted there).
+_NO_OUTBOX: list[Command] = []
 
 
 class _Inflight:
@@ -109,6 +116,7 @@ class ResponseLifecycle:
         "_seq",
         "_server_creates",
         "_server_interrupts",
+        "_server_turn_until",
         "_state_deadline",
         "_watchdog_skipped",
         "audio_deltas",
@@ -153,6 +161,9 @@ class ResponseLifecycle:
         self._watchdog_skipped = False
         self.watchdog_last_fire: float | None = None
         self._recovery: str | None = None
+        #: Set while the server's VAD is expected to create the response for a committed turn
+        #: (``inf`` while busy, a deadline once idle); our own creates wait meanwhile.
+        self._server_turn_until: float | None = None
         self._flow: list[str] | None = None
         self.oob_responses: set[str] = set()
         self._retired: dict[str, str] = {}
@@ -186,6 +197,8 @@ class ResponseLifecycle:
             ):
                 deadline = min(deadline, first + self._cfg.no_audio_timeout)
             return deadline
+        if state is IDLE:
+            return self._server_turn_until
         return None
 
     @property
@@ -208,10 +221,13 @@ class ResponseLifecycle:
         self._ev = event
         out: list[Command] = []
         self._out = out
-        handler(self, event)
-        if self.state is IDLE and self.pending:
-            self._fire("drain")
-        self._ev = None
+        try:
+            handler(self, event)
+            if self.state is IDLE and self.pending:
+                self._fire("drain")
+        finally:
+            self._ev = None
+            self._out = _NO_OUTBOX  # the caller owns the list now; keep no reference to it
         return out
 
     def audio_delta(self, response_id: str, item_id: str, byte_count: int, now: float) -> bool:
@@ -274,8 +290,10 @@ class ResponseLifecycle:
                 problems.append("stale per-response counters")
             if self.cancel_sent or self.response_is_retry:
                 problems.append("stale response flags")
-            if state is IDLE and (self.held_texts or self.pending):
-                problems.append("undelivered work left in idle")
+            if state is IDLE and self.held_texts:
+                problems.append("held text left in idle")
+            if state is IDLE and self.pending and self._server_turn_until is None:
+                problems.append("queued requests left in idle")
             if self._state_deadline is not None:
                 problems.append("deadline armed outside creating/cancelling")
         elif state is CREATING:
@@ -295,9 +313,13 @@ class ResponseLifecycle:
 
     def _fire(self, trigger: str) -> bool:
         source = self.state
+        if (source, trigger) not in _DEFINED:
+            # Not even a row for it: answer without the engine, whose MachineError would pin
+            # this object in a traceback reference cycle until the next garbage collection.
+            return False
         try:
             done = _TRIGGERS[trigger](self)
-        except MachineError:
+        except MachineError:  # pragma: no cover - _DEFINED mirrors the table
             done = False
         if done and log.isEnabledFor(logging.INFO):
             log.info(
@@ -511,6 +533,19 @@ class ResponseLifecycle:
         # A busy response known only from an error message: its done is the next unknown one.
         return self.response_id is None and self.state is ACTIVE and self._is_unknown(rid)
 
+    def awaiting_server_response(self) -> bool:
+        return self._server_turn_until is not None
+
+    def server_response_overdue(self) -> bool:
+        until = self._server_turn_until
+        return until is not None and self._now >= until
+
+    def busy_response_abandoned(self) -> bool:
+        event = self._ev
+        assert isinstance(event, ev.ServerError)
+        match = _RESP_ID.search(event.message)
+        return match is not None and self._retired.get(match.group(1)) == "abandoned"
+
     def awaiting_created(self) -> bool:
         return self.response_id is None
 
@@ -646,6 +681,7 @@ class ResponseLifecycle:
         inflight = self.inflight
         assert isinstance(event, ev.ResponseCreated) and inflight is not None
         self._supersede_current()
+        self._server_turn_until = None  # whatever we were waiting for, a response is here
         self.inflight = None
         self._clear_response()
         self.response_id = event.response_id
@@ -680,6 +716,7 @@ class ResponseLifecycle:
         event = self._ev
         assert isinstance(event, ev.ResponseCreated)
         self._supersede_current()
+        self._server_turn_until = None  # whatever we were waiting for, a response is here
         self._clear_response()
         rid = event.response_id
         self.response_id = rid
@@ -700,6 +737,7 @@ class ResponseLifecycle:
         event = self._ev
         assert isinstance(event, ev.ResponseCreated)
         self._supersede_current()
+        self._server_turn_until = None  # whatever we were waiting for, a response is here
         self._clear_response()
         self.response_id = event.response_id
         self.response_expects_audio = _expects_audio(event)
@@ -914,6 +952,40 @@ class ResponseLifecycle:
         self.response_id = rid
         self._last_activity = self._now
 
+    def adopt_abandoned_response(self) -> None:
+        """The response we stopped waiting for is still alive: cancel it again, wait for it."""
+        event = self._ev
+        assert isinstance(event, ev.ServerError)
+        match = _RESP_ID.search(event.message)
+        assert match is not None
+        rid = match.group(1)
+        self._clear_response()
+        self.response_id = rid
+        self._last_activity = self._now
+        self._count("abandoned_response_still_active")
+        self._send_cancel(rid)
+        log.warning(
+            "call=%s response %s outlived its cancel timeout; cancelling it again",
+            self._cfg.call_id,
+            rid,
+        )
+
+    def expect_server_response(self) -> None:
+        """Server VAD will answer this turn by itself; a create of ours would race it."""
+        self._server_turn_until = (
+            self._now + self._cfg.create_timeout if self.state is IDLE else float("inf")
+        )
+
+    def stop_awaiting_server_response(self) -> None:
+        self._server_turn_until = None
+        self._count("server_response_overdue")
+        log.warning(
+            "call=%s the server created no response for the committed turn within %gs;"
+            " serving queued requests",
+            self._cfg.call_id,
+            self._cfg.create_timeout,
+        )
+
     def give_up_inflight(self) -> None:
         inflight = self.inflight
         assert inflight is not None
@@ -1079,6 +1151,7 @@ class ResponseLifecycle:
         self._state_deadline = None
         self._play.clear()
         self._flow = None
+        self._server_turn_until = None
 
     # ---------------------------------------------------------------------- state entry hooks
 
@@ -1086,6 +1159,9 @@ class ResponseLifecycle:
         """Rule 4: whatever path led here, nothing of the last response survives."""
         self._clear_response()
         self._state_deadline = None
+        if self._server_turn_until is not None:
+            # The server answers the turn committed meanwhile now that the slot is free.
+            self._server_turn_until = self._now + self._cfg.create_timeout
         if self.held_texts:
             for text in self.held_texts:
                 self._emit(
@@ -1102,7 +1178,13 @@ class ResponseLifecycle:
         self._state_deadline = max(inflight.sent_at, self._now) + self._cfg.create_timeout
 
     def enter_cancelling(self) -> None:
-        self._state_deadline = self._now + self._cfg.cancel_timeout
+        rid = self.response_id
+        if rid is not None and self._retired.get(rid) == "abandoned":
+            # The server just proved it is alive and still busy with this one: its done is
+            # coming, so give it the stall timeout rather than loop through abandon/busy.
+            self._state_deadline = self._now + self._cfg.stall_timeout
+        else:
+            self._state_deadline = self._now + self._cfg.cancel_timeout
 
 
 def _expects_audio(event: ev.ResponseCreated) -> bool:

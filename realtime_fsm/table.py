@@ -105,12 +105,18 @@ def _row(
 # fmt: off
 TRANSITIONS: list[Row] = [
     # --- Rule 1: single active response.  A create only ever leaves idle; elsewhere it queues.
-    _row("request",  IDLE,  CREATING, do=("enqueue_request", "send_create")),
-    _row("request",  BUSY,  None,     do=("enqueue_request",)),
+    # When the server's VAD will create the response for a committed turn, a create of ours
+    # would only race it: requests wait (queued) until that response shows up or is overdue.
+    _row("request",  IDLE,  CREATING, unless=("awaiting_server_response",),
+         do=("enqueue_request", "send_create")),
+    _row("request",  OPEN,  None,     do=("enqueue_request",)),
     _row("turn_committed", IDLE, CREATING, unless=("server_creates",),
          do=("enqueue_turn", "send_create")),
     _row("turn_committed", BUSY, None, unless=("server_creates",), do=("enqueue_turn",)),
-    _row("drain",    IDLE,  CREATING, when=("has_pending",), do=("send_create",)),
+    _row("turn_committed", OPEN, None, when=("server_creates",),
+         do=("expect_server_response",)),
+    _row("drain",    IDLE,  CREATING, when=("has_pending",), unless=("awaiting_server_response",),
+         do=("send_create",)),
     _row("request_oob", OPEN, None,   do=("send_oob_create",)),
 
     # --- response.created: ours, ours-but-interrupted, or the server's own (VAD, idle timeout).
@@ -151,6 +157,10 @@ TRANSITIONS: list[Row] = [
     _row("speech_started", ACTIVE, CANCELLING, do=("barge_in",)),
 
     # --- Errors, matched to our requests by the event_id the server echoes back.
+    # Busy because of a response we stopped waiting for (cancel timeout): it is still being
+    # cancelled, so wait for its done again (audio stays dropped) rather than adopt it.
+    _row("create_busy", CREATING, CANCELLING, when=("busy_response_abandoned",),
+         do=("requeue_inflight", "adopt_abandoned_response")),
     _row("create_busy", CREATING, ACTIVE, do=("requeue_inflight", "adopt_busy_response")),
     _row("create_busy", CANCELLING, ACTIVE, when=("awaiting_created",),
          do=("requeue_inflight", "adopt_busy_response")),
@@ -169,6 +179,8 @@ TRANSITIONS: list[Row] = [
     _row("tick", ACTIVE, CANCELLING, when=("stalled",), do=("cancel_stalled",)),
     _row("tick", CREATING, IDLE,     when=("create_timed_out",), do=("give_up_inflight",)),
     _row("tick", CANCELLING, IDLE,   when=("cancel_timed_out",), do=("abandon_cancel",)),
+    _row("tick", IDLE, None,         when=("server_response_overdue",),
+         do=("stop_awaiting_server_response",)),
 
     # --- Session settings and teardown.
     _row("configure", OPEN, None, do=("apply_session",)),

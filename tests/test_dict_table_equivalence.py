@@ -412,6 +412,17 @@ SCENARIOS: dict[str, list[Step]] = {
         ("done", 0, "completed"),
         ("done", 1, "completed"),
     ],
+    # server VAD creates the committed turn's response: requests wait for it, then time out.
+    "server_turn_awaited": [("session", "server_vad", True, True), ("turn",), _REQ, _DEADLINE],
+    # a response abandoned at its cancel timeout turns out to be the one the server is busy with.
+    "busy_by_abandoned_response": [
+        _REQ,
+        ("created", 1, 0, False, ()),
+        _SPEECH,
+        _DEADLINE,
+        _REQ,
+        ("error", BUSY_CODE, 0, 1),
+    ],
     # server VAD that cancels by itself on speech.
     "server_vad": [("session", "server_vad", True, True), _REQ, _OURS, _SPEECH],
     # a pool id (resp_2) finished, then creating and cancelling: resp_2 is known (retired).

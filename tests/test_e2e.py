@@ -534,15 +534,6 @@ def test_server_quiet_after_cancel_recovers_through_the_cancel_timeout() -> None
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=asyncio.TimeoutError,
-    reason=(
-        "core bug: after a cancel timeout the bridge's create is rejected as busy by the response "
-        "it abandoned; adopt_busy_response drops that id because it is retired, so its late "
-        "response.done is ignored as stale and the slot stays 'active' until stall_timeout"
-    ),
-)
 def test_cancel_acknowledged_after_the_cancel_timeout() -> None:
     """The server acknowledges a cancel only after the bridge stopped waiting for it.  The
     bridge's next create is (unavoidably) rejected as busy, but the late ``response.done`` of
@@ -650,16 +641,6 @@ def test_turn_taking_server_creates_responses() -> None:
     run(scenario())
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason=(
-        "core bug: with server VAD creating responses, a turn committed while a cancelled "
-        "response is finishing is answered by the server as soon as the slot frees, but the "
-        "machine ignores turn_committed in busy states and sends its own response.create for the "
-        "held text at response.done: conversation_already_has_active_response"
-    ),
-)
 def test_server_creates_turn_committed_while_cancelling_is_not_raced() -> None:
     """Server-creates mode, text barge-in, and the caller speaks (and stops) before the
     cancelled response's ``response.done``: the server answers the turn when the slot frees, so

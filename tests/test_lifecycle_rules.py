@@ -629,3 +629,68 @@ def test_events_validate_their_fields() -> None:
         ResponseCreated("resp_1", metadata={"k": 1})  # type: ignore[dict-item]
     with pytest.raises(ValueError):
         PlaybackProgress("item", -5)
+
+
+# ------------------------------------------------------------- fixes found end to end
+
+
+def test_server_vad_turn_committed_while_busy_is_not_raced_by_our_create() -> None:
+    """With create_response on, the server answers a turn committed during a response as soon
+    as the slot frees: the held text waits for that response instead of racing it."""
+    d = Driver()
+    d.feed(SessionConfigured("server_vad", create_response=True, interrupt_response=True))
+    d.start_response("resp_1")
+    d.feed(UserText("typed"))
+    d.feed(UserTurnCommitted("item_u1"))  # the caller also spoke
+    out = d.feed(ResponseDone("resp_1", status="cancelled"))
+    assert [c.text for c in of(out, SendUserText)] == ["typed"]  # type: ignore[attr-defined]
+    assert not of(out, SendResponseCreate), "the server's VAD response comes first"
+    assert d.feed(RequestResponse(reason="tool_output")) == []
+    d.feed(ResponseCreated("resp_vad"))
+    out = d.feed(ResponseDone("resp_vad"))
+    assert only(out, SendResponseCreate).reason == "user_text+tool_output"
+
+
+def test_server_vad_response_that_never_comes_times_out() -> None:
+    d = Driver(create_timeout=2.0)
+    d.feed(SessionConfigured("server_vad", create_response=True, interrupt_response=True))
+    d.feed(UserTurnCommitted("item_u1"))
+    assert d.feed(UserText("hello?"))[1:] == []  # the item goes out, the create waits
+    out = d.tick_to_deadline()
+    assert only(out, SendResponseCreate).reason == "user_text"
+    assert d.m.stats["server_response_overdue"] == 1
+
+
+def test_busy_error_naming_an_abandoned_response_waits_for_its_done() -> None:
+    d = Driver(cancel_timeout=1.0, stall_timeout=20.0)
+    d.start_response("resp_slow")
+    d.feed(UserText("stop"))
+    out = d.tick_to_deadline()  # the cancel is not acknowledged in time
+    create = only(out, SendResponseCreate)
+    busy = BUSY_MSG.format(rid="resp_slow")
+    out = d.feed(
+        ServerError("conversation_already_has_active_response", busy, event_id=create.event_id)
+    )
+    assert d.m.state is CANCELLING and only(out, SendResponseCancel).response_id == "resp_slow"
+    assert d.audio("resp_slow") is False, "its audio stays dropped"
+    assert d.m.next_deadline is not None and d.m.next_deadline >= d.now + 19
+    out = d.feed(ResponseDone("resp_slow", status="cancelled"))
+    assert only(out, SendResponseCreate).reason == "user_text"
+
+
+def test_rejected_events_leave_no_reference_cycle() -> None:
+    import gc
+
+    gc.collect()
+    gc.disable()
+    try:
+        before = len(gc.get_objects())
+        for _ in range(200):
+            m = ResponseLifecycle()
+            m.handle(ResponseDone("resp_stale"), now=1.0)  # no row for done in idle
+            m.handle(Tick(), now=2.0)
+            del m
+        assert gc.collect() == 0, "something survived only through a cycle"
+        assert len(gc.get_objects()) - before < 50
+    finally:
+        gc.enable()
