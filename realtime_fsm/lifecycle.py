@@ -167,8 +167,9 @@ class ResponseLifecycle:
         self._flow: list[str] | None = None
         self.oob_responses: set[str] = set()
         self._retired: dict[str, str] = {}
-        #: event_ids of creates given up while in flight: a late response.created of one is
-        #: cancelled, never played (the app was told it will not be served).
+        #: event_ids of creates given up while in flight and not answered yet, oldest first: a
+        #: late response.created of one is cancelled, never played (the app was told it will
+        #: not be served), and a late rejection of one is not taken for the create in flight.
         self._given_up: dict[str, None] = {}
         self._play: dict[str, list[int]] = {}
         #: Counters a bridge can export: stale events, benign errors, drops, fires.
@@ -374,11 +375,23 @@ class ResponseLifecycle:
         code = event.code or ""
         message_lc = event.message.lower()
         inflight = self.inflight
+        busy = code == BUSY_CODE or message_lc.startswith(_BUSY_PREFIX)
+        given_up = self._given_up
+        if busy and given_up and (event.event_id is None or event.event_id in given_up):
+            # The answer to a create we already gave up on.  Without an echoed event_id
+            # (older servers) it is still known which: the server answers creates in the
+            # order they were sent, and those given up are older than the one in flight.
+            del given_up[event.event_id if event.event_id in given_up else next(iter(given_up))]
+            self._fire("server_error")
+            return
+        # Without an echoed event_id, any other busy error is about our create in flight,
+        # whatever the state: it usually arrives in ``active``, right after the server-created
+        # response that won the race.
         ours = inflight is not None and (
             event.event_id == inflight.event_id
-            or (event.event_id is None and self.state is CREATING)
+            or (event.event_id is None and (busy or self.state is CREATING))
         )
-        if code == BUSY_CODE or message_lc.startswith(_BUSY_PREFIX):
+        if busy:
             if ours:
                 self._fire("create_busy")
             else:
@@ -423,7 +436,7 @@ class ResponseLifecycle:
         if len(retired) > _RETIRED_MAX:
             del retired[next(iter(retired))]
 
-    def _forget_create(self, inflight: _Inflight) -> None:
+    def _remember_given_up(self, inflight: _Inflight) -> None:
         given_up = self._given_up
         given_up[inflight.event_id] = None
         if len(given_up) > _RETIRED_MAX:
@@ -718,6 +731,7 @@ class ResponseLifecycle:
         self._supersede_current()
         self._server_turn_until = None  # whatever we were waiting for, a response is here
         self._clear_response()
+        self._given_up.pop(event.metadata.get(META_EVENT_ID, ""), None)  # answered now
         rid = event.response_id
         self.response_id = rid
         self._last_activity = self._now
@@ -990,12 +1004,12 @@ class ResponseLifecycle:
         inflight = self.inflight
         assert inflight is not None
         self.inflight = None
-        self._forget_create(inflight)
         event = self._ev
         if isinstance(event, ev.ServerError):
             reason = f"rejected:{event.code or 'error'}"
         else:
             reason = "create_timeout"
+            self._remember_given_up(inflight)  # timed out: its answer may still come
         self._count("requests_given_up")
         self._emit(
             RequestGivenUp(
@@ -1086,7 +1100,7 @@ class ResponseLifecycle:
         if inflight is not None:
             # Only possible when the barge-in came before response.created and it never came.
             self.inflight = None
-            self._forget_create(inflight)
+            self._remember_given_up(inflight)
             self._emit(
                 RequestGivenUp(
                     reason="create_timeout",

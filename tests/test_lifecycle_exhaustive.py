@@ -1,0 +1,416 @@
+"""Exhaustive bounded check: every sequence of an abstract alphabet, up to a depth, by BFS.
+
+The property test samples interleavings; this one enumerates all of them, up to
+:data:`DEPTH` actions, for the same :class:`~test_lifecycle_properties.World` (the real machine,
+the reference server and the two FIFO queues between them) and the same invariants.  Each
+letter of the alphabet is one world action: the app asks for a response, the user types or
+speaks, the server streams its next event or answers on its own (VAD, idle timeout), the
+network delivers the oldest message in either direction, the driver's timer fires at (or long
+after) the next deadline, a stale ``response.done`` / ``response.created`` of a finished response
+arrives, or the connection closes.  The server replies the machine sees (``response.created``,
+``response.done``, the busy error, ``response_cancel_not_active``, ...) come from the reference
+server, so every reply is one the real server could send in that situation.
+
+States are deduplicated by an abstract signature: everything that can influence the future
+(machine, server, both queues and the books the invariants read), with times taken relative to
+the clock and every id renamed in order of first appearance, so two histories that differ only in
+the names they minted are explored once.  On top of the per-step invariants, every distinct
+state is also checked for *liveness*: from there, with the server silent, the machine must reach
+``idle`` within its timeouts, and with everything delivered it must settle in ``idle`` with every
+request served or given up for a legitimate reason.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any, TypeVar
+
+import attrs
+import pytest
+from test_lifecycle_properties import MODES, Mode, World
+
+
+def _exchange(world: World) -> None:
+    """A round trip: every client event in flight reaches the server, then every server event
+    in flight reaches the client (what it sends in reply stays in flight)."""
+    while world.can_send():
+        world.send()
+        world.check()
+    pending = len(world.server.outbox)
+    for _ in range(pending):
+        world.receive()
+        world.check()
+
+
+@dataclass(frozen=True)
+class Letter:
+    """One letter of the alphabet: a world action and when it is enabled."""
+
+    name: str
+    enabled: Callable[[World], bool]
+    run: Callable[[World], None]
+
+
+LETTERS: dict[str, Letter] = {
+    letter.name: letter
+    for letter in (
+        Letter("request", lambda w: w.open, lambda w: w.request()),
+        Letter("request_instructed", lambda w: w.open, lambda w: w.request("be brief")),
+        Letter("request_oob", lambda w: w.open, lambda w: w.request(out_of_band=True)),
+        Letter("user_text", lambda w: w.open, lambda w: w.user_text()),
+        Letter("speech_started", World.can_speak, World.speech_started),
+        Letter("speech_stopped", World.can_stop_speaking, World.speech_stopped),
+        Letter("idle_timeout", lambda w: w.open and w.server.default is None, World.idle_timeout),
+        Letter("silence_next", lambda w: w.open and not w.server.next_silent, World.silence_next),
+        Letter("send", World.can_send, World.send),
+        Letter("receive", World.can_receive, World.receive),
+        Letter("stream", World.can_stream, lambda w: w.stream(0)),
+        Letter("tick", World.can_tick, lambda w: w.tick(0.0)),
+        Letter("late_tick", World.can_tick, lambda w: w.tick(13.0)),
+        Letter(
+            "playback", lambda w: w.open and bool(w.playable_items()), lambda w: w.playback(0, 0.5)
+        ),
+        Letter("close", lambda w: w.open, World.close),
+        Letter("exchange", lambda w: w.can_send() or w.can_receive(), lambda w: _exchange(w)),
+    )
+}
+NETWORK = ("send", "receive", "stream", "tick", "close")
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One bounded search: a world, the letters it may use (inputs capped by ``limits``), and
+    the depth: every sequence of up to ``depth`` letters is explored."""
+
+    name: str
+    mode: Mode
+    letters: tuple[str, ...]
+    limits: tuple[tuple[str, int], ...]
+    depth: int
+    always_silent: bool = False
+    echo_event_ids: bool = True
+
+    def world(self) -> World:
+        return World(
+            self.mode,
+            audio_chunks=1,
+            transcript_chunks=1,
+            always_silent=self.always_silent,
+            echo_event_ids=self.echo_event_ids,
+        )
+
+
+_MODE = {mode.name: mode for mode in MODES}
+SCENARIOS = (
+    # Requests, text barge-ins, server-created responses, playback and truncation, timeouts.
+    Scenario(
+        "app_and_text",
+        _MODE["no_vad"],
+        ("request", "user_text", "idle_timeout", "playback", *NETWORK),
+        (("request", 2), ("user_text", 2), ("idle_timeout", 1)),
+        depth=9,
+    ),
+    # An older server that echoes no event_id in its errors: rejections matched by order.
+    Scenario(
+        "errors_without_event_id",
+        _MODE["no_vad"],
+        ("request", "user_text", "idle_timeout", *NETWORK),
+        (("request", 2), ("user_text", 1), ("idle_timeout", 1)),
+        depth=9,
+        echo_event_ids=False,
+    ),
+    # Server VAD cancels and creates by itself, and the machine knows.
+    Scenario(
+        "server_vad",
+        _MODE["vad"],
+        ("request", "user_text", "speech_started", "speech_stopped", *NETWORK),
+        (("request", 1), ("user_text", 1), ("speech_started", 1)),
+        depth=11,
+    ),
+    # Server VAD the machine was not told about: it cancels and asks for responses itself too.
+    Scenario(
+        "unannounced_vad",
+        _MODE["vad_unannounced"],
+        ("request", "user_text", "speech_started", "speech_stopped", *NETWORK),
+        (("request", 1), ("user_text", 1), ("speech_started", 1)),
+        depth=10,
+    ),
+    # The other turn-detection settings: interrupt only, create only, neither.
+    *(
+        Scenario(
+            name,
+            _MODE[name],
+            ("request", "user_text", "speech_started", "speech_stopped", *NETWORK),
+            (("request", 1), ("user_text", 1), ("speech_started", 1)),
+            depth=9,
+        )
+        for name in ("vad_interrupt_only", "vad_create_only", "vad_manual")
+    ),
+    # Every response is silent and the network a round trip, so sequences reach far in time:
+    # the watchdog, its retry, its cooldown.
+    Scenario(
+        "silent_round_trips",
+        _MODE["no_vad"],
+        ("request", "exchange", "stream", "tick", "late_tick"),
+        (("request", 2), ("late_tick", 1)),
+        depth=20,
+        always_silent=True,
+    ),
+    # Requests with and without instructions, out-of-band ones: coalescing never drops one.
+    Scenario(
+        "coalescing_round_trips",
+        _MODE["no_vad"],
+        ("request", "request_instructed", "request_oob", "exchange", "stream", "tick"),
+        (("request", 2), ("request_instructed", 1), ("request_oob", 1)),
+        depth=10,
+    ),
+    # Every response is silent: the watchdog, its retry, its cooldown.
+    Scenario(
+        "silent_server",
+        _MODE["no_vad"],
+        ("request", "user_text", "late_tick", *NETWORK),
+        (("request", 2), ("user_text", 1), ("late_tick", 1)),
+        depth=11,
+        always_silent=True,
+    ),
+)
+
+_ID = re.compile(r"\b(?:resp_\d+|item_user_\d+|item_\d+|rtfsm_[a-z]+_\d+|t\d+|app\d+)\b")
+
+
+T = TypeVar("T")
+_ATOMIC: set[type] = {type(None), bool, int, float, str, MappingProxyType}
+_FIELDS: dict[type, tuple[bool, tuple[str, ...]]] = {}
+
+
+def clone(obj: T) -> T:
+    """A deep copy of a world that shares every immutable value (``copy.deepcopy`` cannot copy
+    the read-only metadata mappings of events and commands, and would copy them needlessly)."""
+    return _clone(obj, {})  # type: ignore[no-any-return]
+
+
+def _layout(cls: type) -> tuple[bool, tuple[str, ...]]:
+    """(shared as is?, slot names) for a class, computed once."""
+    layout = _FIELDS.get(cls)
+    if layout is None:
+        # Enums and frozen attrs values (hashable: events, commands, config) are immutable.
+        atomic = issubclass(cls, enum.Enum) or (attrs.has(cls) and cls.__hash__ is not None)
+        slots = tuple(
+            name
+            for klass in cls.__mro__
+            for name in getattr(klass, "__slots__", ())
+            if name != "__weakref__"
+        )
+        layout = _FIELDS[cls] = (atomic, slots)
+    return layout
+
+
+def _clone(obj: Any, memo: dict[int, Any]) -> Any:
+    cls = type(obj)
+    if cls in _ATOMIC:
+        return obj
+    key = id(obj)
+    if key in memo:
+        return memo[key]  # shared references stay shared (server.default is in responses)
+    atomic = _ATOMIC
+    new: Any
+    if cls is list or cls is deque:
+        new = memo[key] = cls(x if type(x) in atomic else _clone(x, memo) for x in obj)
+    elif cls is dict:
+        new = memo[key] = {
+            k if type(k) in atomic else _clone(k, memo): v if type(v) in atomic else _clone(v, memo)
+            for k, v in obj.items()
+        }
+    elif cls is set or cls is tuple or cls is frozenset:
+        new = cls(x if type(x) in atomic else _clone(x, memo) for x in obj)
+        if cls is set:
+            memo[key] = new
+    else:
+        shared, slots = _layout(cls)
+        if shared:
+            return obj
+        new = memo[key] = object.__new__(cls)
+        if hasattr(obj, "__dict__"):
+            for name, value in vars(obj).items():
+                object.__setattr__(new, name, _clone(value, memo))
+        for name in slots:
+            if hasattr(obj, name):
+                object.__setattr__(new, name, _clone(getattr(obj, name), memo))
+    return new
+
+
+def _rel(value: float | None, now: float, floor: float | None = None) -> float | None:
+    """A time relative to the clock (only differences matter), optionally capped below."""
+    if value is None:
+        return None
+    rel = round(value - now, 6)
+    return rel if floor is None else max(rel, floor)
+
+
+def signature(world: World, used: tuple[int, ...]) -> str:
+    """Everything that can influence the future, with ids renamed in order of appearance.
+
+    The *core* is the live state: the machine, the server's in-progress responses, both queues.
+    The books and the machine's memory of old ids (retired responses, given-up creates) are
+    history; only their entries for ids the core still mentions can matter, so only those are
+    kept.  Times are relative to the clock; a watchdog fire older than the cooldown is "old"."""
+    m = world.m
+    now = world.now
+    cfg = world.cfg
+    inflight = m.inflight
+    server = world.server
+    state = m.state.value
+    core = repr(
+        (
+            used,
+            state,
+            m.response_id,
+            None
+            if inflight is None
+            else (inflight.event_id, inflight.cancel_wanted, inflight.reasons()),
+            [(r.reason, r.instructions) for r in m.pending],
+            [t.text for t in m.held_texts],
+            (m.audio_deltas, m.transcript_deltas, m.cancel_sent, m.response_is_retry),
+            sorted(m.oob_responses),
+            _rel(m.watchdog_last_fire, now, -cfg.watchdog_cooldown),
+            _rel(m._first_transcript_at, now),
+            _rel(m._last_activity, now) if state == "active" else None,
+            _rel(m._state_deadline, now),
+            _rel(m._server_turn_until, now),
+            (m._watchdog_skipped, m._recovery, m._server_creates, m._server_interrupts),
+            sorted(m._play.items()),
+            None
+            if server.default is None
+            else (
+                server.default.id,
+                server.default.origin,
+                server.default.create_event_id,
+                list(server.default.script),
+            ),
+            sorted((rid, r.create_event_id, list(r.script)) for rid, r in server.oob.items()),
+            (server.speaking, server.next_silent),
+            list(world.c2s),
+            list(server.outbox),
+            world.finished[-1:],
+            (len(world.typed), len(world.sent_texts), len(world.returned_texts)),
+            len(server.user_texts),
+            len(world.fires),
+            _rel(world.fires[-1][0], now, -cfg.watchdog_cooldown) if world.fires else None,
+            world.closed,
+        )
+    )
+    live = set(_ID.findall(core))
+    history = repr(
+        (
+            [rid for rid in m._retired if rid in live],
+            [eid for eid in m._given_up if eid in live],
+            sorted(
+                (item, i.response_id, i.audio_bytes, i.deleted)
+                for item, i in server.items.items()
+                if item in live
+            ),
+            sorted(
+                (rid, r.origin, r.create_event_id, r.status, r.metadata)
+                for rid, r in server.responses.items()
+                if rid in live
+            ),
+            sorted(live & world.known_active),
+            sorted(live & world.given_up_creates),
+            sorted(live & world.dropped),
+            sorted(live & world.interrupted_creates),
+            sorted((r, s) for r, s in world.requests.items() if r in live),
+            sorted(
+                (i, b, world.played.get(i), i in world.cleared)
+                for i, b in world.forwarded.items()
+                if i in live
+            ),
+            sorted(
+                (eid, sorted(c.known_active), sorted(c.given_up))
+                for eid, c in world.contexts.items()
+                if eid in live
+            ),
+        )
+    )
+    names: dict[str, str] = {}
+
+    def rename(match: re.Match[str]) -> str:
+        return names.setdefault(match.group(0), f"#{len(names)}")
+
+    return _ID.sub(rename, core + history)
+
+
+def _probe_stale(world: World) -> None:
+    """Duplicate and late events of finished responses, and an early tick, change nothing
+    (:meth:`World.stale` checks it); they are probes, not letters, because they lead nowhere."""
+    if world.closed:
+        return
+    mark = len(world.trace)
+    world.stale(0, "early_tick")
+    if world.finished:
+        oob = [rid for rid in world.finished if world.server.responses[rid].out_of_band]
+        for rid in {world.finished[-1], *oob[-1:]}:
+            index = world.finished.index(rid)
+            for kind in ("done", "created", "audio", "transcript"):
+                world.stale(index, kind)
+    del world.trace[mark:]
+
+
+def _liveness(world: World) -> None:
+    """From a state at the depth bound: a silent server leaves the machine idle within the
+    timeouts, and a server that answers everything leaves it idle with every request accounted
+    for (from inner states the search itself walks both paths)."""
+    if world.closed:
+        return
+    clone(world).settle_silent()
+    clone(world).quiesce()
+
+
+def explore(scenario: Scenario) -> tuple[int, int]:
+    """BFS over every letter sequence up to the scenario's depth; (distinct states, steps)."""
+    letters = [LETTERS[name] for name in scenario.letters]
+    limits = dict(scenario.limits)
+    caps = [limits.get(letter.name) for letter in letters]
+    start = scenario.world()
+    start.check()
+    unused = (0,) * len(letters)
+    seen = {signature(start, unused)}
+    frontier = [(start, unused)]
+    transitions = 0
+    for level in range(1, scenario.depth + 1):
+        next_frontier: list[tuple[World, tuple[int, ...]]] = []
+        for world, used in frontier:
+            for index, letter in enumerate(letters):
+                cap = caps[index]
+                if cap is not None and used[index] >= cap:
+                    continue
+                if not letter.enabled(world):
+                    continue
+                child = clone(world)
+                letter.run(child)
+                child.check()
+                transitions += 1
+                child_used = used
+                if cap is not None:
+                    child_used = (*used[:index], used[index] + 1, *used[index + 1 :])
+                key = signature(child, child_used)
+                if key in seen:
+                    continue
+                seen.add(key)
+                _probe_stale(child)
+                if level == scenario.depth:
+                    _liveness(child)
+                else:
+                    next_frontier.append((child, child_used))
+        frontier = next_frontier
+    return len(seen), transitions
+
+
+@pytest.mark.parametrize("scenario", SCENARIOS, ids=[s.name for s in SCENARIOS])
+def test_every_interleaving_up_to_the_depth_bound(scenario: Scenario) -> None:
+    states, transitions = explore(scenario)
+    assert states > 1000 and transitions > states  # the search really ran
