@@ -56,3 +56,31 @@ def load_json_object(
     if type(data) is not dict:
         raise RemoteProtocolError(f"{what} frame must be a JSON object, got {kind(data)}")
     return data
+
+
+def req_str(obj: Mapping[str, Any], key: str, where: str) -> str:
+    value = obj.get(key)
+    if type(value) is not str:
+        raise bad_field(where, key, "a string", obj)
+    return value
+
+
+def opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
+    value = obj.get(key)
+    if value is None or type(value) is str:
+        return value
+    raise bad_field(where, key, "a string or null", obj)
+
+
+def req_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
+    value = obj.get(key)
+    if type(value) is not dict:
+        raise bad_field(where, key, "an object", obj)
+    return value
+
+
+def opt_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
+    value = obj.get(key)
+    if value is None or type(value) is dict:
+        return value
+    raise bad_field(where, key, "an object or null", obj)

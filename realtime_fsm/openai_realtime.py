@@ -31,7 +31,7 @@ from typing import Any, Final, Literal, TypeGuard
 import attrs
 
 from . import events as ev
-from ._wire import bad_field, load_json_object
+from ._wire import bad_field, load_json_object, opt_obj, opt_str, req_obj, req_str
 from .commands import (
     Command,
     SendItemDelete,
@@ -240,34 +240,6 @@ IGNORED_TYPES: Final = frozenset(
 # ------------------------------------------------------------------------------ field helpers
 
 
-def _req_str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if type(value) is not str:
-        raise bad_field(where, key, "a string", obj)
-    return value
-
-
-def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = obj.get(key)
-    if value is None or type(value) is str:
-        return value
-    raise bad_field(where, key, "a string or null", obj)
-
-
-def _req_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = obj.get(key)
-    if type(value) is not dict:
-        raise bad_field(where, key, "an object", obj)
-    return value
-
-
-def _opt_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
-    value = obj.get(key)
-    if value is None or type(value) is dict:
-        return value
-    raise bad_field(where, key, "an object or null", obj)
-
-
 def _opt_int(obj: Mapping[str, Any], key: str, where: str, default: int) -> int:
     value = obj.get(key)
     if value is None:
@@ -326,33 +298,33 @@ def _audio_delta(data: dict[str, Any]) -> OutputAudioDelta:
     if type(payload) is str and type(response_id) is str and type(item_id) is str:
         return OutputAudioDelta(response_id, item_id, payload, base64_decoded_size(payload))
     where = data["type"]
-    _req_str(data, "response_id", where)
-    _req_str(data, "item_id", where)
+    req_str(data, "response_id", where)
+    req_str(data, "item_id", where)
     raise bad_field(where, "delta", "a base64 string", data)
 
 
 def _transcript_delta(data: dict[str, Any]) -> OutputTranscriptDelta:
     where = data["type"]
     return OutputTranscriptDelta(
-        _req_str(data, "response_id", where),
-        _req_str(data, "item_id", where),
-        _req_str(data, "delta", where),
+        req_str(data, "response_id", where),
+        req_str(data, "item_id", where),
+        req_str(data, "delta", where),
     )
 
 
 def _activity(data: dict[str, Any]) -> ResponseActivity:
     where = data["type"]
-    return ResponseActivity(_req_str(data, "response_id", where), where)
+    return ResponseActivity(req_str(data, "response_id", where), where)
 
 
 def _response_created(data: dict[str, Any]) -> ev.ResponseCreated:
     where = "response.created"
-    response = _req_obj(data, "response", where)
+    response = req_obj(data, "response", where)
     where = "response.created response"
-    response_id = _req_str(response, "id", where)
+    response_id = req_str(response, "id", where)
     # conversation_id null (present, not absent) is how the server says conversation "none".
     out_of_band = "conversation_id" in response and response["conversation_id"] is None
-    _opt_str(response, "conversation_id", where)
+    opt_str(response, "conversation_id", where)
     modalities = _str_list(response, "output_modalities", where)
     if modalities is None:
         modalities = _str_list(response, "modalities", where)  # beta
@@ -366,18 +338,18 @@ def _response_created(data: dict[str, Any]) -> ev.ResponseCreated:
 
 def _response_done(data: dict[str, Any]) -> ev.ResponseDone:
     where = "response.done"
-    response = _req_obj(data, "response", where)
+    response = req_obj(data, "response", where)
     where = "response.done response"
-    response_id = _req_str(response, "id", where)
-    status = _opt_str(response, "status", where) or "completed"
+    response_id = req_str(response, "id", where)
+    status = opt_str(response, "status", where) or "completed"
     reason: str | None = None
-    details = _opt_obj(response, "status_details", where)
+    details = opt_obj(response, "status_details", where)
     if details is not None:
-        reason = _opt_str(details, "reason", "response.done status_details")
-        error = _opt_obj(details, "error", "response.done status_details")
+        reason = opt_str(details, "reason", "response.done status_details")
+        error = opt_obj(details, "error", "response.done status_details")
         if reason is None and error is not None:
             # A failed response has no reason, only an error; its code is the useful "why".
-            reason = _opt_str(error, "code", "response.done status_details.error") or _opt_str(
+            reason = opt_str(error, "code", "response.done status_details.error") or opt_str(
                 error, "type", "response.done status_details.error"
             )
     return ev.ResponseDone(response_id=response_id, status=status, reason=reason)
@@ -385,7 +357,7 @@ def _response_done(data: dict[str, Any]) -> ev.ResponseDone:
 
 def _error(data: dict[str, Any]) -> ev.ServerError:
     where = "error"
-    error = _req_obj(data, "error", where)
+    error = req_obj(data, "error", where)
     where = "error.error"
     code = error.get("code")
     if type(code) is int:
@@ -399,27 +371,27 @@ def _error(data: dict[str, Any]) -> ev.ServerError:
         message = ""
     elif type(message) is not str:
         raise bad_field(where, "message", "a string", error)
-    return ev.ServerError(code=code, message=message, event_id=_opt_str(error, "event_id", where))
+    return ev.ServerError(code=code, message=message, event_id=opt_str(error, "event_id", where))
 
 
 def _session(data: dict[str, Any]) -> ev.SessionConfigured:
     where = data["type"]
-    session = _req_obj(data, "session", where)
+    session = req_obj(data, "session", where)
     where = f"{where} session"
     creates = True
     if "audio" in session or session.get("type") in ("realtime", "transcription"):
         # GA: session.audio.input.turn_detection; a transcription session never responds.
         creates = session.get("type") != "transcription"
-        audio = _opt_obj(session, "audio", where)
-        audio_in = _opt_obj(audio, "input", f"{where}.audio") if audio is not None else None
+        audio = opt_obj(session, "audio", where)
+        audio_in = opt_obj(audio, "input", f"{where}.audio") if audio is not None else None
         holder, holder_where = audio_in, f"{where}.audio.input"
     else:
         holder, holder_where = session, where  # beta: flat
-    turn = _opt_obj(holder, "turn_detection", holder_where) if holder is not None else None
+    turn = opt_obj(holder, "turn_detection", holder_where) if holder is not None else None
     if turn is None:
         return ev.SessionConfigured(turn_detection=None)
     turn_where = f"{holder_where}.turn_detection"
-    kind = _req_str(turn, "type", turn_where)
+    kind = req_str(turn, "type", turn_where)
     # Both flags are documented "true by default": absent or null means the server acts.
     create = _opt_bool(turn, "create_response", turn_where, True)
     interrupt = _opt_bool(turn, "interrupt_response", turn_where, True)
@@ -433,7 +405,7 @@ def _session(data: dict[str, Any]) -> ev.SessionConfigured:
 def _speech_started(data: dict[str, Any]) -> ev.SpeechStarted:
     where = "input_audio_buffer.speech_started"
     return ev.SpeechStarted(
-        item_id=_opt_str(data, "item_id", where),
+        item_id=opt_str(data, "item_id", where),
         audio_start_ms=_opt_int(data, "audio_start_ms", where, 0),
     )
 
@@ -441,18 +413,18 @@ def _speech_started(data: dict[str, Any]) -> ev.SpeechStarted:
 def _speech_stopped(data: dict[str, Any]) -> ev.SpeechStopped:
     where = "input_audio_buffer.speech_stopped"
     return ev.SpeechStopped(
-        item_id=_opt_str(data, "item_id", where),
+        item_id=opt_str(data, "item_id", where),
         audio_end_ms=_opt_int(data, "audio_end_ms", where, 0),
     )
 
 
 def _committed(data: dict[str, Any]) -> ev.UserTurnCommitted:
-    return ev.UserTurnCommitted(item_id=_opt_str(data, "item_id", "input_audio_buffer.committed"))
+    return ev.UserTurnCommitted(item_id=opt_str(data, "item_id", "input_audio_buffer.committed"))
 
 
 def _input_transcript(data: dict[str, Any]) -> InputTranscript:
     where = data["type"]
-    return InputTranscript(_req_str(data, "item_id", where), _req_str(data, "transcript", where))
+    return InputTranscript(req_str(data, "item_id", where), req_str(data, "transcript", where))
 
 
 _HANDLERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {

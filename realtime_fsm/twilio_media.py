@@ -29,7 +29,7 @@ from typing import Any, Final
 import attrs
 
 from . import events as ev
-from ._wire import bad_field, load_json_object
+from ._wire import bad_field, load_json_object, opt_obj, opt_str, req_obj, req_str
 from .errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger("realtime_fsm.twilio_media")
@@ -152,34 +152,6 @@ TwilioMessage = Connected | Start | Media | Dtmf | Mark | Stop | UnknownMessage
 # ------------------------------------------------------------------------------ field helpers
 
 
-def _opt_str(obj: Mapping[str, Any], key: str, where: str) -> str | None:
-    value = obj.get(key)
-    if value is None or type(value) is str:
-        return value
-    raise bad_field(where, key, "a string", obj)
-
-
-def _req_str(obj: Mapping[str, Any], key: str, where: str) -> str:
-    value = obj.get(key)
-    if type(value) is not str:
-        raise bad_field(where, key, "a string", obj)
-    return value
-
-
-def _req_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any]:
-    value = obj.get(key)
-    if type(value) is not dict:
-        raise bad_field(where, key, "an object", obj)
-    return value
-
-
-def _opt_obj(obj: Mapping[str, Any], key: str, where: str) -> dict[str, Any] | None:
-    value = obj.get(key)
-    if value is None or type(value) is dict:
-        return value
-    raise bad_field(where, key, "an object", obj)
-
-
 def _number(obj: Mapping[str, Any], key: str, where: str) -> int | None:
     """A non-negative integer sent as a string (Twilio) or a number (compatible providers)."""
     value = obj.get(key)
@@ -213,7 +185,7 @@ def _scalar_text(obj: Mapping[str, Any], key: str, where: str) -> str | None:
 
 
 def _stream_sid(data: Mapping[str, Any], where: str) -> str | None:
-    sid = _opt_str(data, "streamSid", where)
+    sid = opt_str(data, "streamSid", where)
     return sid or None
 
 
@@ -228,10 +200,10 @@ def _connected(data: dict[str, Any]) -> Connected:
 
 
 def _start(data: dict[str, Any]) -> Start:
-    start = _req_obj(data, "start", "start")
+    start = req_obj(data, "start", "start")
     where = "start.start"
     top_sid = _stream_sid(data, "start")
-    sid = _opt_str(start, "streamSid", where) or top_sid
+    sid = opt_str(start, "streamSid", where) or top_sid
     if not sid:
         raise RemoteProtocolError("start: no streamSid (neither start.streamSid nor streamSid)")
     if top_sid is not None and top_sid != sid:
@@ -241,13 +213,13 @@ def _start(data: dict[str, Any]) -> Start:
         tracks = []
     elif type(tracks) is not list or not all(type(t) is str for t in tracks):
         raise bad_field(where, "tracks", "an array of strings", start)
-    params_raw = _opt_obj(start, "customParameters", where) or {}
+    params_raw = opt_obj(start, "customParameters", where) or {}
     params: dict[str, str] = {}
     for name in params_raw:
         value = _scalar_text(params_raw, name, f"{where}.customParameters")
         if value is not None:
             params[name] = value
-    fmt_raw = _opt_obj(start, "mediaFormat", where)
+    fmt_raw = opt_obj(start, "mediaFormat", where)
     media_format = None
     if fmt_raw is not None:
         fmt_where = f"{where}.mediaFormat"
@@ -256,14 +228,14 @@ def _start(data: dict[str, Any]) -> Start:
             raise bad_field(fmt_where, "sampleRate", "a non-negative integer", fmt_raw)
         channels = _number(fmt_raw, "channels", fmt_where)
         media_format = MediaFormat(
-            encoding=_req_str(fmt_raw, "encoding", fmt_where),
+            encoding=req_str(fmt_raw, "encoding", fmt_where),
             sample_rate=rate,
             channels=1 if channels is None else channels,
         )
     return Start(
         stream_sid=sid,
-        call_sid=_opt_str(start, "callSid", where),
-        account_sid=_opt_str(start, "accountSid", where),
+        call_sid=opt_str(start, "callSid", where),
+        account_sid=opt_str(start, "accountSid", where),
         tracks=tuple(tracks),
         custom_parameters=params,
         media_format=media_format,
@@ -280,7 +252,7 @@ def _media(data: dict[str, Any]) -> Media:
         raise bad_field("media.media", "payload", "a base64 string", media)
     return Media(
         payload=payload,
-        track=_opt_str(media, "track", "media.media"),
+        track=opt_str(media, "track", "media.media"),
         chunk=_number(media, "chunk", "media.media"),
         timestamp=_number(media, "timestamp", "media.media"),
         stream_sid=_stream_sid(data, "media"),
@@ -289,32 +261,32 @@ def _media(data: dict[str, Any]) -> Media:
 
 
 def _dtmf(data: dict[str, Any]) -> Dtmf:
-    dtmf = _req_obj(data, "dtmf", "dtmf")
+    dtmf = req_obj(data, "dtmf", "dtmf")
     digit = _scalar_text(dtmf, "digit", "dtmf.dtmf")
     if not digit:
         raise bad_field("dtmf.dtmf", "digit", "a non-empty string", dtmf)
     return Dtmf(
         digit=digit,
-        track=_opt_str(dtmf, "track", "dtmf.dtmf"),
+        track=opt_str(dtmf, "track", "dtmf.dtmf"),
         stream_sid=_stream_sid(data, "dtmf"),
         sequence_number=_number(data, "sequenceNumber", "dtmf"),
     )
 
 
 def _mark(data: dict[str, Any]) -> Mark:
-    mark = _req_obj(data, "mark", "mark")
+    mark = req_obj(data, "mark", "mark")
     return Mark(
-        name=_req_str(mark, "name", "mark.mark"),
+        name=req_str(mark, "name", "mark.mark"),
         stream_sid=_stream_sid(data, "mark"),
         sequence_number=_number(data, "sequenceNumber", "mark"),
     )
 
 
 def _stop(data: dict[str, Any]) -> Stop:
-    stop = _opt_obj(data, "stop", "stop") or {}
+    stop = opt_obj(data, "stop", "stop") or {}
     return Stop(
-        account_sid=_opt_str(stop, "accountSid", "stop.stop"),
-        call_sid=_opt_str(stop, "callSid", "stop.stop"),
+        account_sid=opt_str(stop, "accountSid", "stop.stop"),
+        call_sid=opt_str(stop, "callSid", "stop.stop"),
         stream_sid=_stream_sid(data, "stop"),
         sequence_number=_number(data, "sequenceNumber", "stop"),
     )
