@@ -729,7 +729,7 @@ class ResponseLifecycle:
         event = self._ev
         assert isinstance(event, ev.ResponseCreated)
         self._supersede_current()
-        self._server_turn_until = None  # whatever we were waiting for, a response is here
+        # Not the server's VAD response we may be waiting for: that one is still to come.
         self._clear_response()
         self._given_up.pop(event.metadata.get(META_EVENT_ID, ""), None)  # answered now
         rid = event.response_id

@@ -136,6 +136,8 @@ class ReferenceServer:
     #: Audio and transcript chunks per response; each audio chunk is 20 ms of G.711 (160 bytes).
     audio_chunks: int = 2
     transcript_chunks: int = 2
+    #: Transcript chunks of a silent response (the seed's log shows ``transcript_deltas=3``).
+    silent_chunks: int = 3
     chunk_bytes: int = 160
     bytes_per_ms: int = 8
 
@@ -365,7 +367,7 @@ class ReferenceServer:
             silent, self.next_silent = True, False
         script: deque[str] = deque()
         audio = 0 if silent else self.audio_chunks
-        transcript = max(self.transcript_chunks, 1) if silent else self.transcript_chunks
+        transcript = max(self.silent_chunks, 1) if silent else self.transcript_chunks
         # Transcript first, then audio: the order that gives the watchdog its chance to misfire.
         for i in range(max(audio, transcript)):
             if i < transcript:

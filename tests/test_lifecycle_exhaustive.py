@@ -1,23 +1,29 @@
 """Exhaustive bounded check: every sequence of an abstract alphabet, up to a depth, by BFS.
 
-The property test samples interleavings; this one enumerates all of them, up to
-:data:`DEPTH` actions, for the same :class:`~test_lifecycle_properties.World` (the real machine,
-the reference server and the two FIFO queues between them) and the same invariants.  Each
-letter of the alphabet is one world action: the app asks for a response, the user types or
-speaks, the server streams its next event or answers on its own (VAD, idle timeout), the
-network delivers the oldest message in either direction, the driver's timer fires at (or long
-after) the next deadline, a stale ``response.done`` / ``response.created`` of a finished response
-arrives, or the connection closes.  The server replies the machine sees (``response.created``,
+The property test samples interleavings; this one enumerates all of them, for the same
+:class:`~test_lifecycle_properties.World` (the real machine, the reference server and the two
+FIFO queues between them) and the same invariants, checked after every step.  Each letter of the
+alphabet is one world action: the app asks for a response (plain, with instructions, out of
+band), the user types or starts/stops speaking, the server streams its next event or answers on
+its own (idle timeout), the network delivers the oldest message in one direction (or does a
+whole round trip), the caller hears half an item, the driver's timer fires at (or 13 s after)
+the next deadline, or the connection closes.  The server's replies (``response.created``,
 ``response.done``, the busy error, ``response_cancel_not_active``, ...) come from the reference
-server, so every reply is one the real server could send in that situation.
+server, so every reply is one the real server could send at that point.
 
-States are deduplicated by an abstract signature: everything that can influence the future
-(machine, server, both queues and the books the invariants read), with times taken relative to
-the clock and every id renamed in order of first appearance, so two histories that differ only in
-the names they minted are explored once.  On top of the per-step invariants, every distinct
-state is also checked for *liveness*: from there, with the server silent, the machine must reach
-``idle`` within its timeouts, and with everything delivered it must settle in ``idle`` with every
-request served or given up for a legitimate reason.
+One alphabet for everything would explode, so each :class:`Scenario` picks the letters for one
+concern (text barge-in, server VAD in each turn-detection setting, the watchdog, coalescing,
+errors without ``event_id``) with per-input caps, and searches every sequence up to its depth
+(9 to 20).  States are deduplicated by an abstract signature: everything that can influence the
+future (machine, server, both queues, and the books the invariants read), with times relative to
+the clock and every id renamed in order of first appearance, so histories that differ only in
+the names they minted are explored once.
+
+Every distinct state is also probed with duplicate and late events of finished responses and an
+early tick, which must change nothing; and every state at the depth bound is checked for
+liveness: with the server silent the machine reaches ``idle`` within its timeouts, and with
+everything delivered it settles in ``idle`` with every request served or given up for a
+legitimate reason (inner states reach both by the search itself).
 """
 
 from __future__ import annotations
@@ -33,18 +39,6 @@ from typing import Any, TypeVar
 import attrs
 import pytest
 from test_lifecycle_properties import MODES, Mode, World
-
-
-def _exchange(world: World) -> None:
-    """A round trip: every client event in flight reaches the server, then every server event
-    in flight reaches the client (what it sends in reply stays in flight)."""
-    while world.can_send():
-        world.send()
-        world.check()
-    pending = len(world.server.outbox)
-    for _ in range(pending):
-        world.receive()
-        world.check()
 
 
 @dataclass(frozen=True)
@@ -66,7 +60,6 @@ LETTERS: dict[str, Letter] = {
         Letter("speech_started", World.can_speak, World.speech_started),
         Letter("speech_stopped", World.can_stop_speaking, World.speech_stopped),
         Letter("idle_timeout", lambda w: w.open and w.server.default is None, World.idle_timeout),
-        Letter("silence_next", lambda w: w.open and not w.server.next_silent, World.silence_next),
         Letter("send", World.can_send, World.send),
         Letter("receive", World.can_receive, World.receive),
         Letter("stream", World.can_stream, lambda w: w.stream(0)),
@@ -76,7 +69,7 @@ LETTERS: dict[str, Letter] = {
             "playback", lambda w: w.open and bool(w.playable_items()), lambda w: w.playback(0, 0.5)
         ),
         Letter("close", lambda w: w.open, World.close),
-        Letter("exchange", lambda w: w.can_send() or w.can_receive(), lambda w: _exchange(w)),
+        Letter("exchange", lambda w: w.can_send() or w.can_receive(), World.round_trip),
     )
 }
 NETWORK = ("send", "receive", "stream", "tick", "close")
@@ -100,6 +93,7 @@ class Scenario:
             self.mode,
             audio_chunks=1,
             transcript_chunks=1,
+            silent_chunks=1,
             always_silent=self.always_silent,
             echo_event_ids=self.echo_event_ids,
         )
@@ -345,15 +339,17 @@ def signature(world: World, used: tuple[int, ...]) -> str:
 
 
 def _probe_stale(world: World) -> None:
-    """Duplicate and late events of finished responses, and an early tick, change nothing
-    (:meth:`World.stale` checks it); they are probes, not letters, because they lead nowhere."""
+    """Duplicate and late events of finished responses, a duplicate ``response.created`` of the
+    current one and an early tick change nothing (:meth:`World.stale` checks it); they are
+    probes, not letters, because they lead nowhere."""
     if world.closed:
         return
     mark = len(world.trace)
     world.stale(0, "early_tick")
+    world.stale(0, "duplicate_created")
     if world.finished:
         oob = [rid for rid in world.finished if world.server.responses[rid].out_of_band]
-        for rid in {world.finished[-1], *oob[-1:]}:
+        for rid in dict.fromkeys([world.finished[-1], *oob[-1:]]):
             index = world.finished.index(rid)
             for kind in ("done", "created", "audio", "transcript"):
                 world.stale(index, kind)

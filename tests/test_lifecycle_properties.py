@@ -79,6 +79,7 @@ from realtime_fsm import (
 from realtime_fsm.events import Event
 
 IDLE = ResponseState.IDLE
+ACTIVE = ResponseState.ACTIVE
 CREATING = ResponseState.CREATING
 CLOSED = ResponseState.CLOSED
 RETRY_REASON = "no_audio_retry"
@@ -149,6 +150,7 @@ class World:
         *,
         audio_chunks: int = 2,
         transcript_chunks: int = 2,
+        silent_chunks: int = 3,
         always_silent: bool = False,
         echo_event_ids: bool = True,
     ) -> None:
@@ -161,6 +163,7 @@ class World:
             interrupt_response=mode.interrupt_response,
             audio_chunks=audio_chunks,
             transcript_chunks=transcript_chunks,
+            silent_chunks=silent_chunks,
             always_silent=always_silent,
             echo_event_ids=echo_event_ids,
         )
@@ -445,6 +448,17 @@ class World:
         else:
             self._handle(event)
 
+    def round_trip(self) -> None:
+        """Every client event in flight reaches the server, then every server event in flight
+        reaches the client (what the client sends in reply stays in flight)."""
+        self.trace.append("round_trip")
+        while self.c2s:
+            self.send()
+            self.check()
+        for _ in range(len(self.server.outbox)):
+            self.receive()
+            self.check()
+
     def advance(self, seconds: float) -> None:
         """Time passes; the driver ticks if a deadline has come (as a timer would)."""
         self.now += seconds
@@ -492,7 +506,8 @@ class World:
             self._fail("a closed machine accepted an event")
 
     def stale(self, index: int, kind: str, out_of_band: bool = False) -> None:
-        """A duplicate or late event of a finished response (or an early tick): a no-op."""
+        """A duplicate or late event of a finished response, a duplicate ``response.created``
+        of the current one, or an early tick: each must be a no-op."""
         m = self.m
         before = self._snapshot()
         commands: list[Command] = []
@@ -501,6 +516,13 @@ class World:
             deadline = m.next_deadline
             if deadline is None or self.now < deadline:
                 commands = m.handle(Tick(), self.now)
+        elif kind == "duplicate_created":
+            current = m.response_id
+            if current is None or current not in self.known_active:
+                return
+            self.trace.append(f"duplicate_created({current})")
+            metadata = self.server.responses[current].metadata
+            commands = m.handle(ResponseCreated(current, metadata=metadata), self.now)
         else:
             if not self.finished:
                 return
@@ -688,6 +710,7 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
         self.world = World(MODES[0])
+        self.mixed = True
 
     @initialize(
         mode=st.sampled_from(MODES),
@@ -695,6 +718,7 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
         transcript_chunks=st.integers(0, 2),
         always_silent=st.sampled_from([False, False, False, True]),
         echo_event_ids=st.sampled_from([True, True, True, False]),
+        mixed=st.sampled_from([True, True, False]),
     )
     def setup(
         self,
@@ -703,7 +727,12 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
         transcript_chunks: int,
         always_silent: bool,
         echo_event_ids: bool,
+        mixed: bool,
     ) -> None:
+        # Unmixed runs have no user input, no server-created responses, no silent spells and no
+        # close: all app requests, network and clock, so response lifecycles run long (the
+        # watchdog lives there; in mixed runs barge-ins end most responses first).
+        self.mixed = mixed
         self.world = World(
             mode,
             audio_chunks=audio_chunks,
@@ -720,12 +749,12 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
     def app_requests_response(self, instructions: str | None, out_of_band: bool) -> None:
         self.world.request(instructions, out_of_band)
 
-    @precondition(lambda self: self.world.open)
+    @precondition(lambda self: self.mixed and self.world.open)
     @rule()
     def user_types_text(self) -> None:
         self.world.user_text()
 
-    @precondition(lambda self: self.world.can_speak())
+    @precondition(lambda self: self.mixed and self.world.can_speak())
     @rule()
     def user_starts_speaking(self) -> None:
         self.world.speech_started()
@@ -735,7 +764,7 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
     def user_stops_speaking(self) -> None:
         self.world.speech_stopped()
 
-    @precondition(lambda self: self.world.open and self.world.server.default is None)
+    @precondition(lambda self: self.mixed and self.world.open and not self.world.server.default)
     @rule()
     def server_idle_timeout(self) -> None:
         self.world.idle_timeout()
@@ -769,6 +798,12 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
                 world.stream()
             world.check()
 
+    @precondition(lambda self: self.world.can_send() or self.world.can_receive())
+    @rule()
+    def network_round_trip(self) -> None:
+        """A whole round trip in one step: long conversations (watchdog, cooldown) fit."""
+        self.world.round_trip()
+
     @precondition(lambda self: self.world.open)
     @rule()
     def next_response_silent(self) -> None:
@@ -782,7 +817,11 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
     @precondition(lambda self: self.world.can_tick())
     @rule(late_by=st.sampled_from([0.0, 0.0, 0.1, 2.0, 13.0]), roll=st.integers(0, 3))
     def timer_fires(self, late_by: float, roll: int) -> None:
-        if roll == 0:  # rarer than the other rules: a deadline usually ends a wait
+        # The no-audio watchdog's deadline always fires; the others (stall, creating and
+        # cancelling timeouts) only now and then, or they would end most waits before the
+        # network delivers (the silent-server rule covers them thoroughly).
+        m = self.world.m
+        if roll == 0 or (m.state is ACTIVE and m.transcript_deltas and not m.audio_deltas):
             self.world.tick(late_by)
 
     @precondition(lambda self: self.world.open and bool(self.world.playable_items()))
@@ -793,19 +832,21 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
     @precondition(lambda self: self.world.open)
     @rule(
         index=st.integers(0, 7),
-        kind=st.sampled_from(["done", "created", "audio", "transcript", "early_tick"]),
+        kind=st.sampled_from(
+            ["done", "created", "audio", "transcript", "early_tick", "duplicate_created"]
+        ),
         out_of_band=st.booleans(),
     )
     def stale_event(self, index: int, kind: str, out_of_band: bool) -> None:
         self.world.stale(index, kind, out_of_band)
 
-    @precondition(lambda self: self.world.open)
+    @precondition(lambda self: self.mixed and self.world.open)
     @rule(roll=st.integers(0, 3))
     def server_goes_silent(self, roll: int) -> None:
         if roll == 0:  # rarer than the other rules: it jumps far ahead in time
             self.world.settle_silent()
 
-    @precondition(lambda self: self.world.open)
+    @precondition(lambda self: self.mixed and self.world.open)
     @rule(roll=st.integers(0, 15))
     def connection_closes(self, roll: int) -> None:
         if roll == 0:  # rare: nothing interesting happens after it
@@ -824,11 +865,38 @@ class LifecycleAgainstServer(RuleBasedStateMachine):
         self.world.quiesce()
 
 
-LifecycleAgainstServer.TestCase.settings = settings(
-    max_examples=300,
+class SilentServerAppOnly(LifecycleAgainstServer):
+    """The same machine, unmixed, with every response silent: app requests, the network and
+    the clock only, so most runs see the no-audio watchdog fire, retry and meet its cooldown."""
+
+    @initialize(
+        mode=st.sampled_from(MODES),
+        audio_chunks=st.just(1),
+        transcript_chunks=st.integers(0, 2),
+        always_silent=st.just(True),
+        echo_event_ids=st.just(True),
+        mixed=st.just(False),
+    )
+    def setup(
+        self,
+        mode: Mode,
+        audio_chunks: int,
+        transcript_chunks: int,
+        always_silent: bool,
+        echo_event_ids: bool,
+        mixed: bool,
+    ) -> None:
+        super().setup(mode, audio_chunks, transcript_chunks, always_silent, echo_event_ids, mixed)
+
+
+_SETTINGS = settings(
+    max_examples=400,
     stateful_step_count=50,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     print_blob=True,
 )
+LifecycleAgainstServer.TestCase.settings = _SETTINGS
+SilentServerAppOnly.TestCase.settings = settings(_SETTINGS, max_examples=150)
 TestLifecycleAgainstServer = LifecycleAgainstServer.TestCase
+TestSilentServerAppOnly = SilentServerAppOnly.TestCase
