@@ -161,10 +161,10 @@ class CallBridge:
         self.clock = clock
         self.on_undelivered = on_undelivered
         self.report = CallReport()
-        self.codec = OpenAIRealtimeCodec(
-            dialect=self.config.dialect, max_frame_size=self.config.max_openai_frame
-        )
-        self.tracker = PlaybackTracker(bytes_per_ms=self.config.lifecycle.audio_bytes_per_ms)
+        # Built in ``_begin``, once Twilio's ``start`` names the call they log under; nothing
+        # uses them before that.
+        self.codec: OpenAIRealtimeCodec
+        self.tracker: PlaybackTracker
         self.machine: ResponseLifecycle | None = None
         self.stream_sid = ""
         self._to_openai: asyncio.Queue[str | None] = asyncio.Queue(self.config.max_queue)

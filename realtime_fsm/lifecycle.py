@@ -189,14 +189,9 @@ class ResponseLifecycle:
             return self._state_deadline
         if state is ACTIVE:
             deadline = self._last_activity + self._cfg.stall_timeout
-            first = self._first_transcript_at
-            if (
-                first is not None
-                and self.audio_deltas == 0
-                and not self._watchdog_skipped
-                and self._watchdog_eligible()
-            ):
-                deadline = min(deadline, first + self._cfg.no_audio_timeout)
+            silent_at = self._silent_since()
+            if silent_at is not None:
+                deadline = min(deadline, silent_at)
             return deadline
         if state is IDLE:
             return self._server_turn_until
@@ -478,8 +473,20 @@ class ResponseLifecycle:
             self._count("unknown_audio_deltas")
         return False
 
-    def _watchdog_eligible(self) -> bool:
-        return self.response_expects_audio and not self.response_is_retry
+    def _silent_since(self) -> float | None:
+        """When the current response counts as silent (the watchdog's deadline), or ``None``
+        while the watchdog is not armed for it: no transcript yet, audio seen, already skipped,
+        a response that is not meant to speak, or the watchdog's own retry."""
+        first = self._first_transcript_at
+        if (
+            first is None
+            or self.audio_deltas
+            or self._watchdog_skipped
+            or not self.response_expects_audio
+            or self.response_is_retry
+        ):
+            return None
+        return first + self._cfg.no_audio_timeout
 
     def _flow_step(self, step: str) -> None:
         if self._flow is not None:
@@ -567,36 +574,22 @@ class ResponseLifecycle:
         return any(played * bpm < received for received, played in self._play.values())
 
     def watchdog_due(self) -> bool:
-        first = self._first_transcript_at
-        if (
-            first is None
-            or self.audio_deltas
-            or self._watchdog_skipped
-            or not self._watchdog_eligible()
-        ):
-            return False
-        if self._now < first + self._cfg.no_audio_timeout:
+        silent_at = self._silent_since()
+        if silent_at is None or self._now < silent_at:
             return False
         last = self.watchdog_last_fire
         return last is None or self._now >= last + self._cfg.watchdog_cooldown
 
     def watchdog_in_cooldown(self) -> bool:
-        first = self._first_transcript_at
-        return (
-            first is not None
-            and not self.audio_deltas
-            and not self._watchdog_skipped
-            and self._watchdog_eligible()
-            and self._now >= first + self._cfg.no_audio_timeout
-        )
+        """Silent, but the last fire is too recent (``watchdog_due`` is tried first)."""
+        silent_at = self._silent_since()
+        return silent_at is not None and self._now >= silent_at
 
     def stalled(self) -> bool:
         return self._now >= self._last_activity + self._cfg.stall_timeout
 
-    def create_timed_out(self) -> bool:
-        return self._state_deadline is not None and self._now >= self._state_deadline
-
-    def cancel_timed_out(self) -> bool:
+    def deadline_passed(self) -> bool:
+        """The ``creating``/``cancelling`` deadline set on entering the state has passed."""
         return self._state_deadline is not None and self._now >= self._state_deadline
 
     # ----------------------------------------------------------------------------- actions

@@ -177,8 +177,8 @@ TRANSITIONS: list[Row] = [
     _row("tick", ACTIVE, CANCELLING, when=("watchdog_due",), do=("fire_watchdog",)),
     _row("tick", ACTIVE, None,       when=("watchdog_in_cooldown",), do=("suppress_watchdog",)),
     _row("tick", ACTIVE, CANCELLING, when=("stalled",), do=("cancel_stalled",)),
-    _row("tick", CREATING, IDLE,     when=("create_timed_out",), do=("give_up_inflight",)),
-    _row("tick", CANCELLING, IDLE,   when=("cancel_timed_out",), do=("abandon_cancel",)),
+    _row("tick", CREATING, IDLE,     when=("deadline_passed",), do=("give_up_inflight",)),
+    _row("tick", CANCELLING, IDLE,   when=("deadline_passed",), do=("abandon_cancel",)),
     _row("tick", IDLE, None,         when=("server_response_overdue",),
          do=("stop_awaiting_server_response",)),
 

@@ -1961,18 +1961,9 @@ class FakeRealtimeServer:
     ) -> JSON:
         """The first *server* event of ``event_type`` (matching ``predicate``) sent at or after
         position ``start`` of :attr:`sent`; waits for it if needed."""
-        found: list[JSON] = []
-
-        def check() -> bool:
-            for sent in self.sent[start:]:
-                event = sent.event
-                if event.get("type") == event_type and (predicate is None or predicate(event)):
-                    found.append(event)
-                    return True
-            return False
-
-        await self.wait_until(check, timeout, f"server event {event_type}")
-        return found[0]
+        return await self._wait_for_first(
+            self.sent, event_type, predicate, timeout, start, "server event"
+        )
 
     async def wait_for_client_event(
         self,
@@ -1984,15 +1975,30 @@ class FakeRealtimeServer:
     ) -> JSON:
         """The first *client* event of ``event_type`` received at or after position ``start``
         of :attr:`received`."""
+        return await self._wait_for_first(
+            self.received, event_type, predicate, timeout, start, "client event"
+        )
+
+    async def _wait_for_first(
+        self,
+        records: Sequence[ReceivedEvent] | Sequence[SentEvent],
+        event_type: str,
+        predicate: Callable[[JSON], bool] | None,
+        timeout: float,
+        start: int,
+        what: str,
+    ) -> JSON:
+        """The first event of ``event_type`` (matching ``predicate``) at or after position
+        ``start`` of ``records`` (a live list: waits for it to appear)."""
         found: list[JSON] = []
 
         def check() -> bool:
-            for received in self.received[start:]:
-                event = received.event
+            for record in records[start:]:
+                event = record.event
                 if event.get("type") == event_type and (predicate is None or predicate(event)):
                     found.append(event)
                     return True
             return False
 
-        await self.wait_until(check, timeout, f"client event {event_type}")
+        await self.wait_until(check, timeout, f"{what} {event_type}")
         return found[0]
