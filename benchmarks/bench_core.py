@@ -44,7 +44,7 @@ import transitions
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.dict_table import DictTableLifecycle, PlainCallState
+from benchmarks.dict_table import DictTableLifecycle, PlainCallState, StockTransitionsLifecycle
 from realtime_fsm import (
     META_EVENT_ID,
     META_REASON,
@@ -70,6 +70,7 @@ Machine = ResponseLifecycle
 Factory = Callable[[int], object]
 VARIANTS: dict[str, type[ResponseLifecycle]] = {
     "transitions": ResponseLifecycle,
+    "stock transitions": StockTransitionsLifecycle,
     "dict table": DictTableLifecycle,
 }
 CFG = LifecycleConfig()
@@ -328,7 +329,7 @@ def check_same_commands() -> None:
             commands = m.handle(event, now)
             log.append((m.state, commands))
         runs.append(log)
-    assert runs[0] == runs[1], "the two machines disagree on the benchmark script"
+    assert all(run == runs[0] for run in runs), "the machines disagree on the benchmark script"
     states = [state for state, _ in runs[0]]
     assert states == [CREATING, ACTIVE, IDLE, CREATING, ACTIVE, CANCELLING, IDLE, IDLE, IDLE]
 
@@ -576,7 +577,7 @@ AUDIO_ROWS = [
 ]
 
 
-T, D = "transitions", "dict table"
+T, S, D = "transitions", "stock transitions", "dict table"
 CLASSES: dict[str, type[Any]] = {**VARIANTS, "plain object": PlainCallState}
 DECODE_ROWS = [
     ("created_1", "created", "`response.created`"),
@@ -600,22 +601,33 @@ def section_events(rounds: int, n: int) -> Samples:
 
     print("### Cost per event (us)\n")
     table(
-        ["event", "transitions", "dict table", "transitions / table", "engine overhead"],
+        [
+            "event",
+            "transitions (runtime)",
+            "stock transitions",
+            "dict table",
+            "runtime / table",
+            "stock / table",
+            "runtime engine overhead",
+        ],
         [
             [
                 text,
                 cell(samples, T, key),
+                cell(samples, S, key),
                 cell(samples, D, key),
                 f"{samples.median(T, key) / samples.median(D, key):.1f}x",
+                f"{samples.median(S, key) / samples.median(D, key):.1f}x",
                 fmt(samples.median(T, key) - samples.median(D, key)),
             ]
             for key, text in EVENT_ROWS + AUDIO_ROWS
         ],
     )
-    calls_t, calls_d = calls_per_event(ResponseLifecycle), calls_per_event(DictTableLifecycle)
+    calls = {name: calls_per_event(cls) for name, cls in VARIANTS.items()}
     print(
-        "\nPython function calls per control event (create, created, done; cProfile):"
-        f" transitions {calls_t:.0f}, dict table {calls_d:.0f}.\n"
+        "\nPython function calls per control event (create, created, done; cProfile): "
+        + ", ".join(f"{name} {count:.0f}" for name, count in calls.items())
+        + ".\n"
     )
 
     print("### Decoding the frame vs. handling the event (us)\n")
@@ -629,6 +641,9 @@ def section_events(rounds: int, n: int) -> Samples:
                 cell(samples, "decode", f"parse_{frame_name}"),
                 fmt(samples.median(T, key)),
                 f"{samples.median(T, key) / parse:.2f}x",
+                f"{samples.median(T, key) / samples.median('decode', f'loads_{frame_name}'):.2f}x",
+                fmt(samples.median(S, key)),
+                f"{samples.median(S, key) / parse:.2f}x",
                 fmt(samples.median(D, key)),
                 f"{samples.median(D, key) / parse:.2f}x",
             ]
@@ -638,7 +653,10 @@ def section_events(rounds: int, n: int) -> Samples:
             "frame",
             "`json.loads`",
             "`parse_server_event` (incl. loads)",
-            "handle, transitions",
+            "handle, transitions (runtime)",
+            "/ decode",
+            "/ `json.loads` alone",
+            "handle, stock transitions",
             "/ decode",
             "handle, dict table",
             "/ decode",
@@ -728,6 +746,7 @@ def section_gc(big: int, rounds: int) -> Samples:
     jobs: list[tuple[str, Factory | None]] = [
         ("no calls", None),
         ("transitions", mid_call(ResponseLifecycle)),
+        ("stock transitions", mid_call(StockTransitionsLifecycle)),
         ("dict table", mid_call(DictTableLifecycle)),
         ("plain object", shared_config(PlainCallState)),
     ]
@@ -804,6 +823,14 @@ def section_goals(
                 handle <= parse,
             )
         )
+        loads = samples.median("decode", f"loads_{frame_name}")
+        goals.append(
+            (
+                f"(strict reading) ... <= `json.loads` of it alone: {text}",
+                f"{handle:.2f} us vs {loads:.2f} us = {handle / loads:.2f}x",
+                handle <= loads,
+            )
+        )
     table(["goal", "measured", "verdict"], [[g, m, verdict(ok)] for g, m, ok in goals])
 
 
@@ -834,7 +861,8 @@ def main() -> None:
     section_goals(samples, mem, cycles, gcs, big)
     print(f"\nTotal run time {time.perf_counter() - started:.0f} s; load average at end: {load()}.")
     if args.profile:
-        profile_cycle(ResponseLifecycle, 2000, 25)
+        profile_cycle(ResponseLifecycle, 2000, 15)
+        profile_cycle(StockTransitionsLifecycle, 2000, 25)
         profile_cycle(DictTableLifecycle, 2000, 12)
 
 

@@ -1,4 +1,5 @@
-"""Baselines for the core benchmark: the same machine on a dict table, and a plain object.
+"""Baselines for the core benchmark: the same machine on a dict table, on stock ``transitions``,
+and a plain object.
 
 :class:`DictTableLifecycle` is :class:`~realtime_fsm.lifecycle.ResponseLifecycle` with one method
 replaced: ``_fire``.  Instead of ``MACHINE.events[name].trigger(self)`` (pytransitions) it looks
@@ -34,14 +35,16 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from typing import Final, NamedTuple
+from typing import ClassVar, Final, NamedTuple
+
+import transitions
 
 from realtime_fsm import events as ev
 from realtime_fsm.commands import Command
 from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.lifecycle import ResponseLifecycle
 from realtime_fsm.lifecycle import log as lifecycle_log
-from realtime_fsm.table import IDLE, ON_ENTER, TRANSITIONS, ResponseState
+from realtime_fsm.table import IDLE, ON_ENTER, TRANSITIONS, ResponseState, machine_kwargs
 
 #: A guard method and the value it must compare equal to (True for ``conditions``, False for
 #: ``unless``).
@@ -132,6 +135,23 @@ class DictTableLifecycle(ResponseLifecycle):
         return done
 
 
+#: A stock ``transitions.Machine`` built from the same table and arguments as the runtime's
+#: :data:`realtime_fsm.table.MACHINE` (a ``FrozenTableMachine``, which only dispatches more
+#: leanly): the reference it is checked against and measured next to.
+STOCK_MACHINE: Final = transitions.Machine(model=None, **machine_kwargs())
+
+
+class StockTransitionsLifecycle(ResponseLifecycle):
+    """``ResponseLifecycle`` driven by an unmodified ``transitions.Machine``.
+
+    Same slots, same code, same ``_fire``; only the engine's trigger functions differ."""
+
+    __slots__ = ()
+    _triggers: ClassVar[dict[str, Callable[..., bool]]] = {
+        name: event.trigger for name, event in STOCK_MACHINE.events.items()
+    }
+
+
 class PlainCallState:
     """The fields of ``ResponseLifecycle`` on an ordinary object: no machine, no ``__slots__``.
 
@@ -165,7 +185,7 @@ class PlainCallState:
         self._server_turn_until: float | None = None
         self._flow: list[str] | None = None
         self.oob_responses: set[str] = set()
-        self._retired: dict[str, str] = {}
+        self._retired: object = None
         self._given_up: dict[str, None] = {}
         self._play: dict[str, list[int]] = {}
         self.stats: dict[str, int] = {}

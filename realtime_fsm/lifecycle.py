@@ -14,8 +14,9 @@ from __future__ import annotations
 
 import logging
 import re
+from array import array
 from collections.abc import Callable
-from typing import Any, Final
+from typing import Any, ClassVar, Final
 
 from transitions.core import MachineError
 
@@ -73,6 +74,65 @@ _DEFINED: frozenset[tuple[ResponseState, str]] = frozenset(
 )
 #: Where commands go between two ``handle`` calls (nothing is emitted there).
 _NO_OUTBOX: list[Command] = []
+_WHY: Final = ("", "done", "dropped", "superseded", "abandoned")
+
+
+class _RecentIds:
+    """The last ``size`` response ids retired, and why, in ~10 bytes each.
+
+    A long call retires a response every few seconds; remembering each id as a string in a dict
+    cost ~140 B per id (9 KB per call after 64 responses).  Here an id is its 64-bit ``hash``
+    (cached on the ``str``, so free to compute) in a fixed ring plus a one-byte reason code.  A
+    false match needs a 64-bit collision with one of 64 ids: about 1 in 3e17 per lookup.  Like
+    the dict it replaces, re-retiring an id updates its reason in place and the oldest *first*
+    retirement is forgotten first."""
+
+    __slots__ = ("_hashes", "_next", "_why")
+
+    def __init__(self, size: int) -> None:
+        self._hashes = array("q", bytes(8 * size))
+        self._why = bytearray(size)
+        self._next = 0
+
+    @property
+    def capacity(self) -> int:
+        return len(self._why)
+
+    def __contains__(self, key: str) -> bool:
+        return (hash(key) or 1) in self._hashes
+
+    def why(self, key: str) -> str | None:
+        """The latest reason ``key`` was retired for, or ``None`` if it is not remembered."""
+        h = hash(key) or 1
+        if h not in self._hashes:
+            return None
+        return _WHY[self._why[self._hashes.index(h)]]
+
+    def add(self, key: str, why: str) -> None:
+        h = hash(key) or 1  # 0 marks an empty slot
+        code = _WHY.index(why)
+        hashes = self._hashes
+        if h in hashes:
+            self._why[hashes.index(h)] = code
+            return
+        i = self._next
+        hashes[i] = h
+        self._why[i] = code
+        self._next = (i + 1) % len(hashes)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, _RecentIds):
+            return NotImplemented
+        return (self._hashes, self._why, self._next) == (other._hashes, other._why, other._next)
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"<_RecentIds {sum(1 for h in self._hashes if h)}/{len(self._hashes)}>"
+
+
+#: Shared by every machine until its first response is retired (fresh calls stay small).
+_NO_RECENT_IDS: Final = _RecentIds(0)
 
 
 class _Inflight:
@@ -134,6 +194,10 @@ class ResponseLifecycle:
         "watchdog_last_fire",
     )
 
+    #: The engine's trigger per event name (a class attribute, so a test can run the very same
+    #: code on a stock ``transitions.Machine`` built from the same table).
+    _triggers: ClassVar[dict[str, Callable[..., bool]]] = _TRIGGERS
+
     def __init__(self, config: LifecycleConfig | None = None, *, now: float = 0.0) -> None:
         cfg = config if config is not None else LifecycleConfig()
         self._cfg = cfg
@@ -166,7 +230,8 @@ class ResponseLifecycle:
         self._server_turn_until: float | None = None
         self._flow: list[str] | None = None
         self.oob_responses: set[str] = set()
-        self._retired: dict[str, str] = {}
+        #: Finished or dropped response ids, to recognise their late events.
+        self._retired = _NO_RECENT_IDS
         #: event_ids of creates given up while in flight and not answered yet, oldest first: a
         #: late response.created of one is cancelled, never played (the app was told it will
         #: not be served), and a late rejection of one is not taken for the create in flight.
@@ -314,7 +379,7 @@ class ResponseLifecycle:
             # this object in a traceback reference cycle until the next garbage collection.
             return False
         try:
-            done = _TRIGGERS[trigger](self)
+            done = self._triggers[trigger](self)
         except MachineError:  # pragma: no cover - _DEFINED mirrors the table
             done = False
         if done and log.isEnabledFor(logging.INFO):
@@ -426,10 +491,9 @@ class ResponseLifecycle:
         self._out.append(command)
 
     def _retire(self, response_id: str, why: str) -> None:
-        retired = self._retired
-        retired[response_id] = why
-        if len(retired) > _RETIRED_MAX:
-            del retired[next(iter(retired))]
+        if not self._retired.capacity:  # still the shared empty one (or a copy of it)
+            self._retired = _RecentIds(_RETIRED_MAX)
+        self._retired.add(response_id, why)
 
     def _remember_given_up(self, inflight: _Inflight) -> None:
         given_up = self._given_up
@@ -564,7 +628,7 @@ class ResponseLifecycle:
         event = self._ev
         assert isinstance(event, ev.ServerError)
         match = _RESP_ID.search(event.message)
-        return match is not None and self._retired.get(match.group(1)) == "abandoned"
+        return match is not None and self._retired.why(match.group(1)) == "abandoned"
 
     def awaiting_created(self) -> bool:
         return self.response_id is None
@@ -1186,7 +1250,7 @@ class ResponseLifecycle:
 
     def enter_cancelling(self) -> None:
         rid = self.response_id
-        if rid is not None and self._retired.get(rid) == "abandoned":
+        if rid is not None and self._retired.why(rid) == "abandoned":
             # The server just proved it is alive and still busy with this one: its done is
             # coming, so give it the stall timeout rather than loop through abandon/busy.
             self._state_deadline = self._now + self._cfg.stall_timeout

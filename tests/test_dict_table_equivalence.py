@@ -1,4 +1,9 @@
-"""The benchmark's dict-table baseline behaves exactly like the real (``transitions``) machine.
+"""The runtime machine, stock ``transitions`` and the benchmark's dict table behave identically.
+
+The runtime drives the table with :class:`realtime_fsm.engine.FrozenTableMachine` (a
+``transitions.Machine`` with lean dispatch); ``StockTransitionsLifecycle`` runs the same code on
+an unmodified ``transitions.Machine``, so every differential run below also proves the lean
+engine keeps stock semantics.
 
 ``benchmarks/dict_table.py`` replaces only the engine of :class:`ResponseLifecycle`; the core
 benchmark compares the two, so it is only fair if they do the same work.  Checked three ways:
@@ -27,7 +32,12 @@ from hypothesis import strategies as st
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import dict_table
-from benchmarks.dict_table import TABLE, DictTableLifecycle, PlainCallState
+from benchmarks.dict_table import (
+    TABLE,
+    DictTableLifecycle,
+    PlainCallState,
+    StockTransitionsLifecycle,
+)
 from realtime_fsm import (
     META_EVENT_ID,
     AudioDelta,
@@ -231,9 +241,11 @@ def resolve(step: Step, m: Machine, now: float, ids: Ids) -> Callable[[Machine],
 
 
 def run_both(config: LifecycleConfig, steps: list[tuple[float, Step]]) -> None:
-    """Drive both machines in lockstep; fail at the first difference."""
+    """Drive the runtime machine, the dict table and stock ``transitions`` in lockstep; fail at
+    the first difference."""
     real = ResponseLifecycle(config, now=0.0)
     table = DictTableLifecycle(config, now=0.0)
+    stock = StockTransitionsLifecycle(config, now=0.0)
     ids = Ids()
     now = 0.0
     for index, (dt, step) in enumerate(steps):
@@ -247,11 +259,16 @@ def run_both(config: LifecycleConfig, steps: list[tuple[float, Step]]) -> None:
         call = resolve(step, real, now, ids)
         ids.fresh = fresh_before
         call_table = resolve(step, table, now, ids)
+        ids.fresh = fresh_before
+        call_stock = resolve(step, stock, now, ids)
         got_real = outcome(call, real)
         got_table = outcome(call_table, table)
+        got_stock = outcome(call_stock, stock)
         where = f"step {index}: {step} at t={now}"
         assert got_table == got_real, where
+        assert got_stock == got_real, where
         assert snapshot(table) == snapshot(real), where
+        assert snapshot(stock) == snapshot(real), where
         if step[0] == "back_in_time":
             now += 1.0
         result = got_real[1]

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import enum
 import re
+from array import array
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -220,6 +221,10 @@ def _clone(obj: Any, memo: dict[int, Any]) -> Any:
             k if type(k) in atomic else _clone(k, memo): v if type(v) in atomic else _clone(v, memo)
             for k, v in obj.items()
         }
+    elif cls is array:
+        new = array(obj.typecode, obj)
+    elif cls is bytearray:
+        new = bytearray(obj)
     elif cls is set or cls is tuple or cls is frozenset:
         new = cls(x if type(x) in atomic else _clone(x, memo) for x in obj)
         if cls is set:
@@ -301,7 +306,7 @@ def signature(world: World, used: tuple[int, ...]) -> str:
     live = set(_ID.findall(core))
     history = repr(
         (
-            [rid for rid in m._retired if rid in live],
+            sorted((rid, m._retired.why(rid)) for rid in live if rid in m._retired),
             [eid for eid in m._given_up if eid in live],
             sorted(
                 (item, i.response_id, i.audio_bytes, i.deleted)

@@ -694,3 +694,37 @@ def test_rejected_events_leave_no_reference_cycle() -> None:
         assert len(gc.get_objects()) - before < 50
     finally:
         gc.enable()
+
+
+def test_retired_ids_are_a_bounded_ring_of_hashes() -> None:
+    from realtime_fsm.lifecycle import _RETIRED_MAX, _RecentIds
+
+    ring = _RecentIds(3)
+    assert "resp_a" not in ring and ring.why("resp_a") is None
+    ring.add("resp_a", "done")
+    ring.add("resp_b", "dropped")
+    ring.add("resp_a", "abandoned")  # re-retired: the reason changes, the position does not
+    assert ring.why("resp_a") == "abandoned" and ring.why("resp_b") == "dropped"
+    ring.add("resp_c", "done")
+    ring.add("resp_d", "superseded")  # full: the first retired (resp_a) is forgotten
+    assert "resp_a" not in ring
+    assert [ring.why(r) for r in ("resp_b", "resp_c", "resp_d")] == [
+        "dropped",
+        "done",
+        "superseded",
+    ]
+
+    # In a machine: a stale response.done of a response retired _RETIRED_MAX responses ago is
+    # still recognised as stale; the memory per call stays a fixed-size ring.
+    m = ResponseLifecycle(LifecycleConfig())
+    now = 0.0
+    for k in range(_RETIRED_MAX + 1):
+        now += 1.0
+        m.handle(RequestResponse(), now)
+        assert m.inflight is not None
+        m.handle(ResponseCreated(f"resp_{k}", metadata={META_EVENT_ID: m.inflight.event_id}), now)
+        m.handle(ResponseDone(f"resp_{k}"), now)
+    assert m._retired.capacity == _RETIRED_MAX
+    assert "resp_0" not in m._retired and f"resp_{_RETIRED_MAX}" in m._retired
+    m.handle(ResponseDone("resp_1"), now + 1)
+    assert m.stats.get("stale_done") == 1 and m.state is ResponseState.IDLE

@@ -1,0 +1,156 @@
+"""``FrozenTableMachine`` keeps stock ``transitions`` semantics, and refuses what it can't keep.
+
+The response table itself is checked against a stock machine in
+``tests/test_dict_table_equivalence.py``; here a small table exercises the engine's corners the
+response table does not use (``prepare``/``after``, ``on_exit``, reflexive rows, ignored
+triggers, callbacks that are not plain methods, subclasses overriding a guard)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from transitions import Machine, MachineError
+
+from realtime_fsm.engine import FrozenTableMachine
+
+
+class Model:
+    def __init__(self, state: str = "a", ok: bool = True) -> None:
+        self.state = state
+        self.ok = ok
+        self.log: list[str] = []
+
+    def guard(self) -> bool:
+        self.log.append("guard")
+        return self.ok
+
+    def never(self) -> bool:
+        self.log.append("never")
+        return False
+
+    def prep(self) -> None:
+        self.log.append("prep")
+
+    def act(self) -> None:
+        self.log.append(f"act@{self.state}")
+
+    def post(self) -> None:
+        self.log.append(f"post@{self.state}")
+
+    def enter_b(self) -> None:
+        self.log.append("enter_b")
+
+    def exit_a(self) -> None:
+        self.log.append("exit_a")
+
+    def boom(self) -> None:
+        raise ValueError("boom")
+
+    @property
+    def prop_guard(self) -> bool:
+        self.log.append("prop")
+        return True
+
+
+class Sub(Model):
+    def guard(self) -> bool:
+        self.log.append("sub_guard")
+        return not self.ok
+
+
+STATES: list[Any] = [
+    {"name": "a", "on_exit": ["exit_a"]},
+    {"name": "b", "on_enter": ["enter_b"]},
+    {"name": "c", "ignore_invalid_triggers": True},
+]
+TRANSITIONS: list[dict[str, Any]] = [
+    {"trigger": "go", "source": "a", "dest": "b", "conditions": ["never"]},
+    {
+        "trigger": "go",
+        "source": "a",
+        "dest": "b",
+        "conditions": ["guard"],
+        "prepare": ["prep"],
+        "before": ["act"],
+        "after": ["post"],
+    },
+    {"trigger": "go", "source": "b", "dest": "b", "before": ["act"]},  # reflexive: re-enters
+    {"trigger": "stay", "source": "a", "dest": None, "unless": ["never"], "before": ["act"]},
+    {"trigger": "fail", "source": "a", "dest": "b", "before": ["boom"]},
+    {"trigger": "prop", "source": "a", "dest": "c", "conditions": ["prop_guard"]},
+]
+
+
+def machines() -> tuple[Machine, Machine]:
+    kwargs: dict[str, Any] = {
+        "states": STATES,
+        "transitions": TRANSITIONS,
+        "initial": "a",
+        "auto_transitions": False,
+    }
+    return Machine(model=None, **kwargs), FrozenTableMachine(model=None, **kwargs)
+
+
+def outcome(machine: Machine, model: Model, trigger: str) -> tuple[object, str, list[str]]:
+    try:
+        result: object = machine.events[trigger].trigger(model)
+    except (MachineError, ValueError) as exc:
+        result = (type(exc).__name__, str(exc))
+    return result, model.state, model.log
+
+
+@pytest.mark.parametrize("cls", [Model, Sub])
+@pytest.mark.parametrize("start", ["a", "b", "c"])
+@pytest.mark.parametrize("ok", [True, False])
+@pytest.mark.parametrize("trigger", ["go", "stay", "fail", "prop"])
+def test_same_result_state_and_calls_as_stock(
+    cls: type[Model], start: str, ok: bool, trigger: str
+) -> None:
+    stock, lean = machines()
+    for _ in range(2):  # the second round runs the compiled rows
+        want = outcome(stock, cls(start, ok), trigger)
+        got = outcome(lean, cls(start, ok), trigger)
+        assert got == want
+
+
+def test_lean_path_is_taken_for_plain_methods() -> None:
+    _, lean = machines()
+    event = lean.events["go"]
+    event.trigger(Model())
+    assert (Model, "a") in event._compiled
+    lean.events["prop"].trigger(Model())  # a property guard: the stock path, every time
+    assert (Model, "a") in lean.events["prop"]._stock
+
+
+def test_extra_arguments_take_the_stock_path() -> None:
+    class WithArgs(Model):
+        def act(self, *args: object) -> None:
+            self.log.append(f"act{args}")
+
+        def enter_b(self, *args: object) -> None:
+            self.log.append(f"enter_b{args}")
+
+    stock, lean = machines()
+    a, b = WithArgs("b"), WithArgs("b")
+    assert stock.events["go"].trigger(a, 1) == lean.events["go"].trigger(b, 1)
+    assert a.log == b.log == ["act(1,)", "enter_b(1,)"]
+
+
+def test_the_table_is_frozen() -> None:
+    _, lean = machines()
+    with pytest.raises(RuntimeError):
+        lean.add_transition("x", "a", "b")
+    with pytest.raises(RuntimeError):
+        lean.add_states(["d"])
+    with pytest.raises(RuntimeError):
+        lean.add_model(Model())
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"queued": True}, {"send_event": True}, {"prepare_event": "prep"}, {"finalize_event": "x"}],
+)
+def test_unsupported_configurations_are_refused(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        FrozenTableMachine(model=None, states=["a"], initial="a", **kwargs)
