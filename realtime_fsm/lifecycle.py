@@ -933,6 +933,18 @@ class ResponseLifecycle:
             self._send_cancel(rid)
             self._flow_step("cancel")
             log.info("call=%s %s cancel sent", call, tag)
+            inflight = self.inflight
+            if inflight is not None:
+                # A server response took the slot while our create was in flight: the caller
+                # interrupted both, so ours is cancelled by id if it is ever created (or given
+                # up if rejected), instead of playing before the held text is delivered.
+                inflight.cancel_wanted = True
+                log.info(
+                    "call=%s %s response.create %s in flight is cancelled too when created",
+                    call,
+                    tag,
+                    inflight.event_id,
+                )
         self._interrupt(tag)
         if rid is not None:
             self._emit(DropResponseAudio(response_id=rid))

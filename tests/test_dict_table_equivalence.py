@@ -377,8 +377,7 @@ _AUDIO: Step = ("audio", 0, 0, 800, False)
 _DEADLINE: Step = ("tick", True)
 #: Rows that random sequences reach only rarely, each reached on purpose (see the comments).
 #: Together with the random sequences they reach every row of the table except ``created`` in
-#: idle for a create in flight and in creating with a cancel wanted, which cannot happen (a
-#: create in flight is never idle; a barge-in while creating moves to cancelling).
+#: idle for a create in flight, which cannot happen (a create in flight is never idle).
 SCENARIOS: dict[str, list[Step]] = {
     # active+inflight: a server response took the slot; then ours is created, or rejected.
     "ours_after_server_response": [_REQ, _SERVERS, _OURS],
@@ -387,6 +386,14 @@ SCENARIOS: dict[str, list[Step]] = {
     "create_failed_while_active": [_REQ, _SERVERS, ("error", "invalid_value", 0, 0)],
     "ours_created_while_cancelling": [_REQ, _SERVERS, _SPEECH, _OURS],
     "done_while_cancelling_and_ours_in_flight": [_REQ, _SERVERS, _SPEECH, ("done", 0, "cancelled")],
+    # text barge-in on a server response with ours in flight: ours is cancelled when created.
+    "text_barge_in_cancels_ours_in_flight_too": [
+        _REQ,
+        _SERVERS,
+        ("user_text", "stop"),
+        ("done", 0, "cancelled"),
+        _OURS,
+    ],
     "create_failed_after_early_barge_in": [_REQ, _SPEECH, ("error", "invalid_value", 0, 0)],
     "create_failed_while_cancelling": [_REQ, _SERVERS, _SPEECH, ("error", "invalid_value", 0, 0)],
     # barge-in before response.created, then a server response, then ours: cancel it by id.
@@ -508,12 +515,10 @@ PROBES: list[Step] = [
     ("close",),
     ("back_in_time",),
 ]
-#: Rows no sequence can reach: a create in flight is never idle, and a barge-in while creating
-#: moves to cancelling, so ``creating`` never holds a create whose cancel is wanted.
+#: Rows no sequence can reach: a create in flight is never idle.
 UNREACHABLE = {
     (ResponseState.IDLE, "created", 2),
     (ResponseState.IDLE, "created", 3),
-    (ResponseState.CREATING, "created", 2),
 }
 
 

@@ -728,3 +728,23 @@ def test_retired_ids_are_a_bounded_ring_of_hashes() -> None:
     assert "resp_0" not in m._retired and f"resp_{_RETIRED_MAX}" in m._retired
     m.handle(ResponseDone("resp_1"), now + 1)
     assert m.stats.get("stale_done") == 1 and m.state is ResponseState.IDLE
+
+
+def test_text_barge_in_on_a_server_response_also_cancels_our_create_in_flight() -> None:
+    """Server VAD's response took the slot while our create was in flight; the caller types.
+    Both responses are interrupted: the held text must not wait through ours as well."""
+    m = ResponseLifecycle(LifecycleConfig())
+    out = m.handle(RequestResponse(reason="tool"), 1.0)
+    create = next(c for c in out if isinstance(c, SendResponseCreate))
+    m.handle(ResponseCreated("resp_vad"), 1.1)  # no metadata: the server's own
+    out = m.handle(UserText("stop, I meant Tuesday"), 1.2)
+    assert [c.response_id for c in out if isinstance(c, SendResponseCancel)] == ["resp_vad"]
+    assert m.state is ResponseState.CANCELLING
+    m.handle(ResponseDone("resp_vad", status="cancelled"), 1.3)
+    assert m.state is ResponseState.CREATING  # ours is still unanswered
+    out = m.handle(ResponseCreated("resp_ours", metadata={META_EVENT_ID: create.event_id}), 1.4)
+    assert [c.response_id for c in out if isinstance(c, SendResponseCancel)] == ["resp_ours"]
+    assert not m.audio_delta("resp_ours", "item_1", 160, 1.45)  # never heard
+    out = m.handle(ResponseDone("resp_ours", status="cancelled"), 1.5)
+    assert [c.text for c in out if isinstance(c, SendUserText)] == ["stop, I meant Tuesday"]
+    assert any(isinstance(c, SendResponseCreate) for c in out)
