@@ -53,6 +53,17 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help='accept {"event":"text","text":...} from the media socket (simulators only)',
     )
+    p.add_argument(
+        "--trace-dir",
+        default=None,
+        help="write one JSONL trace per call here (check with: realtime-fsm replay FILE)",
+    )
+    p.add_argument(
+        "--mark-every-ms",
+        type=int,
+        default=100,
+        help="at most one Twilio mark per this many ms of audio (0: one per media message)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -74,6 +85,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         ),
         greeting=args.greeting,
         accept_text_messages=args.accept_text_messages,
+        mark_every_ms=args.mark_every_ms,
     )
     return ServerConfig(
         public_url=args.public_url,
@@ -81,6 +93,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         api_key=os.environ.get("OPENAI_API_KEY", ""),
         twilio_auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
         bridge=bridge,
+        trace_dir=args.trace_dir,
     )
 
 

@@ -22,7 +22,7 @@ from .commands import (
     SendUserText,
 )
 from .config import LifecycleConfig
-from .errors import LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import CallNotActive, LocalProtocolError, ProtocolError, RemoteProtocolError
 from .events import (
     AudioDelta,
     ConnectionClosed,
@@ -49,6 +49,7 @@ __all__ = [
     "META_EVENT_ID",
     "META_REASON",
     "AudioDelta",
+    "CallNotActive",
     "ClearPlayback",
     "Command",
     "ConnectionClosed",

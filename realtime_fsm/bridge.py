@@ -9,6 +9,12 @@ holds no response flags of its own.  It only moves bytes and runs the machine's 
   bound (the call is ended with a logged reason instead),
 * a timer task that sleeps until the machine's ``next_deadline`` and feeds it a ``Tick``.
 
+The OpenAI side is a *session* that can be replaced: when its socket drops, or the server ends it
+(``session_expired``), and a ``reconnect`` connector was given, the bridge opens a new socket,
+re-sends the session config, replays the conversation it knows as text (bounded, see
+:mod:`realtime_fsm.history`), delivers the user text the lost session never got, and carries on
+with a fresh machine.  See "Lost sessions and reconnects" in ``docs/bridge.md``.
+
 mu-law passes through untouched: Twilio's base64 payload string becomes the OpenAI
 ``input_audio_buffer.append`` audio string and the OpenAI delta string becomes the Twilio
 ``media`` payload, never decoded.
@@ -21,11 +27,12 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
-from typing import Final, Protocol
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, TypeVar
 
 import attrs
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.protocol import State as WsState
 
 from . import events as ev
 from .commands import (
@@ -37,8 +44,9 @@ from .commands import (
     SendUserText,
 )
 from .config import LifecycleConfig
-from .errors import RemoteProtocolError
-from .lifecycle import ResponseLifecycle
+from .errors import CallNotActive, RemoteProtocolError
+from .history import ConversationHistory
+from .lifecycle import USER_TEXT_REASON, ResponseLifecycle
 from .openai_realtime import (
     DEFAULT_MAX_FRAME_SIZE,
     Dialect,
@@ -49,9 +57,11 @@ from .openai_realtime import (
     OutputTranscriptDelta,
     ResponseActivity,
     SessionConfig,
+    dumps,
     input_audio_append_json,
     is_client_command,
 )
+from .table import ResponseState
 from .twilio_media import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Connected,
@@ -70,19 +80,32 @@ from .twilio_media import (
 from .webserver import WebSocketClosed
 
 log = logging.getLogger("realtime_fsm.bridge")
+_T = TypeVar("_T")
 
-#: Server error codes after which the session cannot go on (livekit's list, plus the 60-minute
-#: cap): the call is ended with the code as its reason.
+#: Server error codes no new session can cure (livekit's list): the call is ended with the code
+#: as its reason, never retried.
 FATAL_ERROR_CODES: Final = frozenset(
     {
         "invalid_api_key",
         "insufficient_quota",
         "account_deactivated",
         "billing_hard_limit_reached",
-        "session_expired",
     }
 )
+#: Server error codes that end the *session*, not the call (the 60-minute cap): with a
+#: ``reconnect`` connector the bridge goes on with a new session; without one the call ends
+#: with the code as its reason.
+SESSION_LOST_ERROR_CODES: Final = frozenset({"session_expired"})
+#: HTTP statuses of a refused reconnect handshake that retrying cannot fix (bad key, no access).
+_FATAL_HANDSHAKE_STATUSES: Final = frozenset({401, 403})
 _CLOSED = (WsConnectionClosed, WebSocketClosed, ConnectionError, OSError, EOFError)
+_RESPONDING: Final = (ResponseState.CREATING, ResponseState.ACTIVE)
+#: A session lost sooner than this after it started is short-lived: consecutive ones are backed
+#: off (``reconnect_base_delay`` doubling up to ``reconnect_max_delay``) before the next
+#: connect, so a server that says ``session.created`` and drops is not hammered.
+_SHORT_SESSION_S: Final = 3.0
+#: Response transcripts being accumulated at once (one default response, plus stragglers).
+_MAX_PARTIALS: Final = 8
 
 
 class MessageSocket(Protocol):
@@ -93,6 +116,20 @@ class MessageSocket(Protocol):
     async def send(self, message: str) -> None: ...
 
     async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+#: Opens a new OpenAI Realtime socket (same URL and headers as the first) for a reconnect.
+Connector = Callable[[], Awaitable[MessageSocket]]
+
+
+def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
+
+
+def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
+    if not value >= 0:
+        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 @attrs.frozen
@@ -116,8 +153,27 @@ class BridgeConfig:
     max_queue: int = 2000
     #: Malformed frames tolerated per call before the offending socket is closed (1008).
     max_bad_frames: int = 100
+    #: At most one Twilio ``mark`` per this many ms of an item's audio (plus one at its end);
+    #: 0 = a mark after every ``media``.  Truncation points then have this granularity (always
+    #: on the early side); with 20 ms deltas, per-delta marks are a third of a call's messages.
+    mark_every_ms: int = 0
     #: How long to wait for Twilio's ``start`` before giving up on the stream.
     start_timeout: float = 15.0
+    #: Connection attempts per lost session (the first at once, then with backoff) before the
+    #: call ends with ``openai reconnect failed after N attempts``.  A new session that drops
+    #: before its ``session.created``/``session.updated`` counts as a failed attempt.
+    reconnect_attempts: int = attrs.field(default=4, validator=_positive)
+    #: Backoff before the second attempt; doubled for each further one, up to the cap.
+    reconnect_base_delay: float = attrs.field(default=0.25, validator=_non_negative)
+    reconnect_max_delay: float = attrs.field(default=4.0, validator=_non_negative)
+    #: Bound on one connection attempt (the connector should have its own, shorter one).
+    reconnect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    #: Sessions a call may lose and replace in total (a 3-hour call needs 3 for the cap alone);
+    #: past it the call ends rather than flap.
+    max_reconnects: int = attrs.field(default=20, validator=_non_negative)
+    #: Bounds of the conversation text kept for a restore (oldest dropped first).
+    history_max_items: int = attrs.field(default=40, validator=_non_negative)
+    history_max_chars: int = attrs.field(default=8000, validator=_non_negative)
 
 
 @attrs.define
@@ -131,10 +187,21 @@ class CallReport:
     given_up: list[RequestGivenUp] = attrs.field(factory=list)
     bad_frames: dict[str, int] = attrs.field(factory=dict)
     lifecycle_stats: dict[str, int] = attrs.field(factory=dict)
+    #: User texts written to an OpenAI socket (not merely queued; once if re-sent on a new
+    #: session; never for a text handed back undelivered).
     user_texts_sent: int = 0
     media_in: int = 0
     media_out: int = 0
     server_errors: dict[str, int] = attrs.field(factory=dict)
+    #: OpenAI sessions lost and replaced during the call.
+    reconnects: int = 0
+    #: Connection attempts that failed while replacing a lost session.
+    reconnect_failures: int = 0
+    #: Seconds from each loss to the new session's socket being open.
+    reconnect_times: list[float] = attrs.field(factory=list)
+    #: Caller audio frames dropped because no OpenAI session was up (while reconnecting), or
+    #: left over for a lost session (queued, or its send failed): never sent to the next one.
+    media_dropped: int = 0
 
 
 class _EndCall(Exception):
@@ -143,8 +210,54 @@ class _EndCall(Exception):
         self.reason = reason
 
 
+class _SessionLost(Exception):
+    """The OpenAI session is gone (socket closed, ``session_expired``), the call is not."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class _TextFrame:
+    """A user text item in the OpenAI queue: its text rides along so that, if the frame never
+    reaches a socket, the text goes to the next session or back to the application."""
+
+    __slots__ = ("json", "source", "text")
+
+    def __init__(self, json_text: str, text: str, source: str) -> None:
+        self.json = json_text
+        self.text = text
+        self.source = source
+
+
+_Outbound = str | _TextFrame | None
+
+
+class _Transcript:
+    """One response's transcript so far, cut at ``limit`` characters: the history keeps no
+    more than that of it anyway, and a server streaming huge deltas (or never ending a
+    response) must not grow the bridge's memory."""
+
+    __slots__ = ("chars", "limit", "parts")
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.chars = 0
+        self.limit = limit
+
+    def add(self, delta: str) -> None:
+        room = self.limit - self.chars
+        if room > 0:
+            piece = delta if len(delta) <= room else delta[:room]
+            self.parts.append(piece)
+            self.chars += len(piece)
+
+
 class CallBridge:
-    """Bridge one Twilio stream to one OpenAI Realtime session until either side ends."""
+    """Bridge one Twilio stream to one OpenAI Realtime session until either side ends.
+
+    ``reconnect``: opens a new OpenAI socket when the session is lost mid-call; ``None`` ends the
+    call instead (as before reconnects existed)."""
 
     def __init__(
         self,
@@ -154,12 +267,14 @@ class CallBridge:
         *,
         clock: Callable[[], float] = time.monotonic,
         on_undelivered: Callable[[tuple[str, ...]], None] | None = None,
+        reconnect: Connector | None = None,
     ) -> None:
         self.twilio = twilio
         self.openai = openai
         self.config = config if config is not None else BridgeConfig()
         self.clock = clock
         self.on_undelivered = on_undelivered
+        self.reconnect = reconnect
         self.report = CallReport()
         # Built in ``_begin``, once Twilio's ``start`` names the call they log under; nothing
         # uses them before that.
@@ -167,11 +282,37 @@ class CallBridge:
         self.tracker: PlaybackTracker
         self.machine: ResponseLifecycle | None = None
         self.stream_sid = ""
-        self._to_openai: asyncio.Queue[str | None] = asyncio.Queue(self.config.max_queue)
-        self._to_twilio: asyncio.Queue[str | None] = asyncio.Queue(self.config.max_queue)
+        #: What a new session is told of the conversation so far.
+        self.history = ConversationHistory(
+            self.config.history_max_items, self.config.history_max_chars
+        )
+        self._to_openai: asyncio.Queue[_Outbound] = asyncio.Queue(self.config.max_queue)
+        self._to_twilio: asyncio.Queue[_Outbound] = asyncio.Queue(self.config.max_queue)
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._call = "-"
+        self._ended = False
+        self._stop = asyncio.Event()
+        self._stop_reason = ""
+        # Reconnect state: while ``_reconnecting`` no machine is fed; user text and requests
+        # wait in ``_held_*`` for the next session (or go back to the app if there is none).
+        self._reconnecting = False
+        self._held_texts: list[ev.UserText] = []
+        self._held_requests: list[ev.RequestResponse] = []
+        #: Failed attempts not yet cleared by a session that proved itself (session.created).
+        self._unproven_attempts = 0
+        #: When the current session started, and how many sessions in a row were short-lived.
+        self._session_started_at = 0.0
+        self._short_sessions = 0
+        #: Texts whose send failed (older than anything queued) and texts a full queue
+        #: refused (newer): with the queue's own, the texts no socket took, in order.
+        self._unsent: list[ev.UserText] = []
+        self._overflow: list[ev.UserText] = []
+        self._stats_before: dict[str, int] = {}
+        self._partials: dict[str, _Transcript] = {}
+        self._restore_seq = 0
+        self._closers: set[asyncio.Task[None]] = set()
+        self._executed = 0
 
     # ------------------------------------------------------------------------- public API
 
@@ -180,16 +321,17 @@ class CallBridge:
         try:
             start = await self._await_start()
         except _EndCall as end:
+            self._ended = True
             self.report.end_reason = end.reason
             await self._close_both(1008 if end.reason.startswith("bad") else 1000, end.reason)
             return self.report
         self._begin(start)
         tasks = [
             asyncio.create_task(self._twilio_reader(), name=f"{self._call}:twilio-in"),
-            asyncio.create_task(self._openai_reader(), name=f"{self._call}:openai-in"),
-            asyncio.create_task(self._writer(self._to_openai, self.openai), name="openai-out"),
+            asyncio.create_task(self._openai_side(), name=f"{self._call}:openai"),
             asyncio.create_task(self._writer(self._to_twilio, self.twilio), name="twilio-out"),
             asyncio.create_task(self._timer(), name=f"{self._call}:timer"),
+            asyncio.create_task(self._stopper(), name=f"{self._call}:stop"),
         ]
         reason = "ended"
         try:
@@ -208,18 +350,42 @@ class CallBridge:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._finish(reason)
-            # Too much malformed input is a policy violation (1008), as before ``start``.
-            await self._close_both(1008 if reason.startswith("bad") else 1000, reason[:100])
+            try:
+                self._finish(reason)
+            finally:
+                # Both sockets close whatever went wrong above: an open socket is a live call
+                # (and a bill) nobody serves.  Too much malformed input is a policy violation
+                # (1008), as before ``start``.
+                await self._close_both(1008 if reason.startswith("bad") else 1000, reason[:100])
         return self.report
 
     def send_user_text(self, text: str, source: str = "app") -> None:
-        """User text from elsewhere (a chat box, an SMS): delivered exactly once, barge-in safe."""
-        self._handle(ev.UserText(text, source=source))
+        """User text from elsewhere (a chat box, an SMS): delivered exactly once, barge-in safe.
+
+        Once this returns, the bridge owns the text: it reaches the model exactly once (on a
+        new session if the current one is lost), or, if the call ends first, it is in
+        :attr:`CallReport.undelivered_texts` and passed to ``on_undelivered``.  Raises
+        :class:`~realtime_fsm.errors.CallNotActive` before the stream started and after the call
+        ended: the text was not taken.  ``ValueError`` for blank text.  Not thread-safe: call it
+        from the event loop's thread (``loop.call_soon_threadsafe`` from any other)."""
+        event = ev.UserText(text, source=source)
+        self._check_active()
+        self._from_app(event)
 
     def request_response(self, reason: str = "app", instructions: str | None = None) -> None:
-        """Ask the model to speak (after a tool result, a timer, ...): queued if it is busy."""
-        self._handle(ev.RequestResponse(reason=reason, instructions=instructions))
+        """Ask the model to speak (after a tool result, a timer, ...): queued if it is busy.
+
+        Raises :class:`~realtime_fsm.errors.CallNotActive` when the call is not running; a
+        request that cannot be served later is reported in :attr:`CallReport.given_up`.  From
+        the event loop's thread only, like :meth:`send_user_text`."""
+        event = ev.RequestResponse(reason=reason, instructions=instructions)
+        self._check_active()
+        self._from_app(event)
+
+    @property
+    def active(self) -> bool:
+        """True from the stream's ``start`` until the call ends: the public calls are accepted."""
+        return self.machine is not None and not self._ended and not self._stop.is_set()
 
     # --------------------------------------------------------------------------- the call
 
@@ -230,7 +396,9 @@ class CallBridge:
             if remaining <= 0:
                 raise _EndCall("no start from telephony")
             try:
-                frame = await asyncio.wait_for(self.twilio.recv(), remaining)
+                # Not ``asyncio.wait_for``: see ``_wait_event`` (it can swallow a cancellation
+                # of ``run`` and leave the call serving after its owner gave up on it).
+                frame = await _bounded(self.twilio.recv(), remaining)
             except asyncio.TimeoutError:
                 raise _EndCall("no start from telephony") from None
             except _CLOSED:
@@ -256,21 +424,17 @@ class CallBridge:
         self._call = start.call_sid or start.stream_sid
         self.report.call_sid = start.call_sid
         self.report.stream_sid = start.stream_sid
-        expected = self.config.session.expected_session()
-        lifecycle_cfg = attrs.evolve(
-            self.config.lifecycle,
-            call_id=self._call,
-            server_creates_response=expected.create_response,
-            server_interrupts_response=expected.interrupt_response,
-        )
-        self.machine = ResponseLifecycle(lifecycle_cfg, now=self.clock())
+        self.machine = self._new_machine()
+        self._session_started_at = self.clock()
         self.codec = OpenAIRealtimeCodec(
             dialect=self.config.dialect,
             max_frame_size=self.config.max_openai_frame,
             call_id=self._call,
         )
         self.tracker = PlaybackTracker(
-            bytes_per_ms=self.config.lifecycle.audio_bytes_per_ms, call_id=self._call
+            bytes_per_ms=self.config.lifecycle.audio_bytes_per_ms,
+            call_id=self._call,
+            mark_every_ms=self.config.mark_every_ms,
         )
         log.info(
             "call=%s stream started stream=%s params=%s",
@@ -282,34 +446,321 @@ class CallBridge:
         if self.config.greeting is not None:
             self._handle(ev.RequestResponse(reason="greeting", instructions=self.config.greeting))
 
+    def _new_machine(self) -> ResponseLifecycle:
+        expected = self.config.session.expected_session()
+        lifecycle_cfg = attrs.evolve(
+            self.config.lifecycle,
+            call_id=self._call,
+            server_creates_response=expected.create_response,
+            server_interrupts_response=expected.interrupt_response,
+        )
+        return ResponseLifecycle(lifecycle_cfg, now=self.clock())
+
     def _finish(self, reason: str) -> None:
+        self._ended = True
         self.report.end_reason = reason
+        # Texts that never reached a socket: still queued, or refused by a full queue.
+        unsent = self._take_unsent()
+        if unsent:
+            self._return_texts(tuple(t.text for t in unsent))
         machine = self.machine
         if machine is not None:
             with contextlib.suppress(Exception):
                 self._execute(machine.handle(ev.ConnectionClosed(reason), self.clock()))
-            self.report.lifecycle_stats = dict(machine.stats)
+            # A machine closed for a lost session has its stats in ``_stats_before`` already.
+            stats = {} if self._reconnecting else machine.stats
+            self.report.lifecycle_stats = _merged(self._stats_before, stats)
+        # A session lost and not replaced: what waited for the next one goes back to the app.
+        if self._held_requests:
+            self.report.given_up.append(
+                RequestGivenUp(
+                    reason=f"closed:{reason}",
+                    request_reasons=tuple(r.reason for r in self._held_requests),
+                )
+            )
+            self._held_requests = []
+        if self._held_texts:
+            texts = tuple(t.text for t in self._held_texts)
+            self._held_texts = []
+            log.warning(
+                "call=%s %d user text(s) held for a new session handed back undelivered",
+                self._call,
+                len(texts),
+            )
+            self._return_texts(texts)
         log.info(
-            "call=%s ended: %s (media in=%d out=%d, undelivered texts=%d)",
+            "call=%s ended: %s (media in=%d out=%d, undelivered texts=%d, reconnects=%d)",
             self._call,
             reason,
             self.report.media_in,
             self.report.media_out,
             len(self.report.undelivered_texts),
+            self.report.reconnects,
         )
 
     async def _close_both(self, code: int, reason: str) -> None:
         for sock in (self.openai, self.twilio):
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(sock.close(code, reason), 3.0)
+                await _bounded(sock.close(code, reason), 3.0)
+        if self._closers:
+            await asyncio.gather(*self._closers, return_exceptions=True)
+
+    # ------------------------------------------------------------------- lost sessions
+
+    async def _openai_side(self) -> str:
+        """Serve OpenAI sessions one after the other until the call ends."""
+        while True:
+            reason = await self._serve_session()
+            if self.reconnect is None:
+                return reason
+            await self._replace_session(reason)
+
+    async def _serve_session(self) -> str:
+        """Run the current session's reader and writer; return why the session was lost."""
+        tasks = (
+            asyncio.create_task(self._openai_reader(), name=f"{self._call}:openai-in"),
+            asyncio.create_task(self._writer(self._to_openai, self.openai), name="openai-out"),
+        )
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        for task in tasks:
+            if task in done:
+                exc = task.exception()
+                if isinstance(exc, _SessionLost):
+                    return exc.reason
+                if exc is not None:
+                    raise exc
+                return str(task.result())
+        raise AssertionError("unreachable: asyncio.wait returned with no task done")
+
+    async def _replace_session(self, reason: str) -> None:
+        """The reconnect sequence; raises ``_EndCall`` when no new session can be had."""
+        lost_at = self.clock()
+        self._lose_session(reason)
+        if self.report.reconnects >= self.config.max_reconnects:
+            raise _EndCall(
+                f"openai session lost ({reason}) after {self.report.reconnects} reconnects"
+            )
+        if lost_at - self._session_started_at < _SHORT_SESSION_S:
+            self._short_sessions += 1
+        else:
+            self._short_sessions = 0
+        # An unproven session is a failed attempt: the connect loop backs off for it already.
+        if self._short_sessions and not self._unproven_attempts:
+            cfg = self.config
+            delay = cfg.reconnect_base_delay * 2.0 ** min(self._short_sessions - 1, 30)
+            delay = min(cfg.reconnect_max_delay, delay)
+            if delay > 0:
+                log.info(
+                    "call=%s session lived %.1fs (%d short in a row): reconnecting in %.2fs",
+                    self._call,
+                    lost_at - self._session_started_at,
+                    self._short_sessions,
+                    delay,
+                )
+                await asyncio.sleep(delay)
+        sock, attempt = await self._connect_with_backoff()
+        took = self.clock() - lost_at
+        self.report.reconnects += 1
+        self.report.reconnect_times.append(took)
+        restored = self._start_session(sock)
+        log.info(
+            "call=%s openai session replaced in %.3fs (attempt %d): %d history item(s) restored,"
+            " %d held text(s) delivered",
+            self._call,
+            took,
+            attempt,
+            restored[0],
+            restored[1],
+        )
+
+    def _lose_session(self, reason: str) -> None:
+        """Close the old machine and keep what the next session must get.  Synchronous, so
+        nothing is fed to a machine between the loss and this bookkeeping."""
+        machine = self.machine
+        assert machine is not None
+        self._reconnecting = True
+        responding = machine.state in _RESPONDING
+        requests = list(machine.pending)
+        if machine.inflight is not None:
+            requests[0:0] = machine.inflight.requests
+        if responding and not requests:
+            # Cut off mid-response (its own request already served): ask for the rest.
+            requests.append(ev.RequestResponse(reason="reconnect"))
+        # Oldest first: texts queued for the old socket (the machine sent them before it held
+        # any), then the machine's held ones.  Frames already on the wire are in the history.
+        texts = self._take_unsent()
+        texts.extend(machine.held_texts)
+        for command in machine.handle(ev.ConnectionClosed(f"session lost: {reason}"), self.clock()):
+            if isinstance(command, RequestGivenUp):
+                log.info(
+                    "call=%s request(s) %s carried over to the next session",
+                    self._call,
+                    ",".join(command.request_reasons),
+                )
+            # ReturnUndeliveredText: the held texts, already taken above.
+        self._stats_before = _merged(self._stats_before, machine.stats)
+        self._held_texts[0:0] = texts
+        self._held_requests[0:0] = requests
+        self._partials.clear()
+        if responding:
+            # Half an answer must not go on playing over its retelling by the new session.  (A
+            # finished answer the caller is still hearing plays out: nothing replaces it.)
+            self._send_twilio(clear_message(self.stream_sid))
+            self.tracker.clear()
+        self._to_openai = asyncio.Queue(self.config.max_queue)
+        old = self.openai
+        closer = asyncio.create_task(_close_quietly(old), name=f"{self._call}:openai-close")
+        self._closers.add(closer)
+        closer.add_done_callback(self._closers.discard)
+        log.warning(
+            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
+            self._call,
+            reason,
+            len(self._held_texts),
+            len(self._held_requests),
+        )
+
+    async def _connect_with_backoff(self) -> tuple[MessageSocket, int]:
+        connector = self.reconnect
+        assert connector is not None
+        cfg = self.config
+        attempts = self._unproven_attempts
+        while True:
+            if attempts >= cfg.reconnect_attempts:
+                log.error("call=%s openai reconnect failed after %d attempts", self._call, attempts)
+                raise _EndCall(f"openai reconnect failed after {attempts} attempts")
+            if attempts:
+                delay = cfg.reconnect_base_delay * 2.0 ** (attempts - 1)
+                await asyncio.sleep(min(cfg.reconnect_max_delay, delay))
+            attempts += 1
+            try:
+                sock = await _bounded(connector(), cfg.reconnect_timeout)
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # the connector's own failure, whatever its type
+                self.report.reconnect_failures += 1
+                status = _handshake_status(exc)
+                # The type (and an HTTP status) only: some clients put the URL in the text.
+                log.warning(
+                    "call=%s openai reconnect attempt %d/%d failed: %s%s",
+                    self._call,
+                    attempts,
+                    cfg.reconnect_attempts,
+                    type(exc).__name__,
+                    f" (HTTP {status})" if status is not None else "",
+                )
+                if status in _FATAL_HANDSHAKE_STATUSES:
+                    raise _EndCall(f"openai reconnect refused (HTTP {status})") from None
+                continue
+            self._unproven_attempts = attempts
+            return sock, attempts
+
+    def _start_session(self, sock: MessageSocket) -> tuple[int, int]:
+        """A fresh machine on the new socket: config, history, held text, then requests."""
+        self.openai = sock
+        self._session_started_at = self.clock()
+        previous, self.machine = self.machine, self._new_machine()
+        if previous is not None:
+            # Per call, not per session: a reconnect must not reopen the no-audio watchdog's
+            # cooldown (the soak saw a silent retry fire again 0.7 s into a 2 s cooldown).
+            self.machine.watchdog_last_fire = previous.watchdog_last_fire
+        codec = self.codec
+        delivered = len(self._held_texts)
+        # The restore must fit the queue with room to spare: the oldest history goes first.
+        room = max(0, self.config.max_queue - delivered - 16)
+        items = self.history.items()[-room:] if room else ()
+        self._send_openai(json.dumps(self.codec.session_update(self.config.session)))
+        for item in items:
+            # A replay of what the lost session already had: its own event_id kind, so a
+            # trace checker can tell it from a fresh delivery.
+            event_id = self._mint_restore_id("history")
+            self._send_openai(dumps(codec.message_item(item.role, item.text, event_id=event_id)))
+        while self._held_texts:  # one at a time: a full queue hands back the rest, in order
+            text = self._held_texts.pop(0)
+            command = SendUserText(self._mint_restore_id("restore"), text.text, text.source)
+            self._send_openai(_TextFrame(codec.render_json(command), text.text, text.source))
+        requests, self._held_requests = self._held_requests, []
+        if delivered:
+            requests.append(ev.RequestResponse(reason=USER_TEXT_REASON))
+        self._reconnecting = False
+        if requests:
+            # One response for the restored state, as the machine coalesces its own pending
+            # requests: a text queued with its response.create on the lost socket comes back
+            # as a held text *and* a carried request, and each alone would ask for an answer.
+            # The fresh machine is idle, so the last request sends one create for every
+            # interchangeable request before it (oldest first); only a request with other
+            # instructions waits for its own turn, as it would have on the old session.
+            self.machine.pending.extend(requests[:-1])
+            self._handle(requests[-1])
+        self._wake.set()
+        return len(items), delivered
+
+    def _take_unsent(self) -> list[ev.UserText]:
+        """User texts no socket took, oldest first; the OpenAI queue is emptied."""
+        frames, audio = _drain(self._to_openai)
+        self.report.media_dropped += audio  # caller audio no session will hear now
+        queued = [ev.UserText(m.text, source=m.source) for m in frames]
+        texts = self._unsent + queued + self._overflow
+        self._unsent = []
+        self._overflow = []
+        return texts
+
+    def _mint_restore_id(self, kind: str) -> str:
+        """``<prefix>_history_<n>`` for replayed history, ``<prefix>_restore_<n>`` for held
+        text delivered for the first time (``n`` counts both, per call)."""
+        self._restore_seq += 1
+        return f"{self.config.lifecycle.event_id_prefix}_{kind}_{self._restore_seq}"
 
     # -------------------------------------------------------------------------- machine glue
+
+    def _check_active(self) -> None:
+        if self.machine is None:
+            raise CallNotActive("the call has not started (no telephony start yet)")
+        if self._ended or self._stop.is_set():
+            raise CallNotActive(f"the call has ended ({self._stop_reason or 'ended'})")
+
+    def _from_app(self, event: ev.Event) -> None:
+        """An application call: a failure to queue ends the call (from its own task), never
+        raises into the application's code."""
+        try:
+            self._handle(event)
+        except _EndCall as end:
+            self._stop_reason = end.reason
+            self._stop.set()
+
+    async def _stopper(self) -> str:
+        await _wait_event(self._stop, None)
+        raise _EndCall(self._stop_reason)
 
     def _handle(self, event: ev.Event) -> None:
         machine = self.machine
         assert machine is not None
+        if self._reconnecting:
+            self._hold(event)
+            return
         self._execute(machine.handle(event, self.clock()))
         self._maybe_wake()
+
+    def _hold(self, event: ev.Event) -> None:
+        """No session: keep user text and requests for the next one (bounded), drop ticks."""
+        if isinstance(event, ev.UserText):
+            if len(self._held_texts) >= self.config.max_queue:
+                log.warning("call=%s too much text held while reconnecting", self._call)
+                self._return_texts((event.text,))
+            else:
+                self._held_texts.append(event)
+        elif isinstance(event, ev.RequestResponse):
+            if len(self._held_requests) < self.config.max_queue:
+                self._held_requests.append(event)
+            else:
+                self.report.given_up.append(
+                    RequestGivenUp(reason="reconnecting: too many", request_reasons=(event.reason,))
+                )
 
     def _maybe_wake(self) -> None:
         machine = self.machine
@@ -321,11 +772,28 @@ class CallBridge:
             self._wake.set()
 
     def _execute(self, commands: list[Command]) -> None:
-        for command in commands:
-            if is_client_command(command):
-                self._send_openai(self.codec.render_json(command))
+        try:
+            self._execute_all(commands)
+        except _EndCall:
+            # The call ends mid-batch (a full queue): user texts of the commands not executed
+            # are the application's again, like those still queued.
+            done = self._executed
+            for command in commands[done + 1 :]:
                 if isinstance(command, SendUserText):
-                    self.report.user_texts_sent += 1
+                    self._overflow.append(ev.UserText(command.text, source=command.source))
+                elif isinstance(command, ReturnUndeliveredText):
+                    self._return_texts(command.texts)
+            raise
+
+    def _execute_all(self, commands: list[Command]) -> None:
+        for index, command in enumerate(commands):
+            self._executed = index
+            if is_client_command(command):
+                if isinstance(command, SendUserText):
+                    json_text = self.codec.render_json(command)
+                    self._send_openai(_TextFrame(json_text, command.text, command.source))
+                else:
+                    self._send_openai(self.codec.render_json(command))
             elif isinstance(command, ClearPlayback):
                 self._send_twilio(clear_message(self.stream_sid))
                 self.tracker.clear()
@@ -340,14 +808,25 @@ class CallBridge:
                     ",".join(command.request_reasons),
                 )
             elif isinstance(command, ReturnUndeliveredText):
-                self.report.undelivered_texts.extend(command.texts)
-                if self.on_undelivered is not None:
-                    self.on_undelivered(command.texts)
+                self._return_texts(command.texts)
 
-    def _send_openai(self, message: str) -> None:
+    def _return_texts(self, texts: tuple[str, ...]) -> None:
+        self.report.undelivered_texts.extend(texts)
+        if self.on_undelivered is not None:
+            # The application's code: its bug must not end the call as an internal error, nor
+            # keep the sockets open (this runs while the call is torn down, too).  The texts are
+            # in the report whatever it does.
+            try:
+                self.on_undelivered(texts)
+            except Exception:
+                log.exception("call=%s on_undelivered callback failed", self._call)
+
+    def _send_openai(self, message: str | _TextFrame) -> None:
         try:
             self._to_openai.put_nowait(message)
         except asyncio.QueueFull:
+            if type(message) is _TextFrame:
+                self._overflow.append(ev.UserText(message.text, source=message.source))
             raise _EndCall("openai socket not keeping up (queue full)") from None
 
     def _send_twilio(self, message: str) -> None:
@@ -355,6 +834,35 @@ class CallBridge:
             self._to_twilio.put_nowait(message)
         except asyncio.QueueFull:
             raise _EndCall("telephony socket not keeping up (queue full)") from None
+
+    async def _send_now(
+        self,
+        queue: asyncio.Queue[_Outbound],
+        sock: MessageSocket,
+        message: str,
+        enqueue: Callable[[str], None],
+    ) -> None:
+        """The per-frame path: with nothing queued ahead of it and the socket not backed up,
+        send from the reading task (the send only writes to the transport) instead of waking
+        the writer task.  That hop per frame was most of what the bridge cost over a bare relay
+        (``docs/performance.md``).  Otherwise, or if the send fails, queue it: the writer keeps
+        the order, the back-pressure limit and the error handling.
+
+        Not while reconnecting nor on a socket that is closing: a send there can wait out the
+        close handshake and stall the reading task.  A send that fails after the OpenAI
+        session was replaced meanwhile is dropped (counted in ``media_dropped``): queued, it
+        would reach the new session ahead of its ``session.update``.  Only audio and Twilio
+        frames come here; user text always goes through the queue."""
+        if queue.empty() and not self._reconnecting and _is_open(sock):
+            transport = getattr(sock, "transport", None)
+            if transport is not None and transport.get_write_buffer_size() == 0:
+                with contextlib.suppress(*_CLOSED):
+                    await sock.send(message)
+                    return
+                if queue is not self._to_openai and queue is not self._to_twilio:
+                    self.report.media_dropped += 1  # the old session's audio: never resent
+                    return
+        enqueue(message)
 
     def _count_bad(self, side: str, kind: str) -> None:
         key = f"{side}:{kind}"
@@ -366,22 +874,50 @@ class CallBridge:
         log.warning("call=%s bad frame from %s dropped: %s", self._call, side, exc.message[:200])
         self._count_bad(side, "malformed")
 
+    # ------------------------------------------------------------------ history bookkeeping
+
+    def _response_created(self, event: ev.ResponseCreated) -> None:
+        if event.out_of_band:
+            return  # not part of the conversation: never restored
+        partials = self._partials
+        if len(partials) >= _MAX_PARTIALS:
+            del partials[next(iter(partials))]
+        partials[event.response_id] = _Transcript(self.config.history_max_chars)
+
+    def _response_done(self, event: ev.ResponseDone) -> None:
+        transcript = self._partials.pop(event.response_id, None)
+        # A cancelled response is left out: what the caller heard of it is not known as text.
+        if transcript is not None and event.status in ("completed", "incomplete"):
+            self.history.add("assistant", "".join(transcript.parts))
+
     # ----------------------------------------------------------------------------- tasks
 
-    async def _writer(self, queue: asyncio.Queue[str | None], sock: MessageSocket) -> str:
+    async def _writer(self, queue: asyncio.Queue[_Outbound], sock: MessageSocket) -> str:
+        openai = sock is self.openai
         while True:
             message = await queue.get()
             if message is None:
                 return "writer done"
             try:
-                await sock.send(message)
+                if type(message) is str:
+                    await sock.send(message)
+                else:
+                    assert isinstance(message, _TextFrame)
+                    try:
+                        await sock.send(message.json)
+                    except BaseException:
+                        self._unsent.append(ev.UserText(message.text, source=message.source))
+                        raise
+                    # Counted once written, not when queued: a queued text can still be
+                    # handed back, or re-sent on a new session.
+                    self.report.user_texts_sent += 1
+                    self.history.add("user", message.text)
             except _CLOSED:
-                side = "openai" if sock is self.openai else "telephony"
-                raise _EndCall(f"{side} closed") from None
+                if openai:
+                    raise _SessionLost("openai closed") from None
+                raise _EndCall("telephony closed") from None
 
     async def _twilio_reader(self) -> str:
-        machine = self.machine
-        assert machine is not None
         report = self.report
         max_size = self.config.max_twilio_message
         while True:
@@ -399,9 +935,17 @@ class CallBridge:
                 assert isinstance(message, Media)
                 if message.track is None or message.track == "inbound":
                     report.media_in += 1
-                    self._send_openai(input_audio_append_json(message.payload))
+                    if self._reconnecting:
+                        report.media_dropped += 1  # no session to hear it; never buffered
+                    else:
+                        append = input_audio_append_json(message.payload)
+                        await self._send_now(
+                            self._to_openai, self.openai, append, self._send_openai
+                        )
             elif kind is Mark:
                 assert isinstance(message, Mark)
+                machine = self.machine  # replaced on a new session: never cache it
+                assert machine is not None
                 for progress in self.tracker.mark_received(message.name):
                     machine.playback_progress(progress.item_id, progress.played_ms)
             elif kind is Dtmf:
@@ -427,20 +971,25 @@ class CallBridge:
             if isinstance(text, str) and text.strip():
                 self._handle(ev.UserText(text, source="typed"))
                 return
+        # Logged each time: the bad-frame limit bounds how often (then the socket is closed).
+        log.warning("call=%s unknown Twilio event dropped: %.100r", self._call, frame)
         self._count_bad("twilio", "unknown_event")
 
     async def _openai_reader(self) -> str:
+        """One session's inbound frames; its machine and socket are fixed for its lifetime."""
         machine = self.machine
         assert machine is not None
+        sock = self.openai
         codec = self.codec
         tracker = self.tracker
         report = self.report
         clock = self.clock
+        partials = self._partials
         while True:
             try:
-                frame = await self.openai.recv()
+                frame = await sock.recv()
             except _CLOSED:
-                return "openai closed"
+                raise _SessionLost("openai closed") from None
             try:
                 message = codec.parse(frame)
             except RemoteProtocolError as exc:
@@ -455,14 +1004,24 @@ class CallBridge:
                     continue
                 if machine.audio_delta(message.response_id, item, message.byte_count, clock()):
                     sid = self.stream_sid
-                    self._send_twilio(media_message(sid, message.payload))
-                    self._send_twilio(
-                        mark_message(sid, tracker.audio_sent(item, message.byte_count))
-                    )
+                    name = tracker.audio_sent(item, message.byte_count)
+                    queue, twilio, send = self._to_twilio, self.twilio, self._send_twilio
+                    media = media_message(sid, message.payload)
+                    await self._send_now(queue, twilio, media, send)
+                    if name is not None:
+                        await self._send_now(queue, twilio, mark_message(sid, name), send)
                     report.media_out += 1
-            elif kind is OutputTranscriptDelta:
+                continue
+            if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)
+                tail = tracker.flush_mark()
+                if tail is not None:
+                    self._send_twilio(mark_message(self.stream_sid, tail))
+            if kind is OutputTranscriptDelta:
                 assert isinstance(message, OutputTranscriptDelta)
                 machine.transcript_delta(message.response_id, clock())
+                transcript = partials.get(message.response_id)
+                if transcript is not None:
+                    transcript.add(message.delta)
                 self._maybe_wake()
             elif kind is ResponseActivity:
                 assert isinstance(message, ResponseActivity)
@@ -472,25 +1031,110 @@ class CallBridge:
             elif kind is InputTranscript:
                 assert isinstance(message, InputTranscript)
                 log.info("call=%s caller said: %r", self._call, message.transcript[:200])
+                self.history.add("user", message.transcript)
             else:
-                if isinstance(message, ev.ServerError):
+                if kind is ev.ResponseCreated:
+                    assert isinstance(message, ev.ResponseCreated)
+                    self._response_created(message)
+                elif kind is ev.ResponseDone:
+                    assert isinstance(message, ev.ResponseDone)
+                    self._response_done(message)
+                elif kind is ev.SessionConfigured:
+                    self._unproven_attempts = 0  # the server took this session: it is real
+                elif isinstance(message, ev.ServerError):
                     code = message.code or "unknown"
                     report.server_errors[code] = report.server_errors.get(code, 0) + 1
                     if code in FATAL_ERROR_CODES:
                         raise _EndCall(f"openai error {code}")
+                    if code in SESSION_LOST_ERROR_CODES:
+                        raise _SessionLost(f"openai error {code}")
                 self._handle(message)  # type: ignore[arg-type]
 
     async def _timer(self) -> str:
-        machine = self.machine
-        assert machine is not None
         while True:
-            deadline = machine.next_deadline
+            machine = self.machine  # replaced on a new session: never cache it
+            assert machine is not None
+            deadline = None if self._reconnecting else machine.next_deadline
             self._sleeping_until = deadline
             self._wake.clear()
             # Never spin: a deadline that a tick did not move is retried after a short pause.
             timeout = None if deadline is None else max(0.005, deadline - self.clock())
             if not await _wait_event(self._wake, timeout):
                 self._handle(ev.Tick())
+
+
+def _drain(queue: asyncio.Queue[_Outbound]) -> tuple[list[_TextFrame], int]:
+    """Empty ``queue``; return the user text frames it held, in order (the rest is stale), and
+    how many caller audio frames were thrown away with it."""
+    frames: list[_TextFrame] = []
+    audio = 0
+    while not queue.empty():
+        message = queue.get_nowait()
+        if type(message) is _TextFrame:
+            frames.append(message)
+        elif type(message) is str and _APPEND_TYPE in message[:48]:
+            audio += 1
+    return frames, audio
+
+
+_APPEND_TYPE: Final = '"input_audio_buffer.append"'
+
+
+def _is_open(sock: MessageSocket) -> bool:
+    """False once a socket is closing: ``websockets``' ``state``, our server's ``closed``."""
+    state = getattr(sock, "state", None)
+    if state is not None:
+        return state is WsState.OPEN
+    return getattr(sock, "closed", False) is not True
+
+
+def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
+    out = dict(a)
+    for key, value in b.items():
+        out[key] = out.get(key, 0) + value
+    return out
+
+
+def _handshake_status(exc: BaseException) -> int | None:
+    """The HTTP status of a refused WebSocket handshake (``websockets``' ``InvalidStatus``)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+async def _close_quietly(sock: MessageSocket) -> None:
+    with contextlib.suppress(Exception):
+        await _bounded(sock.close(1000, "session replaced"), 3.0)
+
+
+async def _bounded(awaitable: Awaitable[_T], timeout: float) -> _T:
+    """``awaitable`` bounded by ``timeout`` (``asyncio.TimeoutError`` past it), without
+    ``asyncio.wait_for`` (see :func:`_wait_event`)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_close_late_socket)
+    if not done:
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+def _close_late_socket(task: asyncio.Future[Any]) -> None:
+    """A connection that completed after its caller gave up on it must not stay open."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if hasattr(result, "close") and hasattr(result, "recv"):
+        with contextlib.suppress(RuntimeError):
+            closer = asyncio.ensure_future(_close_quietly(result))
+            _LATE_CLOSERS.add(closer)
+            closer.add_done_callback(_LATE_CLOSERS.discard)
+
+
+_LATE_CLOSERS: set[asyncio.Future[None]] = set()
 
 
 async def _wait_event(event: asyncio.Event, timeout: float | None) -> bool:

@@ -24,6 +24,7 @@ import attrs
 from .bridge import BridgeConfig
 from .config import LifecycleConfig
 from .openai_realtime import SessionConfig
+from .replay import add_parser as add_replay_parser
 from .server import ServerConfig, start_server
 from .testing import (
     FakeCallerConfig,
@@ -32,6 +33,7 @@ from .testing import (
     FakeTwilioCaller,
     ResponseFaults,
 )
+from .testing.soak import add_soak_parser
 
 _TAGS = ("[TEXT_BARGE_IN]", "[NO_AUDIO_WATCHDOG]", "[BARGE_IN]")
 _FLOW_DONE = "[TEXT_BARGE_IN] Flow complete:"
@@ -196,6 +198,8 @@ def main(argv: list[str] | None = None) -> int:
     demo = sub.add_parser("demo", help="run the two seed scenarios offline, end to end")
     demo.add_argument("-v", "--verbose", action="store_true", help="log every transition")
     demo.set_defaults(func=_demo)
+    add_replay_parser(sub)
+    add_soak_parser(sub)
     args = parser.parse_args(argv)
     code: int = args.func(args)
     return code

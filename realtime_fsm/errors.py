@@ -26,3 +26,10 @@ class LocalProtocolError(ProtocolError):
 
 class RemoteProtocolError(ProtocolError):
     """A peer (OpenAI Realtime server, Twilio) sent input that violates its protocol."""
+
+
+class CallNotActive(Exception):
+    """A call-scoped request (``CallBridge.send_user_text``, ``request_response``) came when
+    the call is not running: before the telephony stream started, or after the call ended.
+
+    Nothing was taken: user text passed in that call is still the caller's to keep or retry."""

@@ -31,7 +31,15 @@ from typing import Any, Final, Literal, TypeGuard
 import attrs
 
 from . import events as ev
-from ._wire import bad_field, load_json_object, opt_obj, opt_str, req_obj, req_str
+from ._wire import (
+    bad_field,
+    load_json_object,
+    opt_obj,
+    opt_str,
+    plain_json_string,
+    req_obj,
+    req_str,
+)
 from .commands import (
     Command,
     SendItemDelete,
@@ -547,6 +555,34 @@ def _render_delete(command: SendItemDelete) -> dict[str, Any]:
     }
 
 
+#: Content part type of an assistant text message, per dialect (GA ``output_text``, beta ``text``).
+_ASSISTANT_TEXT: Final[Mapping[Dialect, str]] = {Dialect.GA: "output_text", Dialect.BETA: "text"}
+
+
+def render_message_item(
+    role: Literal["user", "assistant"],
+    text: str,
+    *,
+    dialect: Dialect = Dialect.GA,
+    event_id: str | None = None,
+) -> dict[str, Any]:
+    """``conversation.item.create`` of one text message, to restore a conversation on a new
+    session: user text as ``input_text``, an assistant transcript as ``output_text`` (beta
+    ``text``).  Assistant *audio* cannot be created by a client, so a restored assistant turn is
+    its transcript."""
+    if role == "user":
+        part = {"type": "input_text", "text": text}
+    elif role == "assistant":
+        part = {"type": _ASSISTANT_TEXT[dialect], "text": text}
+    else:
+        raise LocalProtocolError(f"message role must be 'user' or 'assistant', got {role!r}")
+    event: dict[str, Any] = {"type": "conversation.item.create"}
+    if event_id is not None:
+        event["event_id"] = event_id
+    event["item"] = {"type": "message", "role": role, "content": [part]}
+    return event
+
+
 def render_command(
     command: ClientCommand,
     *,
@@ -589,7 +625,10 @@ def render_input_audio_append(payload: str) -> dict[str, Any]:
 
 
 def input_audio_append_json(payload: str) -> str:
-    """:func:`render_input_audio_append` already serialised, for the per-frame path."""
+    """:func:`render_input_audio_append` already serialised, for the per-frame path: the base64
+    string is wrapped as is (one concatenation instead of a ``json.dumps``)."""
+    if type(payload) is str and plain_json_string(payload):
+        return '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
     return dumps({"type": "input_audio_buffer.append", "audio": payload})
 
 
@@ -818,6 +857,12 @@ class OpenAIRealtimeCodec:
     def render_json(self, command: ClientCommand) -> str:
         return dumps(self.render(command))
 
+    def message_item(
+        self, role: Literal["user", "assistant"], text: str, *, event_id: str | None = None
+    ) -> dict[str, Any]:
+        """:func:`render_message_item` in this codec's dialect."""
+        return render_message_item(role, text, dialect=self._dialect, event_id=event_id)
+
     def session_update(
         self, config: SessionConfig, *, event_id: str | None = None
     ) -> dict[str, Any]:
@@ -856,5 +901,6 @@ __all__ = [
     "parse_server_event",
     "render_command",
     "render_input_audio_append",
+    "render_message_item",
     "render_session_update",
 ]

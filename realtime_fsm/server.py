@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
@@ -21,8 +23,9 @@ from xml.sax.saxutils import quoteattr
 import attrs
 from websockets.asyncio.client import connect
 
-from .bridge import BridgeConfig, CallBridge, CallReport
+from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
 from .openai_realtime import Dialect
+from .trace import start_trace
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
 
 log = logging.getLogger("realtime_fsm.server")
@@ -61,6 +64,8 @@ class ServerConfig:
     api_key: str = attrs.field(default="", repr=False)
     twilio_auth_token: str | None = attrs.field(default=None, repr=False)
     bridge: BridgeConfig = attrs.field(factory=BridgeConfig)
+    #: Record one JSONL trace per call here (``docs/traces.md``); ``None``: no traces.
+    trace_dir: str | Path | None = None
 
     @property
     def stream_url(self) -> str:
@@ -122,23 +127,42 @@ async def _incoming_call(config: ServerConfig, request: HttpRequest) -> HttpResp
     return HttpResponse(200, twiml(config.stream_url), "text/xml; charset=utf-8")
 
 
+async def connect_realtime(config: ServerConfig) -> MessageSocket:
+    """Open one OpenAI Realtime WebSocket: the call's first session and every reconnect (same
+    URL, headers and limits).  Raises whatever ``websockets.connect`` raises."""
+    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    if config.bridge.dialect is Dialect.BETA:
+        headers["OpenAI-Beta"] = "realtime=v1"
+    sock: MessageSocket = await connect(
+        config.realtime_url,
+        additional_headers=headers,
+        max_size=config.bridge.max_openai_frame,
+        open_timeout=10,
+        compression=None,
+        logger=_openai_ws_log,
+    )
+    return sock
+
+
 async def _media_stream(
     config: ServerConfig,
     twilio_ws: WebSocket,
     reports: list[CallReport] | None,
+    on_bridge: Callable[[CallBridge], None] | None = None,
 ) -> None:
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
-    if config.bridge.dialect is Dialect.BETA:
-        headers["OpenAI-Beta"] = "realtime=v1"
+    trace = start_trace(
+        config.trace_dir, config.bridge, secrets=(config.api_key, config.twilio_auth_token)
+    )
+
+    async def open_openai() -> MessageSocket:
+        """The one place an OpenAI socket is opened, for the first session and reconnects."""
+        sock = await connect_realtime(config)
+        if trace is not None:
+            sock = trace.wrap(sock, "openai")
+        return sock
+
     try:
-        openai_ws = await connect(
-            config.realtime_url,
-            additional_headers=headers,
-            max_size=config.bridge.max_openai_frame,
-            open_timeout=10,
-            compression=None,
-            logger=_openai_ws_log,
-        )
+        openai_sock = await open_openai()
     except (OSError, asyncio.TimeoutError, Exception) as exc:
         # Never echo the exception text blindly: some clients put the URL (and so tokens in a
         # query string) into it.  The type and the host are enough to act on.
@@ -148,9 +172,20 @@ async def _media_stream(
             type(exc).__name__,
         )
         await twilio_ws.close(1011, "realtime server unreachable")
+        if trace is not None:
+            trace.finish(end_reason="realtime server unreachable")
         return
-    bridge = CallBridge(twilio_ws, openai_ws, config.bridge)
-    report = await bridge.run()
+    twilio_sock: MessageSocket = twilio_ws
+    if trace is not None:
+        twilio_sock = trace.wrap(twilio_ws, "twilio")
+    bridge = CallBridge(twilio_sock, openai_sock, config.bridge, reconnect=open_openai)
+    if on_bridge is not None:
+        on_bridge(bridge)
+    try:
+        report = await bridge.run()
+    finally:
+        if trace is not None:
+            trace.finish(bridge.report)
     if reports is not None:
         reports.append(report)
 
@@ -161,14 +196,18 @@ async def start_server(
     port: int = 8080,
     *,
     reports: list[CallReport] | None = None,
+    on_bridge: Callable[[CallBridge], None] | None = None,
 ) -> asyncio.Server:
-    """Start the bridge server; every finished call's report is appended to ``reports``."""
+    """Start the bridge server; every finished call's report is appended to ``reports``.
+
+    ``on_bridge`` sees each call's :class:`CallBridge` before it runs, so a soak or a
+    dashboard can watch live calls (their machine state) rather than only finished reports."""
 
     async def incoming(request: HttpRequest) -> HttpResponse:
         return await _incoming_call(config, request)
 
     async def media(ws: WebSocket) -> None:
-        await _media_stream(config, ws, reports)
+        await _media_stream(config, ws, reports, on_bridge)
 
     routes = Routes(
         http={"/incoming-call": incoming},

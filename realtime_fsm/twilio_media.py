@@ -29,7 +29,15 @@ from typing import Any, Final
 import attrs
 
 from . import events as ev
-from ._wire import bad_field, load_json_object, opt_obj, opt_str, req_obj, req_str
+from ._wire import (
+    bad_field,
+    load_json_object,
+    opt_obj,
+    opt_str,
+    plain_json_string,
+    req_obj,
+    req_str,
+)
 from .errors import LocalProtocolError, RemoteProtocolError
 
 log = logging.getLogger("realtime_fsm.twilio_media")
@@ -341,6 +349,8 @@ def media_message(stream_sid: str, payload: str) -> str:
     """``media`` with a base64 mu-law payload passed through as is (no track, chunk or
     timestamp: Twilio's schema has none outbound, and extra fields are a 31951 error)."""
     _check_sid(stream_sid)
+    if type(payload) is str and plain_json_string(payload) and plain_json_string(stream_sid):
+        return f'{{"event":"media","streamSid":"{stream_sid}","media":{{"payload":"{payload}"}}}}'
     return _dumps({"event": "media", "streamSid": stream_sid, "media": {"payload": payload}})
 
 
@@ -349,6 +359,8 @@ def mark_message(stream_sid: str, name: str) -> str:
     _check_sid(stream_sid)
     if type(name) is not str or not name:
         raise LocalProtocolError(f"mark name must be a non-empty string, got {name!r}")
+    if plain_json_string(name) and plain_json_string(stream_sid):
+        return f'{{"event":"mark","streamSid":"{stream_sid}","mark":{{"name":"{name}"}}}}'
     return _dumps({"event": "mark", "streamSid": stream_sid, "mark": {"name": name}})
 
 
@@ -416,11 +428,13 @@ class PlaybackTracker:
         "_bytes_per_ms",
         "_call_id",
         "_generation",
+        "_mark_every_ms",
         "_max_pending",
         "_pending",
         "_played",
         "_sent",
         "_seq",
+        "_unmarked",
         "stats",
     )
 
@@ -430,13 +444,22 @@ class PlaybackTracker:
         bytes_per_ms: int = MULAW_BYTES_PER_MS,
         max_pending: int = 10_000,
         call_id: str = "-",
+        mark_every_ms: int = 0,
     ) -> None:
         if type(bytes_per_ms) is not int or bytes_per_ms <= 0:
             raise ValueError(f"bytes_per_ms must be a positive int, got {bytes_per_ms!r}")
         if type(max_pending) is not int or max_pending <= 0:
             raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
+        if type(mark_every_ms) is not int or mark_every_ms < 0:
+            raise ValueError(f"mark_every_ms must be a non-negative int, got {mark_every_ms!r}")
         self._bytes_per_ms = bytes_per_ms
         self._max_pending = max_pending
+        #: 0: a mark after every ``media``.  Otherwise at most one mark per this many ms of an
+        #: item's audio, plus one for the rest (:meth:`flush_mark`): with small deltas, marks
+        #: (sent, echoed, parsed) were half of the bridge's messages.
+        self._mark_every_ms = mark_every_ms
+        #: The item and end (ms) of audio sent without a mark yet, if any.
+        self._unmarked: tuple[str, int] | None = None
         self._call_id = call_id
         self._generation = 0
         self._seq = 0
@@ -470,9 +493,10 @@ class PlaybackTracker:
         """Audio of this item confirmed played in this generation, in ms."""
         return self._played.get(item_id, 0)
 
-    def audio_sent(self, item_id: str, byte_count: int) -> str:
+    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
         """Record ``byte_count`` bytes of ``item_id`` sent to Twilio; return the name of the mark
-        to send right after that ``media`` message."""
+        to send right after that ``media`` message (``None`` when ``mark_every_ms`` says not
+        yet: then call :meth:`flush_mark` before anything else is sent)."""
         if type(item_id) is not str or not item_id:
             raise LocalProtocolError(f"item_id must be a non-empty string, got {item_id!r}")
         if type(byte_count) is not int or byte_count < 0:
@@ -488,6 +512,36 @@ class PlaybackTracker:
         total += byte_count
         sent[item_id] = total
         end_ms = -(-total // self._bytes_per_ms)
+        every = self._mark_every_ms
+        if every:
+            unmarked = self._unmarked
+            if unmarked is not None and unmarked[0] != item_id:
+                self._count("marks_skipped_item_tail")  # flush_mark was not called
+            played_to = self._marked_end(item_id)
+            if end_ms - played_to < every:
+                self._unmarked = (item_id, end_ms)
+                return None
+            self._unmarked = None
+        return self._mint(item_id, end_ms)
+
+    def flush_mark(self) -> str | None:
+        """The mark for audio sent since the last one, if any (``mark_every_ms`` only): send it
+        when the item's audio ends or anything else is about to be sent, so that every item is
+        heard to its end."""
+        unmarked = self._unmarked
+        if unmarked is None:
+            return None
+        self._unmarked = None
+        return self._mint(*unmarked)
+
+    def _marked_end(self, item_id: str) -> int:
+        """The end (ms) of the item's last mark still pending or played, 0 if none."""
+        for _name, (item, end_ms) in reversed(self._pending.items()):
+            if item == item_id:
+                return end_ms
+        return self._played.get(item_id, 0)
+
+    def _mint(self, item_id: str, end_ms: int) -> str:
         self._seq += 1
         name = f"g{self._generation}:{self._seq}:{end_ms}:{item_id}"
         pending = self._pending
@@ -527,6 +581,7 @@ class PlaybackTracker:
         """A Twilio ``clear`` was sent: start a new generation; what was pending was dropped."""
         dropped = len(self._pending)
         self._generation += 1
+        self._unmarked = None
         self._pending.clear()
         self._sent.clear()
         self._played.clear()

@@ -21,6 +21,7 @@ import openai.types.beta.realtime as beta_types
 import openai.types.realtime as ga_types
 import pytest
 from pydantic import TypeAdapter
+from websockets.protocol import State
 
 from realtime_fsm import META_EVENT_ID, META_REASON, LifecycleConfig, ResponseState
 from realtime_fsm.bridge import BridgeConfig, CallBridge, CallReport
@@ -1075,3 +1076,91 @@ def test_a_peer_that_never_reads_ends_the_call_instead_of_growing_memory(
 
     run(body)
     assert "not keeping up (queue full)" in caplog.text
+
+
+# ------------------------------------------------------------------ hostile peers, buggy apps
+
+
+def test_a_response_transcript_is_kept_up_to_the_history_budget_only() -> None:
+    """Huge transcript deltas (a hostile or broken server) are cut at ``history_max_chars``
+    per response while they stream, not after: memory stays bounded by size, not by count."""
+
+    async def body() -> None:
+        call = Call(BridgeConfig(history_max_chars=1000))
+        await call.begin()
+        call.openai.feed(created("resp_1"))
+        for n in range(40):
+            call.openai.feed(transcript("resp_1", "item_1", str(n % 10) * 64 * 1024))
+        await until(lambda: call.openai.inbox.empty(), "the deltas read")
+        await settle()
+        partial = call.bridge._partials["resp_1"]
+        assert partial.chars == 1000 and sum(map(len, partial.parts)) == 1000
+        assert len(partial.parts) == 1  # nothing appended once the budget is spent
+        call.openai.feed(done("resp_1"))
+        await until(lambda: len(call.bridge.history) == 1, "the transcript in the history")
+        item = call.bridge.history.items()[0]
+        assert item.role == "assistant" and item.text == "0" * 1000
+        call.twilio.feed(stop())
+        await call.end()
+
+    run(body)
+
+
+def test_a_failing_on_undelivered_callback_still_ends_the_call_cleanly(caplog: Any) -> None:
+    """The app's ``on_undelivered`` raises while the call is torn down: ``run`` still returns
+    its report, with the text in it, and both sockets are closed."""
+    caplog.set_level(logging.ERROR, logger="realtime_fsm")
+
+    def broken(texts: tuple[str, ...]) -> None:
+        raise RuntimeError("bug in the application's callback")
+
+    async def body() -> None:
+        call = Call(openai_reads=False)  # nothing the bridge sends to OpenAI gets out
+        call.bridge.on_undelivered = broken
+        call.twilio.feed(connected(), start())
+        await until(lambda: call.bridge.active, "the stream start")
+        call.bridge.send_user_text("call me back")
+        await settle()
+        call.twilio.hang_up()
+        report = await call.end()
+        assert report.end_reason == "telephony closed"
+        assert report.undelivered_texts == ["call me back"]
+        assert report.user_texts_sent == 0  # queued, never written: not counted as sent
+        assert call.twilio.closed and call.openai.closed
+
+    run(body)
+    assert "on_undelivered callback failed" in caplog.text
+
+
+class _ClosingSocket(MemorySocket):
+    """A ``websockets``-like OpenAI socket in its closing handshake: it has a transport with
+    nothing buffered, but a send waits (like one that waits out ``close_timeout``)."""
+
+    class _Transport:
+        def get_write_buffer_size(self) -> int:
+            return 0
+
+    transport = _Transport()
+    state = State.CLOSING
+
+
+def test_caller_audio_is_not_sent_directly_on_a_closing_socket() -> None:
+    """The direct send path would stall the Twilio reader on a closing socket: the frames are
+    queued instead and the reader keeps reading."""
+
+    async def body() -> None:
+        call = Call()
+        closing = _ClosingSocket("openai", call.wire, reading=False)
+        call.bridge.openai = closing
+        call.twilio.feed(connected(), start())
+        for n in range(3):
+            call.twilio.feed(media(CHUNK_A, n))
+        call.twilio.feed(dtmf("5"))
+        await until(lambda: call.report.media_in == 3, "the reader past the audio", 3.0)
+        await until(lambda: call.bridge._to_openai.qsize() >= 3, "the audio queued", 3.0)
+        assert not closing.sent
+        call.twilio.hang_up()
+        report = await call.end()
+        assert report.undelivered_texts == ["DTMF 5"]
+
+    run(body)

@@ -52,14 +52,17 @@ from typing import Any, Literal
 import attrs
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
+from websockets.http11 import Request, Response
 
 from ._support import LOOPBACK_HOST, Notifier, openai_id
 from .audio import (
+    STAMP_SIZE,
     TAG_SIZE,
     alaw_decode,
     bytes_per_ms,
     make_audio_tag,
-    mulaw_decode,
+    make_time_stamp,
+    mulaw_rms_level,
     pcm16_decode,
     rms_level,
     tone,
@@ -77,6 +80,7 @@ __all__ = [
     "ResponseRecord",
     "ScriptedError",
     "ScriptedReply",
+    "SESSION_EXPIRED_MESSAGE",
     "SentEvent",
     "beta_event_name",
 ]
@@ -277,6 +281,16 @@ class FakeRealtimeConfig:
     rate_limits_events: bool = True
     #: Seed for ids, so a failing test can be replayed with the same ids.
     seed: int | None = None
+    #: Session length cap, like the real server's 60 minutes: this many seconds after a
+    #: connection opens it gets ``error`` ``session_expired`` and is closed.  ``None``: no cap.
+    session_max_s: float | None = attrs.field(default=None, validator=_non_negative)
+    #: Keep every event in :attr:`FakeRealtimeServer.sent` / ``received``.  Off for long runs
+    #: with many calls (the load benchmark): the lists grow with every frame, and each sent
+    #: event is decoded again for its record.  Error counts are kept either way.
+    record_events: bool = True
+    #: Write a :func:`~realtime_fsm.testing.audio.make_time_stamp` (source = connection index)
+    #: after the audio tag of every delta, to measure the latency of the path to the caller.
+    stamp_audio: bool = False
 
 
 # --- records ------------------------------------------------------------------------------------
@@ -592,6 +606,16 @@ class _Abort:
 
 
 _ABORT = _Abort()
+
+
+class _Close:
+    """Sentinel in the outbound queue: close the WebSocket (close frame) once everything before
+    is sent, as the real server does after ``session_expired``."""
+
+
+_CLOSE = _Close()
+#: The real server's message when a session reaches its maximum duration.
+SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 _WORD_RE = re.compile(r"\S+\s*|\s+")
 
 
@@ -643,12 +667,14 @@ class FakeRealtimeConnection:
         self.api: Api = self._pick_api()
         self.opened_at = time.monotonic()
         self.closed = False
+        #: Ended by :meth:`expire` (or ``config.session_max_s``).
+        self.expired = False
         model = self._query_model() or server.config.model
         self._session = _Session(id=openai_id("sess", server.rng), model=model, api=self.api)
         if self.api == "beta":
             self._session.output_modalities = ["text", "audio"]
         self._conversation_id = openai_id("conv", server.rng)
-        self._out: asyncio.Queue[str | _Abort | None] = asyncio.Queue()
+        self._out: asyncio.Queue[str | _Abort | _Close | None] = asyncio.Queue()
         self._tasks: set[asyncio.Task[None]] = set()
         self._items: dict[str, _Item] = {}
         self._oob_items: dict[str, _Item] = {}
@@ -699,6 +725,21 @@ class FakeRealtimeConnection:
         """Abort the TCP connection (no close frame) once the events already queued are sent."""
         self._out.put_nowait(_ABORT)
 
+    def expire(self) -> None:
+        """End the session as the real server does at its 60-minute cap: ``error``
+        ``session_expired`` (type ``invalid_request_error``, no ``event_id``), then a close."""
+        if self.closed:
+            return
+        self._send_error("session_expired", SESSION_EXPIRED_MESSAGE, injected=True)
+        self._out.put_nowait(_CLOSE)
+        self.expired = True
+
+    @property
+    def items(self) -> list[JSON]:
+        """The conversation items of this session, in order (as ``conversation.item.added``
+        shows them): what a restored conversation looks like to the model."""
+        return [item.item for item in self._items.values()]
+
     # -- lifecycle -----------------------------------------------------------------------------
 
     def _pick_api(self) -> Api:
@@ -725,6 +766,8 @@ class FakeRealtimeConnection:
         self._emit({"type": "session.created", "session": self._session.render()})
         for scripted in self._server.config.scripted_errors:
             self._spawn(self._scripted_error(scripted))
+        if self._server.config.session_max_s is not None:
+            self._spawn(self._expire_after(self._server.config.session_max_s))
         try:
             async for message in self._ws:
                 self._on_message(message)
@@ -750,10 +793,19 @@ class FakeRealtimeConnection:
                     live.record.socket_dropped = True
                 self._ws.transport.abort()
                 return
+            if isinstance(item, _Close):
+                for live in self._live.values():
+                    live.record.socket_dropped = True
+                await self._ws.close(1000, "session expired")
+                return
             try:
                 await self._ws.send(item)
             except ConnectionClosed:
                 return
+
+    async def _expire_after(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)
+        self.expire()
 
     async def _scripted_error(self, scripted: ScriptedError) -> None:
         await asyncio.sleep(scripted.at_s)
@@ -781,9 +833,15 @@ class FakeRealtimeConnection:
         # Serialise now: later changes to server state (a truncate, a transcript) must not
         # reach an event already sent, and the record must be exactly what went on the wire.
         text = json.dumps(event)
+        server = self._server
         for _ in range(2 if twice else 1):
             self._out.put_nowait(text)
-            self._server._record_sent(self.index, json.loads(text), injected)
+            if server.config.record_events:
+                server._record_sent(self.index, json.loads(text), injected)
+            else:
+                server._count_sent(event, injected)
+        if server._on_event is not None:
+            server._on_event(self.index, etype, time.monotonic())
 
     def _send_error(
         self,
@@ -834,7 +892,8 @@ class FakeRealtimeConnection:
             self._server._record_received(now, self.index, {"raw": message})
             self._send_error("invalid_type", "Invalid type for event: expected an object.")
             return
-        self._server._record_received(now, self.index, event)
+        if self._server.config.record_events:
+            self._server._record_received(now, self.index, event)
         etype = event.get("type")
         client_event_id = event.get("event_id")
         client_event_id = client_event_id if isinstance(client_event_id, str) else None
@@ -984,6 +1043,9 @@ class FakeRealtimeConnection:
             raise _ProtocolError(
                 "invalid_value", "Invalid 'audio'. Expected base64-encoded audio.", "audio"
             ) from None
+        on_append = self._server._on_append
+        if on_append is not None:
+            on_append(self.index, data, time.monotonic())
         fmt = self._session.input_format
         bpm = bytes_per_ms(fmt)
         frame = 10 * bpm
@@ -993,12 +1055,12 @@ class FakeRealtimeConnection:
         for start in range(0, usable, frame):
             chunk = buf[start : start + frame]
             if fmt == "g711_ulaw":
-                samples = mulaw_decode(chunk)
+                level = mulaw_rms_level(chunk)
             elif fmt == "g711_alaw":
-                samples = alaw_decode(chunk)
+                level = rms_level(alaw_decode(chunk))
             else:
-                samples = pcm16_decode(chunk)
-            self._vad_frame(rms_level(samples) >= self._server.config.vad_energy_threshold)
+                level = rms_level(pcm16_decode(chunk))
+            self._vad_frame(level >= self._server.config.vad_energy_threshold)
 
     def _vad_frame(self, loud: bool) -> None:
         frame_start = self._audio_ms
@@ -1536,6 +1598,9 @@ class FakeRealtimeConnection:
                 self._emit_for(live, {"type": text_type, **ids, "delta": word})
             if send_audio:
                 chunk = make_audio_tag(record.tag, index) + frame[TAG_SIZE:]
+                if config.stamp_audio:
+                    stamp = make_time_stamp(self.index, time.monotonic_ns())
+                    chunk = chunk[:TAG_SIZE] + stamp + chunk[TAG_SIZE + STAMP_SIZE :]
                 self._emit_for(
                     live,
                     {
@@ -1714,8 +1779,15 @@ class FakeRealtimeServer:
         *,
         replies: Sequence[str | ScriptedReply] | ReplySource | None = None,
         transcripts: Sequence[str] = (),
+        on_append: Callable[[int, bytes, float], None] | None = None,
+        on_event: Callable[[int, str, float], None] | None = None,
     ) -> None:
         self.config = config or FakeRealtimeConfig()
+        # Measurement hooks (the load benchmark): ``on_append(connection, audio, monotonic)``
+        # for every decoded ``input_audio_buffer.append``, ``on_event(connection, type,
+        # monotonic)`` for every server event queued.  Called synchronously: keep them cheap.
+        self._on_append = on_append
+        self._on_event = on_event
         self.rng = random.Random(self.config.seed)
         self._reply_queue: list[ScriptedReply] = []
         self._reply_source: ReplySource | None = None
@@ -1743,6 +1815,9 @@ class FakeRealtimeServer:
         self.error_counts: Counter[str] = Counter()
         #: ``error`` events sent because a test asked for them (fault knobs), by code.
         self.injected_error_counts: Counter[str] = Counter()
+        #: WebSocket handshakes answered with HTTP 503 (see :meth:`refuse_connections`).
+        self.refused = 0
+        self._refuse = 0
 
     # -- start / stop ------------------------------------------------------------------------
 
@@ -1755,6 +1830,7 @@ class FakeRealtimeServer:
             LOOPBACK_HOST,
             self.config.port,
             max_size=16 * 1024 * 1024,
+            process_request=self._process_request,
         )
 
     async def stop(self) -> None:
@@ -1785,6 +1861,16 @@ class FakeRealtimeServer:
     def url(self) -> str:
         """``ws://127.0.0.1:<port>/v1/realtime`` (any path and query are accepted)."""
         return f"ws://{LOOPBACK_HOST}:{self.port}/v1/realtime"
+
+    def _process_request(self, ws: ServerConnection, _request: Request) -> Response | None:
+        refuse = self._refuse  # -1: refuse all, n > 0: the next n, 0: accept
+        if refuse == 0:
+            return None
+        if refuse > 0:
+            self._refuse = refuse - 1
+        self.refused += 1
+        self._notifier.notify()
+        return ws.respond(503, "Service Unavailable: refused by the simulator\n")
 
     async def _handle(self, ws: ServerConnection) -> None:
         conn = FakeRealtimeConnection(self, ws, len(self.connections))
@@ -1860,6 +1946,24 @@ class FakeRealtimeServer:
         for conn in self.open_connections():
             conn.drop()
 
+    def expire_sessions(self) -> None:
+        """End every open session as the real server does at its 60-minute cap: ``error``
+        ``session_expired``, then a close frame."""
+        for conn in self.open_connections():
+            conn.expire()
+
+    def refuse_connections(self, count: int | None = None) -> None:
+        """Answer the next ``count`` WebSocket handshakes (``None``: all, until
+        :meth:`accept_connections`) with HTTP 503, as an overloaded or unreachable service
+        would.  Open connections are not touched."""
+        if count is not None and count < 0:
+            raise ValueError(f"count must be >= 0, got {count}")
+        self._refuse = -1 if count is None else count
+
+    def accept_connections(self) -> None:
+        """Undo :meth:`refuse_connections`."""
+        self._refuse = 0
+
     def open_connections(self) -> list[FakeRealtimeConnection]:
         return [c for c in self.connections if not c.closed]
 
@@ -1908,15 +2012,27 @@ class FakeRealtimeServer:
             counter[str(code) if code is not None else "null"] += 1
         self._notifier.notify()
 
+    def _count_sent(self, event: JSON, injected: bool) -> None:
+        """:meth:`_record_sent` without the record (``config.record_events`` off)."""
+        if event.get("type") == "error":
+            code = event.get("error", {}).get("code")
+            counter = self.injected_error_counts if injected else self.error_counts
+            counter[str(code) if code is not None else "null"] += 1
+        self._notifier.notify()
+
     def _record_received(self, at: float, connection: int, event: JSON) -> None:
         self.received.append(ReceivedEvent(at, connection, event))
 
-    def client_events(self, event_type: str | None = None) -> list[JSON]:
-        """Client events received (all connections), optionally only those of one type."""
+    def client_events(
+        self, event_type: str | None = None, *, connection: int | None = None
+    ) -> list[JSON]:
+        """Client events received (all connections, or one by index), optionally only those
+        of one type."""
         return [
             r.event
             for r in self.received
-            if event_type is None or r.event.get("type") == event_type
+            if (event_type is None or r.event.get("type") == event_type)
+            and (connection is None or r.connection == connection)
         ]
 
     def server_events(self, event_type: str | None = None) -> list[JSON]:

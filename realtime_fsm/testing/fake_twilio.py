@@ -50,7 +50,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from ._support import Notifier, twilio_sid
-from .audio import AudioTag, TagScanner, silence, tone
+from .audio import STAMP_SIZE, AudioTag, TagScanner, make_time_stamp, silence, tone
 
 __all__ = [
     "ClearRecord",
@@ -158,6 +158,14 @@ class FakeCallerConfig:
     #: Steps run after ``start``, by time.
     script: tuple[ScriptStep, ...] = attrs.field(default=(), converter=_steps)
     seed: int | None = None
+    #: Write a :func:`~realtime_fsm.testing.audio.make_time_stamp` with this source id and the
+    #: time of sending over the start of every inbound frame (inaudible: silence stays silence
+    #: and speech stays speech), to measure the latency of the path to the Realtime server.
+    stamp_source: int | None = None
+    #: Keep the audio received and played (:attr:`FakeTwilioCaller.media_received`,
+    #: :attr:`~FakeTwilioCaller.played`).  Off for long runs with many calls; the tags heard
+    #: and every other record are kept either way.
+    record_audio: bool = True
 
 
 # --- records -------------------------------------------------------------------------------------
@@ -233,10 +241,13 @@ class FakeTwilioCaller:
         config: FakeCallerConfig | None = None,
         *,
         on_text: Callable[[str], Awaitable[None]] | None = None,
+        on_media: Callable[[float, bytes], None] | None = None,
     ) -> None:
         self.url = url
         self.config = config or FakeCallerConfig()
         self._on_text = on_text
+        #: ``on_media(monotonic, audio)`` for every ``media`` received (measurement hook).
+        self._on_media_hook = on_media
         if (
             any(isinstance(step, TypeText) for step in self.config.script)
             and self.config.text_event is None
@@ -521,6 +532,9 @@ class FakeTwilioCaller:
             self._chunk += 1
             speaking = self._speech_frames > 0
             frame = self._speech_frame if speaking else self._silence_frame
+            if self.config.stamp_source is not None:
+                stamp = make_time_stamp(self.config.stamp_source, time.monotonic_ns())
+                frame = stamp + frame[STAMP_SIZE:]
             timestamp = self.config.first_timestamp_ms + (self._chunk - 1) * self.config.frame_ms
             self._send(
                 {
@@ -624,7 +638,10 @@ class FakeTwilioCaller:
         self._notifier.notify()
 
     def _on_media(self, now: float, data: bytes) -> None:
-        self.media_received.append(ReceivedMedia(now, data))
+        if self._on_media_hook is not None:
+            self._on_media_hook(now, data)
+        if self.config.record_audio:
+            self.media_received.append(ReceivedMedia(now, data))
         for tag in self._received_scanner.feed(data):
             self.tags_received.append(HeardTag(now, tag))
         if data:
@@ -681,7 +698,8 @@ class FakeTwilioCaller:
                 continue
             self._playing = None
             ended = time.monotonic()
-            self.played.append(PlayedAudio(started, ended, data))
+            if self.config.record_audio:
+                self.played.append(PlayedAudio(started, ended, data))
             for tag in self._played_scanner.feed(data):
                 self.tags_played.append(HeardTag(ended, tag))
             self._notifier.notify()

@@ -1,0 +1,170 @@
+"""The fault soak, short: a few dozen simulated calls with random faults through the example
+bridge's server (``realtime-fsm soak`` runs 1,000; see ``docs/testing.md``).
+
+The soak's own checks are tested too, on hand-made outcomes and log records, so a soak that
+reports "0 violations" is known to be able to report some.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import Counter
+
+import attrs
+import pytest
+
+from realtime_fsm.bridge import BridgeConfig, CallReport
+from realtime_fsm.cli import main
+from realtime_fsm.openai_realtime import SessionConfig
+from realtime_fsm.server import ServerConfig, start_server
+from realtime_fsm.testing import (
+    FakeCallerConfig,
+    FakeRealtimeConfig,
+    FakeRealtimeServer,
+    FakeTwilioCaller,
+    ResponseFaults,
+)
+from realtime_fsm.testing.soak import (
+    BUSY,
+    FAULTS,
+    SOAK_LIFECYCLE,
+    CallOutcome,
+    SoakConfig,
+    SoakResult,
+    _LogWatch,
+    run_soak,
+)
+
+
+def test_short_soak() -> None:
+    """40 calls, 20 at a time, every fault knob drawn: no violation of any kind."""
+    config = SoakConfig(calls=40, concurrency=20, seed=20261124)
+    result = asyncio.run(asyncio.wait_for(run_soak(config), 120))
+    report = result.format()
+    print(report)
+    assert result.ok, report
+    outcomes = result.outcomes
+    assert len(outcomes) == 40
+    drawn = {fault for o in outcomes for fault in o.faults}
+    assert drawn == set(FAULTS), f"faults never drawn: {set(FAULTS) - drawn}"
+    # The calls did what a soak is for: answers, barge-ins, texts, recoveries.
+    assert sum(o.responses for o in outcomes) > 40
+    assert sum(o.audio_chunks_heard for o in outcomes) > 0
+    assert sum(o.texts_typed for o in outcomes) > 40
+    assert sum(o.watchdog_fires for o in outcomes) > 0
+    assert sum(o.hung_up_mid_response for o in outcomes) > 0
+    assert sum(o.idle_after_s is not None for o in outcomes) > 20
+
+
+def outcome(**kw: object) -> CallOutcome:
+    base = CallOutcome(0, "CAx", False, (), end_reason="telephony stop")
+    for key, value in kw.items():
+        setattr(base, key, value)
+    return base
+
+
+def test_each_check_can_fail() -> None:
+    assert outcome().violations() == []
+    cases = {
+        "lost texts": outcome(lost_texts=["t"]),
+        "duplicated texts": outcome(duplicated_texts=["t"]),
+        "not back to idle": outcome(not_idle="active with 1 pending after 9 s"),
+        BUSY: outcome(busy_errors=1),
+        "watchdog fires inside the cooldown": outcome(watchdog_in_cooldown=1),
+        "crash": outcome(crash="internal error: KeyError"),
+        "telephony protocol violations": outcome(caller_violations=["media without payload"]),
+        "unexpected end": outcome(end_reason="openai closed"),
+    }
+    for needle, case in cases.items():
+        found = case.violations()
+        assert len(found) == 1 and needle in found[0], (needle, found)
+    # A dropped socket explains an ``openai closed`` end; races and probes are not violations.
+    assert outcome(end_reason="openai closed", socket_dropped=True).violations() == []
+    assert outcome(busy_races=2, busy_probes=1).violations() == []
+    result = SoakResult(SoakConfig(calls=2), [outcome()], 1.0, ["boom"], ["task failed"])
+    assert len(result.violations) == 3  # one call missing, a loop exception, an error logged
+    assert not result.ok
+    assert "violations: 3" in result.format()
+
+
+def test_watchdog_fires_are_read_from_the_log() -> None:
+    watch = _LogWatch()
+    logger = logging.getLogger("realtime_fsm.lifecycle")
+
+    def fire(call: str) -> None:
+        record = logger.makeRecord(
+            logger.name,
+            logging.WARNING,
+            __file__,
+            0,
+            "call=%s [NO_AUDIO_WATCHDOG] FIRED! resp=%s transcript_deltas=%d audio_deltas=%d",
+            (call, "resp_1", 3, 0),
+            None,
+        )
+        watch.emit(record)
+
+    fire("CA1")
+    fire("CA1")
+    fire("CA2")
+    assert Counter({k: len(v) for k, v in watch.fires.items()}) == {"CA1": 2, "CA2": 1}
+    error = logger.makeRecord(logger.name, logging.ERROR, __file__, 0, "call=CA1 x", (), None)
+    watch.emit(error)
+    assert watch.errors == ["call=CA1 x"]
+
+
+def test_cli_soak(capsys: pytest.CaptureFixture[str]) -> None:
+    """``realtime-fsm soak`` prints the report and exits 0 when nothing was violated."""
+    code = main(["soak", "--calls", "4", "--concurrency", "2", "--seed", "4", "--factor", "20"])
+    out = capsys.readouterr().out
+    assert "soak: 4 calls, 2 at a time, seed 4" in out, out
+    assert "violations: 0" in out, out
+    assert code == 0
+
+
+def test_watchdog_cooldown_survives_a_reconnect(caplog: pytest.LogCaptureFixture) -> None:
+    """Regression (found by the soak): a reconnect built a fresh machine, so the no-audio
+    watchdog fired again inside the cooldown of its previous fire."""
+
+    async def scenario() -> None:
+        faults = ResponseFaults(silent=True, hold_open_s=None)
+        sim_config = FakeRealtimeConfig(realtime_factor=10, faults=faults, seed=2)
+        lifecycle = attrs.evolve(SOAK_LIFECYCLE, watchdog_cooldown=30.0)
+        bridge = BridgeConfig(
+            session=SessionConfig(instructions="t", silence_duration_ms=200),
+            lifecycle=lifecycle,
+            greeting="Greet the caller.",
+            accept_text_messages=True,
+        )
+        reports: list[CallReport] = []
+        async with FakeRealtimeServer(sim_config) as sim:
+            config = ServerConfig(
+                public_url="http://127.0.0.1", realtime_url=sim.url, bridge=bridge
+            )
+            server = await start_server(config, "127.0.0.1", 0, reports=reports)
+            port = server.sockets[0].getsockname()[1]
+            caller_config = FakeCallerConfig(call_sid="CAcooldown", text_event="text", speed=2.0)
+            try:
+                url = f"ws://127.0.0.1:{port}/media-stream"
+                async with FakeTwilioCaller(url, caller_config) as caller:
+                    fired = "[NO_AUDIO_WATCHDOG] FIRED!"
+                    await caller.wait_until(lambda: fired in caplog.text, 10.0, "a first fire")
+                    sim.drop_connections()
+                    await sim.wait_until(lambda: len(sim.connections) == 2, 10.0, "a reconnect")
+                    await caller.type_text("are you there?")  # a new silent response
+
+                    def second_session_judged() -> bool:  # fired again, or held back
+                        if caplog.text.count(fired) > 1:
+                            return True
+                        held = [f"{r.id} not retried" for r in sim.responses if r.connection]
+                        return any(line in caplog.text for line in held)
+
+                    await caller.wait_until(second_session_judged, 10.0, "the silent answer")
+            finally:
+                server.close()
+                await server.wait_closed()
+        assert caplog.text.count("[NO_AUDIO_WATCHDOG] FIRED!") == 1, caplog.text
+        assert reports[0].reconnects >= 1, reports
+
+    with caplog.at_level(logging.INFO, logger="realtime_fsm"):
+        asyncio.run(asyncio.wait_for(scenario(), 60))
