@@ -1,0 +1,275 @@
+"""Load generator for the bridge load benchmark: the simulator plus N fake callers, one process.
+
+Runs the fake OpenAI Realtime server (``realtime_factor=1``: audio is generated at the pace it
+plays) and N fake Twilio callers against a bridge (or the bare relay) that runs in another
+process, on loopback only.  Every call follows the same realistic script, shifted in time per
+call: the assistant greets the caller, the caller speaks and the assistant answers, the caller
+talks over the answer (server VAD barge-in), types text while the assistant talks, and every
+fourth response is a silent one (transcript, no audio).
+
+What it measures, with monotonic clocks read in this one process:
+
+* **up**: inbound media.  Each caller frame carries an inaudible time stamp (when the caller
+  sent it); the simulator reads it when the ``input_audio_buffer.append`` arrives.
+* **down**: outbound media.  Each audio delta carries a time stamp after its audio tag (when the
+  simulator sent it); the caller reads it when the ``media`` arrives.
+* **barge-in**: ``input_audio_buffer.speech_started`` queued by the simulator to ``clear``
+  received by the caller (only for speech that interrupted audio, so only for the bridge: the
+  relay has no barge-in handling).
+* CPU seconds of this process and of the server process (``/proc/<pid>/stat``) over the
+  steady window (after the ramp-up and a warm-up, before the hang-ups).
+
+Latencies are end to end (simulator to caller through the server under test, including both
+loopback hops and this process's own event-loop delay), so the bare relay's figures are the floor
+that the bridge is compared with.  Prints one JSON object on stdout.
+
+    python -m benchmarks.loadgen --calls 50 --url ws://127.0.0.1:8080/media-stream \\
+        --sim-port 9000 --server-pid 1234 --duration 30
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import json
+import os
+import random
+import socket
+import sys
+import time
+from collections import defaultdict
+from typing import Any
+
+from realtime_fsm.testing import (
+    FakeCallerConfig,
+    FakeRealtimeConfig,
+    FakeRealtimeServer,
+    FakeTwilioCaller,
+    ReplyContext,
+    ResponseFaults,
+    ScriptedReply,
+    Speak,
+    TypeText,
+)
+from realtime_fsm.testing.audio import TAG_SIZE, read_time_stamp
+
+#: One cycle of a call's script, in seconds after the cycle starts (replies last about 3.6 s).
+CYCLE_S = 10.0
+_REPLY = "Sure, I can help you with that. Let me check the details for you."  # 3.9 s of audio
+_SILENT = ResponseFaults(silent=True)
+_CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of a process, from ``/proc/<pid>/stat`` (clock ticks)."""
+    with open(f"/proc/{pid}/stat") as f:
+        stat = f.read()
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / _CLK_TCK
+
+
+def reply_source(ctx: ReplyContext) -> ScriptedReply:
+    """Every fourth response is silent: a transcript, no audio (the no-audio watchdog's case)."""
+    return ScriptedReply(_REPLY, faults=_SILENT if ctx.number % 4 == 0 else None)
+
+
+def call_script(offset: float, total_s: float) -> tuple[Speak | TypeText, ...]:
+    """The caller's part: speak to a quiet assistant, talk over its answer, type over the next.
+
+    Assistant answer to the first speech: about 1.5-5.4 s into the cycle; the barge-in at 3.0 s
+    cuts it; the answer to that (about 4.1-8.0 s) is cut by the typed text at 6.0 s."""
+    steps: list[Speak | TypeText] = []
+    start = offset
+    while start < total_s:
+        steps.append(Speak(start, 1.0))
+        steps.append(Speak(start + 3.0, 0.6))
+        steps.append(TypeText(start + 6.0, "Actually, what are your opening hours?"))
+        start += CYCLE_S
+    return tuple(s for s in steps if s.at_s < total_s)
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    index = min(len(ordered) - 1, max(0, round(q / 100 * (len(ordered) - 1))))
+    return ordered[index]
+
+
+async def wait_for_port(host: str, port: int, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            _reader, writer = await asyncio.open_connection(host, port)
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.05)
+            continue
+        writer.close()
+        with contextlib.suppress(OSError):
+            await writer.wait_closed()
+        return
+
+
+class Measurements:
+    def __init__(self) -> None:
+        self.window: tuple[float, float] = (float("inf"), float("inf"))
+        self.up_ms: list[float] = []
+        self.down_ms: list[float] = []
+        self.conn_of_call: dict[int, int] = {}
+        self.speech_started: defaultdict[int, list[float]] = defaultdict(list)
+        self.up_frames = 0
+        self.down_frames = 0
+
+    def in_window(self, now: float) -> bool:
+        return self.window[0] <= now <= self.window[1]
+
+    def on_append(self, conn: int, data: bytes, now: float) -> None:
+        stamp = read_time_stamp(data)
+        if stamp is None:
+            return
+        call, ns = stamp
+        self.conn_of_call.setdefault(call, conn)
+        if self.in_window(now):
+            self.up_frames += 1
+            self.up_ms.append(now * 1e3 - ns / 1e6)
+
+    def on_event(self, conn: int, etype: str, now: float) -> None:
+        if etype == "input_audio_buffer.speech_started":
+            self.speech_started[conn].append(now)
+
+    def on_media(self, now: float, data: bytes) -> None:
+        stamp = read_time_stamp(data, TAG_SIZE)
+        if stamp is not None and self.in_window(now):
+            self.down_frames += 1
+            self.down_ms.append(now * 1e3 - stamp[1] / 1e6)
+
+
+def barge_in_reactions(m: Measurements, callers: list[FakeTwilioCaller]) -> list[float]:
+    """speech_started -> the next clear on that call, for clears within 1 s of a speech start
+    inside the window (a clear after typed text is not a barge-in on speech)."""
+    out: list[float] = []
+    for index, caller in enumerate(callers):
+        conn = m.conn_of_call.get(index)
+        if conn is None:
+            continue
+        starts = m.speech_started.get(conn, [])
+        for clear in caller.clears:
+            if not m.in_window(clear.at):
+                continue
+            before = [s for s in starts if s <= clear.at]
+            if before and clear.at - before[-1] < 1.0:
+                out.append((clear.at - before[-1]) * 1e3)
+    return out
+
+
+async def run(args: argparse.Namespace) -> dict[str, Any]:
+    m = Measurements()
+    config = FakeRealtimeConfig(
+        port=args.sim_port,
+        realtime_factor=1.0,
+        record_events=False,
+        stamp_audio=True,
+        rate_limits_events=True,
+        seed=1,
+    )
+    ramp = max(0.2, args.calls / 50)  # connect at most 50 calls a second
+    total = ramp + args.warmup + args.duration + 1.0
+    rng = random.Random(5)
+    async with FakeRealtimeServer(
+        config, replies=reply_source, on_append=m.on_append, on_event=m.on_event
+    ) as sim:
+        host, port = args.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
+        await wait_for_port(host, int(port), 20.0)
+        callers: list[FakeTwilioCaller] = []
+        started = time.monotonic()
+        for i in range(args.calls):
+            cfg = FakeCallerConfig(
+                stamp_source=i,
+                record_audio=False,
+                text_event="text",
+                script=call_script(2.0 + rng.uniform(0, CYCLE_S), total + 5),
+                seed=i,
+            )
+            caller = FakeTwilioCaller(args.url, cfg, on_media=m.on_media)
+            callers.append(caller)
+            await caller.start()
+            await asyncio.sleep(max(0.0, started + ramp * (i + 1) / args.calls - time.monotonic()))
+        await asyncio.sleep(args.warmup)
+        t0 = time.monotonic()
+        m.window = (t0, t0 + args.duration)
+        own0, server0 = time.process_time(), cpu_seconds(args.server_pid)
+        end = t0 + args.duration
+        while time.monotonic() < end:
+            await asyncio.sleep(min(2.0, max(0.0, end - time.monotonic())))
+            for caller in callers:  # unbounded records this run never reads
+                caller.sent.clear()
+                caller.marks_received.clear()
+                caller.marks_echoed.clear()
+                caller.tags_received.clear()
+                caller.tags_played.clear()
+        wall = time.monotonic() - t0
+        own = time.process_time() - own0
+        server = cpu_seconds(args.server_pid) - server0
+        closed_early = sum(1 for c in callers if c.closed)
+        reactions = barge_in_reactions(m, callers)
+        violations = sum(len(c.violations) for c in callers)
+        await asyncio.gather(*(c.hang_up() for c in callers), return_exceptions=True)
+        errors = dict(sim.error_counts)
+        responses = len(sim.responses)
+        cancelled = sum(1 for r in sim.responses if r.status == "cancelled")
+    call_minutes = args.calls * wall / 60
+    result: dict[str, Any] = {
+        "calls": args.calls,
+        "window_s": round(wall, 3),
+        "server_cpu_s": round(server, 3),
+        "server_cpu_per_call_min": server / call_minutes,
+        "server_core_share": server / wall,
+        "loadgen_cpu_s": round(own, 3),
+        "loadgen_core_share": own / wall,
+        "up_frames": m.up_frames,
+        "down_frames": m.down_frames,
+        "expected_up_frames": int(args.calls * wall * 50),
+        "barge_ins": len(reactions),
+        "closed_early": closed_early,
+        "violations": violations,
+        "sim_errors": errors,
+        "responses": responses,
+        "cancelled": cancelled,
+    }
+    for name, values in (("up", m.up_ms), ("down", m.down_ms), ("barge", reactions)):
+        for q in (50, 99):
+            result[f"{name}_p{q}_ms"] = percentile(values, q)
+        result[f"{name}_max_ms"] = max(values) if values else None
+    return result
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--calls", type=int, required=True)
+    p.add_argument("--url", required=True, help="the server's ws://127.0.0.1:PORT/media-stream")
+    p.add_argument("--sim-port", type=int, required=True)
+    p.add_argument("--server-pid", type=int, required=True)
+    p.add_argument("--duration", type=float, default=30.0, help="steady window, seconds")
+    p.add_argument("--warmup", type=float, default=3.0)
+    return p.parse_args(argv)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    result = asyncio.run(run(args))
+    json.dump(result, sys.stdout)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
