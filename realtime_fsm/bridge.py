@@ -312,7 +312,6 @@ class CallBridge:
         self._partials: dict[str, _Transcript] = {}
         self._restore_seq = 0
         self._closers: set[asyncio.Task[None]] = set()
-        self._executed = 0
 
     # ------------------------------------------------------------------------- public API
 
@@ -772,43 +771,41 @@ class CallBridge:
             self._wake.set()
 
     def _execute(self, commands: list[Command]) -> None:
-        try:
-            self._execute_all(commands)
-        except _EndCall:
-            # The call ends mid-batch (a full queue): user texts of the commands not executed
-            # are the application's again, like those still queued.
-            done = self._executed
-            for command in commands[done + 1 :]:
-                if isinstance(command, SendUserText):
-                    self._overflow.append(ev.UserText(command.text, source=command.source))
-                elif isinstance(command, ReturnUndeliveredText):
-                    self._return_texts(command.texts)
-            raise
-
-    def _execute_all(self, commands: list[Command]) -> None:
         for index, command in enumerate(commands):
-            self._executed = index
-            if is_client_command(command):
-                if isinstance(command, SendUserText):
-                    json_text = self.codec.render_json(command)
-                    self._send_openai(_TextFrame(json_text, command.text, command.source))
-                else:
-                    self._send_openai(self.codec.render_json(command))
-            elif isinstance(command, ClearPlayback):
-                self._send_twilio(clear_message(self.stream_sid))
-                self.tracker.clear()
-            elif isinstance(command, DropResponseAudio):
-                pass  # the machine filters that response's deltas from now on
-            elif isinstance(command, RequestGivenUp):
-                self.report.given_up.append(command)
-                log.warning(
-                    "call=%s response request given up: %s (%s)",
-                    self._call,
-                    command.reason,
-                    ",".join(command.request_reasons),
-                )
-            elif isinstance(command, ReturnUndeliveredText):
-                self._return_texts(command.texts)
+            try:
+                self._execute_one(command)
+            except _EndCall:
+                # The call ends mid-batch (a full queue): user texts of the commands not
+                # executed are the application's again, like those still queued.
+                for rest in commands[index + 1 :]:
+                    if isinstance(rest, SendUserText):
+                        self._overflow.append(ev.UserText(rest.text, source=rest.source))
+                    elif isinstance(rest, ReturnUndeliveredText):
+                        self._return_texts(rest.texts)
+                raise
+
+    def _execute_one(self, command: Command) -> None:
+        if is_client_command(command):
+            if isinstance(command, SendUserText):
+                json_text = self.codec.render_json(command)
+                self._send_openai(_TextFrame(json_text, command.text, command.source))
+            else:
+                self._send_openai(self.codec.render_json(command))
+        elif isinstance(command, ClearPlayback):
+            self._send_twilio(clear_message(self.stream_sid))
+            self.tracker.clear()
+        elif isinstance(command, DropResponseAudio):
+            pass  # the machine filters that response's deltas from now on
+        elif isinstance(command, RequestGivenUp):
+            self.report.given_up.append(command)
+            log.warning(
+                "call=%s response request given up: %s (%s)",
+                self._call,
+                command.reason,
+                ",".join(command.request_reasons),
+            )
+        elif isinstance(command, ReturnUndeliveredText):
+            self._return_texts(command.texts)
 
     def _return_texts(self, texts: tuple[str, ...]) -> None:
         self.report.undelivered_texts.extend(texts)

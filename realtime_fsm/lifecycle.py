@@ -103,18 +103,20 @@ class _RecentIds:
 
     def why(self, key: str) -> str | None:
         """The latest reason ``key`` was retired for, or ``None`` if it is not remembered."""
-        h = hash(key) or 1
-        if h not in self._hashes:
+        try:
+            return _WHY[self._why[self._hashes.index(hash(key) or 1)]]
+        except ValueError:
             return None
-        return _WHY[self._why[self._hashes.index(h)]]
 
     def add(self, key: str, why: str) -> None:
         h = hash(key) or 1  # 0 marks an empty slot
         code = _WHY.index(why)
         hashes = self._hashes
-        if h in hashes:
+        try:
             self._why[hashes.index(h)] = code
             return
+        except ValueError:
+            pass
         i = self._next
         hashes[i] = h
         self._why[i] = code

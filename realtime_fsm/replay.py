@@ -92,6 +92,10 @@ class Violation:
         return f"{path}:{self.line}: {self.rule}: {self.message}"
 
 
+#: A trace header without a timing falls back to the bridge's default for it.
+_LIFECYCLE_DEFAULTS: Final = LifecycleConfig()
+
+
 class TraceFormatError(Exception):
     """The file is not a readable trace (no header, wrong format or version)."""
 
@@ -100,11 +104,11 @@ class TraceFormatError(Exception):
 class TraceConfig:
     """The header's ``config``: the lifecycle timings the rules are judged against."""
 
-    create_timeout: float = 5.0
-    cancel_timeout: float = 5.0
-    no_audio_timeout: float = 3.0
-    watchdog_cooldown: float = 12.0
-    stall_timeout: float = 20.0
+    create_timeout: float = _LIFECYCLE_DEFAULTS.create_timeout
+    cancel_timeout: float = _LIFECYCLE_DEFAULTS.cancel_timeout
+    no_audio_timeout: float = _LIFECYCLE_DEFAULTS.no_audio_timeout
+    watchdog_cooldown: float = _LIFECYCLE_DEFAULTS.watchdog_cooldown
+    stall_timeout: float = _LIFECYCLE_DEFAULTS.stall_timeout
     dtmf_as_text: bool = True
     accept_text_messages: bool = True
     #: The bridge's ``LifecycleConfig.event_id_prefix``; ``None`` (older traces): any prefix.
@@ -112,7 +116,7 @@ class TraceConfig:
 
     @classmethod
     def from_header(cls, config: Any) -> TraceConfig:
-        defaults = LifecycleConfig()
+        defaults = _LIFECYCLE_DEFAULTS
         config = config if isinstance(config, dict) else {}
 
         def num(key: str) -> float:
