@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import statistics
 import subprocess
 import sys
 import time
@@ -125,6 +126,29 @@ def run_one(
     return result
 
 
+def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One row from the repeats of a (server, N): the median of every numeric figure, the
+    rest (server errors, notes) from the first repeat; the repeats themselves are kept."""
+    row = dict(runs[0])
+    for key, value in runs[0].items():
+        if type(value) in (int, float):
+            values = [r[key] for r in runs if type(r.get(key)) in (int, float)]
+            row[key] = statistics.median(values)
+    row["repeats"] = len(runs)
+    row["runs"] = runs
+    return row
+
+
+def paired_ratios(bridge: dict[str, Any], relay: dict[str, Any], key: str) -> list[float]:
+    """bridge/relay for ``key`` in each round (the two servers' runs of one round ran back to
+    back), so a slow minute of the machine weighs on both sides of the same ratio."""
+    out = []
+    for b, r in zip(bridge.get("runs", [bridge]), relay.get("runs", [relay]), strict=True):
+        if b.get(key) is not None and r.get(key):
+            out.append(b[key] / r[key])
+    return out
+
+
 # ----------------------------------------------------------------------------- reporting
 
 
@@ -215,9 +239,25 @@ def ratio_table(bridge: list[dict[str, Any]], relay: list[dict[str, Any]]) -> li
             "down_p50_ms",
             "down_p99_ms",
         ):
-            cells.append(_ratio(b[key], r[key]))
+            cells.append(_paired(b, r, key))
         lines.append(f"| {b['calls']} | " + " | ".join(cells) + " |")
     return lines
+
+
+def _paired(b: dict[str, Any], r: dict[str, Any], key: str) -> str:
+    """The median of the per-round ratios, with their range when there were several rounds."""
+    ratios = paired_ratios(b, r, key)
+    if not ratios:
+        return "-"
+    text = f"{statistics.median(ratios):.2f}x"
+    if len(ratios) > 1:
+        text += f" ({min(ratios):.2f}-{max(ratios):.2f})"
+    return text
+
+
+def median_ratio(b: dict[str, Any], r: dict[str, Any], key: str) -> float | None:
+    ratios = paired_ratios(b, r, key)
+    return statistics.median(ratios) if ratios else None
 
 
 def goals_table(bridge: list[dict[str, Any]], relay: list[dict[str, Any]]) -> list[str]:
@@ -228,20 +268,14 @@ def goals_table(bridge: list[dict[str, Any]], relay: list[dict[str, Any]]) -> li
 
     by_n = {r["calls"]: r for r in relay}
     pairs = [(b, by_n[b["calls"]]) for b in bridge if b["calls"] in by_n]
-    worst = max(
-        (b["server_cpu_per_call_min"] / r["server_cpu_per_call_min"] for b, r in pairs),
-        default=None,
-    )
+    cpu = [median_ratio(b, r, "server_cpu_per_call_min") for b, r in pairs]
+    worst = max((x for x in cpu if x is not None), default=None)
     lines.append(
         f"| bridge CPU per call-minute <= 1.10x the relay (worst N) | {_f(worst)}x |"
         f" {verdict(None if worst is None else worst <= 1.10)} |"
     )
-    per_frame = [
-        b["server_cpu_us_per_frame"] / r["server_cpu_us_per_frame"]
-        for b, r in pairs
-        if b["server_cpu_us_per_frame"] and r["server_cpu_us_per_frame"]
-    ]
-    worst_frame = max(per_frame, default=None)
+    per_frame = [median_ratio(b, r, "server_cpu_us_per_frame") for b, r in pairs]
+    worst_frame = max((x for x in per_frame if x is not None), default=None)
     lines.append(
         f"| (same work) bridge CPU per media frame <= 1.10x the relay (worst N) |"
         f" {_f(worst_frame)}x | {verdict(None if worst_frame is None else worst_frame <= 1.10)} |"
@@ -297,6 +331,7 @@ def markdown(
         + " ".join(f"{x:.2f}" for x in os.getloadavg())
         + ".",
         "",
+        *_repeats_note(bridge + relay),
         "#### Example bridge (`examples/twilio_bridge.py`)",
         "",
         *server_table(bridge, "bridge"),
@@ -319,6 +354,18 @@ def markdown(
     if plot:
         out += ["", f"![CPU per call-minute and p99 latency against N]({Path(plot).name})"]
     return "\n".join(out) + "\n"
+
+
+def _repeats_note(rows: list[dict[str, Any]]) -> list[str]:
+    rounds = max((r.get("repeats", 1) for r in rows), default=1)
+    if rounds <= 1:
+        return []
+    return [
+        f"Each server ran {rounds} rounds per N, back to back with the other server and"
+        " alternating which went first; every figure below is the median of its rounds, and"
+        " every ratio the median of the per-round ratios (their range in brackets).",
+        "",
+    ]
 
 
 def write_plot(bridge: list[dict[str, Any]], relay: list[dict[str, Any]], path: str) -> None:
@@ -362,6 +409,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--duration", type=float, default=30.0, help="steady window per run (s)")
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--servers", default="bridge,relay")
+    p.add_argument(
+        "--repeat",
+        type=int,
+        default=1,
+        help="rounds per N (bridge and relay back to back, alternating order); medians reported",
+    )
     p.add_argument("--plot", default=None, help="write a PNG (needs the 'bench' extra)")
     p.add_argument("--markdown", default=None, help="write the markdown block to this file")
     p.add_argument("--json", default=None, help="write the raw results to this file")
@@ -382,18 +435,26 @@ def main(argv: list[str] | None = None) -> int:
     print(f"# {before}", file=sys.stderr)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in SERVERS}
     for n in ns:
+        runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
+        for round_ in range(args.repeat):
+            # Alternate who goes first, so a drift of the machine does not favour one server.
+            for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
+                t = time.monotonic()
+                r = run_one(
+                    kind, n, args.duration, args.warmup, profile_dir, Path(args.server_root)
+                )
+                runs[kind].append(r)
+                print(
+                    f"# {kind:6s} N={n:4d} round {round_ + 1}/{args.repeat}:"
+                    f" cpu/call-min {r['server_cpu_per_call_min']:.3f} s"
+                    f" ({_f(r['server_cpu_us_per_frame'], 1)} us/frame),"
+                    f" up p99 {_f(r['up_p99_ms'])} ms, down p99 {_f(r['down_p99_ms'])} ms,"
+                    f" barge p99 {_f(r['barge_p99_ms'])} ms,"
+                    f" loadgen {r['loadgen_core_share']:.0%} ({time.monotonic() - t:.0f} s)",
+                    file=sys.stderr,
+                )
         for kind in kinds:
-            t = time.monotonic()
-            r = run_one(kind, n, args.duration, args.warmup, profile_dir, Path(args.server_root))
-            results[kind].append(r)
-            print(
-                f"# {kind:6s} N={n:4d}: cpu/call-min {r['server_cpu_per_call_min']:.3f} s"
-                f" ({_f(r['server_cpu_us_per_frame'], 1)} us/frame),"
-                f" up p99 {_f(r['up_p99_ms'])} ms, down p99 {_f(r['down_p99_ms'])} ms,"
-                f" barge p99 {_f(r['barge_p99_ms'])} ms, loadgen {r['loadgen_core_share']:.0%}"
-                f" ({time.monotonic() - t:.0f} s)",
-                file=sys.stderr,
-            )
+            results[kind].append(combine(runs[kind]))
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if args.plot:

@@ -28,7 +28,7 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, TypeVar
+from typing import Any, Final, Protocol, TypeVar, cast
 
 import attrs
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
@@ -288,6 +288,10 @@ class CallBridge:
         )
         self._to_openai: asyncio.Queue[_Outbound] = asyncio.Queue(self.config.max_queue)
         self._to_twilio: asyncio.Queue[_Outbound] = asyncio.Queue(self.config.max_queue)
+        #: Whether a frame may go straight to the socket (see ``_send_now``); the OpenAI one is
+        #: rebuilt with each session and answers False while there is none.
+        self._openai_ready = _ready_probe(openai)
+        self._twilio_ready = _ready_probe(twilio)
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._call = "-"
@@ -612,6 +616,7 @@ class CallBridge:
             self._send_twilio(clear_message(self.stream_sid))
             self.tracker.clear()
         self._to_openai = asyncio.Queue(self.config.max_queue)
+        self._openai_ready = _never
         old = self.openai
         closer = asyncio.create_task(_close_quietly(old), name=f"{self._call}:openai-close")
         self._closers.add(closer)
@@ -662,6 +667,7 @@ class CallBridge:
     def _start_session(self, sock: MessageSocket) -> tuple[int, int]:
         """A fresh machine on the new socket: config, history, held text, then requests."""
         self.openai = sock
+        self._openai_ready = _ready_probe(sock)
         self._session_started_at = self.clock()
         previous, self.machine = self.machine, self._new_machine()
         if previous is not None:
@@ -836,29 +842,39 @@ class CallBridge:
         self,
         queue: asyncio.Queue[_Outbound],
         sock: MessageSocket,
+        ready: Callable[[], bool],
         message: str,
         enqueue: Callable[[str], None],
     ) -> None:
-        """The per-frame path: with nothing queued ahead of it and the socket not backed up,
-        send from the reading task (the send only writes to the transport) instead of waking
-        the writer task.  That hop per frame was most of what the bridge cost over a bare relay
-        (``docs/performance.md``).  Otherwise, or if the send fails, queue it: the writer keeps
-        the order, the back-pressure limit and the error handling.
+        """The per-frame path: with nothing queued ahead of it and the socket not backed up
+        (``ready``, see :func:`_ready_probe`), send from the reading task (the send only writes
+        to the transport) instead of waking the writer task.  That hop per frame was most of
+        what the bridge cost over a bare relay (``docs/performance.md``).  Otherwise, or if the
+        send fails, queue it: the writer keeps the order, the back-pressure limit and the error
+        handling.  The Twilio reader inlines the same test for caller audio, its hottest path.
 
-        Not while reconnecting nor on a socket that is closing: a send there can wait out the
-        close handshake and stall the reading task.  A send that fails after the OpenAI
-        session was replaced meanwhile is dropped (counted in ``media_dropped``): queued, it
-        would reach the new session ahead of its ``session.update``.  Only audio and Twilio
-        frames come here; user text always goes through the queue."""
-        if queue.empty() and not self._reconnecting and _is_open(sock):
-            transport = getattr(sock, "transport", None)
-            if transport is not None and transport.get_write_buffer_size() == 0:
-                with contextlib.suppress(*_CLOSED):
-                    await sock.send(message)
-                    return
-                if queue is not self._to_openai and queue is not self._to_twilio:
-                    self.report.media_dropped += 1  # the old session's audio: never resent
-                    return
+        Not while reconnecting (the probe of a replaced socket answers False from then on) nor
+        on a socket that is closing: a send there can wait out the close handshake and stall
+        the reading task.  Only audio and Twilio frames come here; user text always goes
+        through the queue."""
+        if queue.empty() and not self._reconnecting and ready():
+            try:
+                await sock.send(message)
+            except _CLOSED:
+                self._direct_send_failed(queue, message, enqueue)
+            return
+        enqueue(message)
+
+    def _direct_send_failed(
+        self, queue: asyncio.Queue[_Outbound], message: str, enqueue: Callable[[str], None]
+    ) -> None:
+        """A direct send found the socket closed: queue the frame, so that the writer meets the
+        close and reports it the usual way.  If the OpenAI session was replaced meanwhile the
+        frame is dropped (counted in ``media_dropped``): queued, it would reach the new session
+        ahead of its ``session.update``."""
+        if queue is not self._to_openai and queue is not self._to_twilio:
+            self.report.media_dropped += 1  # the old session's audio: never resent
+            return
         enqueue(message)
 
     def _count_bad(self, side: str, kind: str) -> None:
@@ -934,11 +950,16 @@ class CallBridge:
                     report.media_in += 1
                     if self._reconnecting:
                         report.media_dropped += 1  # no session to hear it; never buffered
+                        continue
+                    append = input_audio_append_json(message.payload)
+                    queue = self._to_openai  # both replaced on a new session: never cache
+                    if queue.empty() and self._openai_ready():  # _send_now, inlined
+                        try:
+                            await self.openai.send(append)
+                        except _CLOSED:
+                            self._direct_send_failed(queue, append, self._send_openai)
                     else:
-                        append = input_audio_append_json(message.payload)
-                        await self._send_now(
-                            self._to_openai, self.openai, append, self._send_openai
-                        )
+                        self._send_openai(append)
             elif kind is Mark:
                 assert isinstance(message, Mark)
                 machine = self.machine  # replaced on a new session: never cache it
@@ -1003,10 +1024,11 @@ class CallBridge:
                     sid = self.stream_sid
                     name = tracker.audio_sent(item, message.byte_count)
                     queue, twilio, send = self._to_twilio, self.twilio, self._send_twilio
+                    ready = self._twilio_ready
                     media = media_message(sid, message.payload)
-                    await self._send_now(queue, twilio, media, send)
+                    await self._send_now(queue, twilio, ready, media, send)
                     if name is not None:
-                        await self._send_now(queue, twilio, mark_message(sid, name), send)
+                        await self._send_now(queue, twilio, ready, mark_message(sid, name), send)
                     report.media_out += 1
                 continue
             if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)
@@ -1077,12 +1099,26 @@ def _drain(queue: asyncio.Queue[_Outbound]) -> tuple[list[_TextFrame], int]:
 _APPEND_TYPE: Final = '"input_audio_buffer.append"'
 
 
-def _is_open(sock: MessageSocket) -> bool:
-    """False once a socket is closing: ``websockets``' ``state``, our server's ``closed``."""
-    state = getattr(sock, "state", None)
-    if state is not None:
-        return state is WsState.OPEN
-    return getattr(sock, "closed", False) is not True
+def _never() -> bool:
+    return False
+
+
+def _ready_probe(sock: MessageSocket) -> Callable[[], bool]:
+    """A cheap test, asked once per frame, of whether a frame may be sent to ``sock`` from the
+    reading task: open (``websockets``' ``state``, our server's ``closed``) and its transport's
+    buffer empty.  Built once per socket, so the per-frame cost is one call; a socket that shows
+    no transport (a test double, a trace wrapper) always goes through its writer queue."""
+    transport = getattr(sock, "transport", None)
+    if transport is None:
+        return _never
+    buffered = transport.get_write_buffer_size
+    if getattr(sock, "state", None) is not None:
+        ws = cast(Any, sock)
+        return lambda: ws.state is WsState.OPEN and buffered() == 0
+    if hasattr(sock, "closed"):
+        ours = cast(Any, sock)
+        return lambda: ours.closed is not True and buffered() == 0
+    return lambda: buffered() == 0
 
 
 def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

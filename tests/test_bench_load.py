@@ -11,7 +11,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_load import markdown, run_one
+from benchmarks.bench_load import combine, markdown, paired_ratios, run_one
 
 
 def test_two_calls_through_bridge_and_relay() -> None:
@@ -29,3 +29,42 @@ def test_two_calls_through_bridge_and_relay() -> None:
     text = markdown([bridge], [relay], "test", "test machine", None)
     assert "#### Example bridge" in text and "#### Bare relay" in text
     assert "| 2 |" in text
+
+
+def test_repeats_are_combined_by_median_and_ratios_paired_by_round() -> None:
+    """``--repeat``: figures are medians of the rounds, ratios medians of per-round ratios."""
+
+    def run(cpu: float, frames: int) -> dict[str, object]:
+        return {
+            "calls": 10,
+            "server_cpu_per_call_min": cpu,
+            "server_cpu_us_per_frame": cpu * 100,
+            "up_p50_ms": 1.0,
+            "up_p99_ms": 2.0,
+            "down_p50_ms": 1.0,
+            "down_p99_ms": 2.0,
+            "barge_p50_ms": 1.0,
+            "barge_p99_ms": 3.0,
+            "barge_ins": 4,
+            "loadgen_core_share": 0.2,
+            "server_core_share": 0.1,
+            "up_frames": frames,
+            "expected_up_frames": frames,
+            "down_frames": frames // 2,
+            "closed_early": 0,
+            "sim_errors": {},
+        }
+
+    # Round 2 ran on a slow minute: both servers slower; the paired ratio does not move.
+    bridge = combine([run(0.22, 1000), run(0.44, 1000), run(0.24, 1002)])
+    relay = combine([run(0.20, 1000), run(0.40, 1000), run(0.20, 1000)])
+    assert bridge["server_cpu_per_call_min"] == 0.24
+    assert bridge["up_frames"] == 1000 and bridge["repeats"] == 3
+    assert paired_ratios(bridge, relay, "server_cpu_per_call_min") == [
+        0.22 / 0.20,
+        0.44 / 0.40,
+        0.24 / 0.20,
+    ]
+    text = markdown([bridge], [relay], "test", "test machine", None)
+    assert "1.10x (1.10-1.20)" in text  # the median of the paired ratios, then their range
+    assert "median of its rounds" in text

@@ -340,29 +340,43 @@ def test_barge_in_storm(server_creates: bool) -> None:
                 final = await wait_served(sim, caller, after=last + 1)
             report = await bridge.report(sim)
 
+        # On a loaded machine a response's generation (0.8 s) can end before the interrupt
+        # lands: the caller still hears it cut (clear + truncate), but there is nothing left to
+        # cancel, and a cancel already on its way when the response.done crossed it is
+        # answered with the benign response_cancel_not_active.  Such a race is allowed; it must
+        # not be the rule, and the server must have finished the response by itself.
+        raced = [r for r in sim.responses if r is not final and r.status == "completed"]
+        assert all(r in interrupted and r.cancel_requested_at is None for r in raced)
+        assert len(raced) < len(interrupted)
+        late_cancels = sim.error_counts.get("response_cancel_not_active", 0)
+        assert late_cancels <= len(raced)
         assert sim.error_counts[BUSY] == 0
-        assert sim.error_counts == {}, sim.error_counts
+        assert set(sim.error_counts) <= {"response_cancel_not_active"}, sim.error_counts
         assert server_user_texts(sim) == typed(caller)
         assert len(typed(caller)) == 5
         # Every response was interrupted but the final one, which played out in full.
         assert len(sim.responses) > len(rounds)
-        assert all(r.status == "cancelled" for r in sim.responses if r is not final)
+        assert all(
+            r.status == "cancelled" for r in sim.responses if r is not final and r not in raced
+        )
         assert final is sim.responses[-1]
         assert all(chunks_heard(caller, r) for r in interrupted)
         assert_no_cancelled_audio_heard(sim, caller)
         # One cancel per response the bridge stopped, none for what the server stopped itself.
         client_cancelled = [r for r in sim.responses if r.reason == "client_cancelled"]
-        assert len(sim.client_events("response.cancel")) == len(client_cancelled)
+        cancels = len(sim.client_events("response.cancel"))
+        assert cancels == len(client_cancelled) + late_cancels
+        stopped = [r for r in sim.responses if r is not final and r not in raced]
         if server_creates:
-            assert {r.reason for r in sim.responses if r.status == "cancelled"} == {
-                "client_cancelled",
-                "turn_detected",
-            }
+            reasons = {r.reason for r in stopped}
+            assert reasons <= {"client_cancelled", "turn_detected"}
+            assert "client_cancelled" in reasons  # typed text: only the bridge can stop it
+            assert raced or reasons == {"client_cancelled", "turn_detected"}
             assert "user_turn" not in ",".join(create_reasons(sim))
             assert any(r.origin == "server_vad" for r in sim.responses)
         else:
             assert all(r.origin == "client" for r in sim.responses)
-            assert all(r.reason == "client_cancelled" for r in sim.responses if r is not final)
+            assert all(r.reason == "client_cancelled" for r in stopped)
         assert_clean_end(report, caller)
         assert report.given_up == []
         assert report.lifecycle_stats.get("texts_delivered") == 5
