@@ -1003,6 +1003,7 @@ class CallBridge:
         report = self.report
         clock = self.clock
         partials = self._partials
+        twilio, to_twilio, twilio_ready = self.twilio, self._to_twilio, self._twilio_ready
         while True:
             try:
                 frame = await sock.recv()
@@ -1023,12 +1024,23 @@ class CallBridge:
                 if machine.audio_delta(message.response_id, item, message.byte_count, clock()):
                     sid = self.stream_sid
                     name = tracker.audio_sent(item, message.byte_count)
-                    queue, twilio, send = self._to_twilio, self.twilio, self._send_twilio
-                    ready = self._twilio_ready
                     media = media_message(sid, message.payload)
-                    await self._send_now(queue, twilio, ready, media, send)
-                    if name is not None:
-                        await self._send_now(queue, twilio, ready, mark_message(sid, name), send)
+                    if (
+                        name is None
+                        and to_twilio.empty()
+                        and twilio_ready()
+                        and not self._reconnecting
+                    ):
+                        try:  # _send_now, inlined for the common case (no mark due)
+                            await twilio.send(media)
+                        except _CLOSED:
+                            self._direct_send_failed(to_twilio, media, self._send_twilio)
+                    else:
+                        send = self._send_twilio
+                        await self._send_now(to_twilio, twilio, twilio_ready, media, send)
+                        if name is not None:
+                            mark = mark_message(sid, name)
+                            await self._send_now(to_twilio, twilio, twilio_ready, mark, send)
                     report.media_out += 1
                 continue
             if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)

@@ -645,6 +645,13 @@ class _Live:
     transcript_sent: str = ""
     task: asyncio.Task[None] | None = None
     done_event: JSON | None = None
+    #: The pause in progress (see ``_pause``): resolved True by a cancel, False by its timer.
+    pause_waiter: asyncio.Future[bool] | None = None
+
+
+def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
+    if not waiter.done():
+        waiter.set_result(value)
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -1330,6 +1337,8 @@ class FakeRealtimeConnection:
         live.cancel_reason = reason
         live.record.cancel_requested_at = time.monotonic()
         live.cancel_event.set()
+        if live.pause_waiter is not None:
+            _settle(live.pause_waiter, True)
 
     def _start_response(
         self, *, origin: Literal["client", "server_vad"], params: JSON, client_event_id: str | None
@@ -1494,11 +1503,17 @@ class FakeRealtimeConnection:
         if seconds <= 0:
             await asyncio.sleep(0)
             return live.cancel_event.is_set()
+        # A timer and a future rather than wait_for, which wraps the wait in a task: this runs
+        # between every two audio deltas of every response.
+        loop = asyncio.get_running_loop()
+        waiter: asyncio.Future[bool] = loop.create_future()
+        live.pause_waiter = waiter
+        timer = loop.call_later(seconds, _settle, waiter, False)
         try:
-            await asyncio.wait_for(live.cancel_event.wait(), seconds)
-        except asyncio.TimeoutError:
-            return False
-        return True
+            return await waiter
+        finally:
+            timer.cancel()
+            live.pause_waiter = None
 
     def _content_type(self, audio: bool) -> str:
         if self.api == "ga":

@@ -34,7 +34,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
-import contextlib
 import hashlib
 import hmac
 import json
@@ -70,6 +69,8 @@ __all__ = [
 
 JSON = dict[str, Any]
 _BYTES_PER_MS = 8  # mu-law, 8 kHz, mono
+# base64 of (stamp + rest) is base64(stamp) + base64(rest) only if the stamp is whole 3-byte groups.
+assert STAMP_SIZE % 3 == 0
 
 
 def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None = None) -> str:
@@ -78,6 +79,16 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None
     payload = url + "".join(k + v for k, v in sorted((params or {}).items()))
     digest = hmac.new(auth_token.encode(), payload.encode(), hashlib.sha1).digest()
     return base64.b64encode(digest).decode("ascii")
+
+
+def _b64_tail(frame: bytes, stamped: bool) -> str:
+    """The base64 of a frame after its time stamp (of all of it when frames are not stamped)."""
+    return base64.b64encode(frame[STAMP_SIZE:] if stamped else frame).decode("ascii")
+
+
+def _resolve(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)
 
 
 # --- script --------------------------------------------------------------------------------------
@@ -262,7 +273,8 @@ class FakeTwilioCaller:
         self.call_sid = self.config.call_sid or twilio_sid("CA", rng)
         self.account_sid = self.config.account_sid or twilio_sid("AC", rng)
         self._ws: ClientConnection | None = None
-        self._out: asyncio.Queue[JSON | None] = asyncio.Queue()
+        #: Messages for the writer: dicts, or JSON text already serialised (media frames).
+        self._out: asyncio.Queue[JSON | str | None] = asyncio.Queue()
         self._tasks: list[asyncio.Task[None]] = []
         self._notifier = Notifier()
         self._seq = 0
@@ -270,11 +282,20 @@ class FakeTwilioCaller:
         self._speech_frames = 0
         self._speech_frame = tone(self.config.frame_ms, level=self.config.speech_level)
         self._silence_frame = silence(self.config.frame_ms)
+        # Each inbound frame is one of two fixed frames with a time stamp written over its start,
+        # so the JSON text around the payload and the payload's base64 after the stamp are
+        # computed once (media_message below), not per frame.
+        stamped = self.config.stamp_source is not None
+        self._b64_speech = _b64_tail(self._speech_frame, stamped)
+        self._b64_silence = _b64_tail(self._silence_frame, stamped)
+        self._media_tail = '"}, "streamSid": ' + json.dumps(self.stream_sid) + "}"
         # Playback: audio pieces (bytearray) and mark names (str), in arrival order.
         self._queue: deque[bytearray | str] = deque()
         self._playing: bytes | None = None
         self._wake = asyncio.Event()
-        self._cut = asyncio.Event()
+        # A ``clear`` sets ``_cut`` and wakes the player through ``_cut_waiter``.
+        self._cut = False
+        self._cut_waiter: asyncio.Future[None] | None = None
         self._received_scanner = TagScanner()
         self._played_scanner = TagScanner()
         self._stopping = False
@@ -518,35 +539,57 @@ class FakeTwilioCaller:
             if message is None:
                 return
             try:
-                await self._ws.send(json.dumps(message))
+                await self._ws.send(message if isinstance(message, str) else json.dumps(message))
             except ConnectionClosed:
                 self._mark_closed()
                 return
 
+    async def _send_media(self, text: str) -> None:
+        """Send a media frame now if nothing is waiting for the writer, else queue it.
+
+        With the writer's queue empty, everything queued before is already written (the
+        websocket writes synchronously in ``send``; only flow control waits), so sending
+        directly keeps the wire order and saves a task switch per frame.  With data still in the
+        socket's buffer the frame is queued as before, so flow control never holds up the
+        caller's clock."""
+        ws = self._ws
+        assert ws is not None
+        if self._out.empty() and ws.transport.get_write_buffer_size() == 0:
+            try:
+                await ws.send(text)
+            except ConnectionClosed:
+                self._mark_closed()
+        else:
+            self._out.put_nowait(text)
+
     async def _media_loop(self) -> None:
         loop = asyncio.get_running_loop()
-        interval = self.config.frame_ms / 1000 / self.config.speed
+        config = self.config
+        interval = config.frame_ms / 1000 / config.speed
         next_t = loop.time()
         was_speaking = False
+        source = config.stamp_source
         while not self._stopping and not self.closed:
             self._chunk += 1
             speaking = self._speech_frames > 0
-            frame = self._speech_frame if speaking else self._silence_frame
-            if self.config.stamp_source is not None:
-                stamp = make_time_stamp(self.config.stamp_source, time.monotonic_ns())
-                frame = stamp + frame[STAMP_SIZE:]
-            timestamp = self.config.first_timestamp_ms + (self._chunk - 1) * self.config.frame_ms
-            self._send(
-                {
-                    "event": "media",
-                    "media": {
-                        "track": "inbound",
-                        "chunk": str(self._chunk),
-                        "timestamp": str(timestamp),
-                        "payload": base64.b64encode(frame).decode("ascii"),
-                    },
-                    "streamSid": self.stream_sid,
-                }
+            payload = self._b64_speech if speaking else self._b64_silence
+            if source is not None:
+                stamp = make_time_stamp(source, time.monotonic_ns())
+                payload = base64.b64encode(stamp).decode("ascii") + payload
+            timestamp = config.first_timestamp_ms + (self._chunk - 1) * config.frame_ms
+            self._seq += 1
+            # Byte for byte what json.dumps gives for the media message (as _send would number
+            # it), built as text: the payload and the ids need no escaping.
+            await self._send_media(
+                '{"event": "media", "sequenceNumber": "'
+                + str(self._seq)
+                + '", "media": {"track": "inbound", "chunk": "'
+                + str(self._chunk)
+                + '", "timestamp": "'
+                + str(timestamp)
+                + '", "payload": "'
+                + payload
+                + self._media_tail
             )
             self.media_sent += 1
             if speaking and not was_speaking:
@@ -654,7 +697,9 @@ class FakeTwilioCaller:
         marks = tuple(x for x in self._queue if isinstance(x, str))
         self._queue.clear()
         self._playing = None
-        self._cut.set()
+        self._cut = True
+        if self._cut_waiter is not None:
+            _resolve(self._cut_waiter)
         self._played_scanner.reset()
         self.clears.append(ClearRecord(now, flushed, marks))
         for name in marks:
@@ -688,12 +733,20 @@ class FakeTwilioCaller:
             if not head:
                 self._queue.popleft()
             self._playing = data
-            self._cut.clear()
+            self._cut = False
             started = time.monotonic()
             clock = max(clock, loop.time()) + len(data) / _BYTES_PER_MS / 1000 / self.config.speed
-            with contextlib.suppress(asyncio.TimeoutError):
-                await asyncio.wait_for(self._cut.wait(), max(0.0, clock - loop.time()))
-            if self._cut.is_set():  # cleared while playing: the piece was cut off
+            # Wait until the piece has played or a clear cuts it (a timer and a future: cheaper
+            # than wait_for, which wraps the wait in a task for every piece).
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._cut_waiter = waiter
+            timer = loop.call_at(clock, _resolve, waiter)
+            try:
+                await waiter
+            finally:
+                timer.cancel()
+                self._cut_waiter = None
+            if self._cut:  # cleared while playing: the piece was cut off
                 clock = loop.time()
                 continue
             self._playing = None

@@ -1,0 +1,278 @@
+"""Per-frame cost of the bridge's reading loops against the bare relay's, with no sockets.
+
+Run: ``python -m benchmarks.bench_paths`` (about 20 s; ``--quick`` for a smoke run).  Results and
+their reading: ``docs/performance.md``.
+
+The load benchmark (``bench_load.py``) measures whole processes over loopback; on a shared
+2-core VM its CPU figures move by 10-30% between runs, as much as the difference it is after.
+This one isolates that difference: the same frames go through the bridge's reading loops
+(``CallBridge._twilio_reader`` and ``_openai_reader``, with a real ``ResponseLifecycle`` and
+``PlaybackTracker``) and through the relay's (``Relay._up`` and ``_down``), over in-memory
+sockets whose ``recv`` hands out prepared frames and whose ``send`` appends to a list.  Parsing
+and framing are the same code on both sides; what differs is the bridge's own per-frame work:
+the lifecycle's audio accounting, the playback marks (and reading their echoes), and the
+decision to send directly or through the writer queue.  No socket I/O, no event-loop wake-ups:
+those are the same per frame for both servers and are what the load benchmark adds.
+
+Times are the thread's CPU time, rounds interleaved with a rotating order, median (min-max).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import base64
+import json
+import statistics
+import sys
+import time
+from collections.abc import Callable, Coroutine, Iterable
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from websockets.protocol import State as WsState
+
+from benchmarks.relay import Relay, parse_args
+from realtime_fsm import META_EVENT_ID, META_REASON
+from realtime_fsm import events as ev
+from realtime_fsm.bridge import BridgeConfig, CallBridge
+from realtime_fsm.openai_realtime import SessionConfig
+from realtime_fsm.twilio_media import MarkName, Start
+from realtime_fsm.webserver import WebSocketClosed
+
+SID = "MZ00000000000000000000000000000000"
+CALL = "CA00000000000000000000000000000000"
+RESPONSE = "resp_BENCH0000000000000000"
+ITEM = "item_BENCH0000000000000000"
+#: 20 ms of 8 kHz mu-law, as Twilio sends it and as the simulator's deltas carry it.
+PAYLOAD = base64.b64encode(bytes(range(96, 256)) * 1).decode()
+MARK_EVERY_MS = 100  # the example bridge's default
+
+
+def twilio_media(seq: int) -> str:
+    return json.dumps(
+        {
+            "event": "media",
+            "sequenceNumber": str(seq),
+            "media": {
+                "track": "inbound",
+                "chunk": str(seq),
+                "timestamp": str(seq * 20),
+                "payload": PAYLOAD,
+            },
+            "streamSid": SID,
+        }
+    )
+
+
+def audio_delta(seq: int) -> str:
+    return json.dumps(
+        {
+            "type": "response.output_audio.delta",
+            "event_id": f"event_{seq:08d}",
+            "response_id": RESPONSE,
+            "item_id": ITEM,
+            "output_index": 0,
+            "content_index": 0,
+            "delta": PAYLOAD,
+        }
+    )
+
+
+def mark_echo(seq: int, name: str) -> str:
+    return json.dumps(
+        {"event": "mark", "sequenceNumber": str(seq), "streamSid": SID, "mark": {"name": name}}
+    )
+
+
+class _Transport:
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class MemorySocket:
+    """``recv`` hands out the prepared frames, then reports the socket closed; ``send`` keeps
+    what was sent.  ``transport`` says nothing is buffered, so the bridge sends directly, as it
+    does on a socket that keeps up."""
+
+    def __init__(self, frames: Iterable[str] = (), *, websockets_client: bool = False) -> None:
+        self._frames = iter(frames)
+        self.sent: list[str] = []
+        self.transport = _Transport()
+        if websockets_client:
+            self.state = WsState.OPEN  # what the bridge reads on a ``websockets`` connection
+        else:
+            self.closed = False  # what it reads on our own server's socket
+
+    def feed(self, frames: Iterable[str]) -> None:
+        self._frames = iter(frames)
+
+    async def recv(self) -> str:
+        for frame in self._frames:
+            return frame
+        raise WebSocketClosed(1000, "end of frames")
+
+    async def send(self, message: str) -> None:
+        self.sent.append(message)
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        return None
+
+
+def new_bridge() -> tuple[CallBridge, MemorySocket, MemorySocket]:
+    """A bridge mid-call: its greeting is playing (response active), queues empty."""
+    twilio, openai = MemorySocket(), MemorySocket(websockets_client=True)
+    config = BridgeConfig(
+        session=SessionConfig(turn_detection="server_vad"),
+        greeting=None,
+        accept_text_messages=True,
+        mark_every_ms=MARK_EVERY_MS,
+    )
+    bridge = CallBridge(twilio, openai, config)
+    bridge._begin(Start(stream_sid=SID, call_sid=CALL))
+    bridge._handle(ev.RequestResponse(reason="greeting"))
+    machine = bridge.machine
+    assert machine is not None and machine.inflight is not None
+    metadata = {META_EVENT_ID: machine.inflight.event_id, META_REASON: "greeting"}
+    bridge._handle(ev.ResponseCreated(RESPONSE, metadata=metadata))
+    assert machine.response_id == RESPONSE
+    for queue in (bridge._to_openai, bridge._to_twilio):
+        while not queue.empty():
+            queue.get_nowait()
+    return bridge, twilio, openai
+
+
+def _timed(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> float:
+    """Thread CPU time of running ``coro`` to its end.  The bridge's OpenAI reader reports the
+    end of its frames as a lost session (an exception): that is its normal end here."""
+    start = time.thread_time()
+    try:
+        loop.run_until_complete(coro)
+    except Exception as exc:
+        if type(exc).__name__ != "_SessionLost":
+            raise
+    return time.thread_time() - start
+
+
+def measure(frames: int, rounds: int) -> dict[str, list[float]]:
+    """Microseconds per frame for each path, one list entry per round."""
+    up = [twilio_media(i) for i in range(frames)]
+    down = [audio_delta(i) for i in range(frames)]
+    relay = Relay(parse_args(["--public-url", "http://127.0.0.1", "--accept-text-messages"]))
+    loop = asyncio.new_event_loop()
+    out: dict[str, list[float]] = {k: [] for k in PATHS}
+
+    def bridge_up() -> float:
+        bridge, twilio, openai = new_bridge()
+        twilio.feed(up)
+        took = _timed(bridge._twilio_reader(), loop)
+        assert len(openai.sent) == frames and bridge.report.media_in == frames
+        return took
+
+    def relay_up() -> float:
+        twilio, openai = MemorySocket(up), MemorySocket(websockets_client=True)
+        took = _timed(relay._up(twilio, openai), loop)  # type: ignore[arg-type]
+        assert len(openai.sent) == frames
+        return took
+
+    def bridge_down() -> float:
+        bridge, _twilio, openai = new_bridge()
+        openai.feed(down)
+        took = _timed(bridge._openai_reader(), loop)
+        assert bridge.report.media_out == frames
+        return took
+
+    def relay_down() -> float:
+        twilio, openai = MemorySocket(), MemorySocket(down, websockets_client=True)
+        took = _timed(relay._down(openai, twilio, SID), loop)  # type: ignore[arg-type]
+        assert len(twilio.sent) == frames
+        return took
+
+    def bridge_echo() -> float:
+        """The echoes of the marks the down path sent, read back (the relay sends none)."""
+        bridge, twilio, openai = new_bridge()
+        openai.feed(down)
+        _timed(bridge._openai_reader(), loop)
+        names = [m for m in twilio.sent if '"event":"mark"' in m]
+        echoes = [mark_echo(i, json.loads(m)["mark"]["name"]) for i, m in enumerate(names)]
+        assert echoes and all(MarkName.parse(json.loads(m)["mark"]["name"]) for m in names)
+        twilio.feed(echoes)
+        took = _timed(bridge._twilio_reader(), loop)
+        assert bridge.tracker.pending_marks == 0
+        return took * frames / len(echoes)  # so that the per-frame division gives per echo
+
+    runners: dict[str, Callable[[], float]] = {
+        "up: bridge": bridge_up,
+        "up: relay": relay_up,
+        "down: bridge": bridge_down,
+        "down: relay": relay_down,
+        "mark echo: bridge": bridge_echo,
+    }
+    names = list(runners)
+    try:
+        for r in range(rounds):
+            order = names[r % len(names) :] + names[: r % len(names)]
+            for name in order:
+                out[name].append(runners[name]() * 1e6 / frames)
+    finally:
+        loop.close()
+    return out
+
+
+PATHS = ("up: bridge", "up: relay", "down: bridge", "down: relay", "mark echo: bridge")
+
+
+def report(results: dict[str, list[float]], down_per_up: float) -> str:
+    def med(name: str) -> float:
+        return statistics.median(results[name])
+
+    def cell(name: str) -> str:
+        xs = results[name]
+        return f"{med(name):.2f} ({min(xs):.2f}-{max(xs):.2f})"
+
+    echo_per_down = 20 / MARK_EVERY_MS  # one mark per 100 ms of 20 ms deltas
+    up_b, up_r = med("up: bridge"), med("up: relay")
+    down_b, down_r = med("down: bridge"), med("down: relay")
+    echo = med("mark echo: bridge")
+    mix_b = up_b + down_per_up * (down_b + echo_per_down * echo)
+    mix_r = up_r + down_per_up * down_r
+    lines = [
+        "| path | bridge us/frame | relay us/frame | bridge / relay | bridge - relay us |",
+        "|---|---:|---:|---:|---:|",
+        f"| caller audio up (Twilio `media` -> `input_audio_buffer.append`) |"
+        f" {cell('up: bridge')} | {cell('up: relay')} | {up_b / up_r:.2f}x |"
+        f" {up_b - up_r:+.2f} |",
+        f"| assistant audio down (audio delta -> Twilio `media`, marks included) |"
+        f" {cell('down: bridge')} | {cell('down: relay')} | {down_b / down_r:.2f}x |"
+        f" {down_b - down_r:+.2f} |",
+        f"| mark echo read back (one per {MARK_EVERY_MS} ms of audio down) |"
+        f" {cell('mark echo: bridge')} per echo | - | - | - |",
+        f"| mix: 1 up + {down_per_up:.2f} down (+ their echoes) |"
+        f" {mix_b:.2f} | {mix_r:.2f} | {mix_b / mix_r:.2f}x | {mix_b - mix_r:+.2f} |",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    p.add_argument("--frames", type=int, default=20_000)
+    p.add_argument("--rounds", type=int, default=9)
+    p.add_argument(
+        "--down-per-up",
+        type=float,
+        default=0.45,
+        help="audio frames down per frame up in the mix (0.45: the load script's bridge)",
+    )
+    p.add_argument("--quick", action="store_true", help="2,000 frames, 3 rounds")
+    args = p.parse_args(argv)
+    frames, rounds = (2_000, 3) if args.quick else (args.frames, args.rounds)
+    results = measure(frames, rounds)
+    print(f"{frames} frames per path and round, {rounds} rounds; thread CPU time per frame\n")
+    print(report(results, args.down_per_up))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
