@@ -20,6 +20,7 @@ import contextlib
 import json
 import os
 import platform
+import shlex
 import statistics
 import subprocess
 import sys
@@ -37,7 +38,12 @@ GREETING = "Greet the caller briefly."
 
 
 def server_command(
-    kind: str, port: int, sim_port: int, profile: Path | None, root: Path
+    kind: str,
+    port: int,
+    sim_port: int,
+    profile: Path | None,
+    root: Path,
+    extra: tuple[str, ...] = (),
 ) -> list[str]:
     bridge = root / "examples/twilio_bridge.py"
     script = str(bridge if kind == "bridge" else ROOT / "benchmarks/relay.py")
@@ -57,6 +63,7 @@ def server_command(
         GREETING,
         "--log-level",
         "WARNING",
+        *extra,
     ]
     return cmd
 
@@ -68,12 +75,15 @@ def run_one(
     warmup: float,
     profile_dir: Path | None,
     root: Path = ROOT,
+    bridge_args: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     port, sim_port = free_port(), free_port()
     profile = profile_dir / f"{kind}-{calls}.prof" if profile_dir is not None else None
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     server = subprocess.Popen(
-        server_command(kind, port, sim_port, profile, root),
+        server_command(
+            kind, port, sim_port, profile, root, bridge_args if kind == "bridge" else ()
+        ),
         cwd=root,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(root), str(ROOT)]))},
         stdout=subprocess.DEVNULL,
@@ -133,7 +143,9 @@ def combine(runs: list[dict[str, Any]]) -> dict[str, Any]:
     for key, value in runs[0].items():
         if type(value) in (int, float):
             values = [r[key] for r in runs if type(r.get(key)) in (int, float)]
-            row[key] = statistics.median(values)
+            middle = statistics.median(values)
+            # Counts stay counts: of an even number of rounds, the lower middle one.
+            row[key] = statistics.median_low(values) if type(value) is int else middle
     row["repeats"] = len(runs)
     row["runs"] = runs
     return row
@@ -410,6 +422,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--warmup", type=float, default=3.0)
     p.add_argument("--servers", default="bridge,relay")
     p.add_argument(
+        "--bridge-args",
+        default="",
+        help="extra options for the example bridge, e.g. '--mark-every-ms 1000'",
+    )
+    p.add_argument(
         "--repeat",
         type=int,
         default=1,
@@ -441,7 +458,13 @@ def main(argv: list[str] | None = None) -> int:
             for kind in kinds if round_ % 2 == 0 else kinds[::-1]:
                 t = time.monotonic()
                 r = run_one(
-                    kind, n, args.duration, args.warmup, profile_dir, Path(args.server_root)
+                    kind,
+                    n,
+                    args.duration,
+                    args.warmup,
+                    profile_dir,
+                    Path(args.server_root),
+                    tuple(shlex.split(args.bridge_args)),
                 )
                 runs[kind].append(r)
                 print(

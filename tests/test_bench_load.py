@@ -60,6 +60,7 @@ def test_repeats_are_combined_by_median_and_ratios_paired_by_round() -> None:
     relay = combine([run(0.20, 1000), run(0.40, 1000), run(0.20, 1000)])
     assert bridge["server_cpu_per_call_min"] == 0.24
     assert bridge["up_frames"] == 1000 and bridge["repeats"] == 3
+    assert type(bridge["up_frames"]) is int
     assert paired_ratios(bridge, relay, "server_cpu_per_call_min") == [
         0.22 / 0.20,
         0.44 / 0.40,
