@@ -851,7 +851,7 @@ class CallBridge:
         to the transport) instead of waking the writer task.  That hop per frame was most of
         what the bridge cost over a bare relay (``docs/performance.md``).  Otherwise, or if the
         send fails, queue it: the writer keeps the order, the back-pressure limit and the error
-        handling.  The Twilio reader inlines the same test for caller audio, its hottest path.
+        handling.
 
         Not while reconnecting (the probe of a replaced socket answers False from then on) nor
         on a socket that is closing: a send there can wait out the close handshake and stall
@@ -860,21 +860,16 @@ class CallBridge:
         if queue.empty() and not self._reconnecting and ready():
             try:
                 await sock.send(message)
+                return
             except _CLOSED:
-                self._direct_send_failed(queue, message, enqueue)
-            return
-        enqueue(message)
-
-    def _direct_send_failed(
-        self, queue: asyncio.Queue[_Outbound], message: str, enqueue: Callable[[str], None]
-    ) -> None:
-        """A direct send found the socket closed: queue the frame, so that the writer meets the
-        close and reports it the usual way.  If the OpenAI session was replaced meanwhile the
-        frame is dropped (counted in ``media_dropped``): queued, it would reach the new session
-        ahead of its ``session.update``."""
-        if queue is not self._to_openai and queue is not self._to_twilio:
-            self.report.media_dropped += 1  # the old session's audio: never resent
-            return
+                pass
+            # Closed: queue the frame, so that the writer meets the close and reports it the
+            # usual way.  If the OpenAI session was replaced meanwhile the frame is dropped
+            # (counted in ``media_dropped``): queued, it would reach the new session ahead of
+            # its ``session.update``.
+            if queue is not self._to_openai and queue is not self._to_twilio:
+                self.report.media_dropped += 1  # the old session's audio: never resent
+                return
         enqueue(message)
 
     def _count_bad(self, side: str, kind: str) -> None:
@@ -952,14 +947,10 @@ class CallBridge:
                         report.media_dropped += 1  # no session to hear it; never buffered
                         continue
                     append = input_audio_append_json(message.payload)
-                    queue = self._to_openai  # both replaced on a new session: never cache
-                    if queue.empty() and self._openai_ready():  # _send_now, inlined
-                        try:
-                            await self.openai.send(append)
-                        except _CLOSED:
-                            self._direct_send_failed(queue, append, self._send_openai)
-                    else:
-                        self._send_openai(append)
+                    # Queue, socket and probe are replaced on a new session: never cache them.
+                    await self._send_now(
+                        self._to_openai, self.openai, self._openai_ready, append, self._send_openai
+                    )
             elif kind is Mark:
                 assert isinstance(message, Mark)
                 machine = self.machine  # replaced on a new session: never cache it
@@ -1025,22 +1016,11 @@ class CallBridge:
                     sid = self.stream_sid
                     name = tracker.audio_sent(item, message.byte_count)
                     media = media_message(sid, message.payload)
-                    if (
-                        name is None
-                        and to_twilio.empty()
-                        and twilio_ready()
-                        and not self._reconnecting
-                    ):
-                        try:  # _send_now, inlined for the common case (no mark due)
-                            await twilio.send(media)
-                        except _CLOSED:
-                            self._direct_send_failed(to_twilio, media, self._send_twilio)
-                    else:
-                        send = self._send_twilio
-                        await self._send_now(to_twilio, twilio, twilio_ready, media, send)
-                        if name is not None:
-                            mark = mark_message(sid, name)
-                            await self._send_now(to_twilio, twilio, twilio_ready, mark, send)
+                    send = self._send_twilio
+                    await self._send_now(to_twilio, twilio, twilio_ready, media, send)
+                    if name is not None:
+                        mark = mark_message(sid, name)
+                        await self._send_now(to_twilio, twilio, twilio_ready, mark, send)
                     report.media_out += 1
                 continue
             if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)

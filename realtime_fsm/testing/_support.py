@@ -7,6 +7,9 @@ import contextlib
 import random
 import string
 from collections.abc import Callable
+from typing import TypeVar
+
+_T = TypeVar("_T")
 
 _ALNUM = string.ascii_letters + string.digits
 LOOPBACK_HOST = "127.0.0.1"
@@ -20,6 +23,14 @@ def openai_id(prefix: str, rng: random.Random) -> str:
 def twilio_sid(prefix: str, rng: random.Random) -> str:
     """A Twilio-style sid: two letters and 32 hex digits (``MZ…``, ``CA…``, ``AC…``)."""
     return prefix + "".join(rng.choice("0123456789abcdef") for _ in range(32))
+
+
+def settle(waiter: asyncio.Future[_T], value: _T) -> None:
+    """Resolve ``waiter`` unless a timer or a cancel already did: the fakes wait on a future
+    plus a timer instead of ``asyncio.wait_for`` (a task per wait), and either side may come
+    first."""
+    if not waiter.done():
+        waiter.set_result(value)
 
 
 class Notifier:

@@ -54,7 +54,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
-from ._support import LOOPBACK_HOST, Notifier, openai_id
+from ._support import LOOPBACK_HOST, Notifier, openai_id, settle
 from .audio import (
     STAMP_SIZE,
     TAG_SIZE,
@@ -647,11 +647,6 @@ class _Live:
     done_event: JSON | None = None
     #: The pause in progress (see ``_pause``): resolved True by a cancel, False by its timer.
     pause_waiter: asyncio.Future[bool] | None = None
-
-
-def _settle(waiter: asyncio.Future[bool], value: bool) -> None:
-    if not waiter.done():
-        waiter.set_result(value)
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -1338,7 +1333,7 @@ class FakeRealtimeConnection:
         live.record.cancel_requested_at = time.monotonic()
         live.cancel_event.set()
         if live.pause_waiter is not None:
-            _settle(live.pause_waiter, True)
+            settle(live.pause_waiter, True)
 
     def _start_response(
         self, *, origin: Literal["client", "server_vad"], params: JSON, client_event_id: str | None
@@ -1508,7 +1503,7 @@ class FakeRealtimeConnection:
         loop = asyncio.get_running_loop()
         waiter: asyncio.Future[bool] = loop.create_future()
         live.pause_waiter = waiter
-        timer = loop.call_later(seconds, _settle, waiter, False)
+        timer = loop.call_later(seconds, settle, waiter, False)
         try:
             return await waiter
         finally:

@@ -48,7 +48,7 @@ import attrs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ._support import Notifier, twilio_sid
+from ._support import Notifier, settle, twilio_sid
 from .audio import STAMP_SIZE, AudioTag, TagScanner, make_time_stamp, silence, tone
 
 __all__ = [
@@ -84,11 +84,6 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None
 def _b64_tail(frame: bytes, stamped: bool) -> str:
     """The base64 of a frame after its time stamp (of all of it when frames are not stamped)."""
     return base64.b64encode(frame[STAMP_SIZE:] if stamped else frame).decode("ascii")
-
-
-def _resolve(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():
-        waiter.set_result(None)
 
 
 # --- script --------------------------------------------------------------------------------------
@@ -699,7 +694,7 @@ class FakeTwilioCaller:
         self._playing = None
         self._cut = True
         if self._cut_waiter is not None:
-            _resolve(self._cut_waiter)
+            settle(self._cut_waiter, None)
         self._played_scanner.reset()
         self.clears.append(ClearRecord(now, flushed, marks))
         for name in marks:
@@ -740,7 +735,7 @@ class FakeTwilioCaller:
             # than wait_for, which wraps the wait in a task for every piece).
             waiter: asyncio.Future[None] = loop.create_future()
             self._cut_waiter = waiter
-            timer = loop.call_at(clock, _resolve, waiter)
+            timer = loop.call_at(clock, settle, waiter, None)
             try:
                 await waiter
             finally:
