@@ -48,7 +48,7 @@ RESPONSE = "resp_BENCH0000000000000000"
 ITEM = "item_BENCH0000000000000000"
 #: 20 ms of 8 kHz mu-law, as Twilio sends it and as the simulator's deltas carry it.
 PAYLOAD = base64.b64encode(bytes(range(96, 256)) * 1).decode()
-MARK_EVERY_MS = 100  # the example bridge's default
+MARK_EVERY_MS = 500  # the example bridge's default
 
 
 def twilio_media(seq: int) -> str:
@@ -232,7 +232,7 @@ def report(results: dict[str, list[float]], down_per_up: float) -> str:
         xs = results[name]
         return f"{med(name):.2f} ({min(xs):.2f}-{max(xs):.2f})"
 
-    echo_per_down = 20 / MARK_EVERY_MS  # one mark per 100 ms of 20 ms deltas
+    echo_per_down = 20 / MARK_EVERY_MS  # one mark per MARK_EVERY_MS of 20 ms deltas
     up_b, up_r = med("up: bridge"), med("up: relay")
     down_b, down_r = med("down: bridge"), med("down: relay")
     echo = med("mark echo: bridge")

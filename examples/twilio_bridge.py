@@ -61,8 +61,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--mark-every-ms",
         type=int,
-        default=100,
-        help="at most one Twilio mark per this many ms of audio (0: one per media message)",
+        default=500,
+        help=(
+            "at most one Twilio mark per this many ms of audio (0: one per media message); "
+            "barge-in truncation estimates playback between marks, so sparse marks stay exact"
+        ),
     )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)

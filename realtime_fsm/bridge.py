@@ -157,6 +157,11 @@ class BridgeConfig:
     #: 0 = a mark after every ``media``.  Truncation points then have this granularity (always
     #: on the early side); with 20 ms deltas, per-delta marks are a third of a call's messages.
     mark_every_ms: int = 0
+    #: Right before a barge-in (``speech_started``, user text), estimate how far the caller's
+    #: playback got since the last mark echo (:meth:`PlaybackTracker.estimate`), so that the
+    #: truncate point is what was heard, to within the echo's delay, however sparse the marks;
+    #: False: truncate at the last echoed mark (early by up to ``mark_every_ms``).
+    estimate_playback: bool = True
     #: How long to wait for Twilio's ``start`` before giving up on the stream.
     start_timeout: float = 15.0
     #: Connection attempts per lost session (the first at once, then with backoff) before the
@@ -748,7 +753,14 @@ class CallBridge:
         if self._reconnecting:
             self._hold(event)
             return
-        self._execute(machine.handle(event, self.clock()))
+        now = self.clock()
+        kind = type(event)
+        if (kind is ev.SpeechStarted or kind is ev.UserText) and self.config.estimate_playback:
+            # A barge-in truncates at what the caller heard: bring that up to now first.
+            progress = self.tracker.estimate(now)
+            if progress is not None:
+                machine.playback_progress(progress.item_id, progress.played_ms)
+        self._execute(machine.handle(event, now))
         self._maybe_wake()
 
     def _hold(self, event: ev.Event) -> None:
@@ -955,7 +967,7 @@ class CallBridge:
                 assert isinstance(message, Mark)
                 machine = self.machine  # replaced on a new session: never cache it
                 assert machine is not None
-                for progress in self.tracker.mark_received(message.name):
+                for progress in self.tracker.mark_received(message.name, self.clock()):
                     machine.playback_progress(progress.item_id, progress.played_ms)
             elif kind is Dtmf:
                 assert isinstance(message, Dtmf)

@@ -419,12 +419,16 @@ class PlaybackTracker:
     ms, so a fully played item reads as fully heard; the lifecycle clamps the truncate point to
     the audio it received, so rounding up can never truncate past the end.
 
+    Between echoes, :meth:`estimate` says how far playback has got since the last one, so that
+    sparse marks (``mark_every_ms``) do not make barge-in truncation coarse.
+
     Marks that were pending at a ``clear`` come back from an older generation and count as
     ``marks_cleared``, never as played.  One echo that was already on its way when the ``clear``
     went out is misclassified the same way, under-counting by at most one chunk: the safe side.
     """
 
     __slots__ = (
+        "_anchor",
         "_bytes_per_ms",
         "_call_id",
         "_generation",
@@ -468,6 +472,8 @@ class PlaybackTracker:
         #: item_id -> bytes sent / ms confirmed played, current generation.
         self._sent: dict[str, int] = {}
         self._played: dict[str, int] = {}
+        #: The last echo with a time: (item_id, end_ms, when, item's audio sent by then in ms).
+        self._anchor: tuple[str, int, float, int] | None = None
         #: Counters a bridge can export: marks played, cleared, foreign, ...
         self.stats: dict[str, int] = {}
 
@@ -551,12 +557,13 @@ class PlaybackTracker:
         pending[name] = (item_id, end_ms)
         return name
 
-    def mark_received(self, name: str) -> tuple[ev.PlaybackProgress, ...]:
+    def mark_received(self, name: str, now: float | None = None) -> tuple[ev.PlaybackProgress, ...]:
         """Account for one echoed mark; return the playback progress it proves (often one
         entry, empty for a cleared, duplicate or foreign mark).
 
         Twilio plays in order, so an echo also proves every earlier pending mark played; their
-        items are reported too, should an echo ever go missing."""
+        items are reported too, should an echo ever go missing.  With ``now`` (seconds, any
+        monotonic clock) the echo also anchors :meth:`estimate`."""
         pending = self._pending
         if name not in pending:
             self._classify_stray(name)
@@ -572,16 +579,45 @@ class PlaybackTracker:
                     progress.pop()
                 progress.append(ev.PlaybackProgress(item_id=item_id, played_ms=end_ms))
             if key == name:
+                if now is not None:
+                    sent = -(-self._sent.get(item_id, 0) // self._bytes_per_ms)
+                    self._anchor = (item_id, end_ms, now, sent)
                 break
             self._count("marks_implied")
         self._count("marks_played")
         return tuple(progress)
+
+    def estimate(self, now: float) -> ev.PlaybackProgress | None:
+        """Where the caller's playback is *now*, between mark echoes: the last echoed mark plus
+        the time since its echo came back (``now`` on the clock given to
+        :meth:`mark_received`), or ``None`` when that proves nothing beyond the echoes.
+
+        Twilio plays buffered audio continuously, so this is exact up to the echo's own delay,
+        which makes it early, never late.  Two caps keep it on that side when playback was not
+        continuous: the item's audio already sent when the echo came back (audio sent later
+        may have started late, after an underrun) and the item's next pending mark (not echoed,
+        so not played).  Feed the result to the lifecycle's ``playback_progress`` right before a
+        barge-in, so that the truncate point does not depend on how sparse the marks are."""
+        anchor = self._anchor
+        if anchor is None:
+            return None
+        item_id, end_ms, at, cap = anchor
+        for pending_item, pending_end in self._pending.values():
+            if pending_item == item_id:  # its echo is still due: not all of it was heard
+                cap = min(cap, pending_end - 1)
+                break
+        # Whole ms, down (the early side); the epsilon only absorbs float error (7 ms = 6.99..).
+        played = min(end_ms + int((now - at) * 1000 + 1e-6), cap)
+        if played <= self._played.get(item_id, 0):
+            return None
+        return ev.PlaybackProgress(item_id=item_id, played_ms=played)
 
     def clear(self) -> None:
         """A Twilio ``clear`` was sent: start a new generation; what was pending was dropped."""
         dropped = len(self._pending)
         self._generation += 1
         self._unmarked = None
+        self._anchor = None
         self._pending.clear()
         self._sent.clear()
         self._played.clear()

@@ -516,13 +516,24 @@ def test_audio_of_a_dropped_response_never_reaches_twilio_after_the_clear(how: s
     run(body)
 
 
-@pytest.mark.parametrize("interrupt_response", [True, False])
+@pytest.mark.parametrize(
+    ("interrupt_response", "estimate", "elapsed_ms", "heard_ms"),
+    [
+        (True, True, 0, 40),  # no time since the echo: exactly the echo
+        (False, True, 0, 40),
+        (True, True, 7, 47),  # playback went on for 7 ms since the echo
+        (True, True, 500, 59),  # ... but never up to the next mark, not yet echoed
+        (True, False, 7, 40),  # estimate_playback=False: the echo alone
+    ],
+)
 def test_echoed_marks_feed_played_ms_and_barge_in_truncates_at_what_was_heard(
-    interrupt_response: bool,
+    interrupt_response: bool, estimate: bool, elapsed_ms: int, heard_ms: int
 ) -> None:
     async def body() -> None:
+        clock = FakeClock()
         session = SessionConfig(interrupt_response=interrupt_response)
-        call = Call(BridgeConfig(session=session, greeting="hi"))
+        config = BridgeConfig(session=session, greeting="hi", estimate_playback=estimate)
+        call = Call(config, clock=clock)
         await call.begin()
         await call.respond("resp_1")
         for payload in (CHUNK_A, CHUNK_B, CHUNK_C):  # 3 x 160 bytes = 60 ms
@@ -531,6 +542,7 @@ def test_echoed_marks_feed_played_ms_and_barge_in_truncates_at_what_was_heard(
         names = [m["mark"]["name"] for m in call.twilio.of_type("mark")]
         call.twilio.feed(mark(names[0]), mark(names[1]))  # the caller heard 40 ms
         await settle()
+        clock.now += elapsed_ms / 1000
         call.openai.feed(speech_started())
         await until(lambda: call.openai.of_type("conversation.item.truncate"), "truncate")
         [truncate] = call.openai.of_type("conversation.item.truncate")
@@ -540,7 +552,7 @@ def test_echoed_marks_feed_played_ms_and_barge_in_truncates_at_what_was_heard(
             "event_id": truncate["event_id"],
             "item_id": "item_1",
             "content_index": 0,
-            "audio_end_ms": 40,
+            "audio_end_ms": heard_ms,
         }
         cancels = call.openai.of_type("response.cancel")
         assert len(cancels) == (0 if interrupt_response else 1)

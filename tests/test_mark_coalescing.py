@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import asyncio
 
+import pytest
+
 from realtime_fsm.bridge import BridgeConfig, CallReport
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import ServerConfig, start_server
@@ -104,3 +106,102 @@ def test_bridge_with_coalesced_marks_hears_every_item_to_its_end() -> None:
         assert caller.violations == []
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+# ----------------------------------------------------------------- playback estimate between echoes
+
+
+def test_estimate_runs_on_from_the_last_echo_up_to_the_next_mark() -> None:
+    tracker = PlaybackTracker(mark_every_ms=100)
+    assert tracker.estimate(5.0) is None  # no echo yet: nothing is known to be playing
+    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(15)]  # 300 ms, marks at 100..300
+    first, second, third = (n for n in names if n is not None)
+    tracker.mark_received(first)  # no time given: proves 100 ms, anchors nothing
+    assert tracker.estimate(5.0) is None
+    tracker.mark_received(second, now=10.0)
+    assert tracker.played_ms("item_a") == 200
+    assert tracker.estimate(10.0) is None  # exactly the echo: nothing beyond it
+    est = tracker.estimate(10.037)
+    assert est is not None and (est.item_id, est.played_ms) == ("item_a", 237)
+    est = tracker.estimate(11.0)  # the 300 ms mark has not come back: not all of it was heard
+    assert est is not None and est.played_ms == 299
+    assert tracker.estimate(9.0) is None  # a clock that went back proves nothing
+    tracker.mark_received(third, now=11.0)
+    assert tracker.estimate(12.0) is None  # everything sent was heard; nothing to add
+    tracker.clear()
+    assert tracker.estimate(12.0) is None
+
+
+def test_estimate_never_runs_into_audio_sent_after_the_echo() -> None:
+    """An underrun: the echo found Twilio's buffer empty, so later audio may have started late
+    and the time since the echo says nothing about it."""
+    tracker = PlaybackTracker()
+    name = tracker.audio_sent("item_a", CHUNK * 5)  # 100 ms
+    assert name is not None
+    tracker.mark_received(name, now=1.0)
+    tracker.audio_sent("item_a", CHUNK * 50)  # a second later, another second of audio
+    assert tracker.estimate(2.5) is None  # capped at the 100 ms sent when the echo came
+
+
+def test_estimate_counts_the_unmarked_tail_sent_before_the_echo() -> None:
+    tracker = PlaybackTracker(mark_every_ms=100)
+    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(7)]  # 140 ms, one mark at 100
+    [name] = [n for n in names if n is not None]
+    tracker.mark_received(name, now=0.0)  # 40 ms more already at Twilio, unmarked
+    est = tracker.estimate(0.03)
+    assert est is not None and est.played_ms == 130
+    est = tracker.estimate(1.0)
+    assert est is not None and est.played_ms == 140  # all of it: no mark is still due
+
+
+@pytest.mark.parametrize("estimate", [True, False])
+def test_sparse_marks_still_truncate_a_barge_in_at_what_the_caller_heard(estimate: bool) -> None:
+    """Marks every 500 ms, playback at real time, typed text ~400 ms after the last echo: the
+    truncate point is what the caller had heard when the ``clear`` arrived (to within the
+    delays on the way), not the last echoed mark."""
+
+    async def scenario() -> tuple[int, float]:
+        sim_config = FakeRealtimeConfig(realtime_factor=5.0, first_delta_delay_s=0.02, seed=3)
+        reply = ScriptedReply("A long greeting that the caller will interrupt.", audio_ms=4000)
+        reports: list[CallReport] = []
+        async with FakeRealtimeServer(sim_config, replies=[reply]) as sim:
+            bridge = BridgeConfig(
+                session=SessionConfig(turn_detection=None),
+                greeting="Greet the caller.",
+                mark_every_ms=500,
+                estimate_playback=estimate,
+                accept_text_messages=True,
+            )
+            server = await start_server(
+                ServerConfig(public_url="http://127.0.0.1", realtime_url=sim.url, bridge=bridge),
+                "127.0.0.1",
+                0,
+                reports=reports,
+            )
+            port = server.sockets[0].getsockname()[1]
+            try:
+                caller_config = FakeCallerConfig(speed=1.0, seed=1, text_event="text")
+                url = f"ws://127.0.0.1:{port}/media-stream"
+                async with FakeTwilioCaller(url, caller_config) as caller:
+                    await caller.wait_until(lambda: caller.played_ms >= 1400, 10.0, "1.4 s")
+                    await caller.type_text("wait, stop there")
+                    await caller.wait_until(lambda: bool(caller.clears), 5.0, "the clear")
+                    await sim.wait_until(
+                        lambda: bool(sim.client_events("conversation.item.truncate")), 5.0
+                    )
+                    [truncate] = sim.client_events("conversation.item.truncate")
+                    clear_at = caller.clears[0].at
+                    heard = sum(len(p.data) for p in caller.played if p.ended_at <= clear_at)
+            finally:
+                server.close()
+                await server.wait_closed()
+        return truncate["audio_end_ms"], heard / 8
+
+    end_ms, heard_ms = asyncio.run(asyncio.wait_for(scenario(), 30))
+    assert heard_ms >= 1400
+    if estimate:
+        # Early by the echo's and the text's trip only; never past what was heard (+ the
+        # 20 ms piece playing when the clear came).
+        assert heard_ms - 120 <= end_ms <= heard_ms + 20
+    else:
+        assert end_ms % 500 == 0 and end_ms <= heard_ms - 100  # the last echoed mark
