@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import importlib.util
 import json
 import os
 import platform
@@ -76,6 +77,7 @@ def run_one(
     profile_dir: Path | None,
     root: Path = ROOT,
     bridge_args: tuple[str, ...] = (),
+    loadgen_loop: str = "asyncio",
 ) -> dict[str, Any]:
     port, sim_port = free_port(), free_port()
     profile = profile_dir / f"{kind}-{calls}.prof" if profile_dir is not None else None
@@ -108,6 +110,8 @@ def run_one(
                 str(duration),
                 "--warmup",
                 str(warmup),
+                "--loop",
+                loadgen_loop,
             ],
             cwd=ROOT,
             env=env,
@@ -437,6 +441,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", default=None, help="write the raw results to this file")
     p.add_argument("--profile", default=None, help="directory for cProfile output per run")
     p.add_argument(
+        "--loadgen-loop",
+        choices=("auto", "asyncio", "uvloop"),
+        default="auto",
+        help="the load generator's event loop; auto: uvloop if installed (the 'bench' extra)",
+    )
+    p.add_argument(
         "--server-root",
         default=str(ROOT),
         help="import the servers' realtime_fsm (and the example) from this tree",
@@ -448,7 +458,10 @@ def main(argv: list[str] | None = None) -> int:
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.bench_load " + " ".join(argv if argv else sys.argv[1:])
-    before = machine()
+    loadgen_loop = args.loadgen_loop
+    if loadgen_loop == "auto":
+        loadgen_loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+    before = f"{machine()}; load generator on {loadgen_loop}, servers on asyncio"
     print(f"# {before}", file=sys.stderr)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in SERVERS}
     for n in ns:
@@ -465,6 +478,7 @@ def main(argv: list[str] | None = None) -> int:
                     profile_dir,
                     Path(args.server_root),
                     tuple(shlex.split(args.bridge_args)),
+                    loadgen_loop,
                 )
                 runs[kind].append(r)
                 print(

@@ -432,6 +432,7 @@ class PlaybackTracker:
         "_bytes_per_ms",
         "_call_id",
         "_generation",
+        "_last_mark",
         "_mark_every_ms",
         "_max_pending",
         "_pending",
@@ -474,6 +475,8 @@ class PlaybackTracker:
         self._played: dict[str, int] = {}
         #: The last echo with a time: (item_id, end_ms, when, item's audio sent by then in ms).
         self._anchor: tuple[str, int, float, int] | None = None
+        #: (item_id, end_ms) of the mark minted last in this generation.
+        self._last_mark: tuple[str, int] | None = None
         #: Counters a bridge can export: marks played, cleared, foreign, ...
         self.stats: dict[str, int] = {}
 
@@ -514,6 +517,8 @@ class PlaybackTracker:
                 oldest = next(iter(sent))
                 del sent[oldest]
                 self._played.pop(oldest, None)
+                if self._last_mark is not None and self._last_mark[0] == oldest:
+                    self._last_mark = None
             total = 0
         total += byte_count
         sent[item_id] = total
@@ -542,6 +547,9 @@ class PlaybackTracker:
 
     def _marked_end(self, item_id: str) -> int:
         """The end (ms) of the item's last mark still pending or played, 0 if none."""
+        last = self._last_mark
+        if last is not None and last[0] == item_id:
+            return last[1]  # the per-frame case: the item whose mark was minted last
         for _name, (item, end_ms) in reversed(self._pending.items()):
             if item == item_id:
                 return end_ms
@@ -555,6 +563,7 @@ class PlaybackTracker:
             del pending[next(iter(pending))]
             self._count("marks_evicted")
         pending[name] = (item_id, end_ms)
+        self._last_mark = (item_id, end_ms)
         return name
 
     def mark_received(self, name: str, now: float | None = None) -> tuple[ev.PlaybackProgress, ...]:
@@ -618,6 +627,7 @@ class PlaybackTracker:
         self._generation += 1
         self._unmarked = None
         self._anchor = None
+        self._last_mark = None
         self._pending.clear()
         self._sent.clear()
         self._played.clear()

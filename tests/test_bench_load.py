@@ -9,6 +9,8 @@ import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks.bench_load import combine, markdown, paired_ratios, run_one
@@ -69,3 +71,11 @@ def test_repeats_are_combined_by_median_and_ratios_paired_by_round() -> None:
     text = markdown([bridge], [relay], "test", "test machine", None)
     assert "1.10x (1.10-1.20)" in text  # the median of the paired ratios, then their range
     assert "median of its rounds" in text
+
+
+def test_the_load_generator_runs_on_uvloop_when_asked() -> None:
+    pytest.importorskip("uvloop")  # the 'bench' extra; CI installs only 'dev'
+    result = run_one("relay", 2, 1.0, 0.5, None, loadgen_loop="uvloop")
+    assert result["loadgen_loop"] == "uvloop"
+    assert result["closed_early"] == 0 and result["violations"] == 0
+    assert result["up_frames"] > 0 and result["down_frames"] > 0
