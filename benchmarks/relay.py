@@ -20,11 +20,9 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import json
 import logging
 import os
-import signal
 
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
@@ -47,7 +45,13 @@ from realtime_fsm.twilio_media import (
     media_message,
     parse_message,
 )
-from realtime_fsm.webserver import Routes, WebSocket, WebSocketClosed, serve
+from realtime_fsm.webserver import (
+    Routes,
+    WebSocket,
+    WebSocketClosed,
+    serve,
+    serve_until_signalled,
+)
 
 log = logging.getLogger("realtime_fsm.bench.relay")
 DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
@@ -190,14 +194,7 @@ async def serve_forever(args: argparse.Namespace) -> None:
         await Relay(args).run(ws)
 
     routes = Routes(websocket={"/media-stream": media}, max_message_bytes=DEFAULT_MAX_MESSAGE_SIZE)
-    server = await serve(routes, args.host, args.port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_signalled(await serve(routes, args.host, args.port))
 
 
 def main(argv: list[str] | None = None) -> int:

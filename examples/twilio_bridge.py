@@ -16,15 +16,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import logging
 import os
-import signal
 
 from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.openai_realtime import Dialect, SessionConfig
 from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
+from realtime_fsm.webserver import serve_until_signalled
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -101,14 +100,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
 
 
 async def serve_forever(config: ServerConfig, host: str, port: int) -> None:
-    server = await start_server(config, host, port)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
-            loop.add_signal_handler(sig, stop.set)
-    async with server:
-        await stop.wait()
+    await serve_until_signalled(await start_server(config, host, port))
 
 
 def main(argv: list[str] | None = None) -> int:

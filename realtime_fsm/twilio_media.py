@@ -589,8 +589,7 @@ class PlaybackTracker:
                 progress.append(ev.PlaybackProgress(item_id=item_id, played_ms=end_ms))
             if key == name:
                 if now is not None:
-                    sent = -(-self._sent.get(item_id, 0) // self._bytes_per_ms)
-                    self._anchor = (item_id, end_ms, now, sent)
+                    self._anchor = (item_id, end_ms, now, self.sent_ms(item_id))
                 break
             self._count("marks_implied")
         self._count("marks_played")

@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import signal
 from collections.abc import Awaitable, Callable, Mapping
 from types import MappingProxyType
 from urllib.parse import parse_qs, urlsplit
@@ -388,3 +389,15 @@ async def serve(routes: Routes, host: str, port: int) -> asyncio.Server:
         await _handle_connection(routes, reader, writer)
 
     return await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
+
+
+async def serve_until_signalled(server: asyncio.Server) -> None:
+    """Serve until SIGINT or SIGTERM (where the loop can watch signals), then close ``server``:
+    the shape of a process whose only job is to serve, like the example bridge."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(sig, stop.set)
+    async with server:
+        await stop.wait()

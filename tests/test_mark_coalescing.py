@@ -8,10 +8,13 @@ anything else comes from OpenAI, so every item is still heard to its end."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 
-from realtime_fsm.bridge import BridgeConfig, CallReport
+from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import ServerConfig, start_server
 from realtime_fsm.testing import (
@@ -24,6 +27,34 @@ from realtime_fsm.testing import (
 from realtime_fsm.twilio_media import MarkName, PlaybackTracker
 
 CHUNK = 160  # 20 ms of mu-law
+
+
+@contextlib.asynccontextmanager
+async def greeted_call(
+    reply: ScriptedReply, caller_config: FakeCallerConfig, **bridge: Any
+) -> AsyncIterator[tuple[FakeRealtimeServer, FakeTwilioCaller]]:
+    """A caller on the example server, bridged to a simulator whose one reply is a greeting
+    (no turn detection), with ``BridgeConfig(**bridge)`` options."""
+    sim_config = FakeRealtimeConfig(realtime_factor=5.0, first_delta_delay_s=0.02, seed=3)
+    async with FakeRealtimeServer(sim_config, replies=[reply]) as sim:
+        config = BridgeConfig(
+            session=SessionConfig(turn_detection=None),
+            greeting="Greet the caller.",
+            **bridge,
+        )
+        server = await start_server(
+            ServerConfig(public_url="http://127.0.0.1", realtime_url=sim.url, bridge=config),
+            "127.0.0.1",
+            0,
+        )
+        port = server.sockets[0].getsockname()[1]
+        try:
+            url = f"ws://127.0.0.1:{port}/media-stream"
+            async with FakeTwilioCaller(url, caller_config) as caller:
+                yield sim, caller
+        finally:
+            server.close()
+            await server.wait_closed()
 
 
 def test_default_marks_every_chunk_and_has_nothing_to_flush() -> None:
@@ -61,43 +92,21 @@ def test_a_new_item_starts_its_own_interval_and_clear_drops_the_tail() -> None:
 
 def test_bridge_with_coalesced_marks_hears_every_item_to_its_end() -> None:
     async def scenario() -> None:
-        sim_config = FakeRealtimeConfig(realtime_factor=5.0, first_delta_delay_s=0.02, seed=3)
         reply = ScriptedReply("Hello there, this is a short greeting.", audio_ms=1040)
-        reports: list[CallReport] = []
-        async with FakeRealtimeServer(sim_config, replies=[reply]) as sim:
-            bridge = BridgeConfig(
-                session=SessionConfig(turn_detection=None),
-                greeting="Greet the caller.",
-                mark_every_ms=100,
+        caller_config = FakeCallerConfig(speed=4.0, seed=1)
+        async with greeted_call(reply, caller_config, mark_every_ms=100) as (sim, caller):
+            await sim.wait_until(lambda: bool(sim.responses) and sim.responses[0].finished, 10.0)
+            record = sim.responses[0]
+            await caller.wait_until(
+                lambda: (
+                    caller.played_ms >= record.audio_ms
+                    and not caller.pending_marks
+                    and bool(caller.marks_echoed)
+                ),
+                10.0,
+                "the greeting to play out",
             )
-            server = await start_server(
-                ServerConfig(public_url="http://127.0.0.1", realtime_url=sim.url, bridge=bridge),
-                "127.0.0.1",
-                0,
-                reports=reports,
-            )
-            port = server.sockets[0].getsockname()[1]
-            try:
-                caller_config = FakeCallerConfig(speed=4.0, seed=1)
-                url = f"ws://127.0.0.1:{port}/media-stream"
-                async with FakeTwilioCaller(url, caller_config) as caller:
-                    await sim.wait_until(
-                        lambda: bool(sim.responses) and sim.responses[0].finished, 10.0
-                    )
-                    record = sim.responses[0]
-                    await caller.wait_until(
-                        lambda: (
-                            caller.played_ms >= record.audio_ms
-                            and not caller.pending_marks
-                            and bool(caller.marks_echoed)
-                        ),
-                        10.0,
-                        "the greeting to play out",
-                    )
-                    ends = [MarkName.parse(name) for _at, name in caller.marks_received]
-            finally:
-                server.close()
-                await server.wait_closed()
+            ends = [MarkName.parse(name) for _at, name in caller.marks_received]
         # One mark per 100 ms whatever the transcript deltas in between, and the last 40 ms
         # marked when the audio ended (response.output_audio.done), before response.done.
         assert record.status == "completed" and record.audio_deltas == 52
@@ -161,40 +170,22 @@ def test_sparse_marks_still_truncate_a_barge_in_at_what_the_caller_heard(estimat
     delays on the way), not the last echoed mark."""
 
     async def scenario() -> tuple[int, float]:
-        sim_config = FakeRealtimeConfig(realtime_factor=5.0, first_delta_delay_s=0.02, seed=3)
         reply = ScriptedReply("A long greeting that the caller will interrupt.", audio_ms=4000)
-        reports: list[CallReport] = []
-        async with FakeRealtimeServer(sim_config, replies=[reply]) as sim:
-            bridge = BridgeConfig(
-                session=SessionConfig(turn_detection=None),
-                greeting="Greet the caller.",
-                mark_every_ms=500,
-                estimate_playback=estimate,
-                accept_text_messages=True,
-            )
-            server = await start_server(
-                ServerConfig(public_url="http://127.0.0.1", realtime_url=sim.url, bridge=bridge),
-                "127.0.0.1",
-                0,
-                reports=reports,
-            )
-            port = server.sockets[0].getsockname()[1]
-            try:
-                caller_config = FakeCallerConfig(speed=1.0, seed=1, text_event="text")
-                url = f"ws://127.0.0.1:{port}/media-stream"
-                async with FakeTwilioCaller(url, caller_config) as caller:
-                    await caller.wait_until(lambda: caller.played_ms >= 1400, 10.0, "1.4 s")
-                    await caller.type_text("wait, stop there")
-                    await caller.wait_until(lambda: bool(caller.clears), 5.0, "the clear")
-                    await sim.wait_until(
-                        lambda: bool(sim.client_events("conversation.item.truncate")), 5.0
-                    )
-                    [truncate] = sim.client_events("conversation.item.truncate")
-                    clear_at = caller.clears[0].at
-                    heard = sum(len(p.data) for p in caller.played if p.ended_at <= clear_at)
-            finally:
-                server.close()
-                await server.wait_closed()
+        caller_config = FakeCallerConfig(speed=1.0, seed=1, text_event="text")
+        async with greeted_call(
+            reply,
+            caller_config,
+            mark_every_ms=500,
+            estimate_playback=estimate,
+            accept_text_messages=True,
+        ) as (sim, caller):
+            await caller.wait_until(lambda: caller.played_ms >= 1400, 10.0, "1.4 s")
+            await caller.type_text("wait, stop there")
+            await caller.wait_until(lambda: bool(caller.clears), 5.0, "the clear")
+            await sim.wait_until(lambda: bool(sim.client_events("conversation.item.truncate")), 5.0)
+            [truncate] = sim.client_events("conversation.item.truncate")
+            clear_at = caller.clears[0].at
+            heard = sum(len(p.data) for p in caller.played if p.ended_at <= clear_at)
         return truncate["audio_end_ms"], heard / 8
 
     end_ms, heard_ms = asyncio.run(asyncio.wait_for(scenario(), 30))
