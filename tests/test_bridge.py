@@ -21,6 +21,7 @@ import openai.types.beta.realtime as beta_types
 import openai.types.realtime as ga_types
 import pytest
 from pydantic import TypeAdapter
+from waiting import poller
 from websockets.protocol import State
 
 from realtime_fsm import META_EVENT_ID, META_REASON, LifecycleConfig, ResponseState
@@ -244,13 +245,7 @@ def speech_started(item: str = "item_user_1") -> Json:
 # ----------------------------------------------------------------------------------- harness
 
 
-async def until(cond: Callable[[], object], what: str = "", timeout: float = 1.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.001)
+until = poller(1.0, 0.001)
 
 
 async def settle() -> None:

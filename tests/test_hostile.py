@@ -38,6 +38,7 @@ import attrs
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from waiting import poller
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
@@ -250,13 +251,7 @@ def stack() -> Iterator[Stack]:
     assert not any(r.end_reason.startswith("internal error") for r in built.reports)
 
 
-async def until(predicate: Any, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    while not predicate():
-        if loop.time() > deadline:
-            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
-        await asyncio.sleep(0.01)
+until = poller(10.0, 0.01)
 
 
 async def finished(stack: Stack, bridge: CallBridge, timeout: float = 10.0) -> CallReport:

@@ -25,6 +25,7 @@ import openai.types.beta.realtime as beta_types
 import openai.types.realtime as ga_types
 import pytest
 from pydantic import TypeAdapter
+from waiting import poller
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
 
@@ -767,13 +768,7 @@ class _Session:
         return [e for e in map(json.loads, self.sent) if e["type"] == kind]
 
 
-async def _until(cond: Any, what: str, timeout: float = 10.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what}")
-        await asyncio.sleep(0.002)
+_until = poller(10.0, 0.002)
 
 
 def _memory_config(**overrides: Any) -> BridgeConfig:

@@ -26,6 +26,7 @@ from typing import Any
 
 import pytest
 from twilio.request_validator import RequestValidator
+from waiting import poller
 from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.client import ClientProtocol
@@ -71,13 +72,7 @@ def run(body: Callable[[], Awaitable[None]], timeout: float = 10.0) -> None:
     asyncio.run(main())
 
 
-async def until(cond: Callable[[], object], what: str = "", timeout: float = 3.0) -> None:
-    loop = asyncio.get_running_loop()
-    end = loop.time() + timeout
-    while not cond():
-        if loop.time() > end:
-            raise AssertionError(f"timed out waiting for {what or cond}")
-        await asyncio.sleep(0.005)
+until = poller(3.0, 0.005)
 
 
 class FakeRealtime:
