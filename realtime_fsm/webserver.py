@@ -35,8 +35,8 @@ MAX_BODY_BYTES = 64 * 1024
 _READ_CHUNK = 64 * 1024
 #: How long closing a WebSocket waits for the peer, to take the close frame and to answer it.
 CLOSE_TIMEOUT = 2.0
-#: Bytes of sent frames held back for one loop iteration before ``send`` writes them at once.
-_CORK_LIMIT = 64 * 1024
+#: Bytes a slow peer may leave unread in the transport before ``send`` waits for it.
+_BUFFER_LIMIT = 64 * 1024
 
 
 @attrs.frozen
@@ -98,9 +98,6 @@ class WebSocket:
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._send_lock = asyncio.Lock()
-        # Frames sent in one loop iteration are written together (see ``send``).
-        self._corked: list[bytes] = []
-        self._corked_bytes = 0
 
     @property
     def closed(self) -> bool:
@@ -162,10 +159,11 @@ class WebSocket:
     async def send(self, message: str | bytes) -> None:
         """Send one message; waits while the peer is slow to read (bounded buffering).
 
-        The frame is written at the end of the current loop iteration, together with any other
-        frame sent in it: a bridge sends a Twilio ``media`` and its ``mark`` back to back, and
-        one write (one system call) for both costs about half of two.  Above ``_CORK_LIMIT``
-        bytes, or when the transport is already backed up, it is written and drained now."""
+        The frame is written now: a frame held for the end of the loop iteration (to write a
+        ``media`` and its ``mark`` in one system call) waited for every other callback of a
+        busy iteration, which was most of a bridge's added latency at 150 calls
+        (``docs/performance.md``).  Only when the transport holds more than
+        ``_BUFFER_LIMIT`` bytes that the peer has not read does it wait for it to drain."""
         async with self._send_lock:
             try:
                 if isinstance(message, str):
@@ -174,29 +172,20 @@ class WebSocket:
                     self._protocol.send_binary(message)
             except InvalidState as exc:
                 raise WebSocketClosed(self.close_code, self.close_reason or "") from exc
-            chunks = self._protocol.data_to_send()
-            if self._writer.is_closing():
+            writer = self._writer
+            if writer.is_closing():
                 raise WebSocketClosed(self.close_code, self.close_reason or "")
-            if not self._corked:
-                asyncio.get_running_loop().call_soon(self._write_corked)
-            for chunk in chunks:
-                self._corked.append(chunk)
-                self._corked_bytes += len(chunk)
-            transport = self._writer.transport
-            if self._corked_bytes + transport.get_write_buffer_size() > _CORK_LIMIT:
-                await self._flush()
-
-    def _write_corked(self) -> None:
-        corked, self._corked = self._corked, []
-        self._corked_bytes = 0
-        if not corked or self._writer.is_closing():
-            return
-        eof = not all(corked)  # an empty chunk: the protocol is done writing
-        data = b"".join(corked)
-        if data:
-            self._writer.write(data)
-        if eof:
-            self._writer.close()
+            for chunk in self._protocol.data_to_send():
+                if chunk:
+                    writer.write(chunk)
+                else:
+                    writer.close()  # the protocol is done writing (it never is while OPEN)
+                    return
+            if writer.transport.get_write_buffer_size() > _BUFFER_LIMIT:
+                try:
+                    await writer.drain()
+                except (ConnectionError, OSError) as exc:
+                    raise WebSocketClosed(self.close_code, str(exc)) from exc
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake, wait briefly for the peer's reply, drop the TCP link.
@@ -231,15 +220,8 @@ class WebSocket:
             await self.recv()
 
     async def _flush(self) -> None:
-        self._write_corked()  # frames sent earlier go first
         chunks = self._protocol.data_to_send()
         if not chunks:
-            # Nothing new, but what was corked may be over the limit: wait for the peer.
-            if self._writer.transport.get_write_buffer_size() > _CORK_LIMIT:
-                try:
-                    await self._writer.drain()
-                except (ConnectionError, OSError) as exc:
-                    raise WebSocketClosed(self.close_code, str(exc)) from exc
             return
         if self._writer.is_closing():
             raise WebSocketClosed(self.close_code, self.close_reason or "")

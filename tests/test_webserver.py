@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Awaitable, Callable
@@ -10,6 +12,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.sync.client import connect as sync_connect
 
 from realtime_fsm.webserver import HttpRequest, HttpResponse, Routes, WebSocket, serve
 
@@ -95,3 +98,37 @@ def test_gate_refuses_the_upgrade_before_any_frame() -> None:
         assert info.value.response.status_code == 404
 
     run(body)
+
+
+def test_send_writes_the_frame_before_it_returns() -> None:
+    """A frame goes to the socket in ``send`` itself, not at the end of the loop iteration: the
+    handler below blocks its loop right after sending until a client in another thread has
+    received the frame, which it could never do if the write waited for the loop."""
+    received = threading.Event()
+
+    async def handler(ws: WebSocket) -> None:
+        await ws.recv()
+        await ws.send("frame")
+        # Blocks the event loop on purpose: nothing scheduled for later can run meanwhile.
+        got_it = received.wait(timeout=10)
+        await ws.send("yes" if got_it else "no")
+
+    def client(port: int) -> list[str | bytes]:
+        with sync_connect(f"ws://127.0.0.1:{port}/media-stream", open_timeout=10) as ws:
+            ws.send("go")
+            first = ws.recv(timeout=10)
+            received.set()
+            return [first, ws.recv(timeout=10)]
+
+    async def main() -> None:
+        server = await serve(Routes(websocket={"/media-stream": handler}), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            started = time.monotonic()
+            frames = await asyncio.wait_for(asyncio.to_thread(client, port), timeout=30)
+            assert frames == ["frame", "yes"], (frames, time.monotonic() - started)
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
