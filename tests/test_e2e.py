@@ -380,6 +380,12 @@ def test_barge_in_storm(server_creates: bool) -> None:
         assert_clean_end(report, caller)
         assert report.given_up == []
         assert report.lifecycle_stats.get("texts_delivered") == 5
+        # The message counters (the load benchmark's unit of work) agree with the records.
+        assert sim.messages_sent == len(sim.sent) > 0
+        assert sim.messages_received == len(sim.received) > 0
+        assert caller.messages_sent == caller.media_sent + len(caller.sent)
+        heard = len(caller.media_received) + len(caller.marks_received) + len(caller.clears)
+        assert caller.messages_received == heard > 0
 
     run(scenario())
 

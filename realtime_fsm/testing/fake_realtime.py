@@ -837,6 +837,7 @@ class FakeRealtimeConnection:
         text = json.dumps(event)
         server = self._server
         for _ in range(2 if twice else 1):
+            server.messages_sent += 1
             self._out.put_nowait(text)
             if server.config.record_events:
                 server._record_sent(self.index, json.loads(text), injected)
@@ -877,6 +878,7 @@ class FakeRealtimeConnection:
 
     def _on_message(self, message: str | bytes) -> None:
         now = time.monotonic()
+        self._server.messages_received += 1
         if isinstance(message, bytes):
             self._server._record_received(now, self.index, {"raw_bytes": len(message)})
             self._send_error("invalid_json", "Binary frames are not supported.", param=None)
@@ -1827,6 +1829,10 @@ class FakeRealtimeServer:
         self.injected_error_counts: Counter[str] = Counter()
         #: WebSocket handshakes answered with HTTP 503 (see :meth:`refuse_connections`).
         self.refused = 0
+        #: Messages queued for the sockets and messages received, on all connections, kept
+        #: even with ``record_events=False``: the client's share of the traffic.
+        self.messages_sent = 0
+        self.messages_received = 0
         self._refuse = 0
 
     # -- start / stop ------------------------------------------------------------------------

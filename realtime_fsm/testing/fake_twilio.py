@@ -318,6 +318,10 @@ class FakeTwilioCaller:
         #: Non-media messages the caller sent, ``(time, message)``.
         self.sent: list[tuple[float, JSON]] = []
         self.media_sent = 0
+        #: Every message the caller queued or sent (media included), and every text frame it
+        #: received: the bridge's share of the traffic, for measuring work per message.
+        self.messages_sent = 0
+        self.messages_received = 0
         self.speech_frames_sent = 0
         #: When each burst of speech started (its first loud frame was queued), for measuring
         #: how fast a bridge reacts to barge-in (compare with :attr:`clears`).
@@ -525,6 +529,7 @@ class FakeTwilioCaller:
             message = {"event": message["event"], "sequenceNumber": str(self._seq), **message}
         if message["event"] != "media":
             self.sent.append((time.monotonic(), message))
+        self.messages_sent += 1
         self._out.put_nowait(message)
 
     async def _writer(self) -> None:
@@ -587,6 +592,7 @@ class FakeTwilioCaller:
                 + self._media_tail
             )
             self.media_sent += 1
+            self.messages_sent += 1
             if speaking and not was_speaking:
                 self.speech_started_at.append(time.monotonic())
             was_speaking = speaking
@@ -632,6 +638,7 @@ class FakeTwilioCaller:
 
     def _on_message(self, message: str | bytes) -> None:
         now = time.monotonic()
+        self.messages_received += 1
         if isinstance(message, bytes):
             self._violation("binary frame (Twilio warning 31950: use JSON text frames)")
             return
