@@ -91,6 +91,45 @@ def call_script(offset: float, total_s: float) -> tuple[Speak | TypeText, ...]:
     return tuple(s for s in steps if s.at_s < total_s)
 
 
+def server_messages(sim: FakeRealtimeServer, callers: list[FakeTwilioCaller]) -> int:
+    """Every WebSocket message the server under test received or sent so far, counted at the
+    other ends (the simulator and the callers): its whole traffic, not only the media."""
+    total = sim.messages_sent + sim.messages_received
+    for caller in callers:
+        total += caller.messages_sent + caller.messages_received
+    return total
+
+
+class LagProbe:
+    """How late this process's event loop runs a timer: what a frame arriving at a random
+    moment waits here before its callback runs, on top of the server under test.
+
+    A timer every ``period`` s records how late it ran (``time.monotonic``); uvloop's timers
+    fire on a 1 ms clock, so figures under 1 ms are that clock, not load."""
+
+    def __init__(self, m: Measurements, period: float = 0.005) -> None:
+        self.m = m
+        self.period = period
+        self.lags_ms: list[float] = []
+        self._due = 0.0
+        self._handle: asyncio.TimerHandle | None = None
+
+    def start(self) -> None:
+        self._due = time.monotonic() + self.period
+        self._handle = asyncio.get_running_loop().call_later(self.period, self._tick)
+
+    def stop(self) -> None:
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        if self.m.in_window(now):
+            self.lags_ms.append((now - self._due) * 1e3)
+        self._due = now + self.period
+        self._handle = asyncio.get_running_loop().call_later(self.period, self._tick)
+
+
 def percentile(values: list[float], q: float) -> float | None:
     if not values:
         return None
@@ -206,9 +245,12 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             at = started + ramp * (i + 1) / args.calls + phase_rng.uniform(0.0, FRAME_S)
             await asyncio.sleep(max(0.0, at - time.monotonic()))
         await asyncio.sleep(args.warmup)
+        lag = LagProbe(m)
+        lag.start()
         t0 = time.monotonic()
         m.window = (t0, t0 + args.duration)
         own0, server0 = time.process_time(), cpu_seconds(args.server_pid)
+        messages0 = server_messages(sim, callers)
         end = t0 + args.duration
         while time.monotonic() < end:
             await asyncio.sleep(min(2.0, max(0.0, end - time.monotonic())))
@@ -221,6 +263,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.monotonic() - t0
         own = time.process_time() - own0
         server = cpu_seconds(args.server_pid) - server0
+        messages = server_messages(sim, callers) - messages0
+        lag.stop()
         closed_early = sum(1 for c in callers if c.closed)
         reactions = barge_in_reactions(m, callers)
         violations = sum(len(c.violations) for c in callers)
@@ -237,6 +281,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "server_core_share": server / wall,
         "loadgen_cpu_s": round(own, 3),
         "loadgen_core_share": own / wall,
+        "server_messages": messages,
+        "server_cpu_us_per_message": server * 1e6 / messages if messages else None,
         "up_frames": m.up_frames,
         "down_frames": m.down_frames,
         "expected_up_frames": int(args.calls * wall * 50),
@@ -247,7 +293,13 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         "responses": responses,
         "cancelled": cancelled,
     }
-    for name, values in (("up", m.up_ms), ("down", m.down_ms), ("barge", reactions)):
+    series = (
+        ("up", m.up_ms),
+        ("down", m.down_ms),
+        ("barge", reactions),
+        ("loadgen_lag", lag.lags_ms),
+    )
+    for name, values in series:
         for q in (50, 99):
             result[f"{name}_p{q}_ms"] = percentile(values, q)
         result[f"{name}_max_ms"] = max(values) if values else None

@@ -5,6 +5,7 @@ orchestrator, the load generator and both servers produces figures for both serv
 
 from __future__ import annotations
 
+import os
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -13,14 +14,42 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from benchmarks.bench_load import combine, markdown, paired_ratios, run_one
+from benchmarks.bench_load import (
+    best_rows,
+    combine,
+    markdown,
+    paired_ratios,
+    run_one,
+    variants_table,
+)
 
 
-def test_two_calls_through_bridge_and_relay() -> None:
+def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
+    """The bridge with its event loop measured (``--loop-stats``), both pinned (``--pin``)."""
+    cpu = min(os.sched_getaffinity(0))
     with ThreadPoolExecutor(2) as pool:
-        futures = [pool.submit(run_one, kind, 2, 1.5, 0.5, None) for kind in ("bridge", "relay")]
+        futures = [
+            pool.submit(
+                run_one,
+                kind,
+                2,
+                1.5,
+                0.5,
+                None,
+                loop_stats_dir=tmp_path if kind == "bridge" else None,
+                pin=(cpu, cpu),
+            )
+            for kind in ("bridge", "relay")
+        ]
         bridge, relay = (f.result(timeout=120) for f in futures)
+    assert bridge["loop_iterations"] > 0 and 0 < bridge["loop_busy_share"] < 1
+    assert sum(bridge["loop_stats"]["busy_wall_count"]) == bridge["loop_iterations"]
+    assert "loop_stats" not in relay
     for result in (bridge, relay):
+        # Every message counted at the other ends: at least the media both ways.
+        assert result["server_messages"] >= result["up_frames"] + result["down_frames"]
+        assert result["server_cpu_us_per_message"] is not None
+        assert result["loadgen_lag_p99_ms"] is not None
         assert result["calls"] == 2
         assert result["closed_early"] == 0
         assert result["violations"] == 0
@@ -79,3 +108,42 @@ def test_the_load_generator_runs_on_uvloop_when_asked() -> None:
     assert result["loadgen_loop"] == "uvloop"
     assert result["closed_early"] == 0 and result["violations"] == 0
     assert result["up_frames"] > 0 and result["down_frames"] > 0
+
+
+def test_least_disturbed_rounds_take_each_figure_at_its_lowest() -> None:
+    def run(cpu: float, p99: float) -> dict[str, object]:
+        return {
+            "calls": 150,
+            "server_cpu_per_call_min": cpu,
+            "server_cpu_us_per_frame": cpu * 200,
+            "server_cpu_us_per_message": cpu * 100,
+            "up_p50_ms": 0.5,
+            "up_p99_ms": p99,
+            "down_p50_ms": 1.0,
+            "down_p99_ms": p99 + 1,
+            "barge_p50_ms": 1.0,
+            "barge_p99_ms": p99,
+            "barge_ins": 4,
+            "loadgen_core_share": 0.6,
+            "server_core_share": 0.4,
+            "up_frames": 1000,
+            "expected_up_frames": 1000,
+            "down_frames": 500,
+            "closed_early": 0,
+            "sim_errors": {},
+        }
+
+    # The bridge's quiet round had the higher p99 of its two: each figure is taken on its own.
+    bridge = combine([run(0.30, 3.0), run(0.20, 8.0)])
+    relay = combine([run(0.18, 2.0), run(0.25, 6.0)])
+    (best_b,), (best_r,) = best_rows([bridge]), best_rows([relay])
+    assert best_b["server_cpu_per_call_min"] == 0.20 and best_b["up_p99_ms"] == 3.0
+    assert best_r["server_cpu_per_call_min"] == 0.18 and best_r["down_p99_ms"] == 3.0
+    assert paired_ratios(best_b, best_r, "server_cpu_per_call_min") == [0.20 / 0.18]
+    assert bridge["runs"][1]["up_p99_ms"] == 8.0  # the rows themselves are untouched
+    text = markdown([bridge], [relay], "test", "test machine", None)
+    assert "#### Least-disturbed rounds" in text
+    assert "| 150 | 1.11x |" in text  # 0.20 / 0.18
+    assert "bridge 150, relay 150" in text  # best p99s 3.0 / 4.0 ms on both sides
+    table = variants_table({"bridge": [bridge], "relay": [relay]}, ["bridge", "relay"])
+    assert "| bridge | 150 | 0.250 |" in table and "1.67x, 0.80x" in table
