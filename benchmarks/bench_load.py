@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.loadgen import free_port
+from benchmarks.loop_stats import read_iterations
 
 ROOT = Path(__file__).resolve().parent.parent
 SERVERS = ("bridge", "relay")
@@ -158,7 +159,8 @@ def run_one(
     result["server_cpu_us_per_frame"] = result["server_cpu_s"] * 1e6 / frames if frames else None
     result["server_log_lines"] = len([x for x in (server_err or "").splitlines() if x.strip()])
     if loop_stats is not None and loop_stats.exists():
-        result.update(loop_figures(json.loads(loop_stats.read_text())))
+        lo, hi = result["window_monotonic"]
+        result.update(loop_figures(loop_stats, (lo, hi)))
     return result
 
 
@@ -169,31 +171,57 @@ def _pinned(cpu: int) -> Callable[[], None]:
     return pin
 
 
-def loop_figures(stats: dict[str, Any]) -> dict[str, Any]:
-    """Flat figures from ``loop_stats.py``'s output (medians of them make sense across rounds).
+#: Upper edges of the iteration-length bins in the loop figures, in ms (the last bin is open).
+LOOP_EDGES_MS = (0.1, 0.2, 0.5, 1.0, 2.0, 5.0, 10.0)
 
-    ``loop_wait99_ms``: the bin edge below which 99% of the busy time lies, i.e. how long the
-    iteration under way can be when a frame arrives at a random busy moment.
-    ``loop_preempted``: the share of the busy wall time the process spent without a core."""
-    busy = stats["busy_wall_s"]
-    total = busy + stats["select_wall_s"]
-    edges = [*stats["edges_ms"], float("inf")]
+
+def loop_figures(path: Path, window: tuple[float, float]) -> dict[str, Any]:
+    """The server's event loop over the steady window, from what ``loop_stats.py`` recorded.
+
+    ``loop_wait99_ms``: the iteration length that 99% of the busy time stays under, i.e. how
+    long the iteration under way can be when a frame arrives at a random busy moment;
+    ``loop_busy_share_over_ms``: the share of the busy time in iterations of at least each
+    :data:`LOOP_EDGES_MS`; ``loop_preempted``: the share of the busy wall time spent without
+    a core; ``loop_gc``: the garbage collections per generation, their total and longest."""
+    iterations, collections = read_iterations(path)
+    lo, hi = window
+    rows = [r for r in iterations if lo <= r[0] <= hi]
+    busy = sum(r[1] for r in rows)
+    busy_cpu = sum(r[2] for r in rows)
+    waited = sum(r[3] for r in rows)
+    lengths = sorted(r[1] for r in rows)
     wait99 = None
-    if busy > 0:
-        seen = 0.0
-        for edge, in_bin in zip(edges, stats["busy_wall_s_in_bin"], strict=True):
-            seen += in_bin
-            if seen >= 0.99 * busy:
-                wait99 = edge
-                break
+    seen = 0.0
+    for length in lengths:
+        seen += length
+        if seen >= 0.99 * busy:
+            wait99 = length * 1e3
+            break
+    over = {
+        f"{edge:g}": sum(x for x in lengths if x * 1e3 >= edge) / busy if busy else None
+        for edge in LOOP_EDGES_MS
+    }
+    gc_in = [c for c in collections if lo <= c[0] <= hi]
+    gc = {
+        str(g): {
+            "count": sum(1 for c in gc_in if c[1] == g),
+            "total_ms": sum(c[2] for c in gc_in if c[1] == g) * 1e3,
+            "max_ms": max((c[2] * 1e3 for c in gc_in if c[1] == g), default=0.0),
+        }
+        for g in (0, 1, 2)
+    }
+    preempted = sum(r[1] - r[2] for r in rows if r[1] - r[2] >= 1e-3)
     return {
-        "loop_stats": stats,
-        "loop_busy_share": busy / total if total else None,
-        "loop_iterations": stats["iterations"],
-        "loop_mean_busy_ms": busy * 1e3 / stats["iterations"] if stats["iterations"] else None,
+        "loop_iterations": len(rows),
+        "loop_busy_share": busy / (busy + waited) if busy + waited else None,
+        "loop_busy_cpu_s": busy_cpu,
+        "loop_mean_busy_ms": busy * 1e3 / len(rows) if rows else None,
         "loop_wait99_ms": wait99,
-        "loop_preempted": stats["preempted_s"] / busy if busy else None,
-        "loop_ready_per_iteration": stats["ready_per_iteration"],
+        "loop_longest_ms": lengths[-1] * 1e3 if lengths else None,
+        "loop_busy_share_over_ms": over,
+        "loop_preempted": preempted / busy if busy else None,
+        "loop_ready_per_iteration": sum(r[4] for r in rows) / len(rows) if rows else None,
+        "loop_gc": gc,
     }
 
 
@@ -659,15 +687,21 @@ def main(argv: list[str] | None = None) -> int:
                     f" ({time.monotonic() - t:.0f} s)",
                     file=sys.stderr,
                 )
-                if "loop_stats" in r:
+                if "loop_iterations" in r:
+                    gc = r["loop_gc"]
                     print(
-                        f"#   loop: busy {r['loop_busy_share']:.0%},"
+                        f"#   loop in the window: busy {r['loop_busy_share']:.0%},"
                         f" {r['loop_iterations']} iterations,"
                         f" mean {_f(r['loop_mean_busy_ms'], 3)} ms,"
-                        f" 99% of busy time in iterations < {_f(r['loop_wait99_ms'], 1)} ms,"
-                        f" preempted {r['loop_preempted']:.0%} of busy time,"
-                        f" {_f(r['loop_ready_per_iteration'], 2)} sockets ready per iteration,"
-                        f" longest {r['loop_stats']['max_busy_ms']:.1f} ms",
+                        f" 99% of busy time in iterations < {_f(r['loop_wait99_ms'])} ms,"
+                        f" in iterations >= 2 / 5 ms:"
+                        f" {r['loop_busy_share_over_ms']['2']:.2%} / "
+                        f"{r['loop_busy_share_over_ms']['5']:.2%},"
+                        f" longest {_f(r['loop_longest_ms'], 1)} ms,"
+                        f" preempted {r['loop_preempted']:.1%} of busy time,"
+                        f" {_f(r['loop_ready_per_iteration'], 2)} sockets ready per iteration;"
+                        " gc per generation (count, longest ms): "
+                        + ", ".join(f"{g['count']} {g['max_ms']:.1f}" for g in gc.values()),
                         file=sys.stderr,
                     )
         for kind in kinds:

@@ -276,6 +276,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     result: dict[str, Any] = {
         "calls": args.calls,
         "window_s": round(wall, 3),
+        # time.monotonic() is system-wide: a server's own records can be cut to this window.
+        "window_monotonic": [t0, t0 + wall],
         "server_cpu_s": round(server, 3),
         "server_cpu_per_call_min": server / call_minutes,
         "server_core_share": server / wall,

@@ -42,9 +42,11 @@ def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
             for kind in ("bridge", "relay")
         ]
         bridge, relay = (f.result(timeout=120) for f in futures)
+    # Its loop, cut to the load generator's window (one system-wide monotonic clock).
     assert bridge["loop_iterations"] > 0 and 0 < bridge["loop_busy_share"] < 1
-    assert sum(bridge["loop_stats"]["busy_wall_count"]) == bridge["loop_iterations"]
-    assert "loop_stats" not in relay
+    assert 0 < bridge["loop_wait99_ms"] <= bridge["loop_longest_ms"]
+    assert set(bridge["loop_gc"]) == {"0", "1", "2"}
+    assert "loop_iterations" not in relay
     for result in (bridge, relay):
         # Every message counted at the other ends: at least the media both ways.
         assert result["server_messages"] >= result["up_frames"] + result["down_frames"]
