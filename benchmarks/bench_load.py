@@ -2,15 +2,21 @@
 through a bare relay, each server in its own fresh process, the simulator and the callers in
 another (``benchmarks/loadgen.py``), loopback only.
 
-    python -m benchmarks.bench_load --ns 10,50,100,150,200 --duration 30 \\
+    python -m benchmarks.bench_load --ns 10,50,100,150,200 --duration 15 --repeat 4 \\
         --plot docs/load.png --markdown docs/load.md
 
-For each N, the bridge (``examples/twilio_bridge.py``) and then the relay (``benchmarks/relay.py``)
-serve N calls at real-time pace; the tables give the server's CPU per call-minute, the latency of
-media frames in each direction, the barge-in reaction (bridge only), and the load generator's own
-CPU.  A row whose load generator used 90% of a core or more is marked: there, the load generator
-(not the server) may be what limits the figures.  The bridge/relay ratios come from the same run.
-``--profile DIR`` runs each server under cProfile and writes ``DIR/<server>-<N>.prof``.
+For each N and round, the bridge (``examples/twilio_bridge.py``) and the relay
+(``benchmarks/relay.py``) serve N calls at real-time pace, back to back; the tables give the
+server's CPU per call-minute, per media frame and per message, the latency of media frames in
+each direction, the barge-in reaction (bridge only), and the load generator's own CPU and
+lateness.  A row whose load generator used 90% of a core or more is marked: there, the load
+generator (not the server) may be what limits the figures.  The bridge/relay ratios are paired
+by round; medians and the least-disturbed (lowest) rounds are both reported.
+
+``--pin auto`` (default) gives the server and the load generator a CPU each; ``--servers
+bridge@DIR`` adds another tree's bridge to the same rounds; ``--profile DIR`` runs each server
+under cProfile (``DIR/<server>-<N>.prof``); ``--loop-stats DIR`` under ``loop_stats.py``
+(event-loop iterations and garbage collections, cut to the steady window).
 """
 
 from __future__ import annotations
