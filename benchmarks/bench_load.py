@@ -36,7 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import free_port
+from benchmarks.loadgen import SCRIPTS, free_port
 from benchmarks.loop_stats import read_iterations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -92,6 +92,7 @@ def run_one(
     loadgen_loop: str = "asyncio",
     loop_stats_dir: Path | None = None,
     pin: tuple[int, int] | None = None,
+    script: str = "realistic",
 ) -> dict[str, Any]:
     """One run: a server process and the load generator's, each pinned to a CPU of its own
     when ``pin`` is ``(server_cpu, loadgen_cpu)``."""
@@ -138,6 +139,8 @@ def run_one(
                 str(warmup),
                 "--loop",
                 loadgen_loop,
+                "--script",
+                script,
             ],
             cwd=ROOT,
             env=env,
@@ -623,6 +626,13 @@ def main(argv: list[str] | None = None) -> int:
         help="the load generator's event loop; auto: uvloop if installed (the 'bench' extra)",
     )
     p.add_argument(
+        "--script",
+        choices=SCRIPTS,
+        default="realistic",
+        help="the callers' script: realistic (the goals' one) or matched (only what a bare relay"
+        " handles like the bridge: the same audio both ways, so the ratio is the bridge's cost)",
+    )
+    p.add_argument(
         "--pin",
         choices=("auto", "off"),
         default="auto",
@@ -658,6 +668,7 @@ def main(argv: list[str] | None = None) -> int:
     before = f"{machine()}; load generator on {loadgen_loop}, servers on asyncio"
     if pin is not None:
         before += f"; server pinned to CPU {pin[0]}, load generator to CPU {pin[1]}"
+    before += f"; {args.script} script"
     print(f"# {before}", file=sys.stderr)
     results: dict[str, list[dict[str, Any]]] = {k: [] for k in (*SERVERS, *kinds)}
     for n in ns:
@@ -679,6 +690,7 @@ def main(argv: list[str] | None = None) -> int:
                     loadgen_loop,
                     loop_stats_dir,
                     pin,
+                    args.script,
                 )
                 runs[token].append(r)
                 print(

@@ -76,19 +76,35 @@ def reply_source(ctx: ReplyContext) -> ScriptedReply:
     return ScriptedReply(_REPLY, faults=_SILENT if ctx.number % 4 == 0 else None)
 
 
-def call_script(offset: float, total_s: float) -> tuple[Speak | TypeText, ...]:
+def matched_reply_source(_ctx: ReplyContext) -> ScriptedReply:
+    """The matched script's replies: never silent (a relay would not retry them)."""
+    return ScriptedReply(_REPLY)
+
+
+def call_script(
+    offset: float, total_s: float, *, typed: bool = True
+) -> tuple[Speak | TypeText, ...]:
     """The caller's part: speak to a quiet assistant, talk over its answer, type over the next.
 
     Assistant answer to the first speech: about 1.5-5.4 s into the cycle; the barge-in at 3.0 s
-    cuts it; the answer to that (about 4.1-8.0 s) is cut by the typed text at 6.0 s."""
+    cuts it; the answer to that (about 4.1-8.0 s) is cut by the typed text at 6.0 s.  Without
+    ``typed`` (the matched script) that answer plays to its end."""
     steps: list[Speak | TypeText] = []
     start = offset
     while start < total_s:
         steps.append(Speak(start, 1.0))
         steps.append(Speak(start + 3.0, 0.6))
-        steps.append(TypeText(start + 6.0, "Actually, what are your opening hours?"))
+        if typed:
+            steps.append(TypeText(start + 6.0, "Actually, what are your opening hours?"))
         start += CYCLE_S
     return tuple(s for s in steps if s.at_s < total_s)
+
+
+#: ``realistic``: the script the goals are judged on (typed text over an answer, a silent
+#: response now and then).  ``matched``: only what a bare relay handles the same way as the
+#: bridge (speech, and speech over an answer, which the simulator's VAD cancels by itself), so
+#: both servers carry the same audio and the ratio is the cost of the bridge alone.
+SCRIPTS = ("realistic", "matched")
 
 
 def server_messages(sim: FakeRealtimeServer, callers: list[FakeTwilioCaller]) -> int:
@@ -224,8 +240,10 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     # same 20 ms grid: N frames arrived as one burst, and the last of a burst waited for all the
     # others, which made up most of the p99 at N >= 100 for both servers.
     phase_rng = random.Random(7)
+    matched = args.script == "matched"
+    replies = matched_reply_source if matched else reply_source
     async with FakeRealtimeServer(
-        config, replies=reply_source, on_append=m.on_append, on_event=m.on_event
+        config, replies=replies, on_append=m.on_append, on_event=m.on_event
     ) as sim:
         host, port = args.url.split("//", 1)[1].split("/", 1)[0].rsplit(":", 1)
         await wait_for_port(host, int(port), 20.0)
@@ -236,7 +254,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
                 stamp_source=i,
                 record_audio=False,
                 text_event="text",
-                script=call_script(2.0 + rng.uniform(0, CYCLE_S), total + 5),
+                script=call_script(2.0 + rng.uniform(0, CYCLE_S), total + 5, typed=not matched),
                 seed=i,
             )
             caller = FakeTwilioCaller(args.url, cfg, on_media=m.on_media)
@@ -275,6 +293,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     call_minutes = args.calls * wall / 60
     result: dict[str, Any] = {
         "calls": args.calls,
+        "script": args.script,
         "window_s": round(wall, 3),
         # time.monotonic() is system-wide: a server's own records can be cut to this window.
         "window_monotonic": [t0, t0 + wall],
@@ -316,6 +335,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--server-pid", type=int, required=True)
     p.add_argument("--duration", type=float, default=30.0, help="steady window, seconds")
     p.add_argument("--warmup", type=float, default=3.0)
+    p.add_argument(
+        "--script",
+        choices=SCRIPTS,
+        default="realistic",
+        help="realistic: typed text and silent responses too; matched: only what both servers"
+        " handle alike (see SCRIPTS)",
+    )
     p.add_argument(
         "--loop",
         choices=("asyncio", "uvloop"),

@@ -149,3 +149,29 @@ def test_least_disturbed_rounds_take_each_figure_at_its_lowest() -> None:
     assert "bridge 150, relay 150" in text  # best p99s 3.0 / 4.0 ms on both sides
     table = variants_table({"bridge": [bridge], "relay": [relay]}, ["bridge", "relay"])
     assert "| bridge | 150 | 0.250 |" in table and "1.67x, 0.80x" in table
+
+
+def test_the_matched_script_has_no_typed_text_and_no_silent_reply() -> None:
+    """``--script matched``: only what a bare relay handles like the bridge."""
+    from benchmarks.loadgen import (
+        call_script,
+        matched_reply_source,
+        parse_args,
+        reply_source,
+    )
+    from realtime_fsm.testing import ReplyContext, Speak, TypeText
+
+    realistic = call_script(0.0, 30.0)
+    matched = call_script(0.0, 30.0, typed=False)
+    assert any(isinstance(step, TypeText) for step in realistic)
+    assert all(isinstance(step, Speak) for step in matched)
+    assert [s for s in realistic if isinstance(s, Speak)] == list(matched)
+
+    def ctx(number: int) -> ReplyContext:
+        return ReplyContext("resp_1", 0, number, "server_vad", False, "", None, None)
+
+    assert any(reply_source(ctx(n)).faults is not None for n in range(1, 9))
+    assert all(matched_reply_source(ctx(n)).faults is None for n in range(1, 9))
+    args = ["--calls", "1", "--url", "ws://127.0.0.1:1/x", "--sim-port", "2", "--server-pid", "3"]
+    assert parse_args(args).script == "realistic"
+    assert parse_args([*args, "--script", "matched"]).script == "matched"
