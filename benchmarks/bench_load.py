@@ -32,7 +32,6 @@ import statistics
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -102,7 +101,8 @@ def run_one(
     if loop_stats_dir is not None:
         loop_stats = loop_stats_dir / f"{kind}-{calls}-{time.monotonic_ns()}.json"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    server = subprocess.Popen(
+    server = _spawn(
+        None if pin is None else pin[0],
         server_command(
             kind,
             port,
@@ -117,10 +117,10 @@ def run_one(
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=None if pin is None else _pinned(pin[0]),
     )
     try:
-        loadgen = subprocess.run(
+        loadgen = _run(
+            None if pin is None else pin[1],
             [
                 sys.executable,
                 "-m",
@@ -142,13 +142,9 @@ def run_one(
                 "--script",
                 script,
             ],
+            timeout=duration + warmup + calls / 10 + 120,
             cwd=ROOT,
             env=env,
-            capture_output=True,
-            text=True,
-            timeout=duration + warmup + calls / 10 + 120,
-            check=False,
-            preexec_fn=None if pin is None else _pinned(pin[1]),
         )
     finally:
         server.terminate()
@@ -173,11 +169,28 @@ def run_one(
     return result
 
 
-def _pinned(cpu: int) -> Callable[[], None]:
-    def pin() -> None:
-        os.sched_setaffinity(0, {cpu})
+def _spawn(cpu: int | None, cmd: list[str], **kwargs: Any) -> subprocess.Popen[str]:
+    """Start ``cmd``, then pin it to ``cpu`` by its pid (a ``preexec_fn`` is not safe with
+    threads, and the smoke test starts runs from two)."""
+    proc: subprocess.Popen[str] = subprocess.Popen(cmd, **kwargs)
+    if cpu is not None:
+        with contextlib.suppress(ProcessLookupError):
+            os.sched_setaffinity(proc.pid, {cpu})
+    return proc
 
-    return pin
+
+def _run(
+    cpu: int | None, cmd: list[str], *, timeout: float, **kwargs: Any
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(cmd, capture_output=True, text=True, timeout=...)``, pinned."""
+    proc = _spawn(cpu, cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kwargs)
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.communicate()
+        raise
+    return subprocess.CompletedProcess(cmd, proc.returncode, out, err)
 
 
 #: Upper edges of the iteration-length bins in the loop figures, in ms (the last bin is open).
@@ -674,7 +687,8 @@ def main(argv: list[str] | None = None) -> int:
     for n in ns:
         runs: dict[str, list[dict[str, Any]]] = {k: [] for k in kinds}
         for round_ in range(args.repeat):
-            # Rotate who goes first, so a drift of the machine does not favour one server.
+            # Rotate who goes first, so a drift of the machine does not favour one server (with
+            # more than two servers, use a number of rounds that is a multiple of their count).
             shift = round_ % len(kinds)
             for token in kinds[shift:] + kinds[:shift]:
                 kind, _, root = token.partition("@")
@@ -685,7 +699,7 @@ def main(argv: list[str] | None = None) -> int:
                     args.duration,
                     args.warmup,
                     profile_dir,
-                    Path(root or args.server_root),
+                    Path(root or args.server_root).resolve(),
                     tuple(shlex.split(args.bridge_args)),
                     loadgen_loop,
                     loop_stats_dir,
@@ -705,7 +719,7 @@ def main(argv: list[str] | None = None) -> int:
                     f" ({time.monotonic() - t:.0f} s)",
                     file=sys.stderr,
                 )
-                if "loop_iterations" in r:
+                if r.get("loop_iterations"):  # none in the window: nothing to print
                     gc = r["loop_gc"]
                     print(
                         f"#   loop in the window: busy {r['loop_busy_share']:.0%},"
@@ -727,7 +741,10 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=1) + "\n")
     if not results["bridge"] or not results["relay"]:
-        print(variants_table(results, kinds))  # no pair to judge the goals on
+        text = variants_table(results, kinds)  # no bridge-relay pair to judge the goals on
+        if args.markdown:
+            Path(args.markdown).write_text(text)
+        print(text)
         return 0
     if args.plot:
         write_plot(results["bridge"], results["relay"], args.plot)

@@ -20,8 +20,8 @@ LOOPBACK_HOST = "127.0.0.1"
 
 def openai_id(prefix: str, rng: random.Random) -> str:
     """An id shaped like OpenAI's (``resp_C4IHTez0STfDDIteKgMyW``: prefix, ``_``, 21 chars)."""
-    # 21 random bytes mapped to characters, not 21 ``choice`` calls: the simulator mints one id
-    # per event it sends, and at 150 calls that loop was 7% of the load generator's CPU.
+    # 21 random bytes mapped to characters, not 21 ``choice`` calls (0.25 us against 3.3): the
+    # simulator mints one id per event it sends, thousands a second in a load run.
     return prefix + "_" + rng.randbytes(21).translate(_ALNUM_OF_BYTE).decode("ascii")
 
 
