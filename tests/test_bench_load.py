@@ -52,6 +52,9 @@ def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
         assert result["server_messages"] >= result["up_frames"] + result["down_frames"]
         assert result["server_cpu_us_per_message"] is not None
         assert result["loadgen_lag_p99_ms"] is not None
+        assert result["server_user_s"] + result["server_sys_s"] == pytest.approx(
+            result["server_cpu_s"], abs=0.002
+        )
         assert result["calls"] == 2
         assert result["closed_early"] == 0
         assert result["violations"] == 0
