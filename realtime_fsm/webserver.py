@@ -172,20 +172,7 @@ class WebSocket:
                     self._protocol.send_binary(message)
             except InvalidState as exc:
                 raise WebSocketClosed(self.close_code, self.close_reason or "") from exc
-            writer = self._writer
-            if writer.is_closing():
-                raise WebSocketClosed(self.close_code, self.close_reason or "")
-            for chunk in self._protocol.data_to_send():
-                if chunk:
-                    writer.write(chunk)
-                else:
-                    writer.close()  # the protocol is done writing (it never is while OPEN)
-                    return
-            if writer.transport.get_write_buffer_size() > _BUFFER_LIMIT:
-                try:
-                    await writer.drain()
-                except (ConnectionError, OSError) as exc:
-                    raise WebSocketClosed(self.close_code, str(exc)) from exc
+            await self._flush(drain_above=_BUFFER_LIMIT)
 
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake, wait briefly for the peer's reply, drop the TCP link.
@@ -219,7 +206,10 @@ class WebSocket:
         while self._protocol.state is not State.CLOSED:
             await self.recv()
 
-    async def _flush(self) -> None:
+    async def _flush(self, drain_above: int = -1) -> None:
+        """Write what the protocol has to send, then wait for the peer while the transport
+        holds more than ``drain_above`` unread bytes (-1: always ask ``drain``, which waits
+        only above the transport's own high-water mark)."""
         chunks = self._protocol.data_to_send()
         if not chunks:
             return
@@ -233,6 +223,8 @@ class WebSocket:
                 eof = True  # the protocol is done writing: the peer waits for TCP to close
         if eof:
             self._writer.close()
+            return
+        if self._writer.transport.get_write_buffer_size() <= drain_above:
             return
         try:
             await self._writer.drain()
