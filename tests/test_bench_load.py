@@ -67,29 +67,42 @@ def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
     assert "| 2 |" in text
 
 
+def fake_round(**figures: object) -> dict[str, object]:
+    """One round's result as ``run_one`` gives it: these defaults, with ``figures`` set."""
+    row: dict[str, object] = {
+        "calls": 10,
+        "server_cpu_per_call_min": 0.2,
+        "server_cpu_us_per_frame": 20.0,
+        "up_p50_ms": 1.0,
+        "up_p99_ms": 2.0,
+        "down_p50_ms": 1.0,
+        "down_p99_ms": 2.0,
+        "barge_p50_ms": 1.0,
+        "barge_p99_ms": 3.0,
+        "barge_ins": 4,
+        "loadgen_core_share": 0.2,
+        "server_core_share": 0.1,
+        "up_frames": 1000,
+        "expected_up_frames": 1000,
+        "down_frames": 500,
+        "closed_early": 0,
+        "sim_errors": {},
+    }
+    row.update(figures)
+    return row
+
+
 def test_repeats_are_combined_by_median_and_ratios_paired_by_round() -> None:
     """``--repeat``: figures are medians of the rounds, ratios medians of per-round ratios."""
 
     def run(cpu: float, frames: int) -> dict[str, object]:
-        return {
-            "calls": 10,
-            "server_cpu_per_call_min": cpu,
-            "server_cpu_us_per_frame": cpu * 100,
-            "up_p50_ms": 1.0,
-            "up_p99_ms": 2.0,
-            "down_p50_ms": 1.0,
-            "down_p99_ms": 2.0,
-            "barge_p50_ms": 1.0,
-            "barge_p99_ms": 3.0,
-            "barge_ins": 4,
-            "loadgen_core_share": 0.2,
-            "server_core_share": 0.1,
-            "up_frames": frames,
-            "expected_up_frames": frames,
-            "down_frames": frames // 2,
-            "closed_early": 0,
-            "sim_errors": {},
-        }
+        return fake_round(
+            server_cpu_per_call_min=cpu,
+            server_cpu_us_per_frame=cpu * 100,
+            up_frames=frames,
+            expected_up_frames=frames,
+            down_frames=frames // 2,
+        )
 
     # Round 2 ran on a slow minute: both servers slower; the paired ratio does not move.
     bridge = combine([run(0.22, 1000), run(0.44, 1000), run(0.24, 1002)])
@@ -117,26 +130,18 @@ def test_the_load_generator_runs_on_uvloop_when_asked() -> None:
 
 def test_least_disturbed_rounds_take_each_figure_at_its_lowest() -> None:
     def run(cpu: float, p99: float) -> dict[str, object]:
-        return {
-            "calls": 150,
-            "server_cpu_per_call_min": cpu,
-            "server_cpu_us_per_frame": cpu * 200,
-            "server_cpu_us_per_message": cpu * 100,
-            "up_p50_ms": 0.5,
-            "up_p99_ms": p99,
-            "down_p50_ms": 1.0,
-            "down_p99_ms": p99 + 1,
-            "barge_p50_ms": 1.0,
-            "barge_p99_ms": p99,
-            "barge_ins": 4,
-            "loadgen_core_share": 0.6,
-            "server_core_share": 0.4,
-            "up_frames": 1000,
-            "expected_up_frames": 1000,
-            "down_frames": 500,
-            "closed_early": 0,
-            "sim_errors": {},
-        }
+        return fake_round(
+            calls=150,
+            server_cpu_per_call_min=cpu,
+            server_cpu_us_per_frame=cpu * 200,
+            server_cpu_us_per_message=cpu * 100,
+            up_p50_ms=0.5,
+            up_p99_ms=p99,
+            down_p99_ms=p99 + 1,
+            barge_p99_ms=p99,
+            loadgen_core_share=0.6,
+            server_core_share=0.4,
+        )
 
     # The bridge's quiet round had the higher p99 of its two: each figure is taken on its own.
     bridge = combine([run(0.30, 3.0), run(0.20, 8.0)])
