@@ -23,19 +23,23 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import importlib.util
 import json
 import os
 import platform
+import random
 import shlex
+import socket
 import statistics
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.loadgen import SCRIPTS, free_port
+from benchmarks.loadgen import SCRIPTS
 from benchmarks.loop_stats import read_iterations
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -80,6 +84,54 @@ def server_command(
     return cmd
 
 
+_PORTS_GIVEN: set[int] = set()
+_PORTS_LOCK = threading.Lock()
+_PORT_RNG = random.Random()
+PORT_ATTEMPTS = 3
+#: Lower case: asyncio's ``create_server`` lowers the strerror in its message.
+ADDRESS_IN_USE = os.strerror(errno.EADDRINUSE).lower()
+
+
+def _ephemeral_low() -> int:
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
+
+
+def free_port() -> int:
+    """A loopback port for a server to bind a moment later.
+
+    A port from ``bind(0)`` is free only until someone else takes it: the load generator's
+    hundreds of client connections draw their local ports from the same ephemeral range, and
+    the smoke test starts two runs at once.  So ports are picked below that range when there
+    is room (no ``connect`` or ``bind(0)`` hands those out) and never twice in this process.
+    """
+    low = _ephemeral_low()
+    with _PORTS_LOCK:
+        for _ in range(200):
+            if low > 12000:
+                port = _PORT_RNG.randrange(10000, low)
+            else:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", 0))
+                    port = int(s.getsockname()[1])
+            if port in _PORTS_GIVEN:
+                continue
+            try:
+                with socket.socket() as s:
+                    s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            _PORTS_GIVEN.add(port)
+            return port
+    raise RuntimeError("no free loopback port found")
+
+
+class PortTaken(RuntimeError):
+    """A server of the run could not bind its port: taken between the pick and the bind."""
+
+
 def run_one(
     kind: str,
     calls: int,
@@ -94,7 +146,43 @@ def run_one(
     script: str = "realistic",
 ) -> dict[str, Any]:
     """One run: a server process and the load generator's, each pinned to a CPU of its own
-    when ``pin`` is ``(server_cpu, loadgen_cpu)``."""
+    when ``pin`` is ``(server_cpu, loadgen_cpu)``; tried again on fresh ports if a port was
+    taken before its server bound it."""
+    for attempt in range(1, PORT_ATTEMPTS + 1):
+        try:
+            return _run_once(
+                kind,
+                calls,
+                duration,
+                warmup,
+                profile_dir,
+                root,
+                bridge_args,
+                loadgen_loop,
+                loop_stats_dir,
+                pin,
+                script,
+            )
+        except PortTaken as exc:
+            if attempt == PORT_ATTEMPTS:
+                raise
+            print(f"[{kind} N={calls}] {exc}: again on fresh ports", file=sys.stderr)
+    raise AssertionError("unreachable")
+
+
+def _run_once(
+    kind: str,
+    calls: int,
+    duration: float,
+    warmup: float,
+    profile_dir: Path | None,
+    root: Path,
+    bridge_args: tuple[str, ...],
+    loadgen_loop: str,
+    loop_stats_dir: Path | None,
+    pin: tuple[int, int] | None,
+    script: str,
+) -> dict[str, Any]:
     port, sim_port = free_port(), free_port()
     profile = profile_dir / f"{kind}-{calls}.prof" if profile_dir is not None else None
     loop_stats = None
@@ -154,10 +242,18 @@ def run_one(
             server.kill()
             _out, server_err = server.communicate()
     if loadgen.returncode != 0 or not loadgen.stdout.strip():
-        raise RuntimeError(
+        message = (
             f"loadgen for {kind} N={calls} failed:\n{loadgen.stderr[-3000:]}\n"
             f"server:\n{(server_err or '')[-3000:]}"
         )
+        taken = [
+            line.strip()
+            for line in f"{loadgen.stderr}\n{server_err}".splitlines()
+            if ADDRESS_IN_USE in line.lower()
+        ]
+        if taken:
+            raise PortTaken(taken[-1])
+        raise RuntimeError(message)
     result: dict[str, Any] = json.loads(loadgen.stdout.strip().splitlines()[-1])
     result["server"] = kind
     frames = result["up_frames"] + result["down_frames"]

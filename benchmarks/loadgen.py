@@ -35,7 +35,6 @@ import contextlib
 import json
 import os
 import random
-import socket
 import sys
 import time
 from collections import defaultdict
@@ -355,12 +354,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="this process's event loop (uvloop: the 'bench' extra); the servers are not affected",
     )
     return p.parse_args(argv)
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -6,6 +6,7 @@ orchestrator, the load generator and both servers produces figures for both serv
 from __future__ import annotations
 
 import os
+import socket
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -14,9 +15,12 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import benchmarks.bench_load as bench_load
 from benchmarks.bench_load import (
+    PortTaken,
     best_rows,
     combine,
+    free_port,
     markdown,
     paired_ratios,
     run_one,
@@ -65,6 +69,51 @@ def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
     text = markdown([bridge], [relay], "test", "test machine", None)
     assert "#### Example bridge" in text and "#### Bare relay" in text
     assert "| 2 |" in text
+
+
+def test_free_ports_are_never_handed_out_twice_and_avoid_the_ephemeral_range() -> None:
+    """Client connections take local ports from the ephemeral range; a port picked there could
+    be gone before its server binds it (the CI failure this guards: the simulator's port)."""
+    low = bench_load._ephemeral_low()
+    ports = [free_port() for _ in range(50)]
+    assert len(set(ports)) == len(ports)
+    if low > 12000:
+        assert all(10000 <= port < low for port in ports)
+
+
+def test_a_run_whose_port_is_taken_is_tried_again_on_fresh_ports(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The simulator's port is held by someone else: the load generator cannot bind it, and the
+    run goes again on fresh ports instead of failing the benchmark."""
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        real = bench_load.free_port
+        picks = iter([real(), taken])  # the server's port, then the simulator's
+
+        def pick() -> int:
+            return next(picks, None) or real()
+
+        monkeypatch.setattr(bench_load, "free_port", pick)
+        result = run_one("relay", 1, 1.0, 0.3, None)
+    assert result["calls"] == 1 and result["up_frames"] > 0
+
+
+def test_a_port_taken_every_time_fails_after_the_last_attempt(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    attempts: list[str] = []
+
+    def always_taken(kind: str, *_args: object) -> dict[str, object]:
+        attempts.append(kind)
+        raise PortTaken("address already in use")
+
+    monkeypatch.setattr(bench_load, "_run_once", always_taken)
+    with pytest.raises(PortTaken):
+        run_one("relay", 1, 1.0, 0.3, None)
+    assert attempts == ["relay"] * bench_load.PORT_ATTEMPTS
 
 
 def fake_round(**figures: object) -> dict[str, object]:
