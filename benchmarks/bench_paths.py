@@ -26,7 +26,7 @@ import json
 import statistics
 import sys
 import time
-from collections.abc import Callable, Coroutine, Iterable
+from collections.abc import Callable, Coroutine, Generator, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -121,9 +121,30 @@ class MemorySocket:
         return None
 
 
-def new_bridge() -> tuple[CallBridge, MemorySocket, MemorySocket]:
+class _Suspend:
+    """Awaited by :class:`InterleavedSocket`'s ``recv``: hands control back to the driver."""
+
+    def __await__(self) -> Generator[None, None, None]:
+        yield None
+
+
+_SUSPEND = _Suspend()
+
+
+class InterleavedSocket(MemorySocket):
+    """A :class:`MemorySocket` whose ``recv`` first gives control back, so that a driver can
+    step many calls' reading loops one frame at a time, as a server's event loop does."""
+
+    async def recv(self) -> str:
+        await _SUSPEND
+        return await super().recv()
+
+
+def new_bridge(
+    socket: type[MemorySocket] = MemorySocket,
+) -> tuple[CallBridge, MemorySocket, MemorySocket]:
     """A bridge mid-call: its greeting is playing (response active), queues empty."""
-    twilio, openai = MemorySocket(), MemorySocket(websockets_client=True)
+    twilio, openai = socket(), socket(websockets_client=True)
     config = BridgeConfig(
         session=SessionConfig(turn_detection="server_vad"),
         greeting=None,
@@ -222,6 +243,113 @@ def measure(frames: int, rounds: int) -> dict[str, list[float]]:
 
 
 PATHS = ("up: bridge", "up: relay", "down: bridge", "down: relay", "mark echo: bridge")
+INTERLEAVED = ("up: bridge", "up: relay", "down: bridge", "down: relay")
+
+
+def _stepped(readers: list[Coroutine[Any, Any, Any]], loop: asyncio.AbstractEventLoop) -> float:
+    """Thread CPU time of stepping ``readers`` round-robin, one frame each per step, until
+    all have ended (inside a running loop, for code that asks for it)."""
+
+    async def drive() -> float:
+        live = list(readers)
+        for reader in live:  # each runs up to its first ``recv``
+            reader.send(None)
+        start = time.thread_time()
+        while live:
+            still = []
+            for reader in live:
+                try:
+                    reader.send(None)
+                    still.append(reader)
+                except StopIteration:
+                    pass
+                except Exception as exc:
+                    if type(exc).__name__ != "_SessionLost":
+                        raise
+            live = still
+        return time.thread_time() - start
+
+    return loop.run_until_complete(drive())
+
+
+def measure_interleaved(frames: int, rounds: int, calls: int) -> dict[str, list[float]]:
+    """Microseconds per frame with ``calls`` calls' reading loops interleaved frame by frame,
+    ``frames`` frames in all: what each frame costs when the per-call objects it touches were
+    last used a whole round of other calls ago, as under load, rather than just before."""
+    per_call = max(1, frames // calls)
+    up = [twilio_media(i) for i in range(per_call)]
+    down = [audio_delta(i) for i in range(per_call)]
+    relay = Relay(parse_args(["--public-url", "http://127.0.0.1", "--accept-text-messages"]))
+    loop = asyncio.new_event_loop()
+    out: dict[str, list[float]] = {k: [] for k in INTERLEAVED}
+
+    def bridge_up() -> float:
+        bridges = [new_bridge(InterleavedSocket) for _ in range(calls)]
+        for _bridge, twilio, _openai in bridges:
+            twilio.feed(up)
+        took = _stepped([b._twilio_reader() for b, _t, _o in bridges], loop)
+        assert all(len(o.sent) == per_call for _b, _t, o in bridges)
+        return took
+
+    def relay_up() -> float:
+        pairs = [
+            (InterleavedSocket(up), InterleavedSocket(websockets_client=True)) for _ in range(calls)
+        ]
+        took = _stepped([relay._up(t, o) for t, o in pairs], loop)  # type: ignore[arg-type]
+        assert all(len(o.sent) == per_call for _t, o in pairs)
+        return took
+
+    def bridge_down() -> float:
+        bridges = [new_bridge(InterleavedSocket) for _ in range(calls)]
+        for _bridge, _twilio, openai in bridges:
+            openai.feed(down)
+        took = _stepped([b._openai_reader() for b, _t, _o in bridges], loop)
+        assert all(b.report.media_out == per_call for b, _t, _o in bridges)
+        return took
+
+    def relay_down() -> float:
+        pairs = [
+            (InterleavedSocket(), InterleavedSocket(down, websockets_client=True))
+            for _ in range(calls)
+        ]
+        took = _stepped(
+            [relay._down(o, t, SID) for t, o in pairs],  # type: ignore[arg-type]
+            loop,
+        )
+        assert all(len(t.sent) == per_call for t, _o in pairs)
+        return took
+
+    runners: dict[str, Callable[[], float]] = {
+        "up: bridge": bridge_up,
+        "up: relay": relay_up,
+        "down: bridge": bridge_down,
+        "down: relay": relay_down,
+    }
+    try:
+        for r in range(rounds):
+            order = list(INTERLEAVED[r % 4 :] + INTERLEAVED[: r % 4])
+            for name in order:
+                out[name].append(runners[name]() * 1e6 / (per_call * calls))
+    finally:
+        loop.close()
+    return out
+
+
+def interleaved_report(results: dict[int, dict[str, list[float]]]) -> str:
+    lines = [
+        "| calls interleaved | up: bridge | up: relay | up: bridge - relay |"
+        " down: bridge | down: relay | down: bridge - relay |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for calls, figures in results.items():
+        med = {k: statistics.median(v) for k, v in figures.items()}
+        lines.append(
+            f"| {calls} | {med['up: bridge']:.2f} | {med['up: relay']:.2f} |"
+            f" {med['up: bridge'] - med['up: relay']:+.2f} |"
+            f" {med['down: bridge']:.2f} | {med['down: relay']:.2f} |"
+            f" {med['down: bridge'] - med['down: relay']:+.2f} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def report(results: dict[str, list[float]], down_per_up: float) -> str:
@@ -266,11 +394,21 @@ def main(argv: list[str] | None = None) -> int:
         help="audio frames down per frame up in the mix (0.45: the load script's bridge)",
     )
     p.add_argument("--quick", action="store_true", help="2,000 frames, 3 rounds")
+    p.add_argument(
+        "--calls",
+        default="",
+        help="also run with this many calls' loops interleaved frame by frame (e.g. 1,10,100)",
+    )
     args = p.parse_args(argv)
     frames, rounds = (2_000, 3) if args.quick else (args.frames, args.rounds)
     results = measure(frames, rounds)
     print(f"{frames} frames per path and round, {rounds} rounds; thread CPU time per frame\n")
     print(report(results, args.down_per_up))
+    if args.calls:
+        counts = [int(x) for x in args.calls.split(",") if x.strip()]
+        interleaved = {n: measure_interleaved(frames, rounds, n) for n in counts}
+        print("Calls interleaved frame by frame (us per frame, medians):\n")
+        print(interleaved_report(interleaved))
     return 0
 
 
