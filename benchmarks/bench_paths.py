@@ -406,7 +406,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results, args.down_per_up))
     if args.calls:
         counts = [int(x) for x in args.calls.split(",") if x.strip()]
-        interleaved = {n: measure_interleaved(frames, rounds, n) for n in counts}
+        # At least 100 frames per call, so that each call's first frames weigh little.
+        interleaved = {n: measure_interleaved(max(frames, 100 * n), rounds, n) for n in counts}
         print("Calls interleaved frame by frame (us per frame, medians):\n")
         print(interleaved_report(interleaved))
     return 0
