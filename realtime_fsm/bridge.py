@@ -264,46 +264,6 @@ class CallBridge:
     ``reconnect``: opens a new OpenAI socket when the session is lost mid-call; ``None`` ends the
     call instead (as before reconnects existed)."""
 
-    # Slots, not a ``__dict__``: every frame reads a few of these, and with a hundred calls
-    # interleaved the separate values array of a dict-backed instance is one more cold piece
-    # of memory per frame (``bench_paths --calls``: 0.6-0.7 us a frame at 2,000 calls).
-    __slots__ = (
-        "_call",
-        "_closers",
-        "_ended",
-        "_held_requests",
-        "_held_texts",
-        "_openai_ready",
-        "_overflow",
-        "_partials",
-        "_reconnecting",
-        "_restore_seq",
-        "_session_started_at",
-        "_short_sessions",
-        "_sleeping_until",
-        "_stats_before",
-        "_stop",
-        "_stop_reason",
-        "_to_openai",
-        "_to_twilio",
-        "_twilio_ready",
-        "_unproven_attempts",
-        "_unsent",
-        "_wake",
-        "clock",
-        "codec",
-        "config",
-        "history",
-        "machine",
-        "on_undelivered",
-        "openai",
-        "reconnect",
-        "report",
-        "stream_sid",
-        "tracker",
-        "twilio",
-    )
-
     def __init__(
         self,
         twilio: MessageSocket,
