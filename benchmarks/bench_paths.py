@@ -172,18 +172,39 @@ def _timed(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> f
     try:
         loop.run_until_complete(coro)
     except Exception as exc:
-        if type(exc).__name__ != "_SessionLost":
+        if not _session_lost(exc):
             raise
     return time.thread_time() - start
+
+
+def _session_lost(exc: Exception) -> bool:
+    """The bridge's OpenAI reader ends its frames with this (private) exception."""
+    return type(exc).__name__ == "_SessionLost"
+
+
+def _relay() -> Relay:
+    return Relay(parse_args(["--public-url", "http://127.0.0.1", "--accept-text-messages"]))
+
+
+def _rounds(
+    runners: dict[str, Callable[[], float]], rounds: int, frames: int
+) -> dict[str, list[float]]:
+    """Microseconds per frame of each runner (which returns seconds for ``frames`` frames), one
+    entry per round, the order rotating between rounds so that no path always goes first."""
+    names = list(runners)
+    out: dict[str, list[float]] = {name: [] for name in names}
+    for r in range(rounds):
+        for name in names[r % len(names) :] + names[: r % len(names)]:
+            out[name].append(runners[name]() * 1e6 / frames)
+    return out
 
 
 def measure(frames: int, rounds: int) -> dict[str, list[float]]:
     """Microseconds per frame for each path, one list entry per round."""
     up = [twilio_media(i) for i in range(frames)]
     down = [audio_delta(i) for i in range(frames)]
-    relay = Relay(parse_args(["--public-url", "http://127.0.0.1", "--accept-text-messages"]))
+    relay = _relay()
     loop = asyncio.new_event_loop()
-    out: dict[str, list[float]] = {k: [] for k in PATHS}
 
     def bridge_up() -> float:
         bridge, twilio, openai = new_bridge()
@@ -231,15 +252,11 @@ def measure(frames: int, rounds: int) -> dict[str, list[float]]:
         "down: relay": relay_down,
         "mark echo: bridge": bridge_echo,
     }
-    names = list(runners)
+    assert tuple(runners) == PATHS
     try:
-        for r in range(rounds):
-            order = names[r % len(names) :] + names[: r % len(names)]
-            for name in order:
-                out[name].append(runners[name]() * 1e6 / frames)
+        return _rounds(runners, rounds, frames)
     finally:
         loop.close()
-    return out
 
 
 PATHS = ("up: bridge", "up: relay", "down: bridge", "down: relay", "mark echo: bridge")
@@ -264,7 +281,7 @@ def _stepped(readers: list[Coroutine[Any, Any, Any]], loop: asyncio.AbstractEven
                 except StopIteration:
                     pass
                 except Exception as exc:
-                    if type(exc).__name__ != "_SessionLost":
+                    if not _session_lost(exc):
                         raise
             live = still
         return time.thread_time() - start
@@ -279,9 +296,8 @@ def measure_interleaved(frames: int, rounds: int, calls: int) -> dict[str, list[
     per_call = max(1, frames // calls)
     up = [twilio_media(i) for i in range(per_call)]
     down = [audio_delta(i) for i in range(per_call)]
-    relay = Relay(parse_args(["--public-url", "http://127.0.0.1", "--accept-text-messages"]))
+    relay = _relay()
     loop = asyncio.new_event_loop()
-    out: dict[str, list[float]] = {k: [] for k in INTERLEAVED}
 
     def bridge_up() -> float:
         bridges = [new_bridge(InterleavedSocket) for _ in range(calls)]
@@ -325,14 +341,11 @@ def measure_interleaved(frames: int, rounds: int, calls: int) -> dict[str, list[
         "down: bridge": bridge_down,
         "down: relay": relay_down,
     }
+    assert tuple(runners) == INTERLEAVED
     try:
-        for r in range(rounds):
-            order = list(INTERLEAVED[r % 4 :] + INTERLEAVED[: r % 4])
-            for name in order:
-                out[name].append(runners[name]() * 1e6 / (per_call * calls))
+        return _rounds(runners, rounds, per_call * calls)
     finally:
         loop.close()
-    return out
 
 
 def interleaved_report(results: dict[int, dict[str, list[float]]]) -> str:
