@@ -252,7 +252,9 @@ def _run_once(
             if ADDRESS_IN_USE in line.lower()
         ]
         if taken:
-            raise PortTaken(taken[-1])
+            # The one line for the retry's notice; both processes' output as its cause, so
+            # that a last attempt's failure still shows everything.
+            raise PortTaken(taken[-1]) from RuntimeError(message)
         raise RuntimeError(message)
     result: dict[str, Any] = json.loads(loadgen.stdout.strip().splitlines()[-1])
     result["server"] = kind
