@@ -804,7 +804,12 @@ def main(argv: list[str] | None = None) -> int:
                     f" up p99 {_f(r['up_p99_ms'])} ms, down p99 {_f(r['down_p99_ms'])} ms,"
                     f" barge p99 {_f(r['barge_p99_ms'])} ms,"
                     f" loadgen {r['loadgen_core_share']:.0%}"
-                    f" (its loop late p99 {_f(r.get('loadgen_lag_p99_ms'))} ms)"
+                    f" (its loop late p99 {_f(r.get('loadgen_lag_p99_ms'))} ms);"
+                    f" server per message: faults {_f(r.get('server_minflt_per_message'), 3)},"
+                    f" switches {_f(r.get('server_ctx_voluntary_per_message'), 3)} voluntary,"
+                    f" {_f(r.get('server_ctx_involuntary_per_message'), 3)} involuntary;"
+                    f" steal on its CPU {_f(r.get('server_cpu_steal_s'))} s"
+                    f" (the load generator's {_f(r.get('loadgen_cpu_steal_s'))} s)"
                     f" ({time.monotonic() - t:.0f} s)",
                     file=sys.stderr,
                 )
