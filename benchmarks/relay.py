@@ -28,6 +28,7 @@ from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
 from realtime_fsm.errors import RemoteProtocolError
+from realtime_fsm.malloc_tuning import tune_malloc_for_sockets
 from realtime_fsm.openai_realtime import (
     DEFAULT_MAX_FRAME_SIZE,
     Dialect,
@@ -68,6 +69,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--greeting", default=None, help="instructions for a first response")
     p.add_argument("--accept-text-messages", action="store_true")
+    p.add_argument(
+        "--tune-malloc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="as the example bridge: keep socket read buffers off mmap (glibc)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -202,6 +209,8 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
+    if args.tune_malloc:
+        tune_malloc_for_sockets()  # the same process plumbing as the example bridge
     asyncio.run(serve_forever(args))
     return 0
 

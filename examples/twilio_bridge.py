@@ -21,6 +21,7 @@ import os
 
 from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.config import LifecycleConfig
+from realtime_fsm.malloc_tuning import tune_malloc_for_sockets
 from realtime_fsm.openai_realtime import Dialect, SessionConfig
 from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
 from realtime_fsm.webserver import serve_until_signalled
@@ -66,6 +67,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
             "barge-in truncation estimates playback between marks, so sparse marks stay exact"
         ),
     )
+    p.add_argument(
+        "--tune-malloc",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="keep socket read buffers off mmap (glibc; see realtime_fsm.malloc_tuning)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -109,6 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s"
     )
     config = build_config(args)
+    if args.tune_malloc and not tune_malloc_for_sockets():
+        logging.getLogger("realtime_fsm").info("malloc not tuned (not glibc): nothing to do")
     if not config.api_key and config.realtime_url.startswith("wss://api.openai.com"):
         logging.getLogger("realtime_fsm").warning("OPENAI_API_KEY is not set")
     asyncio.run(serve_forever(config, args.host, args.port))
