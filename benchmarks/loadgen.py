@@ -40,6 +40,7 @@ import time
 from collections import defaultdict
 from typing import Any
 
+from realtime_fsm.malloc_tuning import tune_malloc_for_sockets
 from realtime_fsm.testing import (
     FakeCallerConfig,
     FakeRealtimeConfig,
@@ -395,6 +396,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    tune_malloc_for_sockets()  # on asyncio's loop the instrument's reads fault pages too
     if args.loop == "uvloop":
         # The load generator is the measuring instrument: on 2 cores its own CPU is what limits
         # the runs at N >= 150, and uvloop cuts it without touching what is measured.
