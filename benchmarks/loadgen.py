@@ -63,11 +63,16 @@ _SILENT = ResponseFaults(silent=True)
 _CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process, from ``/proc/<pid>/stat`` (clock ticks)."""
+def _stat_fields(pid: int) -> list[str]:
+    """``/proc/<pid>/stat`` after the command name (which may hold spaces): field 3 onwards."""
     with open(f"/proc/{pid}/stat") as f:
         stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
+    return stat[stat.rindex(")") + 2 :].split()
+
+
+def cpu_split(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, from ``/proc/<pid>/stat`` (clock ticks)."""
+    fields = _stat_fields(pid)
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
@@ -76,10 +81,7 @@ def kernel_counters(pid: int) -> dict[str, float]:
     it may run on: minor page faults, voluntary and involuntary context switches, and the
     seconds the hypervisor ran something else on those CPUs.  Read at both ends of the window,
     they tell a round slowed by the host (steal, preemption) from one that did more work."""
-    with open(f"/proc/{pid}/stat") as f:
-        stat = f.read()
-    fields = stat[stat.rindex(")") + 2 :].split()
-    out: dict[str, float] = {"minflt": int(fields[7])}
+    out: dict[str, float] = {"minflt": int(_stat_fields(pid)[7])}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("voluntary_ctxt_switches:"):
