@@ -76,18 +76,24 @@ def cpu_split(pid: int) -> tuple[float, float]:
     return int(fields[11]) / _CLK_TCK, int(fields[12]) / _CLK_TCK
 
 
-def kernel_counters(pid: int) -> dict[str, float]:
-    """What the kernel counts for a process besides its CPU time, and the steal time of the CPUs
-    it may run on: minor page faults, voluntary and involuntary context switches, and the
-    seconds the hypervisor ran something else on those CPUs.  Read at both ends of the window,
-    they tell a round slowed by the host (steal, preemption) from one that did more work."""
-    out: dict[str, float] = {"minflt": int(_stat_fields(pid)[7])}
+def kernel_counters(pid: int) -> dict[str, int]:
+    """What the kernel counts for a process besides its CPU time: minor page faults, voluntary
+    and involuntary context switches.  Read at both ends of the window, with
+    :func:`steal_seconds`, they tell a round that did more kernel work from one slowed by the
+    host."""
+    out = {"minflt": int(_stat_fields(pid)[7])}
     with open(f"/proc/{pid}/status") as f:
         for line in f:
             if line.startswith("voluntary_ctxt_switches:"):
                 out["ctx_voluntary"] = int(line.split()[1])
             elif line.startswith("nonvoluntary_ctxt_switches:"):
                 out["ctx_involuntary"] = int(line.split()[1])
+    return out
+
+
+def steal_seconds(pid: int) -> float:
+    """Seconds the hypervisor ran something else on the CPUs ``pid`` may run on (``/proc/stat``,
+    since boot): a machine-wide count, not the process's."""
     cpus = {f"cpu{c}" for c in os.sched_getaffinity(pid)}
     steal = 0
     with open("/proc/stat") as f:
@@ -95,8 +101,7 @@ def kernel_counters(pid: int) -> dict[str, float]:
             parts = line.split()
             if parts and parts[0] in cpus and len(parts) > 8:
                 steal += int(parts[8])
-    out["steal_s"] = steal / _CLK_TCK
-    return out
+    return steal / _CLK_TCK
 
 
 def reply_source(ctx: ReplyContext) -> ScriptedReply:
@@ -296,7 +301,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         t0 = time.monotonic()
         m.window = (t0, t0 + args.duration)
         own0, (user0, sys0) = time.process_time(), cpu_split(args.server_pid)
-        kernel0, mine0 = kernel_counters(args.server_pid), kernel_counters(os.getpid())
+        kernel0 = kernel_counters(args.server_pid)
+        steal0 = steal_seconds(args.server_pid), steal_seconds(os.getpid())
         messages0 = server_messages(sim, callers)
         end = t0 + args.duration
         while time.monotonic() < end:
@@ -310,7 +316,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
         wall = time.monotonic() - t0
         own = time.process_time() - own0
         user1, sys1 = cpu_split(args.server_pid)
-        kernel1, mine1 = kernel_counters(args.server_pid), kernel_counters(os.getpid())
+        kernel1 = kernel_counters(args.server_pid)
+        steal1 = steal_seconds(args.server_pid), steal_seconds(os.getpid())
         server_user, server_sys = user1 - user0, sys1 - sys0
         server = server_user + server_sys
         messages = server_messages(sim, callers) - messages0
@@ -346,8 +353,8 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             else None
             for key in ("minflt", "ctx_voluntary", "ctx_involuntary")
         },
-        "server_cpu_steal_s": round(kernel1["steal_s"] - kernel0["steal_s"], 3),
-        "loadgen_cpu_steal_s": round(mine1["steal_s"] - mine0["steal_s"], 3),
+        "server_cpu_steal_s": round(steal1[0] - steal0[0], 3),
+        "loadgen_cpu_steal_s": round(steal1[1] - steal0[1], 3),
         "server_cpu_us_per_message": server * 1e6 / messages if messages else None,
         "up_frames": m.up_frames,
         "down_frames": m.down_frames,

@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     config = build_config(args)
     if args.tune_malloc and not tune_malloc_for_sockets():
-        logging.getLogger("realtime_fsm").info("malloc not tuned (not glibc): nothing to do")
+        logging.getLogger("realtime_fsm").info("malloc not tuned: not glibc, or glibc refused")
     if not config.api_key and config.realtime_url.startswith("wss://api.openai.com"):
         logging.getLogger("realtime_fsm").warning("OPENAI_API_KEY is not set")
     asyncio.run(serve_forever(config, args.host, args.port))
