@@ -92,6 +92,10 @@ class _Transport:
         return 0
 
 
+class _Protocol:
+    state = WsState.OPEN
+
+
 class MemorySocket:
     """``recv`` hands out the prepared frames, then reports the socket closed; ``send`` keeps
     what was sent.  ``transport`` says nothing is buffered, so the bridge sends directly, as it
@@ -102,7 +106,9 @@ class MemorySocket:
         self.sent: list[str] = []
         self.transport = _Transport()
         if websockets_client:
-            self.state = WsState.OPEN  # what the bridge reads on a ``websockets`` connection
+            # What the bridge reads on a ``websockets`` connection.
+            self.state = WsState.OPEN
+            self.protocol = _Protocol()
         else:
             self.closed = False  # what it reads on our own server's socket
 

@@ -77,7 +77,7 @@ from .twilio_media import (
     media_message,
     parse_message,
 )
-from .webserver import WebSocketClosed
+from .webserver import WebSocket, WebSocketClosed
 
 log = logging.getLogger("realtime_fsm.bridge")
 _T = TypeVar("_T")
@@ -293,10 +293,10 @@ class CallBridge:
         )
         self._to_openai: asyncio.Queue[_Outbound] = asyncio.Queue(self.config.max_queue)
         self._to_twilio: asyncio.Queue[_Outbound] = asyncio.Queue(self.config.max_queue)
-        #: Whether a frame may go straight to the socket (see ``_send_now``); the OpenAI one is
-        #: rebuilt with each session and answers False while there is none.
-        self._openai_ready = _ready_probe(openai)
-        self._twilio_ready = _ready_probe(twilio)
+        #: Whether a frame may go straight to the socket (see :func:`_direct_probe`); the
+        #: OpenAI one is rebuilt with each session and answers False while there is none.
+        self._openai_direct = _direct_probe(self._to_openai, openai)
+        self._twilio_direct = _direct_probe(self._to_twilio, twilio)
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._call = "-"
@@ -621,7 +621,7 @@ class CallBridge:
             self._send_twilio(clear_message(self.stream_sid))
             self.tracker.clear()
         self._to_openai = asyncio.Queue(self.config.max_queue)
-        self._openai_ready = _never
+        self._openai_direct = _never
         old = self.openai
         closer = asyncio.create_task(_close_quietly(old), name=f"{self._call}:openai-close")
         self._closers.add(closer)
@@ -672,7 +672,7 @@ class CallBridge:
     def _start_session(self, sock: MessageSocket) -> tuple[int, int]:
         """A fresh machine on the new socket: config, history, held text, then requests."""
         self.openai = sock
-        self._openai_ready = _ready_probe(sock)
+        self._openai_direct = _direct_probe(self._to_openai, sock)
         self._session_started_at = self.clock()
         previous, self.machine = self.machine, self._new_machine()
         if previous is not None:
@@ -852,37 +852,43 @@ class CallBridge:
 
     async def _send_now(
         self,
-        queue: asyncio.Queue[_Outbound],
         sock: MessageSocket,
-        ready: Callable[[], bool],
+        direct: Callable[[], bool],
         message: str,
         enqueue: Callable[[str], None],
     ) -> None:
-        """The per-frame path: with nothing queued ahead of it and the socket not backed up
-        (``ready``, see :func:`_ready_probe`), send from the reading task (the send only writes
-        to the transport) instead of waking the writer task.  That hop per frame was most of
-        what the bridge cost over a bare relay (``docs/performance.md``).  Otherwise, or if the
-        send fails, queue it: the writer keeps the order, the back-pressure limit and the error
-        handling.
+        """Send from the reading task when ``direct`` (see :func:`_direct_probe`) says the
+        socket would take the frame at once and nothing is queued ahead of it, instead of
+        waking the writer task: that hop per frame was most of what the bridge cost over a
+        bare relay (``docs/performance.md``).  Otherwise, or if the send fails, queue it: the
+        writer keeps the order, the back-pressure limit and the error handling.
 
-        Not while reconnecting (the probe of a replaced socket answers False from then on) nor
-        on a socket that is closing: a send there can wait out the close handshake and stall
-        the reading task.  Only audio and Twilio frames come here; user text always goes
-        through the queue."""
-        if queue.empty() and not self._reconnecting and ready():
+        The two per-frame sends (caller audio up, assistant audio down) spell these lines out
+        in the reading loops rather than call this: a coroutine per frame was a measurable part
+        of the bridge's own cost.  Only audio and Twilio frames go this way; user text always
+        goes through the queue."""
+        if direct():
             try:
                 await sock.send(message)
-                return
             except _CLOSED:
-                pass
-            # Closed: queue the frame, so that the writer meets the close and reports it the
-            # usual way.  If the OpenAI session was replaced meanwhile the frame is dropped
-            # (counted in ``media_dropped``): queued, it would reach the new session ahead of
-            # its ``session.update``.
-            if queue is not self._to_openai and queue is not self._to_twilio:
-                self.report.media_dropped += 1  # the old session's audio: never resent
-                return
-        enqueue(message)
+                self._send_failed(sock, message, enqueue)
+        else:
+            enqueue(message)
+
+    def _send_failed(
+        self, sock: MessageSocket, message: str, enqueue: Callable[[str], None]
+    ) -> None:
+        """A frame sent straight from a reading task (see :func:`_direct_probe`) met a closed
+        socket: queue it, so that the writer meets the close and reports it the usual way.
+        If the OpenAI session was replaced meanwhile the frame is dropped (counted in
+        ``media_dropped``): queued, it would reach the new session ahead of its
+        ``session.update``."""
+        # A lost session's queue is replaced at once, its socket only when the next one is up:
+        # between the two, ``_reconnecting`` says the socket is no longer the session's.
+        if sock is self.twilio or (sock is self.openai and not self._reconnecting):
+            enqueue(message)
+        else:
+            self.report.media_dropped += 1  # the old session's audio: never resent
 
     def _count_bad(self, side: str, kind: str) -> None:
         key = f"{side}:{kind}"
@@ -959,10 +965,16 @@ class CallBridge:
                         report.media_dropped += 1  # no session to hear it; never buffered
                         continue
                     append = input_audio_append_json(message.payload)
-                    # Queue, socket and probe are replaced on a new session: never cache them.
-                    await self._send_now(
-                        self._to_openai, self.openai, self._openai_ready, append, self._send_openai
-                    )
+                    # Socket and probe are replaced on a new session: never cache them.  What
+                    # ``_send_now`` does, spelled out (per frame; see there).
+                    if self._openai_direct():
+                        openai = self.openai
+                        try:
+                            await openai.send(append)
+                        except _CLOSED:
+                            self._send_failed(openai, append, self._send_openai)
+                    else:
+                        self._send_openai(append)
             elif kind is Mark:
                 assert isinstance(message, Mark)
                 machine = self.machine  # replaced on a new session: never cache it
@@ -1006,7 +1018,7 @@ class CallBridge:
         report = self.report
         clock = self.clock
         partials = self._partials
-        twilio, to_twilio, twilio_ready = self.twilio, self._to_twilio, self._twilio_ready
+        twilio, direct, send = self.twilio, self._twilio_direct, self._send_twilio
         while True:
             try:
                 frame = await sock.recv()
@@ -1025,14 +1037,18 @@ class CallBridge:
                     self._bad_frame("openai", RemoteProtocolError("audio delta: empty item_id"))
                     continue
                 if machine.audio_delta(message.response_id, item, message.byte_count, clock()):
-                    sid = self.stream_sid
                     name = tracker.audio_sent(item, message.byte_count)
-                    media = media_message(sid, message.payload)
-                    send = self._send_twilio
-                    await self._send_now(to_twilio, twilio, twilio_ready, media, send)
+                    media = media_message(self.stream_sid, message.payload)
+                    if direct():  # ``_send_now``, spelled out (per frame; see there)
+                        try:
+                            await twilio.send(media)
+                        except _CLOSED:
+                            self._send_failed(twilio, media, send)
+                    else:
+                        send(media)
                     if name is not None:
-                        mark = mark_message(sid, name)
-                        await self._send_now(to_twilio, twilio, twilio_ready, mark, send)
+                        mark = mark_message(self.stream_sid, name)
+                        await self._send_now(twilio, direct, mark, send)
                     report.media_out += 1
                 continue
             if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)
@@ -1107,22 +1123,33 @@ def _never() -> bool:
     return False
 
 
-def _ready_probe(sock: MessageSocket) -> Callable[[], bool]:
-    """A cheap test, asked once per frame, of whether a frame may be sent to ``sock`` from the
-    reading task: open (``websockets``' ``state``, our server's ``closed``) and its transport's
-    buffer empty.  Built once per socket, so the per-frame cost is one call; a socket that shows
-    no transport (a test double, a trace wrapper) always goes through its writer queue."""
+def _direct_probe(queue: asyncio.Queue[_Outbound], sock: MessageSocket) -> Callable[[], bool]:
+    """The test, asked once per frame, of whether a frame may go to ``sock`` straight from a
+    reading task: nothing waits in ``queue`` ahead of it, and the send will not wait either
+    (the socket open, its transport's buffer empty).  Built once per socket and queue, so the
+    per-frame cost is one call; a socket that shows no transport (a test double, a trace
+    wrapper) always goes through its writer queue.
+
+    Open means ``websockets``' protocol state (a send on a closing connection waits out the
+    closing handshake).  Our own server's socket needs no such test: a send there raises at
+    once unless the socket is open, and the caller then queues the frame."""
     transport = getattr(sock, "transport", None)
     if transport is None:
         return _never
     buffered = transport.get_write_buffer_size
-    if getattr(sock, "state", None) is not None:
-        ws = cast(Any, sock)
-        return lambda: ws.state is WsState.OPEN and buffered() == 0
+    empty = queue.empty
+    if isinstance(sock, WebSocket):
+        return lambda: buffered() == 0 and empty()
+    # A ``websockets`` connection: its sans-I/O protocol's state is one property call, the
+    # connection's own ``state`` two.
+    for holder in (getattr(sock, "protocol", None), sock):
+        if getattr(holder, "state", None) is not None:
+            ws = cast(Any, holder)
+            return lambda: ws.state is WsState.OPEN and buffered() == 0 and empty()
     if hasattr(sock, "closed"):
-        ours = cast(Any, sock)
-        return lambda: ours.closed is not True and buffered() == 0
-    return lambda: buffered() == 0
+        other = cast(Any, sock)
+        return lambda: other.closed is not True and buffered() == 0 and empty()
+    return lambda: buffered() == 0 and empty()
 
 
 def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

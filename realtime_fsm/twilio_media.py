@@ -432,6 +432,8 @@ class PlaybackTracker:
         "_bytes_per_ms",
         "_call_id",
         "_generation",
+        "_hot_item",
+        "_hot_limit",
         "_last_mark",
         "_mark_every_ms",
         "_max_pending",
@@ -463,8 +465,14 @@ class PlaybackTracker:
         #: item's audio, plus one for the rest (:meth:`flush_mark`): with small deltas, marks
         #: (sent, echoed, parsed) were half of the bridge's messages.
         self._mark_every_ms = mark_every_ms
-        #: The item and end (ms) of audio sent without a mark yet, if any.
-        self._unmarked: tuple[str, int] | None = None
+        #: The item whose latest audio was sent without a mark yet, if any (its end is where
+        #: ``_sent`` has it: only :meth:`audio_sent` moves that, and it resets this).
+        self._unmarked: str | None = None
+        #: The per-frame shortcut of :meth:`audio_sent`: more audio of this item, up to a total
+        #: below ``_hot_limit`` bytes, needs no mark and changes nothing but its byte count.
+        #: Armed by the full path, disarmed by anything that could move a mark's end.
+        self._hot_item: str | None = None
+        self._hot_limit = 0
         self._call_id = call_id
         self._generation = 0
         self._seq = 0
@@ -506,6 +514,19 @@ class PlaybackTracker:
         """Record ``byte_count`` bytes of ``item_id`` sent to Twilio; return the name of the mark
         to send right after that ``media`` message (``None`` when ``mark_every_ms`` says not
         yet: then call :meth:`flush_mark` before anything else is sent)."""
+        # Per frame, mostly this: the item playing, no mark due.  A byte total under the limit
+        # is exactly what the full path would answer None for, with no other effect (see
+        # ``_arm``), so it is skipped: this runs for every 20 ms of audio of every call.
+        if item_id == self._hot_item and type(byte_count) is int and byte_count >= 0:
+            sent = self._sent
+            total = sent[item_id] + byte_count
+            if total < self._hot_limit:
+                sent[item_id] = total
+                self._unmarked = item_id
+                return None
+        return self._audio_sent_full(item_id, byte_count)
+
+    def _audio_sent_full(self, item_id: str, byte_count: int) -> str | None:
         if type(item_id) is not str or not item_id:
             raise LocalProtocolError(f"item_id must be a non-empty string, got {item_id!r}")
         if type(byte_count) is not int or byte_count < 0:
@@ -524,26 +545,37 @@ class PlaybackTracker:
         sent[item_id] = total
         end_ms = -(-total // self._bytes_per_ms)
         every = self._mark_every_ms
-        if every:
-            unmarked = self._unmarked
-            if unmarked is not None and unmarked[0] != item_id:
-                self._count("marks_skipped_item_tail")  # flush_mark was not called
-            played_to = self._marked_end(item_id)
-            if end_ms - played_to < every:
-                self._unmarked = (item_id, end_ms)
-                return None
-            self._unmarked = None
-        return self._mint(item_id, end_ms)
+        if not every:
+            return self._mint(item_id, end_ms)
+        unmarked = self._unmarked
+        if unmarked is not None and unmarked != item_id:
+            self._count("marks_skipped_item_tail")  # flush_mark was not called
+        played_to = self._marked_end(item_id)
+        if end_ms - played_to < every:
+            self._unmarked = item_id
+            self._arm(item_id, played_to)
+            return None
+        self._unmarked = None
+        name = self._mint(item_id, end_ms)
+        self._arm(item_id, end_ms)
+        return name
+
+    def _arm(self, item_id: str, marked_to: int) -> None:
+        """Let the next frames of ``item_id`` take the shortcut while no mark is due: the full
+        path answers None while ``ceil(total / bytes_per_ms) - marked_to < every``, that is
+        while ``total <= (marked_to + every - 1) * bytes_per_ms``."""
+        self._hot_item = item_id
+        self._hot_limit = (marked_to + self._mark_every_ms - 1) * self._bytes_per_ms + 1
 
     def flush_mark(self) -> str | None:
         """The mark for audio sent since the last one, if any (``mark_every_ms`` only): send it
         when the item's audio ends or anything else is about to be sent, so that every item is
         heard to its end."""
-        unmarked = self._unmarked
-        if unmarked is None:
+        item_id = self._unmarked
+        if item_id is None:
             return None
         self._unmarked = None
-        return self._mint(*unmarked)
+        return self._mint(item_id, -(-self._sent[item_id] // self._bytes_per_ms))
 
     def _marked_end(self, item_id: str) -> int:
         """The end (ms) of the item's last mark still pending or played, 0 if none."""
@@ -556,6 +588,7 @@ class PlaybackTracker:
         return self._played.get(item_id, 0)
 
     def _mint(self, item_id: str, end_ms: int) -> str:
+        self._hot_item = None  # a new mark (or an evicted one) moves where marks end
         self._seq += 1
         name = f"g{self._generation}:{self._seq}:{end_ms}:{item_id}"
         pending = self._pending
@@ -577,6 +610,7 @@ class PlaybackTracker:
         if name not in pending:
             self._classify_stray(name)
             return ()
+        self._hot_item = None  # marks leave ``_pending``: re-derive where they end
         progress: list[ev.PlaybackProgress] = []
         played = self._played
         while True:
@@ -625,6 +659,7 @@ class PlaybackTracker:
         dropped = len(self._pending)
         self._generation += 1
         self._unmarked = None
+        self._hot_item = None
         self._anchor = None
         self._last_mark = None
         self._pending.clear()

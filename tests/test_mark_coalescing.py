@@ -13,8 +13,11 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from realtime_fsm.bridge import BridgeConfig
+from realtime_fsm.errors import LocalProtocolError
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import ServerConfig, start_server
 from realtime_fsm.testing import (
@@ -196,3 +199,116 @@ def test_sparse_marks_still_truncate_a_barge_in_at_what_the_caller_heard(estimat
         assert heard_ms - 120 <= end_ms <= heard_ms + 20
     else:
         assert end_ms % 500 == 0 and end_ms <= heard_ms - 100  # the last echoed mark
+
+
+# -------------------------------------------------- the per-frame shortcut of audio_sent
+
+
+class _FullPathTracker(PlaybackTracker):
+    """The tracker without its per-frame shortcut: every frame takes the full computation.
+    The shortcut must be invisible next to it."""
+
+    __slots__ = ()
+
+    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
+        return self._audio_sent_full(item_id, byte_count)
+
+
+_ITEM_IDS = [f"item_{n}" for n in range(70)]  # more than the tracker keeps (64): evictions
+_AUDIO = st.tuples(
+    st.just("audio"),
+    st.one_of(st.sampled_from(_ITEM_IDS[:2]), st.sampled_from(_ITEM_IDS)),
+    # Small counts walk the byte total over every value, so that it meets a mark's threshold
+    # exactly (where ``<`` against ``<=`` is decided); 160 is 20 ms of mu-law.
+    st.one_of(st.sampled_from([160, 0, 1, 2, 7, 8, 9, 800]), st.integers(0, 9000)),
+)
+_STEP = st.one_of(
+    _AUDIO,
+    _AUDIO,
+    _AUDIO,
+    st.tuples(st.just("bad"), st.sampled_from(["", 7, None]), st.sampled_from([-1, 1.5, "x"])),
+    st.tuples(st.just("flush")),
+    st.tuples(st.just("echo"), st.integers(0, 10_000), st.floats(0, 100)),
+    st.tuples(st.just("stray"), st.sampled_from(["g0:1:20:item_0", "nonsense", "g9:9:9:x"])),
+    st.tuples(st.just("clear")),
+    st.tuples(st.just("estimate"), st.floats(0, 100)),
+)
+
+
+def _apply(tracker: PlaybackTracker, step: tuple[Any, ...], names: list[str]) -> object:
+    kind = step[0]
+    try:
+        if kind == "audio":
+            name = tracker.audio_sent(step[1], step[2])
+            if name is not None:
+                names.append(name)
+            return name
+        if kind == "bad":
+            return tracker.audio_sent(step[1], step[2])
+        if kind == "flush":
+            name = tracker.flush_mark()
+            if name is not None:
+                names.append(name)
+            return name
+        if kind == "echo":
+            return tracker.mark_received(names[step[1] % len(names)], step[2]) if names else ()
+        if kind == "stray":
+            return tracker.mark_received(step[1])
+        if kind == "clear":
+            tracker.clear()
+            return None
+        return tracker.estimate(step[1])
+    except LocalProtocolError as exc:
+        return ("raised", str(exc))
+
+
+def _observe(tracker: PlaybackTracker) -> object:
+    return (
+        {item: (tracker.sent_ms(item), tracker.played_ms(item)) for item in _ITEM_IDS},
+        tracker.pending_marks,
+        tracker.playing,
+        tracker.generation,
+        dict(tracker.stats),
+    )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    every=st.sampled_from([0, 1, 2, 20, 100]),
+    bytes_per_ms=st.sampled_from([1, 8, 48]),
+    max_pending=st.sampled_from([3, 10_000]),
+    steps=st.lists(_STEP, min_size=50, max_size=300),
+)
+def test_audio_sent_shortcut_answers_as_the_full_path_does(
+    every: int, bytes_per_ms: int, max_pending: int, steps: list[tuple[Any, ...]]
+) -> None:
+    """Random frames of a few items (and of enough others to evict), marks echoed in and out
+    of order, strays, flushes, clears and bad input: every answer, exception and observable
+    field is the same with the shortcut as without it."""
+    options = {"mark_every_ms": every, "bytes_per_ms": bytes_per_ms, "max_pending": max_pending}
+    fast, full = PlaybackTracker(**options), _FullPathTracker(**options)
+    fast_names: list[str] = []
+    full_names: list[str] = []
+    for step in steps:
+        assert _apply(fast, step, fast_names) == _apply(full, step, full_names), step
+        assert _observe(fast) == _observe(full), step
+    assert fast.flush_mark() == full.flush_mark()
+
+
+def test_audio_sent_takes_the_shortcut_between_marks() -> None:
+    """The shortcut is taken (the full path is not called) for the frames between two marks,
+    so that the per-frame cost the load benchmark measures is the short one."""
+    calls = 0
+
+    class Counting(PlaybackTracker):
+        __slots__ = ()
+
+        def _audio_sent_full(self, item_id: str, byte_count: int) -> str | None:
+            nonlocal calls
+            calls += 1
+            return super()._audio_sent_full(item_id, byte_count)
+
+    tracker = Counting(mark_every_ms=100)
+    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(50)]  # 1 s of 20 ms frames
+    assert [n is not None for n in names].count(True) == 10  # one mark per 100 ms
+    assert calls == 10 + 1  # each mark, and the first frame (nothing armed yet)
