@@ -28,6 +28,7 @@ import sys
 import time
 from collections.abc import Callable, Coroutine, Generator, Iterable
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -183,6 +184,40 @@ def _timed(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> f
     return time.thread_time() - start
 
 
+Runner = Callable[[Coroutine[Any, Any, Any], asyncio.AbstractEventLoop], float]
+
+
+def counting(event: str) -> Runner:
+    """A runner like :func:`_timed` that returns, instead of a time, how many ``event`` events
+    (``"opcode"``: bytecodes executed, ``"call"``: Python function calls) running ``coro``
+    took: the same figure on every machine and in every run, so a change to the per-frame
+    path can be measured exactly on a VM whose timings move by 10-30%."""
+
+    def run(coro: Coroutine[Any, Any, Any], loop: asyncio.AbstractEventLoop) -> float:
+        count = 0
+
+        def trace(frame: FrameType, what: str, arg: object) -> Any:
+            nonlocal count
+            if what == event:
+                count += 1
+            if what == "call":
+                frame.f_trace_opcodes = event == "opcode"
+                frame.f_trace_lines = False
+            return trace
+
+        sys.settrace(trace)
+        try:
+            loop.run_until_complete(coro)
+        except Exception as exc:
+            if not _session_lost(exc):
+                raise
+        finally:
+            sys.settrace(None)
+        return float(count)
+
+    return run
+
+
 def _session_lost(exc: Exception) -> bool:
     """The bridge's OpenAI reader ends its frames with this (private) exception."""
     return type(exc).__name__ == "_SessionLost"
@@ -193,7 +228,7 @@ def _relay() -> Relay:
 
 
 def _rounds(
-    runners: dict[str, Callable[[], float]], rounds: int, frames: int
+    runners: dict[str, Callable[[], float]], rounds: int, frames: int, scale: float = 1e6
 ) -> dict[str, list[float]]:
     """Microseconds per frame of each runner (which returns seconds for ``frames`` frames), one
     entry per round, the order rotating between rounds so that no path always goes first."""
@@ -201,12 +236,15 @@ def _rounds(
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
         for name in names[r % len(names) :] + names[: r % len(names)]:
-            out[name].append(runners[name]() * 1e6 / frames)
+            out[name].append(runners[name]() * scale / frames)
     return out
 
 
-def measure(frames: int, rounds: int) -> dict[str, list[float]]:
-    """Microseconds per frame for each path, one list entry per round."""
+def measure(
+    frames: int, rounds: int, run: Runner = _timed, scale: float = 1e6
+) -> dict[str, list[float]]:
+    """Microseconds per frame for each path, one list entry per round (with ``run`` from
+    :func:`counting` and ``scale=1``: bytecodes or calls per frame)."""
     up = [twilio_media(i) for i in range(frames)]
     down = [audio_delta(i) for i in range(frames)]
     relay = _relay()
@@ -215,26 +253,26 @@ def measure(frames: int, rounds: int) -> dict[str, list[float]]:
     def bridge_up() -> float:
         bridge, twilio, openai = new_bridge()
         twilio.feed(up)
-        took = _timed(bridge._twilio_reader(), loop)
+        took = run(bridge._twilio_reader(), loop)
         assert len(openai.sent) == frames and bridge.report.media_in == frames
         return took
 
     def relay_up() -> float:
         twilio, openai = MemorySocket(up), MemorySocket(websockets_client=True)
-        took = _timed(relay._up(twilio, openai), loop)  # type: ignore[arg-type]
+        took = run(relay._up(twilio, openai), loop)  # type: ignore[arg-type]
         assert len(openai.sent) == frames
         return took
 
     def bridge_down() -> float:
         bridge, _twilio, openai = new_bridge()
         openai.feed(down)
-        took = _timed(bridge._openai_reader(), loop)
+        took = run(bridge._openai_reader(), loop)
         assert bridge.report.media_out == frames
         return took
 
     def relay_down() -> float:
         twilio, openai = MemorySocket(), MemorySocket(down, websockets_client=True)
-        took = _timed(relay._down(openai, twilio, SID), loop)  # type: ignore[arg-type]
+        took = run(relay._down(openai, twilio, SID), loop)  # type: ignore[arg-type]
         assert len(twilio.sent) == frames
         return took
 
@@ -242,12 +280,12 @@ def measure(frames: int, rounds: int) -> dict[str, list[float]]:
         """The echoes of the marks the down path sent, read back (the relay sends none)."""
         bridge, twilio, openai = new_bridge()
         openai.feed(down)
-        _timed(bridge._openai_reader(), loop)
+        run(bridge._openai_reader(), loop)
         names = [m for m in twilio.sent if '"event":"mark"' in m]
         echoes = [mark_echo(i, json.loads(m)["mark"]["name"]) for i, m in enumerate(names)]
         assert echoes and all(MarkName.parse(json.loads(m)["mark"]["name"]) for m in names)
         twilio.feed(echoes)
-        took = _timed(bridge._twilio_reader(), loop)
+        took = run(bridge._twilio_reader(), loop)
         assert bridge.tracker.pending_marks == 0
         return took * frames / len(echoes)  # so that the per-frame division gives per echo
 
@@ -260,7 +298,7 @@ def measure(frames: int, rounds: int) -> dict[str, list[float]]:
     }
     assert tuple(runners) == PATHS
     try:
-        return _rounds(runners, rounds, frames)
+        return _rounds(runners, rounds, frames, scale)
     finally:
         loop.close()
 
@@ -402,6 +440,24 @@ def report(results: dict[str, list[float]], down_per_up: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def count_report(bytecodes: dict[str, list[float]], calls: dict[str, list[float]]) -> str:
+    """Bytecodes and Python calls per frame of each path (one run each: they do not vary)."""
+    lines = [
+        "| path | bridge bytecodes | relay bytecodes | bridge - relay | bridge calls |"
+        " relay calls |",
+        "|---|---:|---:|---:|---:|---:|",
+    ]
+    for side, what in (("up", "caller audio up"), ("down", "assistant audio down")):
+        b, r = bytecodes[f"{side}: bridge"][0], bytecodes[f"{side}: relay"][0]
+        cb, cr = calls[f"{side}: bridge"][0], calls[f"{side}: relay"][0]
+        lines.append(
+            f"| {what} | {b:.1f} | {r:.1f} | {b - r:+.1f} ({b / r:.2f}x) | {cb:.1f} | {cr:.1f} |"
+        )
+    echo, echo_calls = bytecodes["mark echo: bridge"][0], calls["mark echo: bridge"][0]
+    lines.append(f"| mark echo read back (per echo) | {echo:.1f} | - | - | {echo_calls:.1f} | - |")
+    return "\n".join(lines) + "\n"
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--frames", type=int, default=20_000)
@@ -414,6 +470,11 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--quick", action="store_true", help="2,000 frames, 3 rounds")
     p.add_argument(
+        "--count",
+        action="store_true",
+        help="also count bytecodes and Python calls per frame (exact; about 10 s more)",
+    )
+    p.add_argument(
         "--calls",
         default="",
         help="also run with this many calls' loops interleaved frame by frame (e.g. 1,10,100)",
@@ -423,6 +484,12 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(frames, rounds)
     print(f"{frames} frames per path and round, {rounds} rounds; thread CPU time per frame\n")
     print(report(results, args.down_per_up))
+    if args.count:
+        counted = min(frames, 5_000)
+        bytecodes = measure(counted, 1, counting("opcode"), scale=1.0)
+        calls = measure(counted, 1, counting("call"), scale=1.0)
+        print(f"Bytecodes and Python calls per frame ({counted} frames; exact, no timing):\n")
+        print(count_report(bytecodes, calls))
     if args.calls:
         counts = [int(x) for x in args.calls.split(",") if x.strip()]
         # At least 100 frames per call, so that each call's first frames weigh little.

@@ -11,6 +11,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from benchmarks.bench_paths import (
     INTERLEAVED,
     PATHS,
+    count_report,
+    counting,
     interleaved_report,
     measure,
     measure_interleaved,
@@ -35,3 +37,18 @@ def test_interleaved_calls_each_forward_every_frame() -> None:
     assert all(len(v) == 2 and all(x > 0 for x in v) for v in results.values())
     text = interleaved_report({5: results})
     assert text.splitlines()[-1].startswith("| 5 |")
+
+
+def test_counted_paths_give_the_same_figures_every_run() -> None:
+    """``--count``: bytecodes and calls per frame are exact, so two runs agree to the unit
+    and a change to the per-frame path shows as a number, not as noise."""
+    first = measure(200, 1, counting("opcode"), scale=1.0)
+    again = measure(200, 1, counting("opcode"), scale=1.0)
+    calls = measure(200, 1, counting("call"), scale=1.0)
+    assert first == again
+    assert set(first) == set(PATHS) == set(calls)
+    # The bridge does its own work on top of the same parsing and framing as the relay.
+    assert first["down: bridge"][0] > first["down: relay"][0] > 0
+    assert first["up: bridge"][0] > first["up: relay"][0] > 0
+    text = count_report(first, calls)
+    assert "assistant audio down" in text and "per echo" in text
