@@ -956,9 +956,7 @@ class CallBridge:
             except RemoteProtocolError as exc:
                 self._bad_frame("twilio", exc)
                 continue
-            kind = type(message)
-            if kind is Media:
-                assert isinstance(message, Media)
+            if type(message) is Media:  # per frame: narrowed without an ``assert``
                 if message.track is None or message.track == "inbound":
                     report.media_in += 1
                     if self._reconnecting:
@@ -975,7 +973,9 @@ class CallBridge:
                             self._send_failed(openai, append, self._send_openai)
                     else:
                         self._send_openai(append)
-            elif kind is Mark:
+                continue
+            kind = type(message)
+            if kind is Mark:
                 assert isinstance(message, Mark)
                 machine = self.machine  # replaced on a new session: never cache it
                 assert machine is not None
@@ -1029,9 +1029,7 @@ class CallBridge:
             except RemoteProtocolError as exc:
                 self._bad_frame("openai", exc)
                 continue
-            kind = type(message)
-            if kind is OutputAudioDelta:
-                assert isinstance(message, OutputAudioDelta)
+            if type(message) is OutputAudioDelta:  # per frame: narrowed without an ``assert``
                 item = message.item_id
                 if not item:  # the mark names the item: an empty id is the peer's error
                     self._bad_frame("openai", RemoteProtocolError("audio delta: empty item_id"))
@@ -1051,6 +1049,7 @@ class CallBridge:
                         await self._send_now(twilio, direct, mark, send)
                     report.media_out += 1
                 continue
+            kind = type(message)
             if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)
                 tail = tracker.flush_mark()
                 if tail is not None:
@@ -1144,8 +1143,8 @@ def _direct_probe(queue: asyncio.Queue[_Outbound], sock: MessageSocket) -> Calla
     # connection's own ``state`` two.
     for holder in (getattr(sock, "protocol", None), sock):
         if getattr(holder, "state", None) is not None:
-            ws = cast(Any, holder)
-            return lambda: ws.state is WsState.OPEN and buffered() == 0 and empty()
+            ws, is_open = cast(Any, holder), WsState.OPEN
+            return lambda: ws.state is is_open and buffered() == 0 and empty()
     if hasattr(sock, "closed"):
         other = cast(Any, sock)
         return lambda: other.closed is not True and buffered() == 0 and empty()
