@@ -107,8 +107,7 @@ class MemorySocket:
         self.sent: list[str] = []
         self.transport = _Transport()
         if websockets_client:
-            # What the bridge reads on a ``websockets`` connection.
-            self.state = WsState.OPEN
+            # What the bridge reads on a ``websockets`` connection: its protocol's state.
             self.protocol = _Protocol()
         else:
             self.closed = False  # what it reads on our own server's socket
@@ -230,8 +229,9 @@ def _relay() -> Relay:
 def _rounds(
     runners: dict[str, Callable[[], float]], rounds: int, frames: int, scale: float = 1e6
 ) -> dict[str, list[float]]:
-    """Microseconds per frame of each runner (which returns seconds for ``frames`` frames), one
-    entry per round, the order rotating between rounds so that no path always goes first."""
+    """Per frame, ``scale`` times what each runner returns for ``frames`` frames (seconds, so
+    microseconds by default), one entry per round, the order rotating between rounds so that
+    no path always goes first."""
     names = list(runners)
     out: dict[str, list[float]] = {name: [] for name in names}
     for r in range(rounds):
@@ -240,11 +240,10 @@ def _rounds(
     return out
 
 
-def measure(
-    frames: int, rounds: int, run: Runner = _timed, scale: float = 1e6
-) -> dict[str, list[float]]:
+def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[float]]:
     """Microseconds per frame for each path, one list entry per round (with ``run`` from
-    :func:`counting` and ``scale=1``: bytecodes or calls per frame)."""
+    :func:`counting`: bytecodes or calls per frame)."""
+    scale = 1e6 if run is _timed else 1.0
     up = [twilio_media(i) for i in range(frames)]
     down = [audio_delta(i) for i in range(frames)]
     relay = _relay()
@@ -486,8 +485,8 @@ def main(argv: list[str] | None = None) -> int:
     print(report(results, args.down_per_up))
     if args.count:
         counted = min(frames, 5_000)
-        bytecodes = measure(counted, 1, counting("opcode"), scale=1.0)
-        calls = measure(counted, 1, counting("call"), scale=1.0)
+        bytecodes = measure(counted, 1, counting("opcode"))
+        calls = measure(counted, 1, counting("call"))
         print(f"Bytecodes and Python calls per frame ({counted} frames; exact, no timing):\n")
         print(count_report(bytecodes, calls))
     if args.calls:

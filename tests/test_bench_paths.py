@@ -42,9 +42,9 @@ def test_interleaved_calls_each_forward_every_frame() -> None:
 def test_counted_paths_give_the_same_figures_every_run() -> None:
     """``--count``: bytecodes and calls per frame are exact, so two runs agree to the unit
     and a change to the per-frame path shows as a number, not as noise."""
-    first = measure(200, 1, counting("opcode"), scale=1.0)
-    again = measure(200, 1, counting("opcode"), scale=1.0)
-    calls = measure(200, 1, counting("call"), scale=1.0)
+    first = measure(200, 1, counting("opcode"))
+    again = measure(200, 1, counting("opcode"))
+    calls = measure(200, 1, counting("call"))
     assert first == again
     assert set(first) == set(PATHS) == set(calls)
     # The bridge does its own work on top of the same parsing and framing as the relay.
