@@ -57,10 +57,14 @@ def server_command(
     root: Path,
     extra: tuple[str, ...] = (),
     loop_stats: Path | None = None,
+    wrapper: tuple[str, ...] = (),
 ) -> list[str]:
+    """The server's command line; ``wrapper`` goes before the interpreter (``valgrind ...``
+    for ``bench_instructions``: it runs the program in the same process, so the pid the load
+    generator reads the CPU of is still the server's)."""
     bridge = root / "examples/twilio_bridge.py"
     script = str(bridge if kind == "bridge" else ROOT / "benchmarks/relay.py")
-    cmd = [sys.executable]
+    cmd = [*wrapper, sys.executable]
     if profile is not None:
         cmd += ["-m", "benchmarks.profile_server", str(profile)]
     elif loop_stats is not None:
@@ -144,10 +148,11 @@ def run_one(
     loop_stats_dir: Path | None = None,
     pin: tuple[int, int] | None = None,
     script: str = "realistic",
+    wrapper: tuple[str, ...] = (),
 ) -> dict[str, Any]:
     """One run: a server process and the load generator's, each pinned to a CPU of its own
     when ``pin`` is ``(server_cpu, loadgen_cpu)``; tried again on fresh ports if a port was
-    taken before its server bound it."""
+    taken before its server bound it.  ``wrapper``: see :func:`server_command`."""
     for attempt in range(1, PORT_ATTEMPTS + 1):
         try:
             return _run_once(
@@ -162,6 +167,7 @@ def run_one(
                 loop_stats_dir,
                 pin,
                 script,
+                wrapper,
             )
         except PortTaken as exc:
             if attempt == PORT_ATTEMPTS:
@@ -182,6 +188,7 @@ def _run_once(
     loop_stats_dir: Path | None,
     pin: tuple[int, int] | None,
     script: str,
+    wrapper: tuple[str, ...],
 ) -> dict[str, Any]:
     port, sim_port = free_port(), free_port()
     profile = profile_dir / f"{kind}-{calls}.prof" if profile_dir is not None else None
@@ -199,6 +206,7 @@ def _run_once(
             root,
             bridge_args if kind == "bridge" else (),
             loop_stats,
+            wrapper,
         ),
         cwd=root,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(dict.fromkeys([str(root), str(ROOT)]))},
