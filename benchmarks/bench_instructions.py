@@ -29,6 +29,7 @@ import importlib.util
 import json
 import os
 import shutil
+import subprocess
 import sys
 import tempfile
 from collections import Counter
@@ -325,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
             for script in scripts
             for token in servers
         ]
-    where = f"{machine()}; load generator on {loop}; valgrind cachegrind, instructions only"
+    version = subprocess.run(["valgrind", "--version"], capture_output=True, text=True).stdout
+    where = f"{machine()}; load generator on {loop}; {version.strip()} cachegrind, instructions"
     text = markdown(results, args.top, command, where)
     print(text)
     if args.markdown:
