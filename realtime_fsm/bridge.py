@@ -297,6 +297,8 @@ class CallBridge:
         #: OpenAI one is rebuilt with each session and answers False while there is none.
         self._openai_direct = _direct_probe(self._to_openai, openai)
         self._twilio_direct = _direct_probe(self._to_twilio, twilio)
+        #: Our own server's socket can write a frame without awaiting (see ``_send_urgent``).
+        self._twilio_nowait: Callable[[str], bool] | None = getattr(twilio, "send_nowait", None)
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
         self._call = "-"
@@ -810,7 +812,7 @@ class CallBridge:
             else:
                 self._send_openai(self.codec.render_json(command))
         elif isinstance(command, ClearPlayback):
-            self._send_twilio(clear_message(self.stream_sid))
+            self._send_twilio_urgent(clear_message(self.stream_sid))
             self.tracker.clear()
         elif isinstance(command, DropResponseAudio):
             pass  # the machine filters that response's deltas from now on
@@ -843,6 +845,20 @@ class CallBridge:
             if type(message) is _TextFrame:
                 self._overflow.append(ev.UserText(message.text, source=message.source))
             raise _EndCall("openai socket not keeping up (queue full)") from None
+
+    def _send_twilio_urgent(self, message: str) -> None:
+        """A frame the caller's ear waits for (the barge-in's ``clear``): written now when
+        nothing is queued ahead of it and the socket takes it without waiting, instead of by
+        the writer task on the next loop iteration, after every other callback ready in this
+        one.  Otherwise queued as usual, so the order of frames never changes."""
+        nowait = self._twilio_nowait
+        if nowait is not None and self._to_twilio.empty():
+            try:
+                if nowait(message):
+                    return
+            except _CLOSED:
+                pass  # the writer meets the closed socket and reports it the usual way
+        self._send_twilio(message)
 
     def _send_twilio(self, message: str) -> None:
         try:

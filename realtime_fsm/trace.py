@@ -483,6 +483,16 @@ class TracedSocket:
         self.trace.record(self.side, "out", message)
         await self.inner.send(message)
 
+    def send_nowait(self, message: str) -> bool:
+        """The wrapped socket's ``send_nowait`` (see ``webserver.WebSocket``), recorded when it
+        wrote the frame; without one, False (the bridge then queues the frame for ``send``).
+        Defined here so that ``__getattr__`` cannot hand out the inner one unrecorded."""
+        nowait = getattr(self.inner, "send_nowait", None)
+        if nowait is None or not nowait(message):
+            return False
+        self.trace.record(self.side, "out", message)
+        return True
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         self.trace.note(self.side, "closed", by="bridge", code=code, reason=reason[:200])
         await self.inner.close(code, reason)

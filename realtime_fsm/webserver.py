@@ -174,6 +174,27 @@ class WebSocket:
                 raise WebSocketClosed(self.close_code, self.close_reason or "") from exc
             await self._flush(drain_above=_BUFFER_LIMIT)
 
+    def send_nowait(self, message: str) -> bool:
+        """Write one text message at once if that needs no waiting: no other send under way,
+        the connection open and the transport holding nothing the peer has not read.  Returns
+        False, having sent nothing, otherwise; the caller then queues it for :meth:`send`.
+
+        For a frame someone waits for, from code that cannot ``await``: the bridge's barge-in
+        ``clear``, which through its writer task would go out only on the next loop iteration,
+        after everything else ready in this one (at 150 calls, a good part of a millisecond)."""
+        if (
+            self._send_lock.locked()
+            or self._protocol.state is not State.OPEN
+            or self._writer.is_closing()
+            or self._writer.transport.get_write_buffer_size()
+        ):
+            return False
+        self._protocol.send_text(message.encode("utf-8"))
+        for chunk in self._protocol.data_to_send():
+            if chunk:  # an empty chunk marks the end of the stream, after a close only
+                self._writer.write(chunk)
+        return True
+
     async def close(self, code: int = 1000, reason: str = "") -> None:
         """Start the closing handshake, wait briefly for the peer's reply, drop the TCP link.
 

@@ -114,6 +114,35 @@ class MemorySocket:
             self.inbox.put_nowait(None)  # wake a pending recv, like a real close would
 
 
+class NowaitSocket(MemorySocket):
+    """A Twilio side with ``send_nowait``, as our own server's socket has: it writes at once
+    unless a ``send`` is under way or the peer is not reading (the real one declines then too:
+    its lock is held, or its transport holds unread bytes)."""
+
+    def __init__(self, name: str, wire: list[tuple[str, str]], *, reading: bool = True) -> None:
+        super().__init__(name, wire, reading=reading)
+        self.nowait_calls: list[str] = []
+        self.nowait_sent: list[str] = []
+        self._sending = 0
+
+    def send_nowait(self, message: str) -> bool:
+        self.nowait_calls.append(message)
+        if self._sending or not self._reading.is_set() or self.closed or self.peer_closed:
+            return False
+        self.sent.append(message)
+        self.wire.append((self.name, message))
+        self.outbox.put_nowait(message)
+        self.nowait_sent.append(message)
+        return True
+
+    async def send(self, message: str) -> None:
+        self._sending += 1
+        try:
+            await super().send(message)
+        finally:
+            self._sending -= 1
+
+
 # ------------------------------------------------------------------------------ protocol frames
 
 
@@ -272,9 +301,11 @@ class Call:
         twilio_reads: bool = True,
         openai_reads: bool = True,
         clock: Callable[[], float] | None = None,
+        twilio_nowait: bool = False,
     ) -> None:
         self.wire: list[tuple[str, str]] = []
-        self.twilio = MemorySocket("twilio", self.wire, reading=twilio_reads)
+        twilio_kind = NowaitSocket if twilio_nowait else MemorySocket
+        self.twilio = twilio_kind("twilio", self.wire, reading=twilio_reads)
         self.openai = MemorySocket("openai", self.wire, reading=openai_reads)
         self.undelivered: list[tuple[str, ...]] = []
         kwargs: dict[str, Any] = {} if clock is None else {"clock": clock}
@@ -576,6 +607,61 @@ def test_barge_in_before_any_mark_echo_deletes_the_unheard_item() -> None:
         assert not call.openai.of_type("conversation.item.truncate")  # a 0 ms truncate is refused
         [delete] = call.openai.of_type("conversation.item.delete")
         assert delete["item_id"] == "item_1"
+        call.twilio.feed(stop())
+        await call.end()
+
+    run(body)
+
+
+def test_barge_in_clear_is_written_at_once_when_nothing_waits_ahead_of_it() -> None:
+    """With a socket that can write without awaiting, the ``clear`` goes out while the
+    ``speech_started`` is handled, not on the writer task's turn (the barge-in reaction)."""
+
+    async def body() -> None:
+        call = Call(BridgeConfig(greeting="hi"), twilio_nowait=True)
+        twilio = call.twilio
+        assert isinstance(twilio, NowaitSocket)
+        await call.begin()
+        await call.respond("resp_1")
+        call.openai.feed(audio("resp_1", "item_1", CHUNK_A))
+        await until(lambda: twilio.of_type("mark"))
+        await settle()
+        assert twilio.nowait_calls == []  # media and marks take their usual ways
+        call.openai.feed(speech_started())
+        await until(lambda: twilio.of_type("clear"))
+        assert [json.loads(m)["event"] for m in twilio.nowait_sent] == ["clear"]
+        assert twilio.of_type("clear") == [{"event": "clear", "streamSid": STREAM}]
+        await settle()
+        assert len(twilio.of_type("clear")) == 1  # not sent again by the writer
+        call.twilio.feed(stop())
+        await call.end()
+
+    run(body)
+
+
+def test_barge_in_clear_keeps_its_place_behind_frames_not_yet_written() -> None:
+    """The Twilio peer stops reading: media frames wait in the writer's queue (and one in the
+    writer's blocked ``send``).  The ``clear`` then queues behind them instead of overtaking,
+    and they all arrive in order once the peer reads again."""
+
+    async def body() -> None:
+        call = Call(BridgeConfig(greeting="hi", mark_every_ms=0), twilio_nowait=True)
+        twilio = call.twilio
+        assert isinstance(twilio, NowaitSocket)
+        await call.begin()
+        twilio._reading.clear()
+        await call.respond("resp_1")
+        call.openai.feed(*(audio("resp_1", "item_1", c) for c in (CHUNK_A, CHUNK_B, CHUNK_C)))
+        await until(lambda: call.report.media_out == 3, "three deltas handled")
+        call.openai.feed(speech_started())
+        await until(lambda: call.openai.of_type("conversation.item.delete"), "the barge-in")
+        await settle()
+        assert not twilio.of_type("clear") and twilio.nowait_calls == []
+        twilio._reading.set()
+        await until(lambda: twilio.of_type("clear"), "clear")
+        events = [m["event"] for m in twilio.messages()]
+        assert events == ["media", "mark"] * 3 + ["clear"]
+        assert twilio.nowait_sent == []
         call.twilio.feed(stop())
         await call.end()
 

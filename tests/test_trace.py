@@ -175,6 +175,42 @@ def test_recorder_elides_audio_and_records_odd_frames_safely(tmp_path: Path) -> 
     assert trace.finish() == path  # idempotent
 
 
+def test_send_nowait_through_the_recorder_is_recorded_when_written(tmp_path: Path) -> None:
+    """The bridge writes its barge-in ``clear`` with ``send_nowait`` when the socket has one:
+    the wrapper must record those frames too (``__getattr__`` would hand out the inner method
+    unrecorded), and only those the inner socket wrote."""
+
+    class NowaitSocket(FakeSocket):
+        accept = True
+
+        def send_nowait(self, message: str) -> bool:
+            if self.accept:
+                self.sent.append(message)
+            return self.accept
+
+    clear = json.dumps({"event": "clear", "streamSid": "MZ1"})
+    trace = CallTrace.open(tmp_path, trace_config())
+
+    async def scenario() -> None:
+        inner = NowaitSocket([json.dumps(START)])
+        tw = trace.wrap(inner, "twilio")
+        await tw.recv()
+        assert isinstance(tw, TracedSocket)
+        assert tw.send_nowait(clear) is True
+        inner.accept = False
+        assert tw.send_nowait(clear) is False  # declined: not written, not recorded
+        assert inner.sent == [clear]
+        plain = trace.wrap(FakeSocket([]), "openai")
+        assert isinstance(plain, TracedSocket)
+        assert plain.send_nowait("{}") is False  # an inner socket without it: always declines
+
+    asyncio.run(scenario())
+    path = trace.finish()
+    assert path is not None
+    outs = [r for r in records(path) if r.get("dir") == "out"]
+    assert [(r["side"], r["type"]) for r in outs] == [("twilio", "clear")]
+
+
 def test_recorder_without_start_falls_back_to_a_generated_name(tmp_path: Path) -> None:
     trace = CallTrace(tmp_path, {}, max_buffered_lines=5)
     asyncio.run(drive(trace, [json.dumps({"event": "connected"})] * 10))

@@ -132,3 +132,52 @@ def test_send_writes_the_frame_before_it_returns() -> None:
             await server.wait_closed()
 
     asyncio.run(main())
+
+
+def test_send_nowait_writes_at_once_or_declines() -> None:
+    """``send_nowait`` writes the frame before it returns (the loop is blocked right after, as
+    above), and declines, sending nothing, whenever writing could not be done without waiting:
+    another send under way, unread bytes in the transport, a closed connection."""
+    received = threading.Event()
+    answers: list[bool] = []
+
+    async def handler(ws: WebSocket) -> None:
+        await ws.recv()
+        async with ws._send_lock:  # another send under way
+            answers.append(ws.send_nowait("not now: locked"))
+        transport = ws.transport
+        transport.get_write_buffer_size = lambda: 7  # type: ignore[method-assign]
+        answers.append(ws.send_nowait("not now: the peer is behind"))
+        del transport.get_write_buffer_size  # type: ignore[attr-defined]
+        answers.append(ws.send_nowait("frame"))
+        got_it = received.wait(timeout=10)  # blocks the loop: the frame is already written
+        await ws.send("yes" if got_it else "no")
+        await ws.close()
+        answers.append(ws.send_nowait("after the close"))
+
+    def client(port: int) -> list[str | bytes]:
+        with sync_connect(f"ws://127.0.0.1:{port}/media-stream", open_timeout=10) as ws:
+            ws.send("go")
+            first = ws.recv(timeout=10)
+            received.set()
+            frames = [first, ws.recv(timeout=10)]
+            with pytest.raises(ConnectionClosed):
+                frames.append(ws.recv(timeout=10))
+            return frames
+
+    async def main() -> None:
+        server = await serve(Routes(websocket={"/media-stream": handler}), "127.0.0.1", 0)
+        port = server.sockets[0].getsockname()[1]
+        try:
+            frames = await asyncio.wait_for(asyncio.to_thread(client, port), timeout=30)
+            assert frames == ["frame", "yes"]
+            for _ in range(100):
+                if len(answers) == 4:
+                    break
+                await asyncio.sleep(0.02)
+            assert answers == [False, False, True, False]
+        finally:
+            server.close()
+            await server.wait_closed()
+
+    asyncio.run(main())
