@@ -297,7 +297,7 @@ class CallBridge:
         #: OpenAI one is rebuilt with each session and answers False while there is none.
         self._openai_direct = _direct_probe(self._to_openai, openai)
         self._twilio_direct = _direct_probe(self._to_twilio, twilio)
-        #: Our own server's socket can write a frame without awaiting (see ``_send_urgent``).
+        #: Our own server's socket can write a frame without awaiting (see ``_send_twilio_urgent``).
         self._twilio_nowait: Callable[[str], bool] | None = getattr(twilio, "send_nowait", None)
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
