@@ -25,9 +25,7 @@ keep pace, and the figures then describe a server falling behind).  Needs ``valg
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -38,7 +36,14 @@ from typing import Any
 
 import attrs
 
-from benchmarks.bench_load import ROOT, SERVERS, machine, run_one
+from benchmarks.bench_load import (
+    ROOT,
+    machine,
+    pin_cpus,
+    resolve_loadgen_loop,
+    run_one,
+    server_tokens,
+)
 from benchmarks.loadgen import SCRIPTS
 
 #: Past this share of its core under valgrind the server may not have kept pace.
@@ -158,8 +163,8 @@ def measure(
     """Both runs of one server (``bridge``, ``relay`` or ``bridge@DIR``) for one script."""
     kind, _, root = token.partition("@")
     runs = []
+    name = token.replace("/", "_").replace("@", "-")
     for seconds in windows:
-        name = token.replace("/", "_").replace("@", "-")
         out = out_dir / f"{name}-{script}-{calls}-{seconds:g}s.cachegrind"
         result = run_one(
             kind,
@@ -287,13 +292,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pin", choices=("auto", "off"), default="auto", help="as bench_load's")
     args = p.parse_args(argv)
     scripts = [s for s in args.scripts.split(",") if s]
-    servers = [s for s in args.servers.split(",") if s]
+    servers = server_tokens(p, args.servers)
     for script in scripts:
         if script not in SCRIPTS:
             p.error(f"--scripts: {script!r} is not one of {', '.join(SCRIPTS)}")
-    for token in servers:
-        if token.split("@", 1)[0] not in SERVERS:
-            p.error(f"--servers: {token!r} is not bridge, relay, bridge@DIR or relay@DIR")
     if not 0 < args.short < args.long:
         p.error("--short must be positive and shorter than --long")
     if args.calls < 1:
@@ -303,9 +305,8 @@ def main(argv: list[str] | None = None) -> int:
             "bench_instructions needs valgrind on PATH (apt-get install valgrind)", file=sys.stderr
         )
         return 2
-    loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = (cpus[-1], cpus[0]) if args.pin == "auto" and len(cpus) >= 2 else None
+    loop = resolve_loadgen_loop("auto")
+    pin = pin_cpus(args.pin)
     command = "python -m benchmarks.bench_instructions " + " ".join(
         argv if argv is not None else sys.argv[1:]
     )

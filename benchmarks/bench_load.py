@@ -702,6 +702,28 @@ def write_plot(bridge: list[dict[str, Any]], relay: list[dict[str, Any]], path: 
     plt.close(fig)
 
 
+def server_tokens(p: argparse.ArgumentParser, value: str) -> list[str]:
+    """``--servers``: ``bridge``, ``relay``, or either as ``kind@DIR`` (another tree's)."""
+    tokens = [k for k in value.split(",") if k]
+    for token in tokens:
+        if token.split("@", 1)[0] not in SERVERS:
+            p.error(f"--servers: {token!r} is not bridge, relay, bridge@DIR or relay@DIR")
+    return tokens
+
+
+def resolve_loadgen_loop(choice: str) -> str:
+    """``auto``: uvloop when installed (the 'bench' extra), else asyncio's own loop."""
+    if choice != "auto":
+        return choice
+    return "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
+
+
+def pin_cpus(mode: str) -> tuple[int, int] | None:
+    """``--pin auto``: with two or more CPUs, (server's, load generator's); else None."""
+    cpus = sorted(os.sched_getaffinity(0))
+    return (cpus[-1], cpus[0]) if mode == "auto" and len(cpus) >= 2 else None
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     p.add_argument("--ns", default="10,50,100,150,200", help="comma-separated call counts")
@@ -756,10 +778,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     ns = [int(x) for x in args.ns.split(",") if x.strip()]
-    kinds = [k for k in args.servers.split(",") if k]
-    for token in kinds:
-        if token.split("@", 1)[0] not in SERVERS:
-            p.error(f"--servers: {token!r} is not bridge, relay, bridge@DIR or relay@DIR")
+    kinds = server_tokens(p, args.servers)
     profile_dir = Path(args.profile) if args.profile else None
     if profile_dir is not None:
         profile_dir.mkdir(parents=True, exist_ok=True)
@@ -769,11 +788,8 @@ def main(argv: list[str] | None = None) -> int:
             p.error("--profile and --loop-stats measure different things: pick one")
         loop_stats_dir.mkdir(parents=True, exist_ok=True)
     command = "python -m benchmarks.bench_load " + " ".join(argv if argv else sys.argv[1:])
-    loadgen_loop = args.loadgen_loop
-    if loadgen_loop == "auto":
-        loadgen_loop = "uvloop" if importlib.util.find_spec("uvloop") is not None else "asyncio"
-    cpus = sorted(os.sched_getaffinity(0))
-    pin = (cpus[-1], cpus[0]) if args.pin == "auto" and len(cpus) >= 2 else None
+    loadgen_loop = resolve_loadgen_loop(args.loadgen_loop)
+    pin = pin_cpus(args.pin)
     before = f"{machine()}; load generator on {loadgen_loop}, servers on asyncio"
     if pin is not None:
         before += f"; server pinned to CPU {pin[0]}, load generator to CPU {pin[1]}"

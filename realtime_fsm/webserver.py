@@ -190,6 +190,8 @@ class WebSocket:
         ):
             return False
         self._protocol.send_text(message.encode("utf-8"))
+        # ``_flush``'s writing loop, not shared with it: ``_flush`` runs for every frame of
+        # both servers, and a call there would cost each of them one more per frame.
         for chunk in self._protocol.data_to_send():
             if chunk:  # an empty chunk marks the end of the stream, after a close only
                 self._writer.write(chunk)
