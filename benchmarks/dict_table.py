@@ -172,6 +172,7 @@ class PlainCallState:
         self.inflight: object = None
         self.response_id: str | None = None
         self.response_is_retry = False
+        self.response_requests: tuple[ev.RequestResponse, ...] = ()
         self.response_expects_audio = True
         self.audio_deltas = 0
         self.transcript_deltas = 0

@@ -46,7 +46,7 @@ from .commands import (
 from .config import LifecycleConfig
 from .errors import CallNotActive, RemoteProtocolError
 from .history import ConversationHistory
-from .lifecycle import USER_TEXT_REASON, ResponseLifecycle
+from .lifecycle import USER_TEXT_REASON, USER_TURN_REASON, ResponseLifecycle
 from .openai_realtime import (
     DEFAULT_MAX_FRAME_SIZE,
     Dialect,
@@ -207,6 +207,11 @@ class CallReport:
     #: Caller audio frames dropped because no OpenAI session was up (while reconnecting), or
     #: left over for a lost session (queued, or its send failed): never sent to the next one.
     media_dropped: int = 0
+    #: Caller turns committed on a lost session before any answer to them began and before
+    #: their transcript arrived: the new session cannot know what was said, so they are not
+    #: answered (the caller repeats, as on any phone line).  A turn whose transcript did
+    #: arrive is answered on the new session.
+    turns_lost: int = 0
 
 
 class _EndCall(Exception):
@@ -598,9 +603,25 @@ class CallBridge:
         requests = list(machine.pending)
         if machine.inflight is not None:
             requests[0:0] = machine.inflight.requests
-        if responding and not requests:
-            # Cut off mid-response (its own request already served): ask for the rest.
-            requests.append(ev.RequestResponse(reason="reconnect"))
+        if machine.state is ResponseState.ACTIVE:
+            # Cut off mid-response: ask for the rest first, with the instructions and metadata
+            # it was asked with (a greeting's instructions are not in the restored history).
+            # The fresh machine coalesces it with interchangeable requests behind it.
+            requests.insert(0, _retelling(machine.response_requests))
+        elif machine.awaiting_server_response():
+            # The caller's turn was committed and the server's answer had not begun.  Its
+            # audio dies with the session; its transcript, if it came, is restored as the last
+            # history item and can be answered.
+            latest = self.history.latest
+            if latest is not None and latest.role == "user":
+                requests.append(ev.RequestResponse(reason=USER_TURN_REASON))
+            else:
+                self.report.turns_lost += 1
+                log.warning(
+                    "call=%s the caller's last turn was lost with the session before its"
+                    " transcript arrived: not answered",
+                    self._call,
+                )
         # Oldest first: texts queued for the old socket (the machine sent them before it held
         # any), then the machine's held ones.  Frames already on the wire are in the history.
         texts = self._take_unsent()
@@ -1165,6 +1186,17 @@ def _direct_probe(queue: asyncio.Queue[_Outbound], sock: MessageSocket) -> Calla
         other = cast(Any, sock)
         return lambda: other.closed is not True and buffered() == 0 and empty()
     return lambda: buffered() == 0 and empty()
+
+
+def _retelling(served: tuple[ev.RequestResponse, ...]) -> ev.RequestResponse:
+    """The request that asks a new session for a response cut off with the old one: the
+    instructions it was created with (coalesced requests share them) and all their metadata;
+    a response the server created by itself served no request and gets the defaults."""
+    metadata: dict[str, str] = {}
+    for request in served:
+        metadata.update(request.metadata)
+    instructions = served[0].instructions if served else None
+    return ev.RequestResponse(reason="reconnect", instructions=instructions, metadata=metadata)
 
 
 def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:

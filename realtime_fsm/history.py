@@ -73,6 +73,11 @@ class ConversationHistory:
         return tuple(self._items)
 
     @property
+    def latest(self) -> HistoryItem | None:
+        """The newest kept message, if any."""
+        return self._items[-1] if self._items else None
+
+    @property
     def chars(self) -> int:
         """Characters held, in total."""
         return self._chars

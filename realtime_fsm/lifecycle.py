@@ -55,6 +55,9 @@ log = logging.getLogger("realtime_fsm.lifecycle")
 RETRY_REASON: Final = "no_audio_retry"
 #: The request reason used for held user text.
 USER_TEXT_REASON: Final = "user_text"
+#: The request reason of an answer to a committed caller turn that the server will not create
+#: itself (turn detection without ``create_response``, or a session lost before it did).
+USER_TURN_REASON: Final = "user_turn"
 #: Server error codes with a fixed meaning for the slot.
 BUSY_CODE: Final = "conversation_already_has_active_response"
 CANCEL_NOT_ACTIVE_CODE: Final = "response_cancel_not_active"
@@ -190,6 +193,7 @@ class ResponseLifecycle:
         "response_expects_audio",
         "response_id",
         "response_is_retry",
+        "response_requests",
         "state",
         "stats",
         "transcript_deltas",
@@ -217,6 +221,9 @@ class ResponseLifecycle:
         self.inflight: _Inflight | None = None
         self.response_id: str | None = None
         self.response_is_retry = False
+        #: The requests the current response serves, when it is ours (empty for one the
+        #: server created): what a new session must ask for again if this one is cut off.
+        self.response_requests: tuple[ev.RequestResponse, ...] = ()
         self.response_expects_audio = True
         self.audio_deltas = 0
         self.transcript_deltas = 0
@@ -351,7 +358,7 @@ class ResponseLifecycle:
                 problems.append("create in flight while idle")
             if self.audio_deltas or self.transcript_deltas or self._first_transcript_at:
                 problems.append("stale per-response counters")
-            if self.cancel_sent or self.response_is_retry:
+            if self.cancel_sent or self.response_is_retry or self.response_requests:
                 problems.append("stale response flags")
             if state is IDLE and self.held_texts:
                 problems.append("held text left in idle")
@@ -561,6 +568,7 @@ class ResponseLifecycle:
     def _clear_response(self) -> None:
         self.response_id = None
         self.response_is_retry = False
+        self.response_requests = ()
         self.response_expects_audio = True
         self.audio_deltas = 0
         self.transcript_deltas = 0
@@ -673,7 +681,7 @@ class ResponseLifecycle:
             )
 
     def enqueue_turn(self) -> None:
-        self.pending.append(ev.RequestResponse(reason="user_turn"))
+        self.pending.append(ev.RequestResponse(reason=USER_TURN_REASON))
 
     def send_create(self) -> None:
         """Coalesce the queue head with every interchangeable request into one create."""
@@ -758,6 +766,7 @@ class ResponseLifecycle:
         self._clear_response()
         self.response_id = event.response_id
         self.response_is_retry = inflight.is_retry
+        self.response_requests = inflight.requests
         self.response_expects_audio = _expects_audio(event)
         self._last_activity = self._now
         if inflight.is_retry:

@@ -914,3 +914,199 @@ def test_sessions_that_drop_soon_after_starting_are_backed_off(
         if "short in a row): reconnecting in" in r.getMessage()
     ]
     assert delays == ["0.01s", "0.02s", "0.04s", "0.04s"]
+
+
+# --- what a cut-off answer and an unanswered turn carry to the new session ------------------------
+
+
+def test_a_greeting_cut_off_by_a_lost_session_is_asked_for_again_with_its_instructions() -> None:
+    """The greeting's instructions live in its ``response.create``, not in the session or the
+    history: a greeting cut off mid-air is asked for again with them (and its metadata)."""
+
+    async def scenario() -> None:
+        sim = simulator()
+        async with sim, bridge_server(sim, bridge_config()) as bridge:
+            async with FakeTwilioCaller(bridge.url, CALLER) as caller:
+                cut = await wait_playing(sim, caller, after=0)
+                (greeting,) = sim.client_events("response.create", connection=0)
+                assert cut.connection == 0 and greeting["response"]["metadata"][REASON_KEY] == (
+                    "greeting"
+                )
+                sim.drop_connections()
+                await wait_served(sim, caller, connection=1)
+                creates = sim.client_events("response.create", connection=1)
+                assert len(creates) == 1
+                assert creates[0]["response"]["instructions"] == "Greet the caller."
+                assert creates[0]["response"]["metadata"][REASON_KEY] == "reconnect"
+            report = await bridge.report(sim)
+        assert report.reconnects == 1 and report.given_up == []
+        assert sim.protocol_error_total == 0, sim.error_counts
+
+    run(scenario())
+
+
+class _ServerSession(_Session):
+    """An OpenAI socket in memory that the test also speaks through, as the server."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.inbox: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def feed(self, *events: JSON) -> None:
+        for event in events:
+            self.inbox.put_nowait(json.dumps(event))
+
+    def lose(self) -> None:
+        self.inbox.put_nowait(None)
+
+    async def recv(self) -> str:
+        frame = await self.inbox.get()
+        if frame is None:
+            raise WebSocketClosed(1006, "dropped")
+        return frame
+
+    async def close(self, code: int = 1000, reason: str = "") -> None:
+        self.inbox.put_nowait(None)
+
+
+def _spoken_turn(item_id: str) -> list[JSON]:
+    """The server's events for a caller turn its VAD detected and committed."""
+    return [
+        {"type": "input_audio_buffer.speech_started", "audio_start_ms": 100, "item_id": item_id},
+        {"type": "input_audio_buffer.speech_stopped", "audio_end_ms": 900, "item_id": item_id},
+        {"type": "input_audio_buffer.committed", "item_id": item_id, "previous_item_id": None},
+    ]
+
+
+@pytest.mark.parametrize("transcribed", [True, False], ids=["transcribed", "not-transcribed"])
+def test_a_turn_the_lost_session_never_answered_is_answered_when_its_words_are_known(
+    transcribed: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Server VAD committed the caller's turn; the session is lost before the server's answer
+    began.  With the turn's transcript in hand the new session gets it as the last history item
+    and one ``response.create`` for it; without one there is nothing to answer, and the loss is
+    counted and logged instead of a made-up answer."""
+    caplog.set_level(logging.INFO, logger="realtime_fsm")
+
+    async def scenario() -> None:
+        twilio, old, new = _Twilio(), _ServerSession(), _ServerSession()
+
+        async def connector() -> _ServerSession:
+            return new
+
+        session = SessionConfig(create_response=True, interrupt_response=True)
+        bridge = CallBridge(twilio, old, _memory_config(session=session), reconnect=connector)
+        task = asyncio.create_task(bridge.run())
+        await _until(lambda: old.sent, "the first session.update")
+        old.feed(*_spoken_turn("item_turn_1"))
+        await _until(lambda: _awaiting(bridge), "the commit")
+        if transcribed:
+            old.feed(
+                {
+                    "type": "conversation.item.input_audio_transcription.completed",
+                    "item_id": "item_turn_1",
+                    "content_index": 0,
+                    "transcript": "What time do you open?",
+                }
+            )
+            await _until(lambda: len(bridge.history) == 1, "the transcript")
+        old.lose()
+        await _until(lambda: new.sent, "the new session.update")
+        await asyncio.sleep(0.05)  # room for a wrong create to show
+        if transcribed:
+            assert new.types() == [
+                "session.update",
+                "conversation.item.create",
+                "response.create",
+            ]
+            item = new.events("conversation.item.create")[0]["item"]
+            assert (item["role"], item["content"][0]["text"]) == ("user", "What time do you open?")
+            create = new.events("response.create")[0]["response"]
+            assert create["metadata"][REASON_KEY] == "user_turn"
+        else:
+            assert new.types() == ["session.update"]
+        twilio.hang_up()
+        report = await asyncio.wait_for(task, 10.0)
+        assert report.reconnects == 1
+        assert report.turns_lost == (0 if transcribed else 1)
+
+    run(scenario())
+    lost_logged = any("last turn was lost" in r.getMessage() for r in caplog.records)
+    assert lost_logged is not transcribed
+
+
+def _awaiting(bridge: CallBridge) -> bool:
+    machine = bridge.machine
+    return machine is not None and machine.awaiting_server_response()
+
+
+def test_an_answer_cut_off_with_a_request_queued_behind_it_is_asked_for_first() -> None:
+    """The application asked for another response (other instructions) while one played; the
+    session is lost.  The new session re-asks for the cut-off one, then the queued one after
+    its ``response.done``: neither is lost, in the order they would have played."""
+
+    async def scenario() -> None:
+        twilio, old, new = _Twilio(), _ServerSession(), _ServerSession()
+
+        async def connector() -> _ServerSession:
+            return new
+
+        bridge = CallBridge(twilio, old, _memory_config(), reconnect=connector)
+        task = asyncio.create_task(bridge.run())
+        await _until(lambda: old.sent, "the first session.update")
+        bridge.request_response("app", instructions="Tell the opening hours.")
+        await _until(lambda: old.events("response.create"), "the first create")
+        first = old.events("response.create")[0]
+        old.feed(_created("resp_1", first["response"]["metadata"]))
+        await _until(lambda: _state(bridge) == "active", "the response active")
+        bridge.request_response("app", instructions="Say goodbye.")
+        old.lose()
+        await _until(lambda: new.events("response.create"), "the new session's create")
+        await asyncio.sleep(0.05)
+        creates = new.events("response.create")
+        assert len(creates) == 1  # one at a time: the second waits for the first's done
+        assert creates[0]["response"]["instructions"] == "Tell the opening hours."
+        assert creates[0]["response"]["metadata"][REASON_KEY] == "reconnect"
+        new.feed(_created("resp_2", creates[0]["response"]["metadata"]), _done("resp_2"))
+        await _until(lambda: len(new.events("response.create")) == 2, "the queued create")
+        second = new.events("response.create")[1]["response"]
+        assert second["instructions"] == "Say goodbye."
+        new.feed(_created("resp_3", second["metadata"]), _done("resp_3"))
+        await _until(lambda: _state(bridge) == "idle", "both served")
+        twilio.hang_up()
+        report = await asyncio.wait_for(task, 10.0)
+        assert report.reconnects == 1 and report.given_up == []
+
+    run(scenario())
+
+
+def _state(bridge: CallBridge) -> str | None:
+    machine = bridge.machine
+    return None if machine is None else machine.state.value
+
+
+def _created(response_id: str, metadata: dict[str, str]) -> JSON:
+    return {
+        "type": "response.created",
+        "event_id": f"event_{response_id}",
+        "response": {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": "in_progress",
+            "metadata": metadata,
+            "output": [],
+        },
+    }
+
+
+def _done(response_id: str) -> JSON:
+    return {
+        "type": "response.done",
+        "event_id": f"event_done_{response_id}",
+        "response": {
+            "id": response_id,
+            "object": "realtime.response",
+            "status": "completed",
+            "output": [],
+        },
+    }
