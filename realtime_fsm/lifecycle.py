@@ -640,6 +640,13 @@ class ResponseLifecycle:
         match = _RESP_ID.search(event.message)
         return match is not None and self._retired.why(match.group(1)) == "abandoned"
 
+    def busy_response_named(self) -> bool:
+        """The busy error names the blocking response, and it is none we know of."""
+        event = self._ev
+        assert isinstance(event, ev.ServerError)
+        match = _RESP_ID.search(event.message)
+        return match is not None and self._is_unknown(match.group(1))
+
     def awaiting_created(self) -> bool:
         return self.response_id is None
 
@@ -1060,6 +1067,28 @@ class ResponseLifecycle:
         self._send_cancel(rid)
         log.warning(
             "call=%s response %s outlived its cancel timeout; cancelling it again",
+            self._cfg.call_id,
+            rid,
+        )
+
+    def cancel_busy_response(self) -> None:
+        """The response that beat our interrupted create is as interrupted as ours: the caller
+        spoke or typed after it began.  Cancel it by id, drop its audio, wait for its done."""
+        event = self._ev
+        assert isinstance(event, ev.ServerError)
+        match = _RESP_ID.search(event.message)
+        assert match is not None
+        rid = match.group(1)
+        self._clear_response()
+        self.response_id = rid
+        self._last_activity = self._now
+        self._count("busy_response_cancelled")
+        self._send_cancel(rid)
+        self._emit(DropResponseAudio(response_id=rid))
+        self._retire(rid, "dropped")
+        log.info(
+            "call=%s [BARGE_IN] response %s held the slot our interrupted create wanted;"
+            " cancelled, audio dropped",
             self._cfg.call_id,
             rid,
         )

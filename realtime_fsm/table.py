@@ -162,6 +162,11 @@ TRANSITIONS: list[Row] = [
     _row("create_busy", CREATING, CANCELLING, when=("busy_response_abandoned",),
          do=("requeue_inflight", "adopt_abandoned_response")),
     _row("create_busy", CREATING, ACTIVE, do=("requeue_inflight", "adopt_busy_response")),
+    # Our create, interrupted by the caller before it was answered, lost the slot to a response
+    # we never saw created: the caller interrupted that one too, so it is cancelled by the id
+    # the error names (not adopted and played over the held text).
+    _row("create_busy", CANCELLING, CANCELLING, when=("awaiting_created", "busy_response_named"),
+         do=("requeue_inflight", "cancel_busy_response")),
     _row("create_busy", CANCELLING, ACTIVE, when=("awaiting_created",),
          do=("requeue_inflight", "adopt_busy_response")),
     _row("create_busy", [ACTIVE, CANCELLING], None, do=("requeue_inflight",)),

@@ -678,6 +678,42 @@ def test_busy_error_naming_an_abandoned_response_waits_for_its_done() -> None:
     assert only(out, SendResponseCreate).reason == "user_text"
 
 
+@pytest.mark.parametrize("named", [True, False], ids=["named", "old-wording"])
+def test_an_interrupted_create_rejected_busy_cancels_the_response_that_won(named: bool) -> None:
+    """The caller types while our create is unanswered (cancel deferred); the server rejects
+    the create as busy with a response we never saw created.  The caller interrupted that one
+    as much as ours: it is cancelled by the id the error names and its audio dropped, and the
+    held text goes after its done.  The old wording names no id: nothing to cancel it by, so
+    it is adopted and the text waits for its done, as before."""
+    d = Driver()
+    create = only(d.feed(RequestResponse(reason="tool")), SendResponseCreate)
+    out = d.feed(UserText("no, Tuesday"))
+    assert d.m.state is CANCELLING and not of(out, SendResponseCancel)  # deferred
+    message = (
+        BUSY_MSG.format(rid="resp_won") if named else "Conversation already has an active response"
+    )
+    out = d.feed(
+        ServerError("conversation_already_has_active_response", message, event_id=create.event_id)
+    )
+    given_up = only(out, RequestGivenUp)
+    assert given_up.reason == "interrupted" and given_up.request_reasons == ("tool",)
+    if named:
+        assert d.m.state is CANCELLING
+        assert only(out, SendResponseCancel).response_id == "resp_won"
+        assert only(out, DropResponseAudio).response_id == "resp_won"
+        assert d.audio("resp_won") is False, "never heard"
+        assert d.m.stats["busy_response_cancelled"] == 1
+        assert d.m.check_invariants() == []
+        out = d.feed(ResponseDone("resp_won", status="cancelled"))
+    else:
+        assert d.m.state is ACTIVE and not of(out, SendResponseCancel)
+        assert d.audio("resp_won") is True
+        out = d.feed(ResponseDone("resp_won"))
+    assert [c.text for c in out if isinstance(c, SendUserText)] == ["no, Tuesday"]
+    assert only(out, SendResponseCreate).reason == "user_text"
+    assert d.m.state is CREATING
+
+
 def test_rejected_events_leave_no_reference_cycle() -> None:
     import gc
 
