@@ -18,6 +18,7 @@ import argparse
 import asyncio
 import logging
 import os
+from collections.abc import Callable
 
 from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.config import LifecycleConfig
@@ -25,6 +26,23 @@ from realtime_fsm.malloc_tuning import tune_malloc_for_sockets
 from realtime_fsm.openai_realtime import Dialect, SessionConfig
 from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
 from realtime_fsm.webserver import serve_until_signalled
+
+
+def _count(minimum: int) -> Callable[[str], int]:
+    def parse(text: str) -> int:
+        value = int(text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _megabytes(text: str) -> int:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return max(1, round(value * 1024 * 1024))
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -57,6 +75,42 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--trace-dir",
         default=None,
         help="write one JSONL trace per call here (check with: realtime-fsm replay FILE)",
+    )
+    p.add_argument(
+        "--trace-max-mb",
+        dest="max_trace_bytes",
+        metavar="MB",
+        type=_megabytes,
+        default="200",
+        help="a trace file stops growing at this size (MiB); the call goes on",
+    )
+    p.add_argument(
+        "--reconnect-attempts",
+        type=_count(1),
+        metavar="N",
+        default=4,
+        help="connection attempts per lost OpenAI session before the call ends",
+    )
+    p.add_argument(
+        "--max-reconnects",
+        type=_count(0),
+        metavar="N",
+        default=20,
+        help="OpenAI sessions one call may replace (0: a lost session ends the call)",
+    )
+    p.add_argument(
+        "--history-max-items",
+        type=_count(0),
+        metavar="N",
+        default=40,
+        help="conversation items restored on a new session (0: none)",
+    )
+    p.add_argument(
+        "--history-max-chars",
+        type=_count(0),
+        metavar="N",
+        default=8000,
+        help="characters of conversation restored on a new session (0: none)",
     )
     p.add_argument(
         "--mark-every-ms",
@@ -95,6 +149,10 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         greeting=args.greeting,
         accept_text_messages=args.accept_text_messages,
         mark_every_ms=args.mark_every_ms,
+        reconnect_attempts=args.reconnect_attempts,
+        max_reconnects=args.max_reconnects,
+        history_max_items=args.history_max_items,
+        history_max_chars=args.history_max_chars,
     )
     return ServerConfig(
         public_url=args.public_url,
@@ -103,6 +161,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         twilio_auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
         bridge=bridge,
         trace_dir=args.trace_dir,
+        max_trace_bytes=args.max_trace_bytes,
     )
 
 

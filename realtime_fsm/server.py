@@ -25,7 +25,7 @@ from websockets.asyncio.client import connect
 
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
 from .openai_realtime import Dialect
-from .trace import start_trace
+from .trace import MAX_TRACE_BYTES, start_trace
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
 
 log = logging.getLogger("realtime_fsm.server")
@@ -54,6 +54,11 @@ class SignatureValidator(Protocol):
     def validate(self, uri: str, params: dict[str, str], signature: str) -> bool: ...
 
 
+def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
+    if type(value) is not int or value <= 0:
+        raise ValueError(f"{attribute.name} must be an int > 0, got {value!r}")
+
+
 @attrs.frozen
 class ServerConfig:
     """Where to listen is given to :func:`start_server`; this is what to do with a call."""
@@ -66,6 +71,9 @@ class ServerConfig:
     bridge: BridgeConfig = attrs.field(factory=BridgeConfig)
     #: Record one JSONL trace per call here (``docs/traces.md``); ``None``: no traces.
     trace_dir: str | Path | None = None
+    #: A trace file stops growing at this size (the call goes on; the cut is noted in the file
+    #: and logged once), so a runaway call cannot fill the disk.
+    max_trace_bytes: int = attrs.field(default=MAX_TRACE_BYTES, validator=_positive_int)
 
     @property
     def stream_url(self) -> str:
@@ -151,7 +159,10 @@ async def _media_stream(
     on_bridge: Callable[[CallBridge], None] | None = None,
 ) -> None:
     trace = start_trace(
-        config.trace_dir, config.bridge, secrets=(config.api_key, config.twilio_auth_token)
+        config.trace_dir,
+        config.bridge,
+        secrets=(config.api_key, config.twilio_auth_token),
+        max_trace_bytes=config.max_trace_bytes,
     )
 
     async def open_openai() -> MessageSocket:

@@ -24,6 +24,7 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any
 
+import attrs
 import pytest
 from twilio.request_validator import RequestValidator
 from waiting import poller
@@ -546,6 +547,34 @@ def test_example_flags_map_onto_the_config(example: ModuleType) -> None:
     expected = bridge.session.expected_session()
     assert expected.turn_detection is None
     assert not expected.create_response and not expected.interrupt_response
+
+
+def test_example_reconnect_flags_map_onto_the_bridge_config(example: ModuleType) -> None:
+    defaults = example.build_config(example.parse_args(["--public-url", PUBLIC_URL])).bridge
+    assert (defaults.reconnect_attempts, defaults.max_reconnects) == (4, 20)
+    assert (defaults.history_max_items, defaults.history_max_chars) == (40, 8000)
+    assert defaults == attrs.evolve(BridgeConfig(), session=defaults.session,
+                                    lifecycle=defaults.lifecycle, mark_every_ms=500)  # fmt: skip
+    args = example.parse_args(
+        [
+            "--public-url", PUBLIC_URL,
+            "--reconnect-attempts", "2",
+            "--max-reconnects", "0",
+            "--history-max-items", "10",
+            "--history-max-chars", "0",
+        ]
+    )  # fmt: skip
+    bridge = example.build_config(args).bridge
+    assert (bridge.reconnect_attempts, bridge.max_reconnects) == (2, 0)
+    assert (bridge.history_max_items, bridge.history_max_chars) == (10, 0)
+    for flag, bad in (
+        ("--reconnect-attempts", "0"),
+        ("--max-reconnects", "-1"),
+        ("--history-max-items", "x"),
+        ("--history-max-chars", "-5"),
+    ):
+        with pytest.raises(SystemExit):
+            example.parse_args(["--public-url", PUBLIC_URL, flag, bad])
 
 
 def test_example_semantic_vad_and_explicit_create(example: ModuleType) -> None:

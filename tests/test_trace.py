@@ -48,6 +48,7 @@ from realtime_fsm.replay import TraceFormatError, Violation, check_file, check_l
 from realtime_fsm.server import ServerConfig, start_server
 from realtime_fsm.testing import FakeTwilioCaller
 from realtime_fsm.trace import (
+    MAX_TRACE_BYTES,
     REDACTED,
     CallTrace,
     TracedSocket,
@@ -622,6 +623,51 @@ def test_example_trace_dir_flag(tmp_path: Path) -> None:
     assert example.build_config(example.parse_args(base)).trace_dir is None
     args = example.parse_args([*base, "--trace-dir", str(tmp_path)])
     assert example.build_config(args).trace_dir == str(tmp_path)
+    assert example.build_config(args).max_trace_bytes == MAX_TRACE_BYTES
+    args = example.parse_args([*base, "--trace-max-mb", "0.5"])
+    assert example.build_config(args).max_trace_bytes == 512 * 1024
+    for bad in ("0", "-1", "nan"):
+        with pytest.raises(SystemExit):
+            example.parse_args([*base, "--trace-max-mb", bad])
+
+
+def test_the_servers_trace_size_cap_reaches_each_calls_trace(tmp_path: Path) -> None:
+    """``ServerConfig.max_trace_bytes`` caps every call's file: a whole call through the
+    server leaves a file no bigger, ending in the truncation note and the call's trailer."""
+    reports: list[CallReport] = []
+    cap = 6_000
+
+    async def scenario() -> None:
+        sim = e2e.simulator(e2e.short_replies)
+        async with sim:
+            config = ServerConfig(
+                public_url=PUBLIC,
+                realtime_url=sim.url,
+                bridge=e2e.bridge_config(),
+                trace_dir=tmp_path,
+                max_trace_bytes=cap,
+            )
+            server = await start_server(config, e2e.HOST, 0, reports=reports)
+            port = server.sockets[0].getsockname()[1]
+            try:
+                url = f"ws://{e2e.HOST}:{port}/media-stream"
+                async with FakeTwilioCaller(url, e2e.CALLER) as caller:
+                    await e2e.wait_served(sim, caller, after=0)
+                    for n in range(20):
+                        await caller.type_text(f"text number {n}")
+                await sim.wait_until(lambda: bool(reports), 5.0, "the report")
+            finally:
+                server.close()
+                await server.wait_closed()
+
+    e2e.run(scenario())
+    (path,) = tmp_path.glob("*.jsonl")
+    assert path.stat().st_size <= cap
+    lines = records(path)
+    assert lines[-2] == {**lines[-2], "side": "trace", "dir": "truncated", "max_trace_bytes": cap}
+    assert lines[-1]["kind"] == "end" and lines[-1]["end_reason"] == reports[0].end_reason
+    with pytest.raises(ValueError, match="max_trace_bytes"):
+        ServerConfig(public_url=PUBLIC, max_trace_bytes=0)
 
 
 def _line(t: float, **fields: Any) -> str:
