@@ -306,7 +306,11 @@ class CallBridge:
         self._twilio_nowait: Callable[[str], bool] | None = getattr(twilio, "send_nowait", None)
         self._wake = asyncio.Event()
         self._sleeping_until: float | None = None
-        self._call = "-"
+        #: The telephony peer's address, when the socket knows it (our server's does): until
+        #: ``start`` names the call, the only thing that ties its log lines together.
+        peer = getattr(getattr(twilio, "request", None), "client", None)
+        self._peer = peer if isinstance(peer, str) else ""
+        self._call = f"-@{self._peer}" if self._peer else "-"
         self._ended = False
         self._stop = asyncio.Event()
         self._stop_reason = ""
@@ -432,7 +436,9 @@ class CallBridge:
                 raise _EndCall("telephony stopped before start")
             if not isinstance(message, Connected):
                 self._count_bad("twilio", "before_start")
-                log.warning("call=- %s before start dropped", type(message).__name__.lower())
+                log.warning(
+                    "call=%s %s before start dropped", self._call, type(message).__name__.lower()
+                )
 
     def _begin(self, start: Start) -> None:
         self.stream_sid = start.stream_sid
@@ -452,9 +458,10 @@ class CallBridge:
             mark_every_ms=self.config.mark_every_ms,
         )
         log.info(
-            "call=%s stream started stream=%s params=%s",
+            "call=%s stream started stream=%s peer=%s params=%s",
             self._call,
             self.stream_sid,
+            self._peer or "-",
             dict(start.custom_parameters),
         )
         self._send_openai(json.dumps(self.codec.session_update(self.config.session)))

@@ -441,6 +441,8 @@ async def hostile_twilio(stack: Stack, plan: TwilioPlan) -> None:
         ws = await connect(stack.direct_url, max_size=None, compression=None)
         try:
             bridge = await new_bridge(stack, before)
+            host, port = ws.local_address[:2]
+            pre_start = f"-@{host}:{port}"  # the call's name in the log until ``start``
             frames: list[Frame] = [Frame(json.dumps({"event": "connected"}), bad=False)]
             frames += plan.before_start
             if plan.send_start:
@@ -478,8 +480,10 @@ async def hostile_twilio(stack: Stack, plan: TwilioPlan) -> None:
             assert counted == sent_bad, report
             end = "telephony stop" if plan.send_start else "telephony stopped before start"
             assert report.end_reason == end, report
-        # Every counted frame was logged with the call's id (``-`` until ``start`` names it) and a
-        # typed reason; lines after ``start`` carry the call sid.
+        # Every counted frame was logged with the call's id (the peer's address until ``start``
+        # names it) and a typed reason; lines after ``start`` carry the call sid.
+        early = min(sum(f.bad for f in plan.before_start), MAX_BAD + 1)
+        assert len(stack.logs.about(pre_start)) >= early, stack.logs.about(pre_start)
         after = sum(f.bad for f in plan.after_start) if plan.send_start else 0
         if plan.send_start and not expect_policy_close:
             assert len(stack.logs.about(call_sid)) >= after, stack.logs.about(call_sid)
