@@ -64,6 +64,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--create-response", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--interrupt-response", action=argparse.BooleanOptionalAction, default=True)
     p.add_argument("--greeting", default=None, help="instructions for a first response")
+    p.add_argument(
+        "--commit-on-dtmf",
+        choices=list("0123456789*#"),
+        default=None,
+        metavar="KEY",
+        help=(
+            "push-to-talk: this keypad key ends the caller's spoken turn (needs"
+            " --turn-detection none or --no-create-response)"
+        ),
+    )
     p.add_argument("--no-audio-timeout", type=float, default=3.0)
     p.add_argument("--watchdog-cooldown", type=float, default=12.0)
     p.add_argument(
@@ -128,7 +138,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="keep socket read buffers off mmap (glibc; see realtime_fsm.malloc_tuning)",
     )
     p.add_argument("--log-level", default="INFO")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.commit_on_dtmf is not None and args.turn_detection != "none" and args.create_response:
+        p.error("--commit-on-dtmf needs --turn-detection none or --no-create-response")
+    return args
 
 
 def build_config(args: argparse.Namespace) -> ServerConfig:
@@ -147,6 +160,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
             no_audio_timeout=args.no_audio_timeout, watchdog_cooldown=args.watchdog_cooldown
         ),
         greeting=args.greeting,
+        commit_on_dtmf=args.commit_on_dtmf,
         accept_text_messages=args.accept_text_messages,
         mark_every_ms=args.mark_every_ms,
         reconnect_attempts=args.reconnect_attempts,

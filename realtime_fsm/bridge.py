@@ -44,7 +44,7 @@ from .commands import (
     SendUserText,
 )
 from .config import LifecycleConfig
-from .errors import CallNotActive, RemoteProtocolError
+from .errors import CallNotActive, LocalProtocolError, RemoteProtocolError
 from .history import ConversationHistory
 from .lifecycle import USER_TEXT_REASON, USER_TURN_REASON, ResponseLifecycle
 from .openai_realtime import (
@@ -60,6 +60,7 @@ from .openai_realtime import (
     dumps,
     input_audio_append_json,
     is_client_command,
+    render_input_audio_commit,
 )
 from .table import ResponseState
 from .twilio_media import (
@@ -127,6 +128,14 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> N
         raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
 
 
+def _dtmf_key(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
+    if value is not None and (type(value) is not str or value not in _DTMF_KEYS):
+        raise ValueError(f"{attribute.name} must be one DTMF key (0-9, *, #), got {value!r}")
+
+
+_DTMF_KEYS: Final = frozenset("0123456789*#")
+
+
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
@@ -144,6 +153,10 @@ class BridgeConfig:
     greeting: str | None = None
     #: Map each DTMF key to user text (``"DTMF 5"``), so keypad input reaches the model.
     dtmf_as_text: bool = True
+    #: The keypad key that ends the caller's spoken turn (push-to-talk: the bridge commits the
+    #: input audio, see :meth:`CallBridge.commit_user_turn`), for a session without turn
+    #: detection; that key is then not sent as text.  ``None``: no key does.
+    commit_on_dtmf: str | None = attrs.field(default=None, validator=_dtmf_key)
     #: Accept ``{"event": "text", "text": ...}`` on the telephony socket as typed user text.
     #: Not a Twilio message: for simulators and custom telephony front-ends only.
     accept_text_messages: bool = False
@@ -179,6 +192,13 @@ class BridgeConfig:
     #: Bounds of the conversation text kept for a restore (oldest dropped first).
     history_max_items: int = attrs.field(default=40, validator=_non_negative)
     history_max_chars: int = attrs.field(default=8000, validator=_non_negative)
+
+    def __attrs_post_init__(self) -> None:
+        if self.commit_on_dtmf is not None and self.session.expected_session().create_response:
+            raise ValueError(
+                "commit_on_dtmf needs a session whose server does not answer turns itself"
+                " (SessionConfig(turn_detection=None) or create_response=False)"
+            )
 
 
 @attrs.define
@@ -331,6 +351,7 @@ class CallBridge:
         self._stats_before: dict[str, int] = {}
         self._partials: dict[str, _Transcript] = {}
         self._restore_seq = 0
+        self._commit_seq = 0
         self._closers: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------- public API
@@ -400,6 +421,41 @@ class CallBridge:
         event = ev.RequestResponse(reason=reason, instructions=instructions)
         self._check_active()
         self._from_app(event)
+
+    def commit_user_turn(self) -> None:
+        """End the caller's spoken turn now (push-to-talk): commit the input audio so far, and
+        the model answers it once the server confirms the commit (queued if it is busy).
+
+        For a session that leaves turns to the client: no turn detection, or turn detection
+        without ``create_response`` (the server's VAD would otherwise answer turns itself and
+        never a hand-made one); anything else is a :class:`~realtime_fsm.errors.
+        LocalProtocolError`.  Raises :class:`~realtime_fsm.errors.CallNotActive` when the call
+        is not running.  While a lost session is being replaced the turn's audio is gone with
+        it: nothing is committed, and the turn is counted in :attr:`CallReport.turns_lost`.
+        From the event loop's thread only, like :meth:`send_user_text`."""
+        if self.config.session.expected_session().create_response:
+            raise LocalProtocolError(
+                "commit_user_turn needs a session whose server does not answer turns itself"
+                " (turn_detection=None, or create_response=False)"
+            )
+        self._check_active()
+        self._commit_turn("app")
+
+    def _commit_turn(self, source: str) -> None:
+        if self._reconnecting:
+            self.report.turns_lost += 1
+            log.warning(
+                "call=%s turn commit (%s) while reconnecting: the turn is lost", self._call, source
+            )
+            return
+        self._commit_seq += 1
+        event_id = f"{self.config.lifecycle.event_id_prefix}_commit_{self._commit_seq}"
+        log.info("call=%s caller turn committed by %s event_id=%s", self._call, source, event_id)
+        try:
+            self._send_openai(dumps(render_input_audio_commit(event_id=event_id)))
+        except _EndCall as end:
+            self._stop_reason = end.reason
+            self._stop.set()
 
     @property
     def active(self) -> bool:
@@ -1027,7 +1083,9 @@ class CallBridge:
                     machine.playback_progress(progress.item_id, progress.played_ms)
             elif kind is Dtmf:
                 assert isinstance(message, Dtmf)
-                if self.config.dtmf_as_text:
+                if message.digit == self.config.commit_on_dtmf:
+                    self._commit_turn("dtmf")
+                elif self.config.dtmf_as_text:
                     self._handle(ev.UserText(f"DTMF {message.digit}", source="dtmf"))
             elif kind is Stop:
                 return "telephony stop"

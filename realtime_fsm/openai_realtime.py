@@ -559,6 +559,18 @@ def _render_delete(command: SendItemDelete) -> dict[str, Any]:
 _ASSISTANT_TEXT: Final[Mapping[Dialect, str]] = {Dialect.GA: "output_text", Dialect.BETA: "text"}
 
 
+def render_input_audio_commit(*, event_id: str | None = None) -> dict[str, Any]:
+    """``input_audio_buffer.commit``: end the caller's turn by hand (push-to-talk), for a
+    session without turn detection.  The server answers ``input_audio_buffer.committed``
+    (the core's :class:`~realtime_fsm.events.UserTurnCommitted`), or the error
+    ``input_audio_buffer_commit_empty`` when the buffer holds too little audio.  The same in
+    both dialects."""
+    event: dict[str, Any] = {"type": "input_audio_buffer.commit"}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
+
+
 def render_message_item(
     role: Literal["user", "assistant"],
     text: str,
@@ -901,6 +913,7 @@ __all__ = [
     "parse_server_event",
     "render_command",
     "render_input_audio_append",
+    "render_input_audio_commit",
     "render_message_item",
     "render_session_update",
 ]

@@ -110,6 +110,8 @@ class TraceConfig:
     watchdog_cooldown: float = _LIFECYCLE_DEFAULTS.watchdog_cooldown
     stall_timeout: float = _LIFECYCLE_DEFAULTS.stall_timeout
     dtmf_as_text: bool = True
+    #: The key that ends a turn instead of being sent as text (``BridgeConfig.commit_on_dtmf``).
+    commit_on_dtmf: str | None = None
     accept_text_messages: bool = True
     #: The bridge's ``LifecycleConfig.event_id_prefix``; ``None`` (older traces): any prefix.
     event_id_prefix: str | None = None
@@ -134,6 +136,7 @@ class TraceConfig:
             watchdog_cooldown=num("watchdog_cooldown"),
             stall_timeout=num("stall_timeout"),
             dtmf_as_text=flag("dtmf_as_text"),
+            commit_on_dtmf=_str(config.get("commit_on_dtmf")),
             accept_text_messages=flag("accept_text_messages"),
             event_id_prefix=_str(config.get("event_id_prefix")),
         )
@@ -324,7 +327,7 @@ class Checker:
                 self._trigger(now)
         elif event == "dtmf" and self.cfg.dtmf_as_text:
             digit = _str(_obj(frame.get("dtmf")).get("digit"))
-            if digit is not None:
+            if digit is not None and digit != self.cfg.commit_on_dtmf:
                 self.texts_in.setdefault(f"DTMF {digit}", []).append(number)
                 self._trigger(now)
 

@@ -177,6 +177,8 @@ class CallTrace:
         """A trace for one call of a bridge configured with ``bridge`` (the server's entry)."""
         config: dict[str, Any] = lifecycle_header(bridge.lifecycle)
         config["dtmf_as_text"] = bridge.dtmf_as_text
+        if bridge.commit_on_dtmf is not None:
+            config["commit_on_dtmf"] = bridge.commit_on_dtmf
         config["accept_text_messages"] = bridge.accept_text_messages
         config["dialect"] = bridge.dialect.value
         return cls(directory, config, secrets=secrets, clock=clock, max_trace_bytes=max_trace_bytes)

@@ -26,6 +26,7 @@ from websockets.protocol import State
 
 from realtime_fsm import META_EVENT_ID, META_REASON, LifecycleConfig, ResponseState
 from realtime_fsm.bridge import BridgeConfig, CallBridge, CallReport
+from realtime_fsm.errors import CallNotActive, LocalProtocolError
 from realtime_fsm.openai_realtime import Dialect, SessionConfig
 from realtime_fsm.webserver import WebSocketClosed
 
@@ -1257,3 +1258,33 @@ def test_caller_audio_is_not_sent_directly_on_a_closing_socket() -> None:
         assert report.undelivered_texts == ["DTMF 5"]
 
     run(body)
+
+
+VAD_SERVER_CREATES = SessionConfig(create_response=True, interrupt_response=True)
+VAD_CLIENT_CREATES = SessionConfig(create_response=False, interrupt_response=False)
+
+
+def test_commit_user_turn_refuses_sessions_whose_server_answers_turns() -> None:
+    """With ``create_response`` on, the server answers the turns its VAD commits and never a
+    hand-made one: a hand commit there would wait forever, so it is refused up front."""
+    with pytest.raises(ValueError, match="commit_on_dtmf"):
+        BridgeConfig(session=VAD_SERVER_CREATES, commit_on_dtmf="#")
+    with pytest.raises(ValueError, match="one DTMF key"):
+        BridgeConfig(session=SessionConfig(turn_detection=None), commit_on_dtmf="##")
+    BridgeConfig(session=VAD_CLIENT_CREATES, commit_on_dtmf="*")  # VAD, client creates
+
+    class Idle:
+        async def recv(self) -> str:
+            await asyncio.Event().wait()
+            raise AssertionError
+
+        async def send(self, message: str) -> None: ...
+
+        async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+    bridge = CallBridge(Idle(), Idle(), BridgeConfig(session=VAD_SERVER_CREATES))
+    with pytest.raises(LocalProtocolError, match="does not answer turns itself"):
+        bridge.commit_user_turn()
+    bridge = CallBridge(Idle(), Idle(), BridgeConfig(session=VAD_CLIENT_CREATES))
+    with pytest.raises(CallNotActive):
+        bridge.commit_user_turn()  # no start yet

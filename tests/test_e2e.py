@@ -31,7 +31,7 @@ from typing import Any
 import attrs
 import pytest
 
-from realtime_fsm.bridge import BridgeConfig, CallReport
+from realtime_fsm.bridge import BridgeConfig, CallBridge, CallReport
 from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import ServerConfig, start_server
@@ -617,6 +617,60 @@ def test_turn_taking_app_creates_responses() -> None:
         assert sim.error_counts == {}, sim.error_counts
         assert_clean_end(report, caller)
         assert report.given_up == []
+
+    run(scenario())
+
+
+def test_push_to_talk_a_dtmf_key_ends_the_callers_turn() -> None:
+    """No turn detection: the caller speaks, then presses ``#`` (``commit_on_dtmf``).  The
+    bridge commits the input audio; the server's ``committed`` gets the turn its answer, and
+    the key is not sent as text.  A second turn ended by the application
+    (``commit_user_turn``) while the first answer plays is answered after it, not over it."""
+    bridges: list[CallBridge] = []
+
+    async def scenario() -> None:
+        sim = simulator(short_replies)
+        config = attrs.evolve(
+            bridge_config(greeting=None),
+            session=SessionConfig(instructions="You are a test assistant.", turn_detection=None),
+            commit_on_dtmf="#",
+        )
+        reports: list[CallReport] = []
+        async with sim:
+            server_config = ServerConfig(
+                public_url=f"http://{HOST}", realtime_url=sim.url, bridge=config
+            )
+            server = await start_server(
+                server_config, HOST, 0, reports=reports, on_bridge=bridges.append
+            )
+            port = server.sockets[0].getsockname()[1]
+            try:
+                url = f"ws://{HOST}:{port}/media-stream"
+                async with FakeTwilioCaller(url, CALLER) as caller:
+                    await sim.wait_for_event("session.updated")
+                    await caller.speak(SPEECH_S)
+                    await caller.send_dtmf("#")
+                    first = await wait_playing(sim, caller)
+                    await caller.speak(SPEECH_S)
+                    bridges[0].commit_user_turn()
+                    await wait_served(sim, caller, after=1)
+                await sim.wait_until(lambda: bool(reports), 5.0, "the report")
+            finally:
+                server.close()
+                await server.wait_closed()
+        report = reports[0]
+        commits = sim.client_events("input_audio_buffer.commit")
+        assert [c["event_id"] for c in commits] == ["rtfsm_commit_1", "rtfsm_commit_2"]
+        assert len(sent_at(sim, "input_audio_buffer.committed")) == 2
+        assert create_reasons(sim) == ["user_turn", "user_turn"]
+        # No turn detection, so no barge-in: the second turn waited for the first answer.
+        assert first.status == "completed"
+        first_done = sent_at(sim, "response.done")[0][0]
+        assert received_at(sim, "response.create")[1][0] > first_done
+        assert server_user_texts(sim) == []  # "#" ended a turn; it was not typed text
+        assert sim.connections[0].session["audio"]["input"]["turn_detection"] is None
+        assert sim.error_counts == {}, sim.error_counts
+        assert_clean_end(report, caller)
 
     run(scenario())
 

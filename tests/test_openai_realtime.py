@@ -72,6 +72,7 @@ from realtime_fsm.openai_realtime import (
     parse_server_event,
     render_command,
     render_input_audio_append,
+    render_input_audio_commit,
     render_session_update,
 )
 
@@ -1181,3 +1182,12 @@ def test_rejected_create_is_matched_by_event_id() -> None:
     commands = lifecycle.handle(error, now=0.1)
     assert lifecycle.state is ResponseState.IDLE
     assert any(isinstance(c, RequestGivenUp) for c in commands)
+
+
+@pytest.mark.parametrize("dialect", list(Dialect))
+@pytest.mark.parametrize("event_id", [None, "rtfsm_commit_1"])
+def test_input_audio_commit_is_a_valid_client_event(dialect: Dialect, event_id: str | None) -> None:
+    event = render_input_audio_commit(event_id=event_id)
+    assert event["type"] == "input_audio_buffer.commit"
+    assert event.get("event_id") == event_id
+    assert_valid_client_event(event, dialect)

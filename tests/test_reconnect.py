@@ -1110,3 +1110,42 @@ def _done(response_id: str) -> JSON:
             "output": [],
         },
     }
+
+
+STREAM = MEDIA["streamSid"]
+
+
+def test_a_hand_commit_while_reconnecting_is_a_lost_turn_not_a_commit_on_the_new_session() -> None:
+    """Push-to-talk while the session is being replaced: the audio of that turn went with the
+    old session, so nothing is committed on the new one (it would commit only the words after
+    the reconnect, or fail as empty); the turn is counted as lost."""
+
+    async def scenario() -> None:
+        twilio, old, new = _Twilio(), _ServerSession(), _ServerSession()
+        gate = asyncio.Event()
+
+        async def connector() -> _ServerSession:
+            await gate.wait()
+            return new
+
+        config = _memory_config(session=SessionConfig(turn_detection=None), commit_on_dtmf="#")
+        bridge = CallBridge(twilio, old, config, reconnect=connector)
+        task = asyncio.create_task(bridge.run())
+        await _until(lambda: old.sent, "the first session.update")
+        bridge.commit_user_turn()
+        await _until(lambda: "input_audio_buffer.commit" in old.types(), "the commit")
+        old.lose()
+        await _until(lambda: bridge._reconnecting, "the reconnect")
+        bridge.commit_user_turn()
+        key = {"track": "inbound_track", "digit": "#"}
+        twilio.inbox.put_nowait(json.dumps({"event": "dtmf", "streamSid": STREAM, "dtmf": key}))
+        await _until(lambda: bridge.report.turns_lost == 2, "both counted")
+        gate.set()
+        await _until(lambda: new.sent, "the new session.update")
+        await asyncio.sleep(0.05)
+        assert new.types() == ["session.update"]
+        twilio.hang_up()
+        report = await asyncio.wait_for(task, 10.0)
+        assert report.turns_lost == 2 and report.undelivered_texts == []
+
+    run(scenario())

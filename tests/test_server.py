@@ -577,6 +577,19 @@ def test_example_reconnect_flags_map_onto_the_bridge_config(example: ModuleType)
             example.parse_args(["--public-url", PUBLIC_URL, flag, bad])
 
 
+def test_example_push_to_talk_flag(example: ModuleType) -> None:
+    base = ["--public-url", PUBLIC_URL]
+    assert example.build_config(example.parse_args(base)).bridge.commit_on_dtmf is None
+    args = example.parse_args([*base, "--turn-detection", "none", "--commit-on-dtmf", "#"])
+    bridge = example.build_config(args).bridge
+    assert bridge.commit_on_dtmf == "#" and bridge.session.turn_detection is None
+    args = example.parse_args([*base, "--no-create-response", "--commit-on-dtmf", "*"])
+    assert example.build_config(args).bridge.commit_on_dtmf == "*"
+    for bad in (["--commit-on-dtmf", "#"], ["--turn-detection", "none", "--commit-on-dtmf", "A"]):
+        with pytest.raises(SystemExit):
+            example.parse_args([*base, *bad])
+
+
 def test_example_semantic_vad_and_explicit_create(example: ModuleType) -> None:
     args = example.parse_args(
         ["--public-url", PUBLIC_URL, "--turn-detection", "semantic_vad", "--create-response"]

@@ -313,6 +313,7 @@ E2E_CASES = [
         "hang_up_after_typing",
         "test_hang_up_right_after_typing_ends_the_call_and_hands_the_text_back",
     ),
+    E2ECase("push_to_talk", "test_push_to_talk_a_dtmf_key_ends_the_callers_turn"),
 ]
 
 
@@ -328,6 +329,11 @@ RECONNECT_CASES = [
         "reconnect-session_expired",
         "test_session_expired_is_a_new_session_not_the_end_of_the_call",
         {"dialect": Dialect.GA},
+        module=reconnect,
+    ),
+    E2ECase(
+        "reconnect-greeting_cut_off",
+        "test_a_greeting_cut_off_by_a_lost_session_is_asked_for_again_with_its_instructions",
         module=reconnect,
     ),
 ]
