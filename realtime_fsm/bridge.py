@@ -1180,7 +1180,12 @@ class CallBridge:
                     assert isinstance(message, ev.ResponseDone)
                     self._response_done(message)
                 elif kind is ev.SessionConfigured:
+                    assert isinstance(message, ev.SessionConfigured)
                     self._unproven_attempts = 0  # the server took this session: it is real
+                    problem = _audio_format_problem(message) if message.updated else None
+                    if problem is not None:
+                        log.error("call=%s %s: ending the call", self._call, problem)
+                        raise _EndCall(problem)
                 elif isinstance(message, ev.ServerError):
                     code = message.code or "unknown"
                     report.server_errors[code] = report.server_errors.get(code, 0) + 1
@@ -1251,6 +1256,22 @@ def _direct_probe(queue: asyncio.Queue[_Outbound], sock: MessageSocket) -> Calla
         other = cast(Any, sock)
         return lambda: other.closed is not True and buffered() == 0 and empty()
     return lambda: buffered() == 0 and empty()
+
+
+def _audio_format_problem(session: ev.SessionConfigured) -> str | None:
+    """Telephony audio is G.711 mu-law both ways, passed through untouched: a session that
+    (after our ``session.update``) says another format would play noise to the caller and
+    hear noise from them, so the call ends with this reason instead.  A format the server
+    does not state is taken on trust."""
+    wrong = [
+        f"{side} {fmt}"
+        for side, fmt in (
+            ("input", session.input_audio_format),
+            ("output", session.output_audio_format),
+        )
+        if fmt is not None and fmt != "pcmu"
+    ]
+    return f"openai session audio is not mu-law ({', '.join(wrong)})" if wrong else None
 
 
 def _retelling(served: tuple[ev.RequestResponse, ...]) -> ev.RequestResponse:

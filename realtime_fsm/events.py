@@ -105,11 +105,17 @@ class SessionConfigured:
     """The effective turn-taking settings, read from ``session.updated``.
 
     They decide who cancels on barge-in (``interrupt_response``) and who creates the response
-    for a committed user turn (``create_response``)."""
+    for a committed user turn (``create_response``).  The audio formats are not the core's
+    business: a bridge checks them (``pcmu``, ``pcma``, ``pcm``, whatever the dialect calls
+    them; ``None`` where the server did not say).  ``updated`` tells an answer to our
+    ``session.update`` from ``session.created``, which shows the defaults before it applies."""
 
     turn_detection: str | None = attrs.field(default=None, validator=_opt_str)
     create_response: bool = attrs.field(default=False, validator=_bool)
     interrupt_response: bool = attrs.field(default=False, validator=_bool)
+    input_audio_format: str | None = attrs.field(default=None, validator=_opt_str)
+    output_audio_format: str | None = attrs.field(default=None, validator=_opt_str)
+    updated: bool = attrs.field(default=True, validator=_bool)
 
 
 # ---------------------------------------------------------------------------------- server side

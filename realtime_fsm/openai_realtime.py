@@ -384,6 +384,7 @@ def _error(data: dict[str, Any]) -> ev.ServerError:
 
 def _session(data: dict[str, Any]) -> ev.SessionConfigured:
     where = data["type"]
+    updated = where == "session.updated"
     session = req_obj(data, "session", where)
     where = f"{where} session"
     creates = True
@@ -392,12 +393,26 @@ def _session(data: dict[str, Any]) -> ev.SessionConfigured:
         creates = session.get("type") != "transcription"
         audio = opt_obj(session, "audio", where)
         audio_in = opt_obj(audio, "input", f"{where}.audio") if audio is not None else None
+        audio_out = audio.get("output") if audio is not None else None
         holder, holder_where = audio_in, f"{where}.audio.input"
+        formats = (
+            _ga_format(audio_in),
+            _ga_format(audio_out if type(audio_out) is dict else None),
+        )
     else:
         holder, holder_where = session, where  # beta: flat
+        formats = (
+            _format_name(session.get("input_audio_format")),
+            _format_name(session.get("output_audio_format")),
+        )
     turn = opt_obj(holder, "turn_detection", holder_where) if holder is not None else None
     if turn is None:
-        return ev.SessionConfigured(turn_detection=None)
+        return ev.SessionConfigured(
+            turn_detection=None,
+            input_audio_format=formats[0],
+            output_audio_format=formats[1],
+            updated=updated,
+        )
     turn_where = f"{holder_where}.turn_detection"
     kind = req_str(turn, "type", turn_where)
     # Both flags are documented "true by default": absent or null means the server acts.
@@ -407,7 +422,35 @@ def _session(data: dict[str, Any]) -> ev.SessionConfigured:
         turn_detection=kind,
         create_response=create and creates,
         interrupt_response=interrupt and creates,
+        input_audio_format=formats[0],
+        output_audio_format=formats[1],
+        updated=updated,
     )
+
+
+#: Both dialects' audio format names, as one short name each (GA ``audio/pcmu``, beta
+#: ``g711_ulaw``: ``pcmu``).  A name not listed is kept as sent.
+_FORMAT_NAMES: Final = {
+    "audio/pcmu": "pcmu",
+    "audio/pcma": "pcma",
+    "audio/pcm": "pcm",
+    "g711_ulaw": "pcmu",
+    "g711_alaw": "pcma",
+    "pcm16": "pcm",
+}
+
+
+def _ga_format(holder: dict[str, Any] | None) -> str | None:
+    """GA ``audio.input.format`` / ``audio.output.format``: ``{"type": "audio/pcmu"}``.  Read
+    leniently (an odd shape is ``None``, not an error): it must not cost the frame its
+    turn-taking settings."""
+    fmt = holder.get("format") if holder is not None else None
+    return _format_name(fmt.get("type") if type(fmt) is dict else fmt)
+
+
+def _format_name(name: object) -> str | None:
+    """Beta ``input_audio_format`` / ``output_audio_format`` (``"g711_ulaw"``) or a GA type."""
+    return _FORMAT_NAMES.get(name, name[:64]) if type(name) is str else None
 
 
 def _speech_started(data: dict[str, Any]) -> ev.SpeechStarted:
@@ -728,11 +771,15 @@ class SessionConfig:
 
         Useful before ``session.updated`` arrives; the parsed ``session.updated`` then wins."""
         if self.turn_detection is None:
-            return ev.SessionConfigured(turn_detection=None)
+            return ev.SessionConfigured(
+                turn_detection=None, input_audio_format="pcmu", output_audio_format="pcmu"
+            )
         return ev.SessionConfigured(
             turn_detection=self.turn_detection,
             create_response=self.create_response,
             interrupt_response=self.interrupt_response,
+            input_audio_format="pcmu",  # Twilio's: always sent
+            output_audio_format="pcmu",
         )
 
     def _turn_detection(self) -> dict[str, Any] | None:

@@ -13,6 +13,7 @@ import json
 import logging
 from typing import Annotated, Any, get_args, get_origin
 
+import attrs
 import openai.types.beta.realtime as beta_types
 import openai.types.realtime as ga_types
 import pytest
@@ -489,7 +490,7 @@ def test_session_ga_nested_turn_detection(
     turn: Any, expected: SessionConfigured, event_type: str
 ) -> None:
     frame = _server({"type": event_type, "event_id": "e", "session": _ga_session(turn)})
-    assert parse_server_event(frame) == expected
+    assert parse_server_event(frame) == _as_sent(expected, event_type)
 
 
 @pytest.mark.parametrize(("turn", "expected"), TURN_CASES)
@@ -500,7 +501,51 @@ def test_session_beta_flat_turn_detection(
     frame = _server(
         {"type": event_type, "event_id": "e", "session": _beta_session(turn)}, beta=True
     )
-    assert parse_server_event(frame) == expected
+    assert parse_server_event(frame) == _as_sent(expected, event_type)
+
+
+def _as_sent(expected: SessionConfigured, event_type: str) -> SessionConfigured:
+    """``expected`` from a session that states mu-law both ways, as ``_ga_session`` and
+    ``_beta_session`` do (in their dialect's own words)."""
+    return attrs.evolve(
+        expected,
+        input_audio_format="pcmu",
+        output_audio_format="pcmu",
+        updated=event_type == "session.updated",
+    )
+
+
+@pytest.mark.parametrize(
+    ("audio", "formats"),
+    [
+        ({"input": {"format": {"type": "audio/pcm", "rate": 24000}}}, ("pcm", None)),
+        ({"output": {"format": {"type": "audio/pcma"}}}, (None, "pcma")),
+        ({"input": {"format": {}}, "output": {"format": None}}, (None, None)),
+        ({"input": {"format": "audio/pcmu"}, "output": {"format": {"type": "x/new"}}},
+         ("pcmu", "x/new")),
+        ({"input": {"format": 7}, "output": "odd"}, (None, None)),
+    ],
+)  # fmt: skip
+def test_session_audio_formats_are_read_leniently_in_both_dialects(
+    audio: dict[str, Any], formats: tuple[str | None, str | None]
+) -> None:
+    """A format the server states is read as a short name; an odd shape is ``None`` (not an
+    error: the frame keeps its turn-taking settings, which the core needs)."""
+    ga = {"type": "session.updated", "session": {"type": "realtime", "audio": audio}}
+    event = parse_server_event(json.dumps(ga))
+    assert isinstance(event, SessionConfigured) and event.updated
+    assert (event.input_audio_format, event.output_audio_format) == formats
+    beta_names = {"pcm": "pcm16", "pcma": "g711_alaw", "pcmu": "g711_ulaw", "x/new": "x/new"}
+    beta = {
+        "type": "session.created",
+        "session": {
+            "input_audio_format": beta_names.get(formats[0] or "", 5),
+            "output_audio_format": beta_names.get(formats[1] or ""),
+        },
+    }
+    event = parse_server_event(json.dumps(beta))
+    assert isinstance(event, SessionConfigured) and not event.updated
+    assert (event.input_audio_format, event.output_audio_format) == formats
 
 
 def test_session_transcription_type_never_creates_or_interrupts() -> None:

@@ -1149,3 +1149,41 @@ def test_a_hand_commit_while_reconnecting_is_a_lost_turn_not_a_commit_on_the_new
         assert report.turns_lost == 2 and report.undelivered_texts == []
 
     run(scenario())
+
+
+def _session_event(kind: str, input_format: str, output_format: str) -> JSON:
+    audio = {
+        "input": {"format": {"type": input_format}, "turn_detection": None},
+        "output": {"format": {"type": output_format}},
+    }
+    return {"type": kind, "session": {"type": "realtime", "id": "sess_1", "audio": audio}}
+
+
+def test_a_session_that_is_not_mu_law_after_our_update_ends_the_call(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """``session.created`` shows the server's defaults (24 kHz PCM) before our update applies:
+    no reason to act.  A ``session.updated`` still saying PCM would mean noise both ways (the
+    bridge passes mu-law through untouched), so the call ends, with the reason and an ERROR
+    line, instead of playing it."""
+    caplog.set_level(logging.INFO, logger="realtime_fsm")
+
+    async def scenario() -> None:
+        twilio, old = _Twilio(), _ServerSession()
+        bridge = CallBridge(twilio, old, _memory_config())
+        task = asyncio.create_task(bridge.run())
+        await _until(lambda: old.sent, "the session.update")
+        old.feed(_session_event("session.created", "audio/pcm", "audio/pcm"))
+        old.feed(_session_event("session.updated", "audio/pcmu", "audio/pcmu"))
+        await asyncio.sleep(0.05)
+        assert not task.done() and bridge.active
+        old.feed(_session_event("session.updated", "audio/pcmu", "audio/pcm"))
+        report = await asyncio.wait_for(task, 10.0)
+        assert report.end_reason == "openai session audio is not mu-law (output pcm)"
+
+    run(scenario())
+    errors = [r.getMessage() for r in caplog.records if r.levelno >= logging.ERROR]
+    assert errors == [
+        "call=CA0123456789abcdef0123456789abcdef openai session audio is not mu-law"
+        " (output pcm): ending the call"
+    ]
