@@ -352,6 +352,8 @@ class CallBridge:
         self._partials: dict[str, _Transcript] = {}
         self._restore_seq = 0
         self._commit_seq = 0
+        self._session_seq = 0
+        self._session_update_id: str | None = None
         self._closers: set[asyncio.Task[None]] = set()
 
     # ------------------------------------------------------------------------- public API
@@ -520,9 +522,18 @@ class CallBridge:
             self._peer or "-",
             dict(start.custom_parameters),
         )
-        self._send_openai(json.dumps(self.codec.session_update(self.config.session)))
+        self._send_session_update()
         if self.config.greeting is not None:
             self._handle(ev.RequestResponse(reason="greeting", instructions=self.config.greeting))
+
+    def _send_session_update(self) -> None:
+        """The session's config, with an event id of its own: an ``error`` naming it means
+        the server refused the whole update and the session runs on its defaults."""
+        self._session_seq += 1
+        event_id = f"{self.config.lifecycle.event_id_prefix}_session_{self._session_seq}"
+        self._session_update_id = event_id
+        update = self.codec.session_update(self.config.session, event_id=event_id)
+        self._send_openai(json.dumps(update))
 
     def _new_machine(self) -> ResponseLifecycle:
         expected = self.config.session.expected_session()
@@ -770,7 +781,7 @@ class CallBridge:
         # The restore must fit the queue with room to spare: the oldest history goes first.
         room = max(0, self.config.max_queue - delivered - 16)
         items = self.history.items()[-room:] if room else ()
-        self._send_openai(json.dumps(self.codec.session_update(self.config.session)))
+        self._send_session_update()
         for item in items:
             # A replay of what the lost session already had: its own event_id kind, so a
             # trace checker can tell it from a fresh delivery.
@@ -1191,6 +1202,16 @@ class CallBridge:
                     report.server_errors[code] = report.server_errors.get(code, 0) + 1
                     if code in FATAL_ERROR_CODES:
                         raise _EndCall(f"openai error {code}")
+                    if message.event_id is not None and message.event_id == self._session_update_id:
+                        # Refused whole: the session is on the server's defaults (24 kHz PCM,
+                        # its own turn detection), which would be noise both ways.
+                        log.error(
+                            "call=%s openai refused session.update (%s): %s",
+                            self._call,
+                            code,
+                            message.message[:200],
+                        )
+                        raise _EndCall(f"openai refused session.update ({code})")
                     if code in SESSION_LOST_ERROR_CODES:
                         raise _SessionLost(f"openai error {code}")
                 self._handle(message)  # type: ignore[arg-type]

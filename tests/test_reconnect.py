@@ -1187,3 +1187,56 @@ def test_a_session_that_is_not_mu_law_after_our_update_ends_the_call(
         "call=CA0123456789abcdef0123456789abcdef openai session audio is not mu-law"
         " (output pcm): ending the call"
     ]
+
+
+def test_a_refused_session_update_ends_the_call_and_says_why(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The server answers our ``session.update`` (its own event id, ``<prefix>_session_<n>``)
+    with an error: it refused the whole update, so the session runs on its defaults (PCM, its
+    own turn detection).  The call ends with the code, and the server's message is logged; an
+    error about another event does not end it."""
+    caplog.set_level(logging.INFO, logger="realtime_fsm")
+
+    def error(code: str, event_id: str) -> JSON:
+        detail = {"type": "invalid_request_error", "code": code, "event_id": event_id}
+        return {"type": "error", "event_id": "event_9", "error": {**detail, "message": "Bad."}}
+
+    async def scenario() -> None:
+        twilio, old = _Twilio(), _ServerSession()
+        bridge = CallBridge(twilio, old, _memory_config())
+        task = asyncio.create_task(bridge.run())
+        await _until(lambda: old.sent, "the session.update")
+        (update,) = old.events("session.update")
+        assert update["event_id"] == "rtfsm_session_1"
+        old.feed(error("invalid_value", "rtfsm_item_7"))
+        await asyncio.sleep(0.05)
+        assert not task.done()
+        old.feed(error("invalid_value", update["event_id"]))
+        report = await asyncio.wait_for(task, 10.0)
+        assert report.end_reason == "openai refused session.update (invalid_value)"
+        assert report.server_errors == {"invalid_value": 2}
+
+    run(scenario())
+    assert any(
+        r.levelno == logging.ERROR
+        and "openai refused session.update (invalid_value): Bad." in r.getMessage()
+        for r in caplog.records
+    )
+
+
+def test_a_beta_bridge_on_a_ga_only_server_ends_the_call_at_its_refused_config() -> None:
+    """Over real sockets: a bridge speaking beta to a server that only knows GA.  Its
+    ``session.update`` is refused (``unknown_parameter``), and the call ends at once with that
+    reason instead of running a session on the server's defaults."""
+
+    async def scenario() -> None:
+        sim = simulator(api="ga")
+        async with sim, bridge_server(sim, bridge_config(Dialect.BETA, greeting=None)) as bridge:
+            async with FakeTwilioCaller(bridge.url, CALLER) as caller:
+                await caller.wait_closed(10.0)
+            report = await bridge.report(sim)
+        assert report.end_reason == "openai refused session.update (unknown_parameter)"
+        assert sim.client_events("response.create") == []
+
+    run(scenario())
