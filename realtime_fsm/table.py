@@ -164,9 +164,10 @@ TRANSITIONS: list[Row] = [
     _row("create_busy", CREATING, ACTIVE, do=("requeue_inflight", "adopt_busy_response")),
     # Our create, interrupted by the caller before it was answered, lost the slot to a response
     # we never saw created: the caller interrupted that one too, so it is cancelled by the id
-    # the error names (not adopted and played over the held text).
+    # the error names (not adopted and played over the held text).  Unless the server's VAD
+    # owes an answer to a turn committed meanwhile: the unseen response may be that answer.
     _row("create_busy", CANCELLING, CANCELLING, when=("awaiting_created", "busy_response_named"),
-         do=("requeue_inflight", "cancel_busy_response")),
+         unless=("awaiting_server_response",), do=("requeue_inflight", "cancel_busy_response")),
     _row("create_busy", CANCELLING, ACTIVE, when=("awaiting_created",),
          do=("requeue_inflight", "adopt_busy_response")),
     _row("create_busy", [ACTIVE, CANCELLING], None, do=("requeue_inflight",)),

@@ -714,6 +714,31 @@ def test_an_interrupted_create_rejected_busy_cancels_the_response_that_won(named
     assert d.m.state is CREATING
 
 
+def test_an_unseen_busy_response_that_may_answer_the_interrupting_turn_is_kept() -> None:
+    """Server VAD creates: our create is unanswered, the caller speaks over it (cancel
+    deferred) and the server commits the turn.  A busy error naming a response we have not seen
+    created may be the server's answer to that turn: it is adopted and played, not cancelled
+    (cancelled, the turn would never be answered: the server creates no second response)."""
+    d = Driver()
+    d.feed(SessionConfigured("server_vad", create_response=True, interrupt_response=True))
+    create = only(d.feed(RequestResponse(reason="tool")), SendResponseCreate)
+    d.feed(SpeechStarted("item_u2"))
+    d.feed(UserTurnCommitted("item_u2"))
+    assert d.m.state is CANCELLING and d.m.awaiting_server_response()
+    busy = BUSY_MSG.format(rid="resp_vad")
+    out = d.feed(
+        ServerError("conversation_already_has_active_response", busy, event_id=create.event_id)
+    )
+    assert only(out, RequestGivenUp).reason == "interrupted"
+    assert not of(out, SendResponseCancel)
+    assert d.m.state is ACTIVE and d.m.response_id == "resp_vad"
+    assert d.audio("resp_vad") is True, "the answer to the caller's turn is heard"
+    d.feed(ResponseCreated("resp_vad"))  # late: the same response, nothing changes
+    assert d.m.state is ACTIVE and d.audio("resp_vad") is True
+    out = d.feed(ResponseDone("resp_vad"))
+    assert d.m.state is IDLE and "busy_response_cancelled" not in d.m.stats
+
+
 def test_rejected_events_leave_no_reference_cycle() -> None:
     import gc
 
