@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import math
 import os
 from collections.abc import Callable
 
@@ -40,7 +41,7 @@ def _count(minimum: int) -> Callable[[str], int]:
 
 def _megabytes(text: str) -> int:
     value = float(text)
-    if not value > 0:
+    if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return max(1, round(value * 1024 * 1024))
 
@@ -71,7 +72,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         metavar="KEY",
         help=(
             "push-to-talk: this keypad key ends the caller's spoken turn (needs"
-            " --turn-detection none or --no-create-response)"
+            " --turn-detection none)"
         ),
     )
     p.add_argument("--no-audio-timeout", type=float, default=3.0)
@@ -139,8 +140,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--log-level", default="INFO")
     args = p.parse_args(argv)
-    if args.commit_on_dtmf is not None and args.turn_detection != "none" and args.create_response:
-        p.error("--commit-on-dtmf needs --turn-detection none or --no-create-response")
+    if args.commit_on_dtmf is not None and args.turn_detection != "none":
+        p.error("--commit-on-dtmf needs --turn-detection none")
     return args
 
 

@@ -155,7 +155,8 @@ class BridgeConfig:
     dtmf_as_text: bool = True
     #: The keypad key that ends the caller's spoken turn (push-to-talk: the bridge commits the
     #: input audio, see :meth:`CallBridge.commit_user_turn`), for a session without turn
-    #: detection; that key is then not sent as text.  ``None``: no key does.
+    #: detection (``SessionConfig(turn_detection=None)``); that key is then not sent as text.
+    #: ``None``: no key does.
     commit_on_dtmf: str | None = attrs.field(default=None, validator=_dtmf_key)
     #: Accept ``{"event": "text", "text": ...}`` on the telephony socket as typed user text.
     #: Not a Twilio message: for simulators and custom telephony front-ends only.
@@ -194,10 +195,10 @@ class BridgeConfig:
     history_max_chars: int = attrs.field(default=8000, validator=_non_negative)
 
     def __attrs_post_init__(self) -> None:
-        if self.commit_on_dtmf is not None and self.session.expected_session().create_response:
+        if self.commit_on_dtmf is not None and self.session.turn_detection is not None:
             raise ValueError(
-                "commit_on_dtmf needs a session whose server does not answer turns itself"
-                " (SessionConfig(turn_detection=None) or create_response=False)"
+                "commit_on_dtmf needs a session without turn detection"
+                " (SessionConfig(turn_detection=None)): the server's VAD commits turns itself"
             )
 
 
@@ -227,10 +228,12 @@ class CallReport:
     #: Caller audio frames dropped because no OpenAI session was up (while reconnecting), or
     #: left over for a lost session (queued, or its send failed): never sent to the next one.
     media_dropped: int = 0
-    #: Caller turns committed on a lost session before any answer to them began and before
-    #: their transcript arrived: the new session cannot know what was said, so they are not
-    #: answered (the caller repeats, as on any phone line).  A turn whose transcript did
-    #: arrive is answered on the new session.
+    #: Caller turns a lost session took with it: committed (by the server's VAD or by
+    #: :meth:`CallBridge.commit_user_turn`) but not answered in full, with no transcript to
+    #: restore; or committed by hand while no session was up or before the lost one
+    #: confirmed it.  The new session cannot know what was said, so they are not answered
+    #: (the caller, hearing nothing, repeats).  A turn whose transcript did arrive is
+    #: answered on the new session.
     turns_lost: int = 0
 
 
@@ -352,6 +355,13 @@ class CallBridge:
         self._partials: dict[str, _Transcript] = {}
         self._restore_seq = 0
         self._commit_seq = 0
+        #: Push-to-talk commits sent (or queued) on this session and not yet confirmed by an
+        #: ``input_audio_buffer.committed`` or refused by an error, oldest first.
+        self._commits: list[str] = []
+        #: The item of the newest committed caller turn on this session, and the items whose
+        #: input transcript arrived (bounded): whether a turn's words can be restored.
+        self._turn_item: str | None = None
+        self._transcribed: dict[str, None] = {}
         self._session_seq = 0
         self._session_update_id: str | None = None
         self._closers: set[asyncio.Task[None]] = set()
@@ -428,17 +438,19 @@ class CallBridge:
         """End the caller's spoken turn now (push-to-talk): commit the input audio so far, and
         the model answers it once the server confirms the commit (queued if it is busy).
 
-        For a session that leaves turns to the client: no turn detection, or turn detection
-        without ``create_response`` (the server's VAD would otherwise answer turns itself and
-        never a hand-made one); anything else is a :class:`~realtime_fsm.errors.
-        LocalProtocolError`.  Raises :class:`~realtime_fsm.errors.CallNotActive` when the call
-        is not running.  While a lost session is being replaced the turn's audio is gone with
-        it: nothing is committed, and the turn is counted in :attr:`CallReport.turns_lost`.
-        From the event loop's thread only, like :meth:`send_user_text`."""
-        if self.config.session.expected_session().create_response:
+        For a session without turn detection (``SessionConfig(turn_detection=None)``); with
+        it, the server's VAD commits turns itself, and a hand commit on top would cut a turn in
+        two or commit the audio since the last one as a turn of its own (answered twice), so
+        it is a :class:`~realtime_fsm.errors.LocalProtocolError`.  Raises
+        :class:`~realtime_fsm.errors.CallNotActive` when the call is not running.  While a
+        lost session is being replaced the turn's audio is gone with it: nothing is committed,
+        and the turn is counted in :attr:`CallReport.turns_lost` (as is a commit the lost
+        session never confirmed).  From the event loop's thread only, like
+        :meth:`send_user_text`."""
+        if self.config.session.turn_detection is not None:
             raise LocalProtocolError(
-                "commit_user_turn needs a session whose server does not answer turns itself"
-                " (turn_detection=None, or create_response=False)"
+                "commit_user_turn needs a session without turn detection (turn_detection=None):"
+                " the server's VAD commits turns itself"
             )
         self._check_active()
         self._commit_turn("app")
@@ -453,11 +465,19 @@ class CallBridge:
         self._commit_seq += 1
         event_id = f"{self.config.lifecycle.event_id_prefix}_commit_{self._commit_seq}"
         log.info("call=%s caller turn committed by %s event_id=%s", self._call, source, event_id)
+        self._commits.append(event_id)
         try:
             self._send_openai(dumps(render_input_audio_commit(event_id=event_id)))
         except _EndCall as end:
             self._stop_reason = end.reason
             self._stop.set()
+
+    def _forget_commits(self) -> bool:
+        """The session is lost: a commit it never confirmed committed nothing we can answer
+        (its audio went with it).  Whether there was one."""
+        unconfirmed = bool(self._commits)
+        self._commits.clear()
+        return unconfirmed
 
     @property
     def active(self) -> bool:
@@ -675,27 +695,55 @@ class CallBridge:
         self._reconnecting = True
         responding = machine.state in _RESPONDING
         requests = list(machine.pending)
-        if machine.inflight is not None:
-            requests[0:0] = machine.inflight.requests
-        if machine.state is ResponseState.ACTIVE:
-            # Cut off mid-response: ask for the rest first, with the instructions and metadata
-            # it was asked with (a greeting's instructions are not in the restored history).
-            # The fresh machine coalesces it with interchangeable requests behind it.
-            requests.insert(0, _retelling(machine.response_requests))
-        elif machine.awaiting_server_response():
-            # The caller's turn was committed and the server's answer had not begun.  Its
-            # audio dies with the session; its transcript, if it came, is restored as the last
-            # history item and can be answered.
-            latest = self.history.latest
-            if latest is not None and latest.role == "user":
-                requests.append(ev.RequestResponse(reason=USER_TURN_REASON))
-            else:
-                self.report.turns_lost += 1
-                log.warning(
-                    "call=%s the caller's last turn was lost with the session before its"
-                    " transcript arrived: not answered",
-                    self._call,
+        inflight = machine.inflight
+        if inflight is not None and inflight.cancel_wanted:
+            # The caller interrupted it before it was answered: the old machine would have
+            # cancelled it on creation, so the new session must not be asked for it either.
+            self._execute_one(
+                RequestGivenUp(
+                    reason="interrupted",
+                    request_reasons=inflight.reasons(),
+                    event_id=inflight.event_id,
                 )
+            )
+        elif inflight is not None:
+            requests[0:0] = inflight.requests
+        # The newest committed caller turn whose words never came: its audio dies with the
+        # session, so an answer to it on the new one would answer the turn before it.
+        turn = self._turn_item
+        words_lost = turn is not None and turn not in self._transcribed
+        turn_lost = self._forget_commits()
+        if machine.state is ResponseState.ACTIVE:
+            served = machine.response_requests
+            answers_turn = not served or any(r.reason == USER_TURN_REASON for r in served)
+            if answers_turn and words_lost:
+                turn_lost = True
+            else:
+                # Cut off mid-response: ask for the rest first, with the instructions and
+                # metadata it was asked with (a greeting's are in no restored history item).
+                # The fresh machine coalesces it with interchangeable requests behind it.
+                requests.insert(0, _retelling(served))
+        elif machine.awaiting_server_response():
+            # The server's VAD committed the turn and its answer had not begun.  With the
+            # turn's transcript restored as history, the new session can answer it.
+            if words_lost:
+                turn_lost = True
+            else:
+                requests.append(ev.RequestResponse(reason=USER_TURN_REASON))
+        if words_lost:
+            # Our own answer to that turn, queued or in flight, would answer stale context.
+            for index in range(len(requests) - 1, -1, -1):
+                if requests[index].reason == USER_TURN_REASON:
+                    del requests[index]
+                    turn_lost = True
+                    break
+        if turn_lost:
+            self.report.turns_lost += 1
+            log.warning(
+                "call=%s the caller's last turn was lost with the session before its"
+                " transcript arrived: not answered",
+                self._call,
+            )
         # Oldest first: texts queued for the old socket (the machine sent them before it held
         # any), then the machine's held ones.  Frames already on the wire are in the history.
         texts = self._take_unsent()
@@ -769,6 +817,8 @@ class CallBridge:
     def _start_session(self, sock: MessageSocket) -> tuple[int, int]:
         """A fresh machine on the new socket: config, history, held text, then requests."""
         self.openai = sock
+        self._turn_item = None  # item ids are per session
+        self._transcribed.clear()
         self._openai_direct = _direct_probe(self._to_openai, sock)
         self._session_started_at = self.clock()
         previous, self.machine = self.machine, self._new_machine()
@@ -1183,7 +1233,16 @@ class CallBridge:
                 assert isinstance(message, InputTranscript)
                 log.info("call=%s caller said: %r", self._call, message.transcript[:200])
                 self.history.add("user", message.transcript)
+                transcribed = self._transcribed
+                transcribed[message.item_id] = None
+                if len(transcribed) > _MAX_TRANSCRIBED:
+                    del transcribed[next(iter(transcribed))]
             else:
+                if kind is ev.UserTurnCommitted:
+                    assert isinstance(message, ev.UserTurnCommitted)
+                    self._turn_item = message.item_id
+                    if self._commits:  # ours (push-to-talk: no turn detection commits)
+                        del self._commits[0]
                 if kind is ev.ResponseCreated:
                     assert isinstance(message, ev.ResponseCreated)
                     self._response_created(message)
@@ -1202,6 +1261,9 @@ class CallBridge:
                     report.server_errors[code] = report.server_errors.get(code, 0) + 1
                     if code in FATAL_ERROR_CODES:
                         raise _EndCall(f"openai error {code}")
+                    if message.event_id is not None and message.event_id in self._commits:
+                        # Refused (input_audio_buffer_commit_empty): no turn to answer.
+                        self._commits.remove(message.event_id)
                     if message.event_id is not None and message.event_id == self._session_update_id:
                         # Refused whole: the session is on the server's defaults (24 kHz PCM,
                         # its own turn detection), which would be noise both ways.
@@ -1244,6 +1306,8 @@ def _drain(queue: asyncio.Queue[_Outbound]) -> tuple[list[_TextFrame], int]:
 
 
 _APPEND_TYPE: Final = '"input_audio_buffer.append"'
+#: Input transcripts remembered per session, to tell whether a committed turn's words came.
+_MAX_TRANSCRIBED: Final = 32
 
 
 def _never() -> bool:

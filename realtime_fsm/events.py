@@ -115,7 +115,7 @@ class SessionConfigured:
     interrupt_response: bool = attrs.field(default=False, validator=_bool)
     input_audio_format: str | None = attrs.field(default=None, validator=_opt_str)
     output_audio_format: str | None = attrs.field(default=None, validator=_opt_str)
-    updated: bool = attrs.field(default=True, validator=_bool)
+    updated: bool = attrs.field(default=False, validator=_bool)
 
 
 # ---------------------------------------------------------------------------------- server side

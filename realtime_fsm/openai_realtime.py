@@ -772,7 +772,10 @@ class SessionConfig:
         Useful before ``session.updated`` arrives; the parsed ``session.updated`` then wins."""
         if self.turn_detection is None:
             return ev.SessionConfigured(
-                turn_detection=None, input_audio_format="pcmu", output_audio_format="pcmu"
+                turn_detection=None,
+                input_audio_format="pcmu",
+                output_audio_format="pcmu",
+                updated=True,
             )
         return ev.SessionConfigured(
             turn_detection=self.turn_detection,
@@ -780,6 +783,7 @@ class SessionConfig:
             interrupt_response=self.interrupt_response,
             input_audio_format="pcmu",  # Twilio's: always sent
             output_audio_format="pcmu",
+            updated=True,  # the session.updated that answers it
         )
 
     def _turn_detection(self) -> dict[str, Any] | None:

@@ -1264,14 +1264,16 @@ VAD_SERVER_CREATES = SessionConfig(create_response=True, interrupt_response=True
 VAD_CLIENT_CREATES = SessionConfig(create_response=False, interrupt_response=False)
 
 
-def test_commit_user_turn_refuses_sessions_whose_server_answers_turns() -> None:
-    """With ``create_response`` on, the server answers the turns its VAD commits and never a
-    hand-made one: a hand commit there would wait forever, so it is refused up front."""
-    with pytest.raises(ValueError, match="commit_on_dtmf"):
-        BridgeConfig(session=VAD_SERVER_CREATES, commit_on_dtmf="#")
+def test_commit_user_turn_refuses_sessions_with_turn_detection() -> None:
+    """With turn detection on, the server's VAD commits turns itself (``create_response`` only
+    says who answers them): a hand commit on top would cut a turn in two, or commit the audio
+    since the VAD's commit as a turn of its own, answered twice.  Refused up front."""
+    for session in (VAD_SERVER_CREATES, VAD_CLIENT_CREATES):
+        with pytest.raises(ValueError, match="commit_on_dtmf needs a session without turn"):
+            BridgeConfig(session=session, commit_on_dtmf="#")
     with pytest.raises(ValueError, match="one DTMF key"):
         BridgeConfig(session=SessionConfig(turn_detection=None), commit_on_dtmf="##")
-    BridgeConfig(session=VAD_CLIENT_CREATES, commit_on_dtmf="*")  # VAD, client creates
+    BridgeConfig(session=SessionConfig(turn_detection=None), commit_on_dtmf="*")
 
     class Idle:
         async def recv(self) -> str:
@@ -1282,9 +1284,10 @@ def test_commit_user_turn_refuses_sessions_whose_server_answers_turns() -> None:
 
         async def close(self, code: int = 1000, reason: str = "") -> None: ...
 
-    bridge = CallBridge(Idle(), Idle(), BridgeConfig(session=VAD_SERVER_CREATES))
-    with pytest.raises(LocalProtocolError, match="does not answer turns itself"):
-        bridge.commit_user_turn()
-    bridge = CallBridge(Idle(), Idle(), BridgeConfig(session=VAD_CLIENT_CREATES))
+    for session in (VAD_SERVER_CREATES, VAD_CLIENT_CREATES):
+        bridge = CallBridge(Idle(), Idle(), BridgeConfig(session=session))
+        with pytest.raises(LocalProtocolError, match="without turn detection"):
+            bridge.commit_user_turn()
+    bridge = CallBridge(Idle(), Idle(), BridgeConfig(session=SessionConfig(turn_detection=None)))
     with pytest.raises(CallNotActive):
         bridge.commit_user_turn()  # no start yet

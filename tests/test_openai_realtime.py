@@ -558,14 +558,17 @@ def test_session_transcription_type_never_creates_or_interrupts() -> None:
             },
         }
     )
-    assert parse_server_event(frame) == SessionConfigured(turn_detection="server_vad")
+    assert parse_server_event(frame) == SessionConfigured(turn_detection="server_vad", updated=True)
 
 
 def test_session_without_any_turn_detection_reads_as_none() -> None:
     assert parse_server_event('{"type":"session.updated","session":{"type":"realtime"}}') == (
-        SessionConfigured(turn_detection=None)
+        SessionConfigured(turn_detection=None, updated=True)
     )
-    assert parse_server_event('{"type":"session.updated","session":{}}') == SessionConfigured()
+    assert parse_server_event('{"type":"session.updated","session":{}}') == SessionConfigured(
+        updated=True
+    )
+    assert parse_server_event('{"type":"session.created","session":{}}') == SessionConfigured()
 
 
 # ------------------------------------------------------------------- every type of both unions

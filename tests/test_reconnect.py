@@ -1115,10 +1115,12 @@ def _done(response_id: str) -> JSON:
 STREAM = MEDIA["streamSid"]
 
 
-def test_a_hand_commit_while_reconnecting_is_a_lost_turn_not_a_commit_on_the_new_session() -> None:
-    """Push-to-talk while the session is being replaced: the audio of that turn went with the
-    old session, so nothing is committed on the new one (it would commit only the words after
-    the reconnect, or fail as empty); the turn is counted as lost."""
+def test_hand_commits_across_a_lost_session() -> None:
+    """Push-to-talk around a lost session.  A turn the old session confirmed (``committed``)
+    and transcribed is answered on the new one from its restored transcript.  A commit it
+    never confirmed, and commits made while no session is up (by the application or the
+    keypad), took their audio with it: nothing is committed on the new session for them and
+    each such loss is counted."""
 
     async def scenario() -> None:
         twilio, old, new = _Twilio(), _ServerSession(), _ServerSession()
@@ -1134,19 +1136,37 @@ def test_a_hand_commit_while_reconnecting_is_a_lost_turn_not_a_commit_on_the_new
         await _until(lambda: old.sent, "the first session.update")
         bridge.commit_user_turn()
         await _until(lambda: "input_audio_buffer.commit" in old.types(), "the commit")
+        (commit,) = old.events("input_audio_buffer.commit")
+        assert commit["event_id"] == "rtfsm_commit_1"
+        transcript = {
+            "type": "conversation.item.input_audio_transcription.completed",
+            "item_id": "item_a",
+            "content_index": 0,
+            "transcript": "When do you open?",
+        }
+        old.feed(
+            {"type": "input_audio_buffer.committed", "item_id": "item_a"},
+            transcript,
+        )
+        await _until(lambda: old.events("response.create"), "the answer asked for")
+        bridge.commit_user_turn()  # sent, never confirmed
+        await _until(lambda: len(old.events("input_audio_buffer.commit")) == 2, "commit 2")
         old.lose()
         await _until(lambda: bridge._reconnecting, "the reconnect")
         bridge.commit_user_turn()
         key = {"track": "inbound_track", "digit": "#"}
         twilio.inbox.put_nowait(json.dumps({"event": "dtmf", "streamSid": STREAM, "dtmf": key}))
-        await _until(lambda: bridge.report.turns_lost == 2, "both counted")
+        await _until(lambda: bridge.report.turns_lost == 3, "all three counted")
         gate.set()
-        await _until(lambda: new.sent, "the new session.update")
+        await _until(lambda: new.events("response.create"), "the new session's answer")
         await asyncio.sleep(0.05)
-        assert new.types() == ["session.update"]
+        assert new.types() == ["session.update", "conversation.item.create", "response.create"]
+        item = new.events("conversation.item.create")[0]["item"]
+        assert (item["role"], item["content"][0]["text"]) == ("user", "When do you open?")
+        assert new.events("response.create")[0]["response"]["metadata"][REASON_KEY] == ("user_turn")
         twilio.hang_up()
         report = await asyncio.wait_for(task, 10.0)
-        assert report.turns_lost == 2 and report.undelivered_texts == []
+        assert report.turns_lost == 3 and report.undelivered_texts == []
 
     run(scenario())
 
@@ -1238,5 +1258,87 @@ def test_a_beta_bridge_on_a_ga_only_server_ends_the_call_at_its_refused_config()
             report = await bridge.report(sim)
         assert report.end_reason == "openai refused session.update (unknown_parameter)"
         assert sim.client_events("response.create") == []
+
+    run(scenario())
+
+
+def _vad_bridge(
+    old: _ServerSession, new: _ServerSession, **overrides: Any
+) -> tuple[_Twilio, CallBridge, asyncio.Task[CallReport]]:
+    async def connector() -> _ServerSession:
+        return new
+
+    session = SessionConfig(create_response=True, interrupt_response=True)
+    twilio = _Twilio()
+    bridge = CallBridge(
+        twilio, old, _memory_config(session=session, **overrides), reconnect=connector
+    )
+    return twilio, bridge, asyncio.create_task(bridge.run())
+
+
+def _transcript(item_id: str, text: str) -> JSON:
+    return {
+        "type": "conversation.item.input_audio_transcription.completed",
+        "item_id": item_id,
+        "content_index": 0,
+        "transcript": text,
+    }
+
+
+def test_an_older_transcript_is_not_taken_for_the_lost_turns_words() -> None:
+    """The first turn was transcribed and answered; the caller's second turn was committed,
+    and the session was lost before its transcript came.  The newest restored item is then the
+    *first* turn's words: answering it would answer the wrong turn, so the second turn is
+    counted lost and nothing is asked for."""
+
+    async def scenario() -> None:
+        old, new = _ServerSession(), _ServerSession()
+        twilio, bridge, task = _vad_bridge(old, new)
+        await _until(lambda: old.sent, "the first session.update")
+        old.feed(
+            *_spoken_turn("item_1"),
+            _transcript("item_1", "Book me for Monday."),
+            {"type": "response.created", "response": {"id": "resp_1", "status": "in_progress"}},
+            _done("resp_1"),
+            *_spoken_turn("item_2"),
+        )
+        await _until(lambda: _awaiting(bridge) and _state(bridge) == "idle", "turn 2 committed")
+        old.lose()
+        await _until(lambda: new.sent, "the new session.update")
+        await asyncio.sleep(0.05)
+        assert new.types() == ["session.update", "conversation.item.create"]
+        twilio.hang_up()
+        report = await asyncio.wait_for(task, 10.0)
+        assert report.turns_lost == 1
+
+    run(scenario())
+
+
+def test_a_create_the_caller_interrupted_is_not_carried_into_the_turns_answer() -> None:
+    """The greeting's create is unanswered when the caller speaks over it (its cancel
+    deferred), and the server's VAD commits the turn, whose transcript arrives; the session is
+    lost.  The greeting was interrupted: it is reported given up, not merged into the new
+    session's answer, which answers the caller's words with the session's own instructions."""
+
+    async def scenario() -> None:
+        old, new = _ServerSession(), _ServerSession()
+        twilio, bridge, task = _vad_bridge(old, new, greeting="Greet the caller.")
+        await _until(lambda: old.events("response.create"), "the greeting's create")
+        old.feed(*_spoken_turn("item_1"), _transcript("item_1", "What time do you open?"))
+        await _until(lambda: len(bridge.history) == 1, "the transcript")
+        old.lose()
+        await _until(lambda: new.events("response.create"), "the new session's answer")
+        await asyncio.sleep(0.05)
+        (create,) = new.events("response.create")
+        assert "instructions" not in create["response"]
+        assert create["response"]["metadata"][REASON_KEY] == "user_turn"
+        twilio.hang_up()
+        report = await asyncio.wait_for(task, 10.0)
+        # (The new session's create is still unanswered at the hang-up: given up as closed.)
+        assert [(g.reason, g.request_reasons) for g in report.given_up] == [
+            ("interrupted", ("greeting",)),
+            ("closed:telephony closed", ("user_turn",)),
+        ]
+        assert report.turns_lost == 0
 
     run(scenario())

@@ -632,7 +632,7 @@ def test_example_trace_dir_flag(tmp_path: Path) -> None:
     assert example.build_config(args).max_trace_bytes == MAX_TRACE_BYTES
     args = example.parse_args([*base, "--trace-max-mb", "0.5"])
     assert example.build_config(args).max_trace_bytes == 512 * 1024
-    for bad in ("0", "-1", "nan"):
+    for bad in ("0", "-1", "nan", "inf"):
         with pytest.raises(SystemExit):
             example.parse_args([*base, "--trace-max-mb", bad])
 
