@@ -1043,8 +1043,13 @@ class ResponseLifecycle:
         )
 
     def adopt_busy_response(self) -> None:
+        """A response we never saw created holds the slot: track it until its done.  Like any
+        server response it may be the VAD's answer to a turn committed meanwhile, and its own
+        ``response.created``, if it comes late, is then ignored as known: so the wait for
+        that answer ends here, or requests would sit out ``create_timeout`` after its done."""
         event = self._ev
         assert isinstance(event, ev.ServerError)
+        self._server_turn_until = None
         self._clear_response()
         match = _RESP_ID.search(event.message)
         rid = match.group(1) if match else None

@@ -735,8 +735,11 @@ def test_an_unseen_busy_response_that_may_answer_the_interrupting_turn_is_kept()
     assert d.audio("resp_vad") is True, "the answer to the caller's turn is heard"
     d.feed(ResponseCreated("resp_vad"))  # late: the same response, nothing changes
     assert d.m.state is ACTIVE and d.audio("resp_vad") is True
+    assert not d.m.awaiting_server_response(), "the answer is here: no wait for another"
     out = d.feed(ResponseDone("resp_vad"))
     assert d.m.state is IDLE and "busy_response_cancelled" not in d.m.stats
+    create = only(d.feed(RequestResponse(reason="app")), SendResponseCreate)  # at once
+    assert create.reason == "app" and "server_response_overdue" not in d.m.stats
 
 
 def test_rejected_events_leave_no_reference_cycle() -> None:
