@@ -472,13 +472,6 @@ class CallBridge:
             self._stop_reason = end.reason
             self._stop.set()
 
-    def _forget_commits(self) -> bool:
-        """The session is lost: a commit it never confirmed committed nothing we can answer
-        (its audio went with it).  Whether there was one."""
-        unconfirmed = bool(self._commits)
-        self._commits.clear()
-        return unconfirmed
-
     @property
     def active(self) -> bool:
         """True from the stream's ``start`` until the call ends: the public calls are accepted."""
@@ -694,68 +687,20 @@ class CallBridge:
         assert machine is not None
         self._reconnecting = True
         responding = machine.state in _RESPONDING
-        requests = list(machine.pending)
-        inflight = machine.inflight
-        if inflight is not None and inflight.cancel_wanted:
-            # The caller interrupted it before it was answered: the old machine would have
-            # cancelled it on creation, so the new session must not be asked for it either.
-            self._execute_one(
-                RequestGivenUp(
-                    reason="interrupted",
-                    request_reasons=inflight.reasons(),
-                    event_id=inflight.event_id,
-                )
-            )
-        elif inflight is not None:
-            requests[0:0] = inflight.requests
-        # The newest committed caller turn whose words never came: its audio dies with the
-        # session, so an answer to it on the new one would answer the turn before it.
-        turn = self._turn_item
-        words_lost = turn is not None and turn not in self._transcribed
-        turn_lost = self._forget_commits()
-        if machine.state is ResponseState.ACTIVE:
-            served = machine.response_requests
-            answers_turn = not served or any(r.reason == USER_TURN_REASON for r in served)
-            if answers_turn and words_lost:
-                turn_lost = True
-            else:
-                # Cut off mid-response: ask for the rest first, with the instructions and
-                # metadata it was asked with (a greeting's are in no restored history item).
-                # The fresh machine coalesces it with interchangeable requests behind it.
-                requests.insert(0, _retelling(served))
-        elif machine.awaiting_server_response():
-            # The server's VAD committed the turn and its answer had not begun.  With the
-            # turn's transcript restored as history, the new session can answer it.
-            if words_lost:
-                turn_lost = True
-            else:
-                requests.append(ev.RequestResponse(reason=USER_TURN_REASON))
-        if words_lost:
-            # Our own answer to that turn, queued or in flight, would answer stale context.
-            for index in range(len(requests) - 1, -1, -1):
-                if requests[index].reason == USER_TURN_REASON:
-                    del requests[index]
-                    turn_lost = True
-                    break
-        if turn_lost:
-            self.report.turns_lost += 1
-            log.warning(
-                "call=%s the caller's last turn was lost with the session before its"
-                " transcript arrived: not answered",
-                self._call,
-            )
+        requests = self._carried_requests(machine)
         # Oldest first: texts queued for the old socket (the machine sent them before it held
         # any), then the machine's held ones.  Frames already on the wire are in the history.
         texts = self._take_unsent()
         texts.extend(machine.held_texts)
-        for command in machine.handle(ev.ConnectionClosed(f"session lost: {reason}"), self.clock()):
-            if isinstance(command, RequestGivenUp):
-                log.info(
-                    "call=%s request(s) %s carried over to the next session",
-                    self._call,
-                    ",".join(command.request_reasons),
-                )
-            # ReturnUndeliveredText: the held texts, already taken above.
+        # Its RequestGivenUp lists what it held; what goes on is ``requests``, logged here.
+        # ReturnUndeliveredText: the held texts, already taken above.
+        machine.handle(ev.ConnectionClosed(f"session lost: {reason}"), self.clock())
+        if requests:
+            log.info(
+                "call=%s request(s) %s carried over to the next session",
+                self._call,
+                ",".join(r.reason for r in requests),
+            )
         self._stats_before = _merged(self._stats_before, machine.stats)
         self._held_texts[0:0] = texts
         self._held_requests[0:0] = requests
@@ -778,6 +723,69 @@ class CallBridge:
             len(self._held_texts),
             len(self._held_requests),
         )
+
+    def _carried_requests(self, machine: ResponseLifecycle) -> list[ev.RequestResponse]:
+        """What the new session must be asked for, oldest first: the lost session's queued
+        and in-flight requests, the retelling of a response it cut off, and an answer to a
+        turn its VAD committed but had not begun to answer.  Nothing that would answer a turn
+        whose words died with the session (counted in ``CallReport.turns_lost``), nor a create
+        the caller interrupted (given up)."""
+        queued = list(machine.pending)
+        inflight = machine.inflight
+        if inflight is not None and inflight.cancel_wanted:
+            # The old machine would have cancelled it on creation: not asked for again.
+            self._execute_one(
+                RequestGivenUp(
+                    reason="interrupted",
+                    request_reasons=inflight.reasons(),
+                    event_id=inflight.event_id,
+                )
+            )
+        elif inflight is not None:
+            queued[0:0] = inflight.requests
+        active = machine.state is ResponseState.ACTIVE
+        served = list(machine.response_requests) if active else []
+        instructions = served[0].instructions if served else None
+        retell = active
+        lost = len(self._commits)  # commits the session never confirmed: their audio is gone
+        self._commits.clear()
+        turn = self._turn_item
+        words_lost = turn is not None and turn not in self._transcribed
+        if machine.awaiting_server_response():
+            # The server's VAD committed the newest turn and its answer had not begun: with
+            # the turn's transcript restored as history, the new session can answer it.
+            if words_lost:
+                lost += 1
+            else:
+                queued.append(ev.RequestResponse(reason=USER_TURN_REASON))
+        elif words_lost:
+            # The newest turn is answered by the response in play or by a create of ours: with
+            # its words unknown, that answer would answer the turn before it.  Requests are
+            # served in order, so ours is the last ``user_turn`` of those served and queued.
+            if active and not served:
+                retell = False  # the server's own answer to it
+                lost += 1
+            else:
+                for held in (queued, served):
+                    index = _last_turn_request(held)
+                    if index is not None:
+                        del held[index]
+                        lost += 1
+                        retell = retell and bool(served)
+                        break
+        if lost:
+            self.report.turns_lost += lost
+            log.warning(
+                "call=%s %d caller turn(s) lost with the session before their words were"
+                " known: not answered",
+                self._call,
+                lost,
+            )
+        if retell:
+            # Cut off mid-response: ask for the rest first, with the instructions and metadata
+            # it was asked with (a greeting's are in no restored history item).
+            queued.insert(0, _retelling(served, instructions))
+        return queued
 
     async def _connect_with_backoff(self) -> tuple[MessageSocket, int]:
         connector = self.reconnect
@@ -845,6 +853,13 @@ class CallBridge:
         if delivered:
             requests.append(ev.RequestResponse(reason=USER_TEXT_REASON))
         self._reconnecting = False
+        if requests and requests[0].reason == RETELLING_REASON and requests[0].instructions:
+            # A cut-off response asked with its own instructions (a greeting) is retold on its
+            # own: the machine would fold requests without instructions into it, and answer
+            # the caller's turn with the greeting's.  The rest wait for its done, as they did.
+            self._handle(requests.pop(0))
+            self.machine.pending.extend(requests)
+            requests = []
         if requests:
             # One response for the restored state, as the machine coalesces its own pending
             # requests: a text queued with its response.create on the lost socket comes back
@@ -1234,13 +1249,15 @@ class CallBridge:
                 log.info("call=%s caller said: %r", self._call, message.transcript[:200])
                 self.history.add("user", message.transcript)
                 transcribed = self._transcribed
-                transcribed[message.item_id] = None
-                if len(transcribed) > _MAX_TRANSCRIBED:
-                    del transcribed[next(iter(transcribed))]
+                if message.item_id:
+                    transcribed[message.item_id] = None
+                    if len(transcribed) > _MAX_TRANSCRIBED:
+                        del transcribed[next(iter(transcribed))]
             else:
                 if kind is ev.UserTurnCommitted:
                     assert isinstance(message, ev.UserTurnCommitted)
-                    self._turn_item = message.item_id
+                    # No id: its transcript cannot be matched, so its words count as unknown.
+                    self._turn_item = message.item_id or ""
                     if self._commits:  # ours (push-to-talk: no turn detection commits)
                         del self._commits[0]
                 if kind is ev.ResponseCreated:
@@ -1306,6 +1323,8 @@ def _drain(queue: asyncio.Queue[_Outbound]) -> tuple[list[_TextFrame], int]:
 
 
 _APPEND_TYPE: Final = '"input_audio_buffer.append"'
+#: The reason of the request that asks a new session for a response the lost one cut off.
+RETELLING_REASON: Final = "reconnect"
 #: Input transcripts remembered per session, to tell whether a committed turn's words came.
 _MAX_TRANSCRIBED: Final = 32
 
@@ -1359,15 +1378,22 @@ def _audio_format_problem(session: ev.SessionConfigured) -> str | None:
     return f"openai session audio is not mu-law ({', '.join(wrong)})" if wrong else None
 
 
-def _retelling(served: tuple[ev.RequestResponse, ...]) -> ev.RequestResponse:
+def _retelling(served: list[ev.RequestResponse], instructions: str | None) -> ev.RequestResponse:
     """The request that asks a new session for a response cut off with the old one: the
-    instructions it was created with (coalesced requests share them) and all their metadata;
-    a response the server created by itself served no request and gets the defaults."""
+    ``instructions`` it was created with (coalesced requests share them) and the metadata of
+    the requests it still serves; a response the server created by itself served none and
+    gets the defaults."""
     metadata: dict[str, str] = {}
     for request in served:
         metadata.update(request.metadata)
-    instructions = served[0].instructions if served else None
-    return ev.RequestResponse(reason="reconnect", instructions=instructions, metadata=metadata)
+    return ev.RequestResponse(reason=RETELLING_REASON, instructions=instructions, metadata=metadata)
+
+
+def _last_turn_request(requests: list[ev.RequestResponse]) -> int | None:
+    for index in range(len(requests) - 1, -1, -1):
+        if requests[index].reason == USER_TURN_REASON:
+            return index
+    return None
 
 
 def _merged(a: dict[str, int], b: dict[str, int]) -> dict[str, int]:
