@@ -576,6 +576,12 @@ class ResponseLifecycle:
         self._first_transcript_at = None
         self._watchdog_skipped = False
 
+    def _cancel_unheard(self, response_id: str) -> None:
+        """Cancel a response by id and drop its audio: the caller must never hear it."""
+        self._send_cancel(response_id)
+        self._emit(DropResponseAudio(response_id=response_id))
+        self._retire(response_id, "dropped")
+
     def _send_cancel(self, response_id: str | None) -> None:
         event_id = self._mint("cancel")
         self._emit(SendResponseCancel(event_id=event_id, response_id=response_id))
@@ -635,17 +641,20 @@ class ResponseLifecycle:
         return until is not None and self._now >= until
 
     def busy_response_abandoned(self) -> bool:
-        event = self._ev
-        assert isinstance(event, ev.ServerError)
-        match = _RESP_ID.search(event.message)
-        return match is not None and self._retired.why(match.group(1)) == "abandoned"
+        rid = self._busy_holder()
+        return rid is not None and self._retired.why(rid) == "abandoned"
 
     def busy_response_named(self) -> bool:
         """The busy error names the blocking response, and it is none we know of."""
+        rid = self._busy_holder()
+        return rid is not None and self._is_unknown(rid)
+
+    def _busy_holder(self) -> str | None:
+        """The response a busy error's message names (``... in progress: resp_...``)."""
         event = self._ev
         assert isinstance(event, ev.ServerError)
         match = _RESP_ID.search(event.message)
-        return match is not None and self._is_unknown(match.group(1))
+        return match.group(1) if match else None
 
     def awaiting_created(self) -> bool:
         return self.response_id is None
@@ -787,9 +796,7 @@ class ResponseLifecycle:
         """The response was interrupted before it existed: cancel it by id now."""
         rid = self.response_id
         assert rid is not None
-        self._send_cancel(rid)
-        self._emit(DropResponseAudio(response_id=rid))
-        self._retire(rid, "dropped")
+        self._cancel_unheard(rid)
         self._flow_step("cancel")
         log.info(
             "call=%s [BARGE_IN] deferred cancel sent on response.created response=%s",
@@ -808,12 +815,9 @@ class ResponseLifecycle:
         self._clear_response()
         self._given_up.pop(event.metadata.get(META_EVENT_ID, ""), None)  # answered now
         rid = event.response_id
-        self.response_id = rid
-        self._last_activity = self._now
+        self._adopt_id(rid)
         self._count("late_responses_cancelled")
-        self._send_cancel(rid)
-        self._emit(DropResponseAudio(response_id=rid))
-        self._retire(rid, "dropped")
+        self._cancel_unheard(rid)
         log.info(
             "call=%s response %s created for given-up create %s; cancelled, audio dropped",
             self._cfg.call_id,
@@ -1051,8 +1055,7 @@ class ResponseLifecycle:
         assert isinstance(event, ev.ServerError)
         self._server_turn_until = None
         self._clear_response()
-        match = _RESP_ID.search(event.message)
-        rid = match.group(1) if match else None
+        rid = self._busy_holder()
         if rid is not None and not self._is_unknown(rid):
             rid = None
         self.response_id = rid
@@ -1060,14 +1063,10 @@ class ResponseLifecycle:
 
     def adopt_abandoned_response(self) -> None:
         """The response we stopped waiting for is still alive: cancel it again, wait for it."""
-        event = self._ev
-        assert isinstance(event, ev.ServerError)
-        match = _RESP_ID.search(event.message)
-        assert match is not None
-        rid = match.group(1)
+        rid = self._busy_holder()
+        assert rid is not None
         self._clear_response()
-        self.response_id = rid
-        self._last_activity = self._now
+        self._adopt_id(rid)
         self._count("abandoned_response_still_active")
         self._send_cancel(rid)
         log.warning(
@@ -1079,18 +1078,12 @@ class ResponseLifecycle:
     def cancel_busy_response(self) -> None:
         """The response that beat our interrupted create is as interrupted as ours: the caller
         spoke or typed after it began.  Cancel it by id, drop its audio, wait for its done."""
-        event = self._ev
-        assert isinstance(event, ev.ServerError)
-        match = _RESP_ID.search(event.message)
-        assert match is not None
-        rid = match.group(1)
+        rid = self._busy_holder()
+        assert rid is not None
         self._clear_response()
-        self.response_id = rid
-        self._last_activity = self._now
+        self._adopt_id(rid)
         self._count("busy_response_cancelled")
-        self._send_cancel(rid)
-        self._emit(DropResponseAudio(response_id=rid))
-        self._retire(rid, "dropped")
+        self._cancel_unheard(rid)
         log.info(
             "call=%s [BARGE_IN] response %s held the slot our interrupted create wanted;"
             " cancelled, audio dropped",
