@@ -20,12 +20,16 @@ import logging
 import math
 import os
 from collections.abc import Callable
+from typing import Final
+
+import attrs
 
 from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.malloc_tuning import tune_malloc_for_sockets
 from realtime_fsm.openai_realtime import Dialect, SessionConfig
 from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
+from realtime_fsm.trace import MAX_TRACE_BYTES
 from realtime_fsm.webserver import serve_until_signalled
 
 
@@ -44,6 +48,16 @@ def _megabytes(text: str) -> int:
     if not (value > 0 and math.isfinite(value)):
         raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
     return max(1, round(value * 1024 * 1024))
+
+
+#: ``BridgeConfig`` fields each set by a flag of the same name (``--max-reconnects``), with
+#: the class's own default: the field, the least value the flag takes, its help.
+_RECONNECT_FIELDS: Final = (
+    ("reconnect_attempts", 1, "connection attempts per lost OpenAI session before the call ends"),
+    ("max_reconnects", 0, "OpenAI sessions one call may replace (0: a lost session ends the call)"),
+    ("history_max_items", 0, "conversation items restored on a new session (0: none)"),
+    ("history_max_chars", 0, "characters of conversation restored on a new session (0: none)"),
+)
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -92,37 +106,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         dest="max_trace_bytes",
         metavar="MB",
         type=_megabytes,
-        default="200",
+        default=MAX_TRACE_BYTES,  # bytes already: argparse converts only string defaults
         help="a trace file stops growing at this size (MiB); the call goes on",
     )
-    p.add_argument(
-        "--reconnect-attempts",
-        type=_count(1),
-        metavar="N",
-        default=4,
-        help="connection attempts per lost OpenAI session before the call ends",
-    )
-    p.add_argument(
-        "--max-reconnects",
-        type=_count(0),
-        metavar="N",
-        default=20,
-        help="OpenAI sessions one call may replace (0: a lost session ends the call)",
-    )
-    p.add_argument(
-        "--history-max-items",
-        type=_count(0),
-        metavar="N",
-        default=40,
-        help="conversation items restored on a new session (0: none)",
-    )
-    p.add_argument(
-        "--history-max-chars",
-        type=_count(0),
-        metavar="N",
-        default=8000,
-        help="characters of conversation restored on a new session (0: none)",
-    )
+    defaults = attrs.fields_dict(BridgeConfig)
+    for field, minimum, helptext in _RECONNECT_FIELDS:
+        p.add_argument(
+            "--" + field.replace("_", "-"),
+            type=_count(minimum),
+            metavar="N",
+            default=defaults[field].default,
+            help=helptext,
+        )
     p.add_argument(
         "--mark-every-ms",
         type=int,
@@ -164,10 +159,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         commit_on_dtmf=args.commit_on_dtmf,
         accept_text_messages=args.accept_text_messages,
         mark_every_ms=args.mark_every_ms,
-        reconnect_attempts=args.reconnect_attempts,
-        max_reconnects=args.max_reconnects,
-        history_max_items=args.history_max_items,
-        history_max_chars=args.history_max_chars,
+        **{field: getattr(args, field) for field, _, _ in _RECONNECT_FIELDS},
     )
     return ServerConfig(
         public_url=args.public_url,
