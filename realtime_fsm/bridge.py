@@ -353,8 +353,8 @@ class CallBridge:
         self._overflow: list[ev.UserText] = []
         self._stats_before: dict[str, int] = {}
         self._partials: dict[str, _Transcript] = {}
-        self._restore_seq = 0
-        self._commit_seq = 0
+        #: Event ids minted by the bridge itself, counted per series (see ``_mint_id``).
+        self._id_seq: dict[str, int] = {}
         #: Push-to-talk commits sent (or queued) on this session and not yet confirmed by an
         #: ``input_audio_buffer.committed`` or refused by an error, oldest first.
         self._commits: list[str] = []
@@ -362,7 +362,6 @@ class CallBridge:
         #: input transcript arrived (bounded): whether a turn's words can be restored.
         self._turn_item: str | None = None
         self._transcribed: dict[str, None] = {}
-        self._session_seq = 0
         self._session_update_id: str | None = None
         self._closers: set[asyncio.Task[None]] = set()
 
@@ -462,8 +461,7 @@ class CallBridge:
                 "call=%s turn commit (%s) while reconnecting: the turn is lost", self._call, source
             )
             return
-        self._commit_seq += 1
-        event_id = f"{self.config.lifecycle.event_id_prefix}_commit_{self._commit_seq}"
+        event_id = self._mint_id("commit")
         log.info("call=%s caller turn committed by %s event_id=%s", self._call, source, event_id)
         self._commits.append(event_id)
         try:
@@ -542,8 +540,7 @@ class CallBridge:
     def _send_session_update(self) -> None:
         """The session's config, with an event id of its own: an ``error`` naming it means
         the server refused the whole update and the session runs on its defaults."""
-        self._session_seq += 1
-        event_id = f"{self.config.lifecycle.event_id_prefix}_session_{self._session_seq}"
+        event_id = self._mint_id("session")
         self._session_update_id = event_id
         update = self.codec.session_update(self.config.session, event_id=event_id)
         self._send_openai(json.dumps(update))
@@ -843,11 +840,11 @@ class CallBridge:
         for item in items:
             # A replay of what the lost session already had: its own event_id kind, so a
             # trace checker can tell it from a fresh delivery.
-            event_id = self._mint_restore_id("history")
+            event_id = self._mint_id("history", series="restore")
             self._send_openai(dumps(codec.message_item(item.role, item.text, event_id=event_id)))
         while self._held_texts:  # one at a time: a full queue hands back the rest, in order
             text = self._held_texts.pop(0)
-            command = SendUserText(self._mint_restore_id("restore"), text.text, text.source)
+            command = SendUserText(self._mint_id("restore"), text.text, text.source)
             self._send_openai(_TextFrame(codec.render_json(command), text.text, text.source))
         requests, self._held_requests = self._held_requests, []
         if delivered:
@@ -882,11 +879,14 @@ class CallBridge:
         self._overflow = []
         return texts
 
-    def _mint_restore_id(self, kind: str) -> str:
-        """``<prefix>_history_<n>`` for replayed history, ``<prefix>_restore_<n>`` for held
-        text delivered for the first time (``n`` counts both, per call)."""
-        self._restore_seq += 1
-        return f"{self.config.lifecycle.event_id_prefix}_{kind}_{self._restore_seq}"
+    def _mint_id(self, kind: str, series: str | None = None) -> str:
+        """``<prefix>_<kind>_<n>``, ``n`` counted per call in its ``series`` (the kind by
+        default): ``history`` (replayed history) and ``restore`` (held text delivered for the
+        first time) share one, ``session`` and ``commit`` have their own."""
+        key = kind if series is None else series
+        n = self._id_seq.get(key, 0) + 1
+        self._id_seq[key] = n
+        return f"{self.config.lifecycle.event_id_prefix}_{kind}_{n}"
 
     # -------------------------------------------------------------------------- machine glue
 
