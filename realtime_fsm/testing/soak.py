@@ -405,11 +405,21 @@ def _busy_split(sim: FakeRealtimeServer, cancel_timeout: float) -> tuple[int, in
     return races, probes, unexplained
 
 
-async def _until(predicate: Callable[[], bool], timeout: float) -> bool:
+async def _until(
+    predicate: Callable[[], bool],
+    timeout: float,
+    paused: Callable[[], bool] | None = None,
+) -> bool:
+    """Poll ``predicate`` for up to ``timeout`` seconds, not counting time while ``paused``."""
     loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
+    deadline = last = loop.time()
+    deadline += timeout
     while not predicate():
-        if loop.time() >= deadline:
+        now = loop.time()
+        if paused is not None and paused():
+            deadline += now - last
+        last = now
+        if now >= deadline:
             return False
         await asyncio.sleep(0.05)
     return True
@@ -562,6 +572,10 @@ class _Call:
                 return  # the caller hangs up now, while the answer plays
         await self._wait_idle(sim)
 
+    def _no_session(self) -> bool:
+        """The bridge is between OpenAI sessions: nothing can settle until the next one."""
+        return bool(self.bridges) and self.bridges[-1]._reconnecting
+
     def _typeable(self, caller: FakeTwilioCaller) -> bool:
         """Text typed while the OpenAI session is down counts: the bridge must hold it for the
         next session or hand it back.  Only a call the bridge already ended is skipped."""
@@ -586,21 +600,10 @@ class _Call:
             return
         started = time.monotonic()
         timeout = self.cfg.idle_timeout
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + timeout
-        last = loop.time()
-        while True:
-            if self.settled(sim):
-                if not self.bridge_ended:
-                    out.idle_after_s = time.monotonic() - started
-                return
-            now = loop.time()
-            if self.bridges and self.bridges[-1]._reconnecting:
-                deadline += now - last  # no session to settle with
-            last = now
-            if now >= deadline:
-                break
-            await asyncio.sleep(0.05)
+        if await _until(lambda: self.settled(sim), timeout, paused=self._no_session):
+            if not self.bridge_ended:
+                out.idle_after_s = time.monotonic() - started
+            return
         machine = self._machine()
         state = machine.state.value if machine is not None else "?"
         pending = len(machine.pending) if machine is not None else 0
