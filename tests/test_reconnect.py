@@ -956,6 +956,12 @@ class _ServerSession(_Session):
         for event in events:
             self.inbox.put_nowait(json.dumps(event))
 
+    def answer(self, response_id: str, create: int) -> JSON:
+        """``response.created`` for the ``create``-th ``response.create`` sent here (its
+        metadata echoed, so the bridge takes the response for its own)."""
+        metadata = self.events("response.create")[create]["response"]["metadata"]
+        return _created(response_id, metadata)
+
     def lose(self) -> None:
         self.inbox.put_nowait(None)
 
@@ -1165,7 +1171,7 @@ def test_hand_commits_across_a_lost_session() -> None:
         assert new.types() == ["session.update", "conversation.item.create", "response.create"]
         item = new.events("conversation.item.create")[0]["item"]
         assert (item["role"], item["content"][0]["text"]) == ("user", "When do you open?")
-        assert new.events("response.create")[0]["response"]["metadata"][REASON_KEY] == ("user_turn")
+        assert _reasons(new) == ["user_turn"]
         twilio.hang_up()
         report = await asyncio.wait_for(task, 10.0)
         assert report.turns_lost == 3 and report.undelivered_texts == []
@@ -1398,7 +1404,7 @@ def test_a_cut_off_answer_to_a_known_turn_is_retold_when_a_later_turn_is_lost() 
         bridge.commit_user_turn()
         old.feed(_committed("item_1"), _transcript("item_1", "Book me for Monday."))
         await _until(lambda: old.events("response.create"), "turn 1's answer asked for")
-        old.feed(_created("resp_1", old.events("response.create")[0]["response"]["metadata"]))
+        old.feed(old.answer("resp_1", 0))
         await _until(lambda: _state(bridge) == "active", "turn 1's answer playing")
         bridge.commit_user_turn()
         old.feed(_committed("item_2"))
@@ -1407,7 +1413,7 @@ def test_a_cut_off_answer_to_a_known_turn_is_retold_when_a_later_turn_is_lost() 
         await _until(lambda: new.events("response.create"), "the retelling")
         await asyncio.sleep(0.05)
         assert _reasons(new) == ["reconnect"]
-        new.feed(_created("resp_2", new.events("response.create")[0]["response"]["metadata"]))
+        new.feed(new.answer("resp_2", 0))
         new.feed(_done("resp_2"))
         report = await _ends(twilio, task)
         assert _reasons(new) == ["reconnect"], "turn 2 is not answered from turn 1's words"
@@ -1427,7 +1433,7 @@ def test_what_else_the_cut_off_answer_served_is_retold_without_the_lost_turn() -
         await _until(lambda: old.sent, "the session.update")
         bridge.request_response("warm_up")
         await _until(lambda: old.events("response.create"), "the first create")
-        old.feed(_created("resp_0", old.events("response.create")[0]["response"]["metadata"]))
+        old.feed(old.answer("resp_0", 0))
         await _until(lambda: _state(bridge) == "active", "resp_0 playing")
         bridge.commit_user_turn()
         old.feed(_committed("item_1"))
@@ -1436,7 +1442,7 @@ def test_what_else_the_cut_off_answer_served_is_retold_without_the_lost_turn() -
         await _until(lambda: len(old.events("response.create")) == 2, "the coalesced create")
         assert _reasons(old)[0] == "warm_up"
         assert sorted(_reasons(old)[1].split("+")) == ["tool", "user_turn"]
-        old.feed(_created("resp_1", old.events("response.create")[1]["response"]["metadata"]))
+        old.feed(old.answer("resp_1", 1))
         await _until(lambda: _state(bridge) == "active", "resp_1 playing")
         old.lose()
         await _until(lambda: new.events("response.create"), "the retelling")
@@ -1456,7 +1462,7 @@ def test_a_greeting_cut_off_is_retold_on_its_own_before_the_callers_turn() -> No
         old, new = _ServerSession(), _ServerSession()
         twilio, bridge, task = _bridge_on([old, new], PTT, greeting="Greet the caller.")
         await _until(lambda: old.events("response.create"), "the greeting's create")
-        old.feed(_created("resp_g", old.events("response.create")[0]["response"]["metadata"]))
+        old.feed(old.answer("resp_g", 0))
         await _until(lambda: _state(bridge) == "active", "the greeting playing")
         bridge.commit_user_turn()
         old.feed(_committed("item_1"), _transcript("item_1", "Are you open today?"))
