@@ -38,7 +38,7 @@ from websockets.protocol import State as WsState
 from benchmarks.relay import Relay, parse_args
 from realtime_fsm import META_EVENT_ID, META_REASON
 from realtime_fsm import events as ev
-from realtime_fsm.bridge import BridgeConfig, CallBridge
+from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig, CallBridge
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.twilio_media import MarkName, Start
 from realtime_fsm.webserver import WebSocketClosed
@@ -49,7 +49,7 @@ RESPONSE = "resp_BENCH0000000000000000"
 ITEM = "item_BENCH0000000000000000"
 #: 20 ms of 8 kHz mu-law, as Twilio sends it and as the simulator's deltas carry it.
 PAYLOAD = base64.b64encode(bytes(range(96, 256)) * 1).decode()
-MARK_EVERY_MS = 500  # the example bridge's default
+MARK_EVERY_MS = DEFAULT_MARK_EVERY_MS  # the library's and the example bridge's default
 
 
 def twilio_media(seq: int) -> str:

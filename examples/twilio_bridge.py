@@ -120,8 +120,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         )
     p.add_argument(
         "--mark-every-ms",
-        type=int,
-        default=500,
+        type=_count(0),
+        default=defaults["mark_every_ms"].default,
         help=(
             "at most one Twilio mark per this many ms of audio (0: one per media message); "
             "barge-in truncation estimates playback between marks, so sparse marks stay exact"

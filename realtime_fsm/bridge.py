@@ -141,6 +141,17 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
+def _mark_every(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
+    # Checked here, not only by the tracker each call builds: a bad deployment setting fails at
+    # start-up instead of ending every call.
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative int, got {value!r}")
+
+
+#: ``BridgeConfig.mark_every_ms``'s default: a Twilio ``mark`` per 500 ms of an item's audio.
+DEFAULT_MARK_EVERY_MS: Final = 500
+
+
 @attrs.frozen
 class BridgeConfig:
     """Per-deployment settings; one ``CallBridge`` per call is built from them."""
@@ -168,9 +179,11 @@ class BridgeConfig:
     #: Malformed frames tolerated per call before the offending socket is closed (1008).
     max_bad_frames: int = 100
     #: At most one Twilio ``mark`` per this many ms of an item's audio (plus one at its end);
-    #: 0 = a mark after every ``media``.  Truncation points then have this granularity (always
-    #: on the early side); with 20 ms deltas, per-delta marks are a third of a call's messages.
-    mark_every_ms: int = 0
+    #: 0 = a mark after every ``media``.  With 20 ms deltas, per-delta marks are a third of a
+    #: call's messages (each is sent, echoed and parsed); at 500 they are 1 in 25.  Truncation
+    #: stays exact between marks while ``estimate_playback`` is on (the default); without it,
+    #: truncation points have this granularity (always on the early side).
+    mark_every_ms: int = attrs.field(default=DEFAULT_MARK_EVERY_MS, validator=_mark_every)
     #: Right before a barge-in (``speech_started``, user text), estimate how far the caller's
     #: playback got since the last mark echo (:meth:`PlaybackTracker.estimate`), so that the
     #: truncate point is what was heard, to within the echo's delay, however sparse the marks;

@@ -169,6 +169,30 @@ def test_repeats_are_combined_by_median_and_ratios_paired_by_round() -> None:
     assert "median of its rounds" in text
 
 
+def test_the_cpu_goal_is_judged_at_equal_traffic_only() -> None:
+    """With the realistic script the bridge answers what the relay drops (more messages), so
+    the CPU row shows the figure and the traffic ratio, and no verdict; with the matched
+    script it is PASS or FAIL."""
+
+    def rows(script: str, cpu: float, messages: int) -> list[dict[str, object]]:
+        return [combine([fake_round(script=script, server_cpu_per_call_min=cpu,
+                                    server_messages=messages)])]  # fmt: skip
+
+    realistic = markdown(
+        rows("realistic", 0.24, 1180), rows("realistic", 0.20, 1000), "t", "m", None
+    )
+    assert (
+        "| bridge CPU per call-minute <= 1.10x the relay (worst N) | 1.20x |"
+        " judged with --script matched (here the bridge carries 1.18x the relay's messages) |"
+    ) in realistic
+    for cpu, verdict in ((0.21, "PASS"), (0.23, "FAIL")):
+        matched = markdown(rows("matched", cpu, 1010), rows("matched", 0.20, 1000), "t", "m", None)
+        assert (
+            f"| bridge CPU per call-minute <= 1.10x the relay (worst N) | {cpu / 0.20:.2f}x |"
+            f" {verdict} |"
+        ) in matched
+
+
 def test_the_load_generator_runs_on_uvloop_when_asked() -> None:
     pytest.importorskip("uvloop")  # the 'bench' extra; CI installs only 'dev'
     result = run_one("relay", 2, 1.0, 0.5, None, loadgen_loop="uvloop")

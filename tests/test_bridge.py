@@ -430,7 +430,7 @@ def test_no_greeting_waits_for_the_caller_and_beta_session_shape() -> None:
 
 def test_audio_is_forwarded_byte_for_byte_both_ways_with_a_mark_after_each_chunk() -> None:
     async def body() -> None:
-        call = Call(BridgeConfig(greeting="hi"))
+        call = Call(BridgeConfig(greeting="hi", mark_every_ms=0))
         await call.begin()
         # Twilio -> OpenAI: the payload string goes out untouched.
         call.twilio.feed(media(CHUNK_A, 1), media(CHUNK_B, 2))
@@ -559,7 +559,9 @@ def test_echoed_marks_feed_played_ms_and_barge_in_truncates_at_what_was_heard(
     async def body() -> None:
         clock = FakeClock()
         session = SessionConfig(interrupt_response=interrupt_response)
-        config = BridgeConfig(session=session, greeting="hi", estimate_playback=estimate)
+        config = BridgeConfig(
+            session=session, greeting="hi", estimate_playback=estimate, mark_every_ms=0
+        )
         call = Call(config, clock=clock)
         await call.begin()
         await call.respond("resp_1")
@@ -598,7 +600,7 @@ def test_echoed_marks_feed_played_ms_and_barge_in_truncates_at_what_was_heard(
 
 def test_barge_in_before_any_mark_echo_deletes_the_unheard_item() -> None:
     async def body() -> None:
-        call = Call(BridgeConfig(greeting="hi"))
+        call = Call(BridgeConfig(greeting="hi", mark_every_ms=0))
         await call.begin()
         await call.respond("resp_1")
         call.openai.feed(audio("resp_1", "item_1", CHUNK_A))
@@ -619,7 +621,7 @@ def test_barge_in_clear_is_written_at_once_when_nothing_waits_ahead_of_it() -> N
     ``speech_started`` is handled, not on the writer task's turn (the barge-in reaction)."""
 
     async def body() -> None:
-        call = Call(BridgeConfig(greeting="hi"), twilio_nowait=True)
+        call = Call(BridgeConfig(greeting="hi", mark_every_ms=0), twilio_nowait=True)
         twilio = call.twilio
         assert isinstance(twilio, NowaitSocket)
         await call.begin()

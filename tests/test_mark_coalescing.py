@@ -16,7 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from realtime_fsm.bridge import BridgeConfig
+from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig
 from realtime_fsm.errors import LocalProtocolError
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import ServerConfig, start_server
@@ -118,6 +118,31 @@ def test_bridge_with_coalesced_marks_hears_every_item_to_its_end() -> None:
         assert caller.violations == []
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+def test_the_default_is_a_mark_per_500_ms_and_the_greeting_ends_with_its_tail() -> None:
+    """``BridgeConfig()`` coalesces marks: a production bridge does not mark every 20 ms."""
+    assert BridgeConfig().mark_every_ms == DEFAULT_MARK_EVERY_MS == 500
+
+    async def scenario() -> None:
+        reply = ScriptedReply("Hello there, this is a short greeting.", audio_ms=1040)
+        caller_config = FakeCallerConfig(speed=4.0, seed=1)
+        async with greeted_call(reply, caller_config) as (sim, caller):
+            await sim.wait_until(lambda: bool(sim.responses) and sim.responses[0].finished, 10.0)
+            await caller.wait_until(
+                lambda: caller.played_ms >= 1040 and not caller.pending_marks, 10.0, "playout"
+            )
+            ends = [MarkName.parse(name) for _at, name in caller.marks_received]
+        assert [m.end_ms for m in ends if m is not None] == [500, 1000, 1040]
+        assert caller.violations == []
+
+    asyncio.run(asyncio.wait_for(scenario(), 30))
+
+
+@pytest.mark.parametrize("bad", [-1, 1.5, True, "500", None])
+def test_a_bad_mark_interval_is_refused_when_the_config_is_built(bad: object) -> None:
+    with pytest.raises(ValueError, match="mark_every_ms must be a non-negative int"):
+        BridgeConfig(mark_every_ms=bad)  # type: ignore[arg-type]
 
 
 # ----------------------------------------------------------------- playback estimate between echoes

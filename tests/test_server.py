@@ -553,8 +553,10 @@ def test_example_reconnect_flags_map_onto_the_bridge_config(example: ModuleType)
     defaults = example.build_config(example.parse_args(["--public-url", PUBLIC_URL])).bridge
     assert (defaults.reconnect_attempts, defaults.max_reconnects) == (4, 20)
     assert (defaults.history_max_items, defaults.history_max_chars) == (40, 8000)
-    assert defaults == attrs.evolve(BridgeConfig(), session=defaults.session,
-                                    lifecycle=defaults.lifecycle, mark_every_ms=500)  # fmt: skip
+    # The example's defaults are the library's (the mark interval included: no copied literal).
+    assert defaults == attrs.evolve(
+        BridgeConfig(), session=defaults.session, lifecycle=defaults.lifecycle
+    )
     args = example.parse_args(
         [
             "--public-url", PUBLIC_URL,
@@ -566,12 +568,15 @@ def test_example_reconnect_flags_map_onto_the_bridge_config(example: ModuleType)
     )  # fmt: skip
     bridge = example.build_config(args).bridge
     assert (bridge.reconnect_attempts, bridge.max_reconnects) == (2, 0)
+    every = example.parse_args(["--public-url", PUBLIC_URL, "--mark-every-ms", "0"])
+    assert example.build_config(every).bridge.mark_every_ms == 0
     assert (bridge.history_max_items, bridge.history_max_chars) == (10, 0)
     for flag, bad in (
         ("--reconnect-attempts", "0"),
         ("--max-reconnects", "-1"),
         ("--history-max-items", "x"),
         ("--history-max-chars", "-5"),
+        ("--mark-every-ms", "-1"),
     ):
         with pytest.raises(SystemExit):
             example.parse_args(["--public-url", PUBLIC_URL, flag, bad])

@@ -49,7 +49,7 @@ from typing import Any, Final
 
 import attrs
 
-from ..bridge import BridgeConfig, CallBridge, CallReport
+from ..bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig, CallBridge, CallReport
 from ..config import LifecycleConfig
 from ..lifecycle import ResponseLifecycle
 from ..openai_realtime import SessionConfig
@@ -442,6 +442,8 @@ class _Call:
         self.bridges: list[CallBridge] = []
         self.reports: list[CallReport] = []
         self.greeting = rng.random() < 0.6
+        # Both ways of marking: after every ``media``, and coalesced (the default, and denser).
+        self.mark_every_ms = rng.choice((0, 100, DEFAULT_MARK_EVERY_MS))
 
     def reply(self, ctx: ReplyContext) -> ScriptedReply:
         audio_ms = self.rng.randint(300, _MAX_REPLY_MS)
@@ -461,6 +463,7 @@ class _Call:
             lifecycle=self.cfg.lifecycle,
             greeting="Greet the caller." if self.greeting else None,
             accept_text_messages=True,
+            mark_every_ms=self.mark_every_ms,
         )
 
     @property
