@@ -73,6 +73,7 @@ from .twilio_media import (
     Start,
     Stop,
     UnknownMessage,
+    check_mark_every_ms,
     clear_message,
     mark_message,
     media_message,
@@ -141,11 +142,10 @@ def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) 
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
-def _mark_every(_inst: object, attribute: attrs.Attribute[Any], value: int) -> None:
-    # Checked here, not only by the tracker each call builds: a bad deployment setting fails at
+def _mark_every(_inst: object, _attribute: attrs.Attribute[Any], value: int) -> None:
+    # The tracker's own check, run when the config is built: a bad deployment setting fails at
     # start-up instead of ending every call.
-    if type(value) is not int or value < 0:
-        raise ValueError(f"{attribute.name} must be a non-negative int, got {value!r}")
+    check_mark_every_ms(value)
 
 
 #: ``BridgeConfig.mark_every_ms``'s default: a Twilio ``mark`` per 500 ms of an item's audio.

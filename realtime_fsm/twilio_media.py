@@ -409,6 +409,14 @@ def _digits(text: str) -> bool:
 _ITEMS_MAX: Final = 64
 
 
+def check_mark_every_ms(value: object) -> None:
+    """Raise ``ValueError`` unless ``value`` is a mark interval :class:`PlaybackTracker` takes
+    (a non-negative ``int``; 0: a mark after every ``media``).  Public so that a configuration
+    holding one (``BridgeConfig.mark_every_ms``) refuses it when it is built, not per call."""
+    if type(value) is not int or value < 0:
+        raise ValueError(f"mark_every_ms must be a non-negative int, got {value!r}")
+
+
 class PlaybackTracker:
     """How much of each assistant audio item the caller has heard, from Twilio mark echoes.
 
@@ -457,8 +465,7 @@ class PlaybackTracker:
             raise ValueError(f"bytes_per_ms must be a positive int, got {bytes_per_ms!r}")
         if type(max_pending) is not int or max_pending <= 0:
             raise ValueError(f"max_pending must be a positive int, got {max_pending!r}")
-        if type(mark_every_ms) is not int or mark_every_ms < 0:
-            raise ValueError(f"mark_every_ms must be a non-negative int, got {mark_every_ms!r}")
+        check_mark_every_ms(mark_every_ms)
         self._bytes_per_ms = bytes_per_ms
         self._max_pending = max_pending
         #: 0: a mark after every ``media``.  Otherwise at most one mark per this many ms of an
@@ -710,6 +717,7 @@ __all__ = [
     "Stop",
     "TwilioMessage",
     "UnknownMessage",
+    "check_mark_every_ms",
     "clear_message",
     "mark_message",
     "media_message",

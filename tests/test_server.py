@@ -568,9 +568,9 @@ def test_example_reconnect_flags_map_onto_the_bridge_config(example: ModuleType)
     )  # fmt: skip
     bridge = example.build_config(args).bridge
     assert (bridge.reconnect_attempts, bridge.max_reconnects) == (2, 0)
+    assert (bridge.history_max_items, bridge.history_max_chars) == (10, 0)
     every = example.parse_args(["--public-url", PUBLIC_URL, "--mark-every-ms", "0"])
     assert example.build_config(every).bridge.mark_every_ms == 0
-    assert (bridge.history_max_items, bridge.history_max_chars) == (10, 0)
     for flag, bad in (
         ("--reconnect-attempts", "0"),
         ("--max-reconnects", "-1"),
