@@ -1,12 +1,13 @@
-"""Baselines for the core benchmark: the same machine on a dict table, on stock ``transitions``,
+"""Baselines for the core benchmark: the same machine on dict tables, on stock ``transitions``,
 and a plain object.
 
-:class:`DictTableLifecycle` is :class:`~realtime_fsm.lifecycle.ResponseLifecycle` with one method
-replaced: ``_fire``.  Instead of ``MACHINE.events[name].trigger(self)`` (pytransitions) it looks
-``(state, trigger)`` up in a plain dict compiled once from :data:`realtime_fsm.table.TRANSITIONS`
-and :data:`realtime_fsm.table.ON_ENTER`, and runs the very same guard and action methods.  Every
-other line of code (event dispatch, fast paths, guards, actions, logging) is shared, so any
-difference a benchmark measures between the two is the engine and nothing else.
+:class:`DictTableLifecycle` is :class:`~realtime_fsm.lifecycle.ResponseLifecycle` with two methods
+replaced: ``_fire`` (the slot machine) and ``_fire_in`` (the create, turn and recovery machines).
+Instead of ``ENGINES[machine].events[name].trigger(self)`` (pytransitions) they look
+``(state, trigger)`` up in plain dicts compiled once from the tables of
+:data:`realtime_fsm.table.MACHINES`, and run the very same guard and action methods.  Every other
+line of code (event dispatch, fast paths, guards, actions, logging) is shared, so any difference
+a benchmark measures between the two is the engine and nothing else.
 
 The compiled table reproduces the semantics of ``transitions`` 0.9 for this configuration
 (``auto_transitions=False``, ``send_event=False``, ``queued=False``, no ``prepare``/``after``/
@@ -33,6 +34,7 @@ to the same initial values as ``ResponseLifecycle.__init__``, with no machine at
 
 from __future__ import annotations
 
+import enum
 import logging
 from collections.abc import Callable
 from typing import ClassVar, Final, NamedTuple
@@ -44,7 +46,20 @@ from realtime_fsm.commands import Command
 from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.lifecycle import ResponseLifecycle
 from realtime_fsm.lifecycle import log as lifecycle_log
-from realtime_fsm.table import IDLE, ON_ENTER, TRANSITIONS, ResponseState, machine_kwargs
+from realtime_fsm.lifecycle.ledgers import Inflight
+from realtime_fsm.table import (
+    C_NONE,
+    IDLE,
+    MACHINES,
+    R_NONE,
+    T_NONE,
+    CreateState,
+    MachineSpec,
+    RecoveryState,
+    ResponseState,
+    TurnState,
+    machine_kwargs,
+)
 
 #: A guard method and the value it must compare equal to (True for ``conditions``, False for
 #: ``unless``).
@@ -56,19 +71,19 @@ class Entry(NamedTuple):
     """One compiled row.  A plain tuple underneath: ``_fire`` unpacks it positionally."""
 
     guards: tuple[Guard, ...]
-    dest: ResponseState | None
+    dest: enum.Enum | None
     #: The row's ``before`` actions.
     actions: tuple[Action, ...]
     #: The ``on_enter`` actions of ``dest`` (empty for an internal transition).
     on_enter: tuple[Action, ...]
 
 
-Table = dict[tuple[ResponseState, str], tuple[Entry, ...]]
+Table = dict[tuple[enum.Enum, str], tuple[Entry, ...]]
 
 
-def compile_table(cls: type[ResponseLifecycle] = ResponseLifecycle) -> Table:
-    """``(state, trigger) -> rows`` from the transitions config, callbacks bound to ``cls``'s
-    unbound methods (looked up once, here, instead of by name on every trigger)."""
+def compile_table(spec: MachineSpec, cls: type[ResponseLifecycle] = ResponseLifecycle) -> Table:
+    """``(state, trigger) -> rows`` of one machine from its transitions config, callbacks bound
+    to ``cls``'s unbound methods (looked up once, here, instead of by name on every trigger)."""
 
     def method(name: str) -> Action:
         func = getattr(cls, name)
@@ -76,49 +91,56 @@ def compile_table(cls: type[ResponseLifecycle] = ResponseLifecycle) -> Table:
             raise TypeError(f"{cls.__name__}.{name} is not callable")
         return func  # type: ignore[no-any-return]
 
-    rows: dict[tuple[ResponseState, str], list[Entry]] = {}
-    for row in TRANSITIONS:
+    rows: dict[tuple[enum.Enum, str], list[Entry]] = {}
+    for row in spec.rows:
         guards = tuple((method(n), True) for n in row["conditions"]) + tuple(
             (method(n), False) for n in row["unless"]
         )
         dest = row["dest"]
         actions = tuple(method(n) for n in row["before"])
-        on_enter = tuple(method(n) for n in ON_ENTER.get(dest, ())) if dest is not None else ()
+        on_enter = tuple(method(n) for n in spec.on_enter.get(dest, ())) if dest is not None else ()
         entry = Entry(guards, dest, actions, on_enter)
         for source in row["source"]:
             rows.setdefault((source, row["trigger"]), []).append(entry)
     return {key: tuple(entries) for key, entries in rows.items()}
 
 
-#: The compiled table, shared by every :class:`DictTableLifecycle`.
-TABLE: Final[Table] = compile_table()
+#: The compiled tables, one per machine, shared by every :class:`DictTableLifecycle`.
+TABLES: Final[dict[str, Table]] = {spec.name: compile_table(spec) for spec in MACHINES}
+#: The slot machine's table.
+TABLE: Final[Table] = TABLES["slot"]
+_ATTRIBUTE: Final[dict[str, str]] = {spec.name: spec.attribute for spec in MACHINES}
+
+
+def _run(model: ResponseLifecycle, table: Table, attribute: str, trigger: str) -> bool:
+    entries = table.get((getattr(model, attribute), trigger))
+    if entries is None:
+        return False
+    for guards, dest, actions, on_enter in entries:
+        for guard, target in guards:
+            if guard(model) != target:
+                break
+        else:
+            for action in actions:
+                action(model)
+            if dest is not None:
+                setattr(model, attribute, dest)
+                for action in on_enter:
+                    action(model)
+            return True
+    return False
 
 
 class DictTableLifecycle(ResponseLifecycle):
-    """``ResponseLifecycle`` driven by :data:`TABLE` instead of ``transitions``.
+    """``ResponseLifecycle`` driven by :data:`TABLES` instead of ``transitions``.
 
-    Same slots, same code, same logging; only ``_fire`` differs."""
+    Same slots, same code, same logging; only ``_fire`` and ``_fire_in`` differ."""
 
     __slots__ = ()
 
     def _fire(self, trigger: str) -> bool:
         source = self.state
-        done = False
-        entries = TABLE.get((source, trigger))
-        if entries is not None:
-            for guards, dest, actions, on_enter in entries:
-                for guard, target in guards:
-                    if guard(self) != target:
-                        break
-                else:
-                    for action in actions:
-                        action(self)
-                    if dest is not None:
-                        self.state = dest
-                        for action in on_enter:
-                            action(self)
-                    done = True
-                    break
+        done = _run(self, TABLE, "state", trigger)
         # The same log line as ResponseLifecycle._fire, so logging costs the same in both.
         if done and lifecycle_log.isEnabledFor(logging.INFO):
             lifecycle_log.info(
@@ -134,21 +156,49 @@ class DictTableLifecycle(ResponseLifecycle):
             )
         return done
 
+    def _fire_in(self, machine: str, trigger: str) -> None:
+        attribute = _ATTRIBUTE[machine]
+        source = getattr(self, attribute)
+        if not _run(self, TABLES[machine], attribute, trigger):
+            self._count("machine_refused")
+            lifecycle_log.error(
+                "call=%s machine=%s refused %s in %s (a gap in the transition table)",
+                self._cfg.call_id,
+                machine,
+                trigger,
+                source.value,
+            )
+            return
+        dest = getattr(self, attribute)
+        if dest is not source and lifecycle_log.isEnabledFor(logging.INFO):
+            lifecycle_log.info(
+                "call=%s machine=%s transition=%s %s->%s",
+                self._cfg.call_id,
+                machine,
+                trigger,
+                source.value,
+                dest.value,
+            )
 
-#: A stock ``transitions.Machine`` built from the same table and arguments as the runtime's
-#: :data:`realtime_fsm.table.MACHINE` (a ``FrozenTableMachine``, which only dispatches more
-#: leanly): the reference it is checked against and measured next to.
-STOCK_MACHINE: Final = transitions.Machine(model=None, **machine_kwargs())
+
+#: Stock ``transitions.Machine`` engines built from the same tables and arguments as the
+#: runtime's :data:`realtime_fsm.table.ENGINES` (``FrozenTableMachine``, which only dispatch
+#: more leanly): the reference they are checked against and measured next to.
+STOCK_MACHINES: Final = {
+    spec.name: transitions.Machine(model=None, **machine_kwargs(spec)) for spec in MACHINES
+}
+STOCK_MACHINE: Final = STOCK_MACHINES["slot"]
 
 
 class StockTransitionsLifecycle(ResponseLifecycle):
-    """``ResponseLifecycle`` driven by an unmodified ``transitions.Machine``.
+    """``ResponseLifecycle`` driven by unmodified ``transitions.Machine`` engines.
 
-    Same slots, same code, same ``_fire``; only the engine's trigger functions differ."""
+    Same slots, same code, same ``_fire``; only the engines' trigger functions differ."""
 
     __slots__ = ()
-    _triggers: ClassVar[dict[str, Callable[..., bool]]] = {
-        name: event.trigger for name, event in STOCK_MACHINE.events.items()
+    _triggers: ClassVar[dict[str, dict[str, Callable[..., bool]]]] = {
+        name: {trigger: event.trigger for trigger, event in machine.events.items()}
+        for name, machine in STOCK_MACHINES.items()
     }
 
 
@@ -159,34 +209,36 @@ class PlainCallState:
 
     def __init__(self, config: LifecycleConfig | None = None, *, now: float = 0.0) -> None:
         cfg = config if config is not None else LifecycleConfig()
-        self._cfg = cfg
         self.state: ResponseState = IDLE
-        self._now = float(now)
-        self._ev: object = None
-        self._out: list[Command] = []
-        self._seq = 0
+        self.create_state: CreateState = C_NONE
+        self.turn_state: TurnState = T_NONE
+        self.recovery_state: RecoveryState = R_NONE
+        self._cfg = cfg
         self._server_creates = cfg.server_creates_response
         self._server_interrupts = cfg.server_interrupts_response
-        self.pending: list[ev.RequestResponse] = []
-        self.held_texts: list[ev.UserText] = []
-        self.inflight: object = None
+        self._now = float(now)
+        self._ev: object = None
+        self._state_deadline: float | None = None
+        self._turn_deadline: float | None = None
+        self.watchdog_last_fire: float | None = None
         self.response_id: str | None = None
+        self._current_unseen = False
         self.response_is_retry = False
-        self.response_requests: tuple[ev.RequestResponse, ...] = ()
         self.response_expects_audio = True
+        self.response_requests: tuple[ev.RequestResponse, ...] = ()
         self.audio_deltas = 0
         self.transcript_deltas = 0
-        self.cancel_sent = False
         self._first_transcript_at: float | None = None
         self._last_activity = self._now
-        self._state_deadline: float | None = None
         self._watchdog_skipped = False
-        self.watchdog_last_fire: float | None = None
-        self._recovery: str | None = None
-        self._server_turn_until: float | None = None
-        self._flow: list[str] | None = None
+        self.inflight: Inflight | None = None
+        self._given_up: dict[str, bool] = {}
+        self.pending: list[ev.RequestResponse] = []
+        self.held_texts: list[ev.UserText] = []
         self.oob_responses: set[str] = set()
         self._retired: object = None
-        self._given_up: dict[str, None] = {}
         self._play: dict[str, list[int]] = {}
+        self._out: list[Command] = []
+        self._seq = 0
+        self._flow: list[str] | None = None
         self.stats: dict[str, int] = {}

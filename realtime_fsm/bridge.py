@@ -742,16 +742,9 @@ class CallBridge:
         the caller interrupted (given up)."""
         queued = list(machine.pending)
         inflight = machine.inflight
-        if inflight is not None and inflight.cancel_wanted:
-            # The old machine would have cancelled it on creation: not asked for again.
-            self._execute_one(
-                RequestGivenUp(
-                    reason="interrupted",
-                    request_reasons=inflight.reasons(),
-                    event_id=inflight.event_id,
-                )
-            )
-        elif inflight is not None:
+        if inflight is not None:
+            # A create the caller interrupted holds no requests: the machine reported them
+            # given up (``interrupted``) when the caller barged in.
             queued[0:0] = inflight.requests
         active = machine.state is ResponseState.ACTIVE
         served = list(machine.response_requests) if active else []

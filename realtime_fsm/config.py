@@ -39,6 +39,10 @@ class LifecycleConfig:
     #: An active response with no sign of life (no delta, no item event) for this long is hung:
     #: it is cancelled, so a lost ``response.done`` can never hold the slot forever.
     stall_timeout: float = attrs.field(default=20.0, validator=_positive)
+    #: A caller turn the server's VAD committed while the slot was busy: once the slot frees,
+    #: how long to wait for the server's own answer (it creates at once, or never: "may fail to
+    #: create a response if the model is already responding") before answering it ourselves.
+    server_turn_grace: float = attrs.field(default=1.0, validator=_positive)
     #: Output audio bytes per millisecond: 8 for G.711 (pcmu/pcma), 48 for 24 kHz PCM16.
     audio_bytes_per_ms: int = attrs.field(default=8, validator=_positive)
     server_creates_response: bool = attrs.field(

@@ -1,47 +1,66 @@
-"""The response-lifecycle transition table: every rule of the machine, in one place.
+"""The response lifecycle's transition tables: every machine and every rule, in one place.
 
-Theory of operation
--------------------
-One realtime conversation has one *slot* for a default-conversation response (the server
-allows one at a time).  The slot is in one of four states; ``closed`` is terminal:
+We have four state machines here, one per question the lifecycle must answer at every moment
+(h11's ``_state.py`` names its machines the same way).  Each is a ``transitions`` table over one
+attribute of the same :class:`~realtime_fsm.lifecycle.ResponseLifecycle` object, and each is drawn
+in ``docs/state-diagram.md``:
 
-``idle``
-    No known response and no ``response.create`` in flight.  The only state a create leaves.
-``creating``
-    A ``response.create`` is in flight (``inflight``): neither ``response.created`` nor an error
-    has been seen for it yet.
-``active``
-    A default-conversation response is generating (``response_id``; ``None`` only when the
-    server named a busy response we could not parse).  A create of ours may still be in flight
-    when a server-created response (VAD, idle timeout) beat it: that create is expected to be
-    rejected and is re-queued when it is.
-``cancelling``
-    We asked for the response to stop (or the server's VAD will stop it) and are waiting for
-    its ``response.done``.  ``response_id`` is ``None`` when the barge-in came before
-    ``response.created``: the response is cancelled by id the moment it is created.
+``slot`` (``state``, :class:`ResponseState`): who holds the one default-conversation response
+    slot the server allows.  ``idle``: nothing known generating, nothing of ours in flight -- the
+    only state a create leaves.  ``creating``: our ``response.create`` is on the wire, no response
+    yet.  ``active``: a default response is generating (ours or the server's own: VAD, idle
+    timeout); its id is ``None`` only while the server has named a busy response we could not
+    parse.  ``cancelling``: we (or the server's VAD) are stopping it and wait for its
+    ``response.done``; with no id, we wait for an interrupted create of ours to be answered.
+    ``closed`` is terminal.
+``create`` (``create_state``, :class:`CreateState`): the fate of our ``response.create`` on the
+    wire.  ``none``; ``sent``; ``resent``, the one retry of a create the server swallowed (no
+    ``response.created``, no error within ``create_timeout``); ``unwanted``, interrupted by the
+    caller before it was answered: its requests are already reported given up, a response it
+    gets is cancelled by id the moment it is created and a rejection of it needs nothing.
+``turn`` (``turn_state``, :class:`TurnState`): a caller turn the server's VAD committed and
+    promised to answer itself (``create_response``).  ``none``; ``owed``, committed while the
+    slot was busy (the server may create when the slot frees, or skip it: "may fail to create a
+    response if the model is already responding"); ``due``, the slot is free and the server's
+    answer should come within ``create_timeout``.  Our own creates wait meanwhile (they would
+    only race it); when the answer is overdue, we answer the turn ourselves.
+``recovery`` (``recovery_state``, :class:`RecoveryState`): the no-audio watchdog's one retry.
+    ``none``; ``cancelling``, a silent response was cancelled and its ``response.done`` is
+    awaited before the retry may be asked for; ``retrying``, the retry is queued, in flight or
+    playing, until its outcome is known.
 
-Each row below is ``(trigger, source, dest, conditions, unless, before)``.  Rows for the same
-trigger and source are tried top to bottom; the first whose guards pass runs.  ``dest=None`` is
-an internal transition (the state stays, the actions run).  Actions run *before* the state
+Everything else the lifecycle keeps is a *ledger*, not a machine: the queue of requests, the
+held user texts, the playback ledger (per assistant item: bytes received, ms heard), the ids of
+retired responses and of given-up creates, the current response's counters.  Guards read
+ledgers (``has_pending``, ``caller_hearing_audio``, ``is_retired_response``); a ledger has no
+state of its own beyond its contents.
+
+Rows
+----
+Each row is ``(trigger, source, dest, conditions, unless, before)``.  Rows for the same trigger
+and source are tried top to bottom; the first whose guards pass runs.  ``dest=None`` is an
+internal transition (the state stays, the actions run).  Actions run *before* the state
 changes, so they still see the response they act on; the ``on_enter`` cleanup of the new state
-runs after them and can therefore never be undone by an action.  Guards and actions are the names of
-methods of :class:`realtime_fsm.lifecycle.ResponseLifecycle`; they only read the model and
-append commands, never trigger, so one event is one transition.
+runs after them and can therefore never be undone by an action.  Guards and actions are the
+names of methods of :class:`realtime_fsm.lifecycle.ResponseLifecycle`; guards only read, and
+actions never re-test the state their row chose.
 
-Work that is not a state change of the slot stays off the trigger path on purpose: audio and
-transcript deltas and playback marks are counters updated by plain methods (tens of them per
-second per call), and draining the queue after a transition is a second, explicit ``drain``
-trigger fired by the machine's ``handle``.
+An action named ``machine.trigger`` (``"create.send"``) fires that trigger on that machine, at
+that point in the row: the machines are coupled only there, in the table, where it can be read.
+Only the slot machine receives events; the others move when a slot row says so.  Work that is
+not a state change stays off the trigger path on purpose: audio and transcript deltas and
+playback marks are counters updated by plain methods (tens per second per call), and draining
+the queue after an event is a second, explicit ``drain`` trigger fired by ``handle``.
 
-This module imports nothing of the package but the state names, so the table can be read,
-checked and drawn without the machine.
+This module imports nothing of the package but the engine, so the tables can be read, checked
+and drawn without the machine.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
-from typing import Any, TypedDict
+from typing import Any, NamedTuple, TypedDict
 
 from .engine import FrozenTableMachine
 
@@ -65,6 +84,37 @@ class ResponseState(enum.Enum):
     CLOSED = "closed"
 
 
+class CreateState(enum.Enum):
+    """The fate of our ``response.create`` on the wire (at most one at a time)."""
+
+    NONE = "none"
+    SENT = "sent"
+    #: Sent again once, with a new event id, after the first got no answer in time.
+    RESENT = "resent"
+    #: Interrupted by the caller before it was answered; its requests are already given up.
+    UNWANTED = "unwanted"
+
+
+class TurnState(enum.Enum):
+    """A committed caller turn the server's VAD is to answer by itself."""
+
+    NONE = "none"
+    #: Committed while the slot was busy: the server answers when it frees, or not at all.
+    OWED = "owed"
+    #: The slot is free: the server's answer is due within ``create_timeout``.
+    DUE = "due"
+
+
+class RecoveryState(enum.Enum):
+    """The no-audio watchdog's cancel-then-retry-once recovery."""
+
+    NONE = "none"
+    #: A silent response was cancelled; its ``response.done`` comes before the retry.
+    CANCELLING = "cancelling"
+    #: The retry is queued, in flight or playing; its outcome ends the recovery.
+    RETRYING = "retrying"
+
+
 IDLE = ResponseState.IDLE
 CREATING = ResponseState.CREATING
 ACTIVE = ResponseState.ACTIVE
@@ -73,11 +123,27 @@ CLOSED = ResponseState.CLOSED
 OPEN = [IDLE, CREATING, ACTIVE, CANCELLING]
 BUSY = [CREATING, ACTIVE, CANCELLING]
 
+C_NONE = CreateState.NONE
+SENT = CreateState.SENT
+RESENT = CreateState.RESENT
+UNWANTED = CreateState.UNWANTED
+IN_FLIGHT = [SENT, RESENT]
+
+T_NONE = TurnState.NONE
+OWED = TurnState.OWED
+DUE = TurnState.DUE
+T_ANY = list(TurnState)
+
+R_NONE = RecoveryState.NONE
+R_CANCELLING = RecoveryState.CANCELLING
+RETRYING = RecoveryState.RETRYING
+R_ANY = list(RecoveryState)
+
 
 class Row(TypedDict):
     trigger: str
-    source: list[ResponseState]
-    dest: ResponseState | None
+    source: list[Any]
+    dest: Any
     conditions: list[str]
     unless: list[str]
     before: list[str]
@@ -85,8 +151,8 @@ class Row(TypedDict):
 
 def _row(
     trigger: str,
-    source: ResponseState | list[ResponseState],
-    dest: ResponseState | None,
+    source: Any,
+    dest: Any,
     *,
     when: tuple[str, ...] = (),
     unless: tuple[str, ...] = (),
@@ -105,123 +171,273 @@ def _row(
 # fmt: off
 TRANSITIONS: list[Row] = [
     # --- Rule 1: single active response.  A create only ever leaves idle; elsewhere it queues.
-    # When the server's VAD will create the response for a committed turn, a create of ours
-    # would only race it: requests wait (queued) until that response shows up or is overdue.
-    _row("request",  IDLE,  CREATING, unless=("awaiting_server_response",),
-         do=("enqueue_request", "send_create")),
-    _row("request",  OPEN,  None,     do=("enqueue_request",)),
+    # While the server's VAD owes an answer to a committed turn, a create of ours would only
+    # race it: requests wait (queued) until that response shows up or is overdue.
+    _row("request", OPEN, None, when=("is_oob_request",), do=("send_oob_create",)),
+    _row("request", IDLE, CREATING, unless=("turn_owed",), do=("enqueue_request", "create.send")),
+    _row("request", OPEN, None, do=("queue_request",)),
     _row("turn_committed", IDLE, CREATING, unless=("server_creates",),
-         do=("enqueue_turn", "send_create")),
+         do=("enqueue_turn", "create.send")),
     _row("turn_committed", BUSY, None, unless=("server_creates",), do=("enqueue_turn",)),
-    _row("turn_committed", OPEN, None, when=("server_creates",),
-         do=("expect_server_response",)),
-    _row("drain",    IDLE,  CREATING, when=("has_pending",), unless=("awaiting_server_response",),
-         do=("send_create",)),
-    _row("request_oob", OPEN, None,   do=("send_oob_create",)),
+    _row("turn_committed", OPEN, None, do=("turn.committed",)),
+    _row("drain", IDLE, CREATING, when=("has_pending",), unless=("turn_owed",),
+         do=("create.send",)),
 
-    # --- response.created: ours, ours-but-interrupted, or the server's own (VAD, idle timeout).
-    _row("created",  OPEN,  None,       when=("is_known_response",), do=("ignore_stale",)),
-    _row("created",  OPEN,  CANCELLING, when=("is_given_up_create",),
-         do=("cancel_late_response",)),
-    _row("created",  OPEN,  CANCELLING, when=("is_our_inflight", "inflight_cancel_wanted"),
-         do=("adopt_response", "cancel_adopted")),
-    _row("created",  OPEN,  ACTIVE,     when=("is_our_inflight",), do=("adopt_response",)),
-    _row("created",  OPEN,  ACTIVE,     do=("adopt_server_response",)),
-    _row("created_oob", OPEN, None,     when=("is_known_response",), do=("ignore_stale",)),
-    _row("created_oob", OPEN, None,     do=("track_oob",)),
+    # --- response.created: out of band, stale, given up, ours, ours-but-interrupted, or the
+    # server's own (VAD, idle timeout).  A create we gave up on (timeout, busy rejection) that
+    # is served after all is cancelled and never heard, even when a busy error named it first.
+    _row("created", OPEN, None, when=("is_oob_created", "is_retired_response"),
+         do=("ignore_stale",)),
+    _row("created", OPEN, None, when=("is_oob_created",), do=("track_oob",)),
+    _row("created", OPEN, None, when=("is_retired_response",), do=("ignore_stale",)),
+    _row("created", ACTIVE, CANCELLING, when=("is_given_up_create", "is_current_response"),
+         do=("cancel_current_late",)),
+    _row("created", OPEN, CANCELLING, when=("is_given_up_create",), do=("cancel_late_response",)),
+    _row("created", ACTIVE, None, when=("is_current_response", "current_unseen"),
+         do=("see_current", "turn.answered")),
+    _row("created", ACTIVE, None, when=("is_current_response",), do=("ignore_stale",)),
+    _row("created", [ACTIVE, CANCELLING], CANCELLING, when=("is_our_inflight", "create_unwanted"),
+         do=("adopt_response", "cancel_adopted", "create.adopted")),
+    # Our own response does not answer a turn the server's VAD committed while our create was
+    # on the wire: it was created before the commit (else the VAD's own response would hold
+    # the slot and ours would be rejected), and the VAD skipped answering (the slot was busy).
+    _row("created", BUSY, ACTIVE, when=("is_our_inflight",),
+         do=("adopt_response", "create.adopted")),
+    _row("created", CANCELLING, None, when=("current_unnamed",), do=("name_current",)),
+    _row("created", OPEN, ACTIVE, do=("adopt_server_response", "turn.answered")),
 
     # --- response.done: only the current response's done frees the slot; any final status.
-    _row("done", [ACTIVE, CANCELLING], CREATING, when=("is_current_response", "has_inflight"),
-         do=("finish_response",)),
-    _row("done", [ACTIVE, CANCELLING], IDLE,     when=("is_current_response",),
-         do=("finish_response",)),
-    _row("done_oob", OPEN, None, do=("untrack_oob",)),
+    # An interrupted create of ours still unanswered keeps the slot (and the held text) busy.
+    _row("done", OPEN, None, when=("is_oob_done",), do=("untrack_oob",)),
+    _row("done", [ACTIVE, CANCELLING], CANCELLING, when=("is_current_done", "create_unwanted"),
+         do=("recovery.response_done", "finish_response")),
+    _row("done", [ACTIVE, CANCELLING], CREATING, when=("is_current_done", "create_in_flight"),
+         do=("recovery.response_done", "finish_response")),
+    _row("done", [ACTIVE, CANCELLING], IDLE, when=("is_current_done",),
+         do=("recovery.response_done", "finish_response")),
+    _row("done", OPEN, None, when=("is_abandoned_done",), do=("note_abandoned_done",)),
+    _row("done", OPEN, None, do=("ignore_stale_done",)),
 
     # --- Rule 2: barge-in.  Text is held until response.done; speech relies on the server's
-    # own cancel when interrupt_response is on.  In idle, and in cancelling (the response is
-    # already being stopped), only playback is interrupted: it outlives generation.
+    # own cancel when interrupt_response is on.  Every barge-in interrupts our create in flight
+    # too.  In idle, and in cancelling (the response is already being stopped), only playback
+    # is interrupted: it outlives generation.
     _row("user_text", IDLE, None, when=("caller_hearing_audio",),
          do=("interrupt_playback", "deliver_text")),
     _row("user_text", IDLE, None, do=("deliver_text",)),
-    _row("user_text", [CREATING, ACTIVE], CANCELLING, do=("barge_in", "hold_text")),
+    _row("user_text", CREATING, CANCELLING, do=("barge_in_before_created", "create.interrupted",
+                                                 "hold_text")),
+    _row("user_text", ACTIVE, CANCELLING, do=("barge_in", "create.interrupted", "hold_text")),
     _row("user_text", CANCELLING, None, when=("caller_hearing_audio",),
-         do=("interrupt_playback", "hold_text")),
-    _row("user_text", CANCELLING, None, do=("hold_text",)),
+         do=("interrupt_playback", "create.interrupted", "hold_text")),
+    _row("user_text", CANCELLING, None, do=("create.interrupted", "hold_text")),
     _row("speech_started", IDLE, None, when=("caller_hearing_audio",),
          do=("interrupt_playback",)),
     _row("speech_started", CANCELLING, None, when=("caller_hearing_audio",),
-         do=("interrupt_playback",)),
-    _row("speech_started", CREATING, CANCELLING, do=("barge_in",)),
+         do=("interrupt_playback", "create.interrupted")),
+    _row("speech_started", CANCELLING, None, do=("create.interrupted",)),
+    _row("speech_started", CREATING, CANCELLING,
+         do=("barge_in_before_created", "create.interrupted")),
     _row("speech_started", ACTIVE, CANCELLING, when=("server_interrupts",),
-         do=("barge_in_server_cancels",)),
-    _row("speech_started", ACTIVE, CANCELLING, do=("barge_in",)),
+         do=("barge_in_server_cancels", "create.interrupted")),
+    _row("speech_started", ACTIVE, CANCELLING, do=("barge_in", "create.interrupted")),
 
-    # --- Errors, matched to our requests by the event_id the server echoes back.
-    # Busy because of a response we stopped waiting for (cancel timeout): it is still being
-    # cancelled, so wait for its done again (audio stays dropped) rather than adopt it.
-    _row("create_busy", CREATING, CANCELLING, when=("busy_response_abandoned",),
-         do=("requeue_inflight", "adopt_abandoned_response")),
-    _row("create_busy", CREATING, ACTIVE, do=("requeue_inflight", "adopt_busy_response")),
+    # --- Errors, matched to our requests by the event_id the server echoes back (or, without
+    # one, by order: the server answers creates in the order they were sent).
+    # The late answer to a create we gave up on.  A busy one still tells who holds the slot:
+    # a response we never saw (tracked, so no create of ours goes into it; if it answers the
+    # given-up create, its response.created cancels it) or one we stopped tracking (cancelled
+    # again).
+    _row("error", [IDLE, CREATING], CANCELLING,
+         when=("error_answers_given_up", "error_is_busy", "busy_names_retired"),
+         do=("settle_given_up", "recancel_busy_response")),
+    _row("error", [IDLE, CREATING], ACTIVE,
+         when=("error_answers_given_up", "error_is_busy", "busy_names_unseen"),
+         do=("settle_given_up", "adopt_busy_response")),
+    _row("error", CANCELLING, CANCELLING,
+         when=("error_answers_given_up", "error_is_busy", "awaiting_created",
+               "busy_names_retired"),
+         do=("settle_given_up", "recancel_busy_response")),
+    _row("error", CANCELLING, CANCELLING,
+         when=("error_answers_given_up", "error_is_busy", "awaiting_created", "busy_names_unseen"),
+         unless=("turn_owed",), do=("settle_given_up", "cancel_busy_response")),
+    _row("error", CANCELLING, ACTIVE,
+         when=("error_answers_given_up", "error_is_busy", "awaiting_created", "busy_names_unseen"),
+         do=("settle_given_up", "adopt_busy_response")),
+    _row("error", OPEN, None, when=("error_answers_given_up",), do=("settle_given_up",)),
+    # Busy because of a response we stopped waiting for (cancel timeout): it is still alive,
+    # so cancel it again and wait for its done (its audio stays dropped) rather than adopt it.
+    _row("error", CREATING, CANCELLING,
+         when=("error_is_busy", "error_for_our_create", "busy_names_retired"),
+         do=("recancel_busy_response", "create.busy")),
+    _row("error", CREATING, ACTIVE, when=("error_is_busy", "error_for_our_create"),
+         do=("adopt_busy_response", "create.busy")),
+    _row("error", CANCELLING, CANCELLING,
+         when=("error_is_busy", "error_for_our_create", "awaiting_created", "busy_names_retired"),
+         do=("recancel_busy_response", "create.busy")),
     # Our create, interrupted by the caller before it was answered, lost the slot to a response
     # we never saw created: the caller interrupted that one too, so it is cancelled by the id
-    # the error names (not adopted and played over the held text).  Unless the server's VAD
-    # owes an answer to a turn committed meanwhile: the unseen response may be that answer.
-    _row("create_busy", CANCELLING, CANCELLING, when=("awaiting_created", "busy_response_named"),
-         unless=("awaiting_server_response",), do=("requeue_inflight", "cancel_busy_response")),
-    _row("create_busy", CANCELLING, ACTIVE, when=("awaiting_created",),
-         do=("requeue_inflight", "adopt_busy_response")),
-    _row("create_busy", [ACTIVE, CANCELLING], None, do=("requeue_inflight",)),
-    _row("create_failed", CREATING, IDLE, do=("give_up_inflight",)),
-    _row("create_failed", CANCELLING, IDLE, when=("awaiting_created",),
-         do=("give_up_inflight",)),
-    _row("create_failed", [ACTIVE, CANCELLING], None, do=("give_up_inflight",)),
-    _row("cancel_not_active", OPEN, None, do=("note_benign_error",)),
-    _row("server_error", OPEN, None, do=("note_error",)),
+    # the error names.  Unless the server's VAD owes an answer to a turn committed meanwhile:
+    # the unseen response may be that answer.
+    _row("error", CANCELLING, CANCELLING,
+         when=("error_is_busy", "error_for_our_create", "awaiting_created", "busy_names_unseen"),
+         unless=("turn_owed",), do=("cancel_busy_response", "create.busy")),
+    _row("error", CANCELLING, ACTIVE,
+         when=("error_is_busy", "error_for_our_create", "awaiting_created"),
+         do=("adopt_busy_response", "create.busy")),
+    _row("error", [ACTIVE, CANCELLING], None, when=("error_is_busy", "error_for_our_create"),
+         do=("create.busy",)),
+    _row("error", CREATING, IDLE, when=("error_names_our_create",), do=("create.failed",)),
+    _row("error", CANCELLING, IDLE, when=("error_names_our_create", "awaiting_created"),
+         do=("create.failed",)),
+    _row("error", [ACTIVE, CANCELLING], None, when=("error_names_our_create",),
+         do=("create.failed",)),
+    _row("error", OPEN, None, when=("error_cancel_not_active",), do=("note_benign_error",)),
+    _row("error", OPEN, None, do=("note_error",)),
 
-    # --- Rule 3 and rule 4: the clock.  The watchdog, stall and timeouts all re-check elapsed
-    # time in their guards, so an early or duplicate tick changes nothing.
-    _row("tick", ACTIVE, CANCELLING, when=("watchdog_due",), do=("fire_watchdog",)),
-    _row("tick", ACTIVE, None,       when=("watchdog_in_cooldown",), do=("suppress_watchdog",)),
+    # --- Rule 3 and rule 4: the clock.  Every timer re-checks elapsed time in its guard, so an
+    # early or duplicate tick changes nothing.  A create that got no answer is sent once more
+    # before it is given up; a cancel that got no answer is abandoned.
+    _row("tick", ACTIVE, CANCELLING, when=("watchdog_due",),
+         do=("cancel_silent", "recovery.fired")),
+    _row("tick", ACTIVE, None, when=("watchdog_in_cooldown",), do=("suppress_watchdog",)),
     _row("tick", ACTIVE, CANCELLING, when=("stalled",), do=("cancel_stalled",)),
-    _row("tick", CREATING, IDLE,     when=("deadline_passed",), do=("give_up_inflight",)),
-    _row("tick", CANCELLING, IDLE,   when=("deadline_passed",), do=("abandon_cancel",)),
-    _row("tick", IDLE, None,         when=("server_response_overdue",),
-         do=("stop_awaiting_server_response",)),
+    _row("tick", CREATING, CREATING, when=("deadline_passed", "create_first_attempt"),
+         do=("create.timeout",)),
+    _row("tick", CREATING, IDLE, when=("deadline_passed",), do=("create.timeout",)),
+    _row("tick", CANCELLING, CREATING, when=("deadline_passed", "create_in_flight"),
+         do=("abandon_cancel", "recovery.cancel_abandoned")),
+    _row("tick", CANCELLING, IDLE, when=("deadline_passed",),
+         do=("abandon_cancel", "recovery.cancel_abandoned", "create.timeout")),
+    _row("tick", IDLE, None, when=("turn_overdue",), do=("turn.overdue",)),
 
     # --- Session settings and teardown.
     _row("configure", OPEN, None, do=("apply_session",)),
-    _row("close", OPEN, CLOSED, do=("close_out",)),
+    _row("close", OPEN, CLOSED,
+         do=("close_out", "create.closed", "turn.closed", "recovery.closed")),
+]
+
+CREATE_TRANSITIONS: list[Row] = [
+    _row("send", C_NONE, SENT, do=("send_create",)),
+    # No answer in time: once more with a new event id (the first one's late response, if it
+    # comes, is cancelled), then given up.
+    _row("timeout", SENT, RESENT, do=("resend_create",)),
+    _row("timeout", RESENT, C_NONE, do=("recovery.create_given_up", "give_up_timed_out")),
+    _row("timeout", UNWANTED, C_NONE, do=("forget_unwanted",)),
+    _row("timeout", C_NONE, None),
+    _row("adopted", [SENT, RESENT, UNWANTED], C_NONE, do=("drop_inflight",)),
+    _row("busy", [SENT, RESENT, UNWANTED], C_NONE, do=("requeue_rejected",)),
+    _row("failed", IN_FLIGHT, C_NONE, do=("recovery.create_given_up", "give_up_rejected")),
+    _row("failed", UNWANTED, C_NONE, do=("drop_inflight",)),
+    _row("interrupted", IN_FLIGHT, UNWANTED,
+         do=("recovery.create_given_up", "give_up_interrupted")),
+    _row("interrupted", [C_NONE, UNWANTED], None),
+    _row("closed", [SENT, RESENT, UNWANTED], C_NONE, do=("drop_inflight",)),
+    _row("closed", C_NONE, None),
+]
+
+TURN_TRANSITIONS: list[Row] = [
+    _row("committed", [T_NONE, DUE], DUE, when=("slot_idle",), do=("arm_turn_deadline",)),
+    _row("committed", T_ANY, OWED),
+    _row("slot_freed", [OWED, DUE], DUE, do=("arm_turn_grace",)),
+    _row("slot_freed", T_NONE, None),
+    _row("answered", [OWED, DUE], T_NONE),
+    _row("answered", T_NONE, None),
+    # The server did not answer: we do, rather than leave the caller's turn unanswered.
+    _row("overdue", DUE, T_NONE, do=("answer_turn_ourselves",)),
+    _row("closed", [OWED, DUE], T_NONE),
+    _row("closed", T_NONE, None),
+]
+
+RECOVERY_TRANSITIONS: list[Row] = [
+    _row("fired", R_ANY, R_CANCELLING),
+    _row("response_done", R_CANCELLING, RETRYING, do=("queue_retry",)),
+    _row("response_done", RETRYING, R_NONE, when=("done_is_retry",), do=("report_retry",)),
+    # A response that ended on its own with transcript and no audio is silent too, however
+    # short: its retry is asked for at once (no cancel needed).
+    _row("response_done", [R_NONE, RETRYING], RETRYING,
+         when=("silent_completion", "watchdog_cooled"), do=("fire_at_done", "queue_retry")),
+    _row("response_done", [R_NONE, RETRYING], None, when=("silent_completion",),
+         do=("suppress_at_done",)),
+    _row("response_done", [R_NONE, RETRYING], None),
+    _row("cancel_abandoned", R_CANCELLING, RETRYING, do=("queue_retry",)),
+    _row("cancel_abandoned", [R_NONE, RETRYING], None),
+    _row("create_given_up", RETRYING, R_NONE, when=("given_up_create_is_retry",),
+         do=("report_retry_failed",)),
+    _row("create_given_up", R_ANY, None),
+    _row("closed", [R_CANCELLING, RETRYING], R_NONE, do=("report_recovery_closed",)),
+    _row("closed", R_NONE, None),
 ]
 # fmt: on
 
 #: The actions that run on entering a state, whatever the trigger: leaving a response always
 #: lands somewhere clean (rule 4).
 ON_ENTER: dict[ResponseState, list[str]] = {
-    IDLE: ["enter_idle"],
+    IDLE: ["enter_idle", "turn.slot_freed"],
     CREATING: ["enter_creating"],
     CANCELLING: ["enter_cancelling"],
 }
+TURN_ON_ENTER: dict[TurnState, list[str]] = {
+    T_NONE: ["clear_turn_deadline"],
+    OWED: ["clear_turn_deadline"],
+}
 
 
-def callback_names() -> set[str]:
-    """Every guard and action name the table refers to (checked against the model at import)."""
+class MachineSpec(NamedTuple):
+    """One machine of the lifecycle: its name (the prefix of ``name.trigger`` actions), the
+    model attribute holding its state, its states, initial state, rows and ``on_enter``."""
+
+    name: str
+    attribute: str
+    states: type[enum.Enum]
+    initial: Any
+    rows: list[Row]
+    on_enter: dict[Any, list[str]]
+
+
+#: Every machine, the slot first: the order ``docs/state-diagram.md`` draws them in.
+MACHINES: tuple[MachineSpec, ...] = (
+    MachineSpec("slot", "state", ResponseState, IDLE, TRANSITIONS, ON_ENTER),
+    MachineSpec("create", "create_state", CreateState, C_NONE, CREATE_TRANSITIONS, {}),
+    MachineSpec("turn", "turn_state", TurnState, T_NONE, TURN_TRANSITIONS, TURN_ON_ENTER),
+    MachineSpec("recovery", "recovery_state", RecoveryState, R_NONE, RECOVERY_TRANSITIONS, {}),
+)
+SUBMACHINES: tuple[MachineSpec, ...] = MACHINES[1:]
+
+
+def fired_triggers() -> set[str]:
+    """Every ``machine.trigger`` action the tables name (each is a trigger of that machine)."""
     names: set[str] = set()
-    for row in TRANSITIONS:
-        names.update(row["conditions"], row["unless"], row["before"])
-    for actions in ON_ENTER.values():
-        names.update(actions)
+    for spec in MACHINES:
+        for row in spec.rows:
+            names.update(n for n in row["before"] if "." in n)
+        for actions in spec.on_enter.values():
+            names.update(n for n in actions if "." in n)
     return names
 
 
-def machine_kwargs() -> dict[str, Any]:
-    """Arguments shared by the runtime machine and the diagram machine, so they cannot drift."""
+def callback_names() -> set[str]:
+    """Every guard and action name the tables refer to (checked against the model at import)."""
+    names: set[str] = set()
+    for spec in MACHINES:
+        for row in spec.rows:
+            names.update(row["conditions"], row["unless"], row["before"])
+        for actions in spec.on_enter.values():
+            names.update(actions)
+    return names
+
+
+def machine_kwargs(spec: MachineSpec | None = None) -> dict[str, Any]:
+    """Arguments shared by a runtime machine and its diagram machine, so they cannot drift."""
+    spec = MACHINES[0] if spec is None else spec
     states: list[dict[str, Any]] = [
-        {"name": state, "on_enter": ON_ENTER.get(state, [])} for state in ResponseState
+        {"name": state, "on_enter": spec.on_enter.get(state, [])} for state in spec.states
     ]
     return {
         "states": states,
-        "transitions": [dict(row) for row in TRANSITIONS],
-        "initial": IDLE,
+        "transitions": [dict(row) for row in spec.rows],
+        "initial": spec.initial,
+        "model_attribute": spec.attribute,
         "auto_transitions": False,
         "ignore_invalid_triggers": False,
         "queued": False,
@@ -229,10 +445,15 @@ def machine_kwargs() -> dict[str, Any]:
     }
 
 
-#: The one engine instance, shared by every call.  It never registers a model: each call's
-#: plain object is driven with ``MACHINE.events[name].trigger(obj)``, which costs ~0.2 KB per call
-#: instead of ~40 KB and creates no reference cycles (transitions-performance.md).  A
-#: ``transitions.Machine`` with a frozen table and lean dispatch (:mod:`realtime_fsm.engine`).
-MACHINE = FrozenTableMachine(model=None, **machine_kwargs())
+#: One engine instance per machine, shared by every call.  None registers a model: each call's
+#: plain object is driven with ``ENGINES[name].events[trigger].trigger(obj)``, which costs
+#: ~0.2 KB per call instead of ~40 KB and creates no reference cycles
+#: (transitions-performance.md).  ``transitions.Machine`` subclasses with a frozen table and
+#: lean dispatch (:mod:`realtime_fsm.engine`).
+ENGINES: dict[str, FrozenTableMachine] = {
+    spec.name: FrozenTableMachine(model=None, **machine_kwargs(spec)) for spec in MACHINES
+}
+#: The slot machine's engine (the one events are fed to).
+MACHINE = ENGINES["slot"]
 
 TRIGGERS: frozenset[str] = frozenset(row["trigger"] for row in TRANSITIONS)

@@ -22,6 +22,27 @@ lifecycle depends on is here:
 * silent responses: transcript deltas and no audio at all (the no-audio watchdog's case);
 * ``conversation.item.truncate`` is validated against the audio actually sent for the item.
 
+By default the server is as polite as it can be: it acknowledges a cancel at once and emits every
+event the moment the action that causes it happens.  Fields turn on the ruder behaviours the real
+server is allowed (each field's comment says why it is allowed); every one is off by default:
+
+* ``cancel_ack``: a cancel only *requests* the end of a response; the response keeps its slot and
+  may keep streaming until the test acknowledges the cancel (:meth:`ReferenceServer.ack_cancel`),
+  lets the response complete first (:meth:`ReferenceServer.finish_first`, or its script runs out:
+  ``completed``, the cancel raced completion), or loses the acknowledgement (``"lost"``: the
+  response ends server-side and no ``response.done`` ever arrives);
+* ``late_created``: a client-created default response takes the slot at once but its events are
+  withheld until :meth:`ReferenceServer.release_created`, so errors about later client events
+  (a busy error naming it) overtake its ``response.created``;
+* ``old_busy_wording``: the busy rejection has ``code`` null and no response id in its message;
+* ``refuse_next_create``: the next default create on a free slot is rejected with that code;
+* ``swallow_next_create``: the next default create gets no answer at all.
+
+Bookkeeping for "was every caller turn answered": :attr:`ReferenceServer.seq` counts every event
+the server emits or withholds and every client event it receives; committed user turns
+(:attr:`ReferenceServer.turns`), user text items (:attr:`ReferenceServer.user_text_seqs`) and
+responses (``started_seq`` / ``ended_seq``) are stamped with it.
+
 The model speaks the library's own value types as its wire format (client events are the
 ``Send*`` commands, server events are the :mod:`realtime_fsm.events` classes), so the tests need
 no adapter; what is modelled is the server's *rules*, not JSON.
@@ -69,6 +90,12 @@ ServerEvent = (
 )
 
 BUSY_CODE = "conversation_already_has_active_response"
+#: The busy rejection's older wording (Jan 2025): ``code`` null, no response id (section 4).
+OLD_BUSY_MESSAGE = "Conversation already has an active response"
+#: The message of a create refused by :attr:`ReferenceServer.refuse_next_create`.
+REFUSED_MESSAGE = "Invalid value for response.create (refused by the test server)"
+#: The values of :attr:`ReferenceServer.cancel_ack`.
+CANCEL_ACKS = ("prompt", "slow", "lost")
 CANCEL_NOT_ACTIVE_CODE = "response_cancel_not_active"
 CANCEL_NOT_ACTIVE_MESSAGE = "Cancellation failed: no active response found"
 
@@ -96,10 +123,26 @@ class Violation:
     detail: str = ""
 
 
+@attrs.frozen
+class Turn:
+    """One committed user turn: the user item and the :attr:`ReferenceServer.seq` of its
+    ``input_audio_buffer.committed``, so a test can ask which responses started after it."""
+
+    item_id: str
+    seq: int
+
+
 @attrs.define
 class ServerResponse:
     """One response as the server sees it.  ``origin`` is ``client``, ``server_vad`` or
-    ``idle_timeout``; ``create_event_id`` is the ``event_id`` of the create that made it."""
+    ``idle_timeout``; ``create_event_id`` is the ``event_id`` of the create that made it.
+
+    ``status`` is ``in_progress`` until the response ends, then ``completed`` or ``cancelled``.
+    ``started_seq`` is the :attr:`ReferenceServer.seq` of its ``response.created`` as the server
+    made it (emitted or withheld, not when a withheld one was released); ``ended_seq`` that of its
+    ``response.done`` (or, when that acknowledgement is lost, the last ``seq`` before it ended).
+    ``cancel_source`` says what cancelled it: ``None`` (it completed, or is still running),
+    ``"client"`` (a ``response.cancel``) or ``"vad"`` (``turn_detected``)."""
 
     id: str
     out_of_band: bool
@@ -110,6 +153,9 @@ class ServerResponse:
     item_id: str
     script: deque[str]
     status: str = "in_progress"
+    started_seq: int = 0
+    ended_seq: int | None = None
+    cancel_source: str | None = None
 
 
 @attrs.define
@@ -158,14 +204,77 @@ class ReferenceServer:
     #: The GA server echoes the client's ``event_id`` in ``error.event_id``; older servers (and
     #: clients that set none) leave it null (openai-realtime.md 8.4, race 13).
     echo_event_ids: bool = True
+
+    # --- the ruder behaviours the real server is allowed; all off by default
+
+    #: How a ``response.cancel`` of an in-progress response is acknowledged.  ``"prompt"``: it
+    #: ends at once with ``response.done`` (``cancelled``, ``client_cancelled``), as section 2.3
+    #: describes.  ``"slow"``: the cancel is only *requested*; the response keeps its slot (a
+    #: create before its ``response.done`` is still busy, section 4 and race 5 of section 8.4)
+    #: and may keep streaming, and either :meth:`ack_cancel` ends it (``cancelled``) or it
+    #: completes first (:meth:`finish_first`, or its script runs out), ending ``completed``:
+    #: cancel racing completion, race 3 of section 8.4 ("CANCELLING must accept any terminal
+    #: status").  ``"lost"``: as ``"slow"``, but :meth:`ack_cancel` ends the response server-side
+    #: without any ``response.done``.  Section 3.2 says ``response.done`` is "always emitted";
+    #: this is the case section 8.2 still tells clients to survive ("If no ``response.done`` for
+    #: the id arrives, fall back to IDLE rather than waiting forever"): the client must not wait
+    #: for the acknowledgement forever.
+    cancel_ack: str = attrs.field(default="prompt", validator=attrs.validators.in_(CANCEL_ACKS))
+    #: A client-created default-conversation response takes the slot at once, but all its events
+    #: (``response.created`` first) are withheld until :meth:`release_created`, while errors about
+    #: later client events are emitted at once and so overtake them.  Allowed because nothing in
+    #: the protocol orders an error about a later client event after the ``response.created`` of
+    #: the response it concerns: section 4 notes that the busy error names the blocking
+    #: ``resp_...`` so the client can resync, and section 8.2 says to parse it and "set
+    #: ACTIVE(id, unknown) if you don't already have it", i.e. the busy error can be the first the
+    #: client hears of that response.  If the response ends while withheld, its withheld events
+    #: are sent at once, followed by its ``response.done``.  Server VAD and idle-timeout responses
+    #: and out-of-band ones are never withheld.
+    late_created: bool = False
+    #: The busy rejection in its older wording (Jan 2025, section 4): ``code`` null and the
+    #: message "Conversation already has an active response", naming no response.  Whether
+    #: ``error.event_id`` is echoed still follows :attr:`echo_event_ids`.
+    old_busy_wording: bool = False
+    #: Reject the next default-conversation ``response.create`` that finds the slot free with an
+    #: error of this code (and no response); reset to ``None`` once used.  A create that finds the
+    #: slot busy gets the busy error as usual and leaves the refusal for the next one.  Allowed:
+    #: section 4 lists other errors a create can get (``invalid_value``, rate limits, quota), and
+    #: section 8.2 says a pending create rejected "with another code" fails and frees the slot.
+    refuse_next_create: str | None = None
+    #: Silently drop the next default-conversation ``response.create`` (no response, no error, the
+    #: slot unchanged), then reset; counted in ``notes["swallowed"]``.  Not a documented server
+    #: behaviour: it stands for a create whose answer never comes (a stall, a lost frame), which
+    #: the ``CREATE_PENDING`` state of section 8.1 ("neither response.created nor an error seen
+    #: yet") must time out of; nothing in the protocol bounds how long that answer takes.
+    swallow_next_create: bool = False
+    #: Enforce that :meth:`idle_timeout` needs :attr:`turn_detection` (``idle_timeout_ms`` is
+    #: "currently only supported for server_vad mode", section 5).  Off by default only because
+    #: the existing lifecycle tests fire idle timeouts in their ``no_vad`` mode.
+    idle_timeout_needs_vad: bool = False
+
+    # --- bookkeeping for "was every caller turn answered"
+
+    #: Incremented on every event the server emits (or withholds) and every client event it
+    #: receives; the clock the ``*_seq`` stamps below are read from.
+    seq: int = 0
+    #: Committed user turns (``speech_stopped``), in order.
+    turns: list[Turn] = attrs.field(factory=list)
+    #: The :attr:`seq` of each user text item, parallel to :attr:`user_texts`.
+    user_text_seqs: list[int] = attrs.field(factory=list)
+
     _seen_event_ids: set[str] = attrs.field(factory=set)
-    _seq: int = 0
+    #: Ids of responses with a cancel requested but not yet acknowledged, in arrival order.
+    _cancel_requests: list[str] = attrs.field(factory=list)
+    #: Events of responses whose events are withheld (``late_created``), oldest response first.
+    _withheld: dict[str, list[ServerEvent]] = attrs.field(factory=dict)
+    _response_count: int = 0
     _user_seq: int = 0
 
     # ------------------------------------------------------------------------- client events
 
     def receive(self, message: Command) -> None:
         """Apply one client event, as the server does when it arrives."""
+        self.seq += 1
         event_id = getattr(message, "event_id", None)
         if not isinstance(event_id, str):
             self._violate("not_a_client_event", None, detail=type(message).__name__)
@@ -195,16 +304,26 @@ class ReferenceServer:
                 create_event_id=create.event_id,
             )
             return
+        if self.swallow_next_create:
+            # Lost before the server looked at it: no answer, no violation either.
+            self.swallow_next_create = False
+            self._note("swallowed")
+            return
         if create.metadata.get(META_EVENT_ID) != create.event_id:
             self._violate("uncorrelated_create", create.event_id)
         busy = self.default
         if busy is not None:
             self._violate("create_while_active", create.event_id, busy.id)
-            self._emit(
-                ServerError(
-                    code=BUSY_CODE, message=busy_message(busy.id), event_id=self._echo(create)
-                )
-            )
+            if self.old_busy_wording:
+                code, message = None, OLD_BUSY_MESSAGE
+            else:
+                code, message = BUSY_CODE, busy_message(busy.id)
+            self._emit(ServerError(code=code, message=message, event_id=self._echo(create)))
+            return
+        if self.refuse_next_create is not None:
+            code, self.refuse_next_create = self.refuse_next_create, None
+            self._note("refused")
+            self._emit(ServerError(code=code, message=REFUSED_MESSAGE, event_id=self._echo(create)))
             return
         self._start(
             out_of_band=False,
@@ -231,7 +350,13 @@ class ReferenceServer:
                 )
             )
             return
-        self._finish(target, "cancelled", "client_cancelled")
+        if self.cancel_ack == "prompt":
+            self._finish(target, "cancelled", "client_cancelled", cancel_source="client")
+        elif target.id in self._cancel_requests:
+            self._note("cancel_repeated")  # still active, so no error; and nothing new to do
+        else:
+            self._cancel_requests.append(target.id)
+            self._note("cancel_requested")
 
     def _on_item_create(self, item: SendUserText) -> None:
         busy = self.default
@@ -240,6 +365,7 @@ class ReferenceServer:
             # meant to hold it until that response's response.done.
             self._violate("text_while_active", item.event_id, busy.id)
         self.user_texts.append(item.text)
+        self.user_text_seqs.append(self.seq)
 
     def _on_truncate(self, truncate: SendTruncate) -> None:
         item = self.items.get(truncate.item_id)
@@ -295,10 +421,11 @@ class ReferenceServer:
     # -------------------------------------------------------------- the server's own actions
 
     def streaming(self) -> list[str]:
-        """Ids of responses with events still to emit: the default one first, then out-of-band."""
+        """Ids of responses with events still to emit: the default one first, then out-of-band.
+        A response whose events are withheld is not listed: it streams once released."""
         ids = [self.default.id] if self.default is not None else []
         ids.extend(self.oob)
-        return ids
+        return [rid for rid in ids if rid not in self._withheld]
 
     def step(self, response_id: str | None = None) -> bool:
         """Emit the next streaming event (delta or final ``response.done``) of one response."""
@@ -309,9 +436,9 @@ class ReferenceServer:
         kind = resp.script.popleft()
         if kind == "audio":
             self.items[resp.item_id].audio_bytes += self.chunk_bytes
-            self._emit(AudioDelta(resp.id, resp.item_id, self.chunk_bytes))
+            self._emit(AudioDelta(resp.id, resp.item_id, self.chunk_bytes), resp)
         elif kind == "transcript":
-            self._emit(TranscriptDelta(resp.id, resp.item_id))
+            self._emit(TranscriptDelta(resp.id, resp.item_id), resp)
         else:
             self._finish(resp, "completed", None)
         return True
@@ -324,7 +451,7 @@ class ReferenceServer:
         self._user_seq += 1
         self._emit(SpeechStarted(item_id=f"item_user_{self._user_seq}"))
         if self.interrupt_response and self.default is not None:
-            self._finish(self.default, "cancelled", "turn_detected")
+            self._finish(self.default, "cancelled", "turn_detected", cancel_source="vad")
 
     def speech_stopped(self) -> None:
         """The caller stops: the turn is committed and, with ``create_response``, answered."""
@@ -334,6 +461,7 @@ class ReferenceServer:
         item_id = f"item_user_{self._user_seq}"
         self._emit(SpeechStopped(item_id=item_id))
         self._emit(UserTurnCommitted(item_id=item_id))  # input_audio_buffer.committed
+        self.turns.append(Turn(item_id, self.seq))
         if self.create_response:
             if self.default is None:
                 self._start(
@@ -343,13 +471,71 @@ class ReferenceServer:
                 self._note("vad_create_skipped")
 
     def idle_timeout(self) -> bool:
-        """``idle_timeout_ms`` elapsed: the server commits silence and answers it by itself."""
+        """``idle_timeout_ms`` elapsed: the server commits silence and answers it by itself.
+
+        Returns whether a response was created (not when the slot is busy).  With
+        :attr:`idle_timeout_needs_vad`, raises ``ValueError`` without :attr:`turn_detection`:
+        idle timeout is server_vad only (section 5)."""
+        if self.idle_timeout_needs_vad and not self.turn_detection:
+            raise ValueError("idle_timeout needs turn detection (server_vad only)")
         if self.default is not None:
             return False
         self._start(out_of_band=False, origin="idle_timeout", metadata={}, create_event_id=None)
         return True
 
+    def pending_cancels(self) -> list[str]:
+        """Ids of responses with a cancel requested and not yet acknowledged, oldest first
+        (always empty with ``cancel_ack="prompt"``)."""
+        return list(self._cancel_requests)
+
+    def ack_cancel(self, response_id: str | None = None) -> None:
+        """The server acts on a requested cancel (the oldest if ``response_id`` is None): the
+        response ends ``cancelled`` (``client_cancelled``), and with ``cancel_ack="lost"`` its
+        ``response.done`` is never sent.  ``ValueError`` if no such cancel is pending."""
+        resp = self._pending_cancel(response_id)
+        lost = self.cancel_ack == "lost"
+        if lost:
+            self._note("cancel_ack_lost")
+        self._finish(
+            resp, "cancelled", "client_cancelled", cancel_source="client", emit_done=not lost
+        )
+
+    def finish_first(self, response_id: str | None = None) -> None:
+        """A response with a cancel requested (the oldest if ``response_id`` is None) completes
+        before the cancel takes effect: ``response.done`` ``completed``, the cancel dropped (its
+        remaining deltas are not sent; :meth:`step` first to send them).  ``ValueError`` if no
+        such cancel is pending."""
+        resp = self._pending_cancel(response_id)
+        self._note("cancel_raced")
+        self._finish(resp, "completed", None)
+
+    def withheld(self) -> list[str]:
+        """Ids of responses whose events are withheld (``late_created``), oldest first."""
+        return list(self._withheld)
+
+    def release_created(self, response_id: str | None = None) -> None:
+        """Send a withheld response's events (the oldest if ``response_id`` is None), its
+        ``response.created`` first; from then on its events flow normally.  ``ValueError`` if no
+        such response is withheld."""
+        if response_id is None:
+            if not self._withheld:
+                raise ValueError("no response is withheld")
+            response_id = next(iter(self._withheld))
+        buffered = self._withheld.pop(response_id, None)
+        if buffered is None:
+            raise ValueError(f"{response_id} is not withheld")
+        self.outbox.extend(buffered)
+
     # ------------------------------------------------------------------------------ internals
+
+    def _pending_cancel(self, response_id: str | None) -> ServerResponse:
+        if response_id is None:
+            if not self._cancel_requests:
+                raise ValueError("no cancel is pending")
+            response_id = self._cancel_requests[0]
+        elif response_id not in self._cancel_requests:
+            raise ValueError(f"no cancel is pending for {response_id}")
+        return self.responses[response_id]
 
     def _start(
         self,
@@ -359,9 +545,9 @@ class ReferenceServer:
         metadata: Mapping[str, str],
         create_event_id: str | None,
     ) -> None:
-        self._seq += 1
-        rid = f"resp_{self._seq}"
-        item_id = f"item_{self._seq}"
+        self._response_count += 1
+        rid = f"resp_{self._response_count}"
+        item_id = f"item_{self._response_count}"
         silent = False
         if not out_of_band and (self.next_silent or self.always_silent):
             silent, self.next_silent = True, False
@@ -391,22 +577,48 @@ class ReferenceServer:
             self.oob[rid] = resp
         else:
             self.default = resp
-        self._emit(ResponseCreated(rid, out_of_band=out_of_band, metadata=resp.metadata))
+            if self.late_created and origin == "client":
+                self._withheld[rid] = []
+        self._emit(ResponseCreated(rid, out_of_band=out_of_band, metadata=resp.metadata), resp)
+        resp.started_seq = self.seq
 
-    def _finish(self, resp: ServerResponse, status: str, reason: str | None) -> None:
+    def _finish(
+        self,
+        resp: ServerResponse,
+        status: str,
+        reason: str | None,
+        *,
+        cancel_source: str | None = None,
+        emit_done: bool = True,
+    ) -> None:
+        """End a response: free its slot, drop any cancel requested for it, send its withheld
+        events (the client must see its ``response.created`` before its end), then its
+        ``response.done`` unless the acknowledgement is lost (``emit_done`` false)."""
         resp.status = status
+        resp.cancel_source = cancel_source
         resp.script.clear()
+        if resp.id in self._cancel_requests:
+            self._cancel_requests.remove(resp.id)
         if resp.out_of_band:
             del self.oob[resp.id]
         else:
             self.default = None
-        self._emit(ResponseDone(resp.id, status=status, reason=reason))
+        self.outbox.extend(self._withheld.pop(resp.id, ()))
+        if emit_done:
+            self._emit(ResponseDone(resp.id, status=status, reason=reason))
+        resp.ended_seq = self.seq
 
     def _echo(self, message: SendResponseCreate | SendResponseCancel | SendTruncate) -> str | None:
         return message.event_id if self.echo_event_ids else None
 
-    def _emit(self, event: ServerEvent) -> None:
-        self.outbox.append(event)
+    def _emit(self, event: ServerEvent, resp: ServerResponse | None = None) -> None:
+        """Send one event, or buffer it if it belongs to a response whose events are withheld."""
+        self.seq += 1
+        buffered = self._withheld.get(resp.id) if resp is not None else None
+        if buffered is not None:
+            buffered.append(event)
+        else:
+            self.outbox.append(event)
 
     def _violate(
         self, kind: str, event_id: str | None, response_id: str | None = None, detail: str = ""

@@ -1075,13 +1075,15 @@ def test_timer_gives_up_an_unanswered_create_and_the_call_recovers() -> None:
         call = Call(BridgeConfig(greeting="hi", lifecycle=lifecycle))
         await call.begin()
         await until(lambda: call.openai.of_type("response.create"))
-        # The server never answers: the timer's Tick gives the request up, the slot is free.
+        # The server never answers: the timer's Tick sends the create once more, then gives
+        # the request up, and the slot is free.
         await until(lambda: call.report.given_up, "give-up", timeout=1.0)
         [given_up] = call.report.given_up
         assert given_up.reason == "create_timeout"
         assert given_up.request_reasons == ("greeting",)
+        assert len(call.openai.of_type("response.create")) == 2
         call.twilio.feed(dtmf("1"))
-        await until(lambda: len(call.openai.of_type("response.create")) == 2, "a new create")
+        await until(lambda: len(call.openai.of_type("response.create")) == 3, "a new create")
         await call.respond("resp_2")
         call.openai.feed(audio("resp_2", "item_2", CHUNK_A))
         await until(lambda: call.twilio.of_type("media"))

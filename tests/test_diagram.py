@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import pytest
+
 from realtime_fsm import diagram
-from realtime_fsm.table import TRANSITIONS, ResponseState
+from realtime_fsm.table import MACHINES, MachineSpec
 
 
 def test_docs_diagram_is_up_to_date() -> None:
@@ -13,12 +15,14 @@ def test_docs_diagram_is_up_to_date() -> None:
     )
 
 
-def test_every_state_change_of_the_table_is_drawn() -> None:
-    text = diagram.mermaid()
-    for row in TRANSITIONS:
+@pytest.mark.parametrize("spec", MACHINES, ids=[spec.name for spec in MACHINES])
+def test_every_state_change_of_every_machine_is_drawn(spec: MachineSpec) -> None:
+    text = diagram.mermaid(spec)
+    for row in spec.rows:
         if row["dest"] is None:
             continue
         for source in row["source"]:
             assert f"{source.name} --> {row['dest'].name}: " in text
-    for state in ResponseState:
+    for state in spec.states:
         assert f'state "{state.name}" as {state.name}' in text
+    assert f"## The {spec.name} machine" in diagram.document()

@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from benchmarks import dict_table
 from benchmarks.dict_table import (
-    TABLE,
+    TABLES,
     DictTableLifecycle,
     PlainCallState,
     StockTransitionsLifecycle,
@@ -59,7 +59,8 @@ from realtime_fsm import (
     UserText,
     UserTurnCommitted,
 )
-from realtime_fsm.table import MACHINE, ON_ENTER
+from realtime_fsm.lifecycle.fields import LifecycleFields
+from realtime_fsm.table import ENGINES, MACHINES, MachineSpec
 
 BUSY_CODE = "conversation_already_has_active_response"
 BUSY_MSG = "Conversation already has an active response in progress: {rid}. Wait until it is done."
@@ -74,22 +75,26 @@ Step = tuple[Any, ...]
 # ------------------------------------------------------------------------------- structure
 
 
-def test_compiled_table_matches_the_transitions_machine() -> None:
+@pytest.mark.parametrize("spec", MACHINES, ids=[spec.name for spec in MACHINES])
+def test_compiled_table_matches_the_transitions_machine(spec: MachineSpec) -> None:
+    machine = ENGINES[spec.name]
     assert not (
-        MACHINE.prepare_event
-        or MACHINE.finalize_event
-        or MACHINE.before_state_change
-        or MACHINE.after_state_change
-        or MACHINE.on_exception
-        or MACHINE.on_final
+        machine.prepare_event
+        or machine.finalize_event
+        or machine.before_state_change
+        or machine.after_state_change
+        or machine.on_exception
+        or machine.on_final
     ), "machine-level hooks are not compiled into the dict table"
-    assert not MACHINE.send_event and not MACHINE.has_queue
-    seen: set[tuple[ResponseState, str]] = set()
-    for trigger, event in MACHINE.events.items():
+    assert not machine.send_event and not machine.has_queue
+    assert machine.model_attribute == spec.attribute
+    table = TABLES[spec.name]
+    seen: set[tuple[object, str]] = set()
+    for trigger, event in machine.events.items():
         for state_name, transitions in event.transitions.items():
-            state = ResponseState[state_name]
-            assert MACHINE.get_state(state_name).on_exit == []
-            entries = TABLE[(state, trigger)]
+            state = spec.states[state_name]
+            assert machine.get_state(state_name).on_exit == []
+            entries = table[(state, trigger)]
             assert len(entries) == len(transitions), (state, trigger)
             for entry, trans in zip(entries, transitions, strict=True):
                 assert trans.prepare == [] and trans.after == []
@@ -99,17 +104,17 @@ def test_compiled_table_matches_the_transitions_machine() -> None:
                 if trans.dest is None:
                     assert entry.dest is None and entry.on_enter == ()
                 else:
-                    assert entry.dest is ResponseState[trans.dest]
-                    on_enter = MACHINE.get_state(trans.dest).on_enter
+                    assert entry.dest is spec.states[trans.dest]
+                    on_enter = machine.get_state(trans.dest).on_enter
                     assert [a.__name__ for a in entry.on_enter] == on_enter
-                    assert on_enter == ON_ENTER.get(entry.dest, [])
+                    assert on_enter == spec.on_enter.get(entry.dest, [])
             seen.add((state, trigger))
-    assert seen == set(TABLE)
+    assert seen == set(table)
 
 
 def test_plain_object_has_the_same_fields() -> None:
-    assert set(vars(PlainCallState())) == set(ResponseLifecycle.__slots__)
-    assert DictTableLifecycle.__slots__ == ()
+    assert set(vars(PlainCallState())) == set(LifecycleFields.__slots__)
+    assert DictTableLifecycle.__slots__ == () and ResponseLifecycle.__slots__ == ()
 
 
 # ---------------------------------------------------------------------------- the harness
@@ -144,16 +149,14 @@ def snapshot(m: Machine) -> dict[str, Any]:
     """Every field of the machine (the inflight create as plain data, dicts with their order,
     which decides what the bounded ones forget first), plus derived views."""
     data: dict[str, Any] = {}
-    for name in ResponseLifecycle.__slots__:
+    for name in LifecycleFields.__slots__:
         if name in ("_cfg", "_out", "_ev", "inflight"):
             continue
         value = getattr(m, name)
         data[name] = list(value.items()) if isinstance(value, dict) else value
     inflight = m.inflight
     data["inflight"] = (
-        None
-        if inflight is None
-        else (inflight.event_id, inflight.requests, inflight.sent_at, inflight.cancel_wanted)
+        None if inflight is None else (inflight.event_id, inflight.requests, inflight.sent_at)
     )
     data["next_deadline"] = m.next_deadline
     data["caller_hearing"] = m.caller_hearing
@@ -463,6 +466,167 @@ SCENARIOS: dict[str, list[Step]] = {
     "speech_while_idle_and_hearing": [_REQ, _OURS, _AUDIO, ("done", 0, "completed"), _SPEECH],
     "text_while_stall_cancel_and_hearing": [_REQ, _OURS, _AUDIO, _DEADLINE, ("user_text", "hi")],
     "speech_while_stall_cancel_and_hearing": [_REQ, _OURS, _AUDIO, _DEADLINE, _SPEECH],
+    # a create given up after its retry is served while idle: cancelled, never heard.
+    "given_up_served_while_idle": [
+        _REQ,
+        _DEADLINE,
+        _DEADLINE,
+        ("created", len(RIDS) + 1, 2, False, ()),
+    ],
+    # a busy error names a response we never saw; its late response.created answers a create
+    # we gave up on (cancelled), or is the server's own (first sighting).
+    "busy_named_then_given_up_created": [
+        _REQ,
+        _DEADLINE,
+        _DEADLINE,
+        _REQ,
+        ("error", BUSY_CODE, 0, 1),
+        ("created", 0, 3, False, ()),
+    ],
+    "busy_named_then_server_created": [
+        _REQ,
+        ("error", BUSY_CODE, 0, 1),
+        ("created", 0, 1, False, ()),
+    ],
+    # the old wording names no response; the caller barges in; then it is created, late.
+    "unnamed_busy_barged_in_then_created": [_REQ, ("error", "busy_no_id", 0, 0), _SPEECH, _SERVERS],
+    # a response abandoned at its cancel timeout ends later, while another is active/stopped.
+    "abandoned_done_while_active": [
+        _REQ,
+        ("created", 1, 0, False, ()),
+        _SPEECH,
+        _DEADLINE,
+        _REQ,
+        _OURS,
+        ("done", 1, "cancelled"),
+    ],
+    "abandoned_done_while_cancelling": [
+        _REQ,
+        ("created", 1, 0, False, ()),
+        _SPEECH,
+        _DEADLINE,
+        _REQ,
+        _OURS,
+        _SPEECH,
+        ("done", 1, "cancelled"),
+    ],
+    # late busy answers to given-up creates, naming a retired, an unseen or no response.
+    **{
+        f"given_up_answer_{where}_{named}": [
+            _REQ,
+            ("created", 1, 0, False, ()),
+            ("done", 0, "completed"),
+            *([("session", "server_vad", True, True)] if where == "owed" else []),
+            _REQ,
+            _DEADLINE,
+            _DEADLINE,
+            *([_REQ] if where != "idle" else []),
+            *([_SPEECH] if where in ("cancelling", "owed") else []),
+            *([("turn",)] if where == "owed" else []),
+            ("error", *what),
+        ]
+        for where in ("idle", "creating", "cancelling", "owed")
+        for named, what in (
+            ("retired", (BUSY_CODE, 2, 1)),
+            ("unseen", (BUSY_CODE, 2, 2)),
+            ("unnamed", ("busy_no_id", 2, 0)),
+        )
+    },
+    # our interrupted create is rejected as busy by the response we abandoned (bug 3).
+    "interrupted_create_busy_by_abandoned": [
+        _REQ,
+        ("created", 1, 0, False, ()),
+        _SPEECH,
+        _DEADLINE,
+        _REQ,
+        _SPEECH,
+        ("error", BUSY_CODE, 0, 1),
+    ],
+    # the turn machine: a second commit while owed or due, the slot freeing, answers, close.
+    "turn_owed_twice_then_answered": [
+        ("session", "server_vad", True, True),
+        _REQ,
+        _OURS,
+        ("turn",),
+        ("turn",),
+        _SERVERS,
+    ],
+    "turn_owed_then_slot_freed": [
+        ("session", "server_vad", True, True),
+        _REQ,
+        _OURS,
+        ("turn",),
+        ("done", 0, "completed"),
+    ],
+    "turn_owed_then_close": [
+        ("session", "server_vad", True, True),
+        _REQ,
+        _OURS,
+        ("turn",),
+        ("close",),
+    ],
+    "turn_due_then_given_up_served": [
+        ("session", "server_vad", True, True),
+        _REQ,
+        _DEADLINE,
+        _DEADLINE,
+        ("turn",),
+        ("created", len(RIDS) + 1, 2, False, ()),
+        ("turn",),
+        ("done", 0, "cancelled"),
+    ],
+    # the recovery machine: fires, silent ends and give-ups while it cancels or retries.
+    "watchdog_fires_again_while_cancelling": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, False),
+        _DEADLINE,
+        _SERVERS,
+        ("wait", 10.0),
+        ("transcript", 0, False),
+        _DEADLINE,
+    ],
+    **{
+        f"watchdog_retrying_then_{end}": [
+            _REQ,
+            _OURS,
+            ("transcript", 0, False),
+            _DEADLINE,
+            ("done", 0, "cancelled"),
+            _SERVERS,
+            *([("wait", 12.5)] if end in ("fires", "silent_done") else []),
+            ("transcript", 0, False),
+            *([_AUDIO] if end == "done" else []),
+            _DEADLINE if end == "fires" else ("done", 0, "completed"),
+        ]
+        for end in ("fires", "silent_done", "silent_done_cooling", "done")
+    },
+    "watchdog_retry_cancel_abandoned": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, False),
+        _DEADLINE,
+        ("done", 0, "cancelled"),
+        _OURS,
+        _SPEECH,
+        _DEADLINE,
+    ],
+    "watchdog_retrying_other_create_given_up": [
+        _REQ,
+        _SERVERS,
+        ("transcript", 0, False),
+        _DEADLINE,
+        ("done", 0, "cancelled"),
+        _DEADLINE,
+        _DEADLINE,
+    ],
+    "watchdog_cancelling_create_interrupted": [
+        _REQ,
+        _SERVERS,
+        ("transcript", 0, False),
+        _DEADLINE,
+        _SPEECH,
+    ],
     # a silent response, the watchdog's retry, then another silent one inside the cooldown.
     "watchdog_cooldown": [
         _REQ,
@@ -515,11 +679,21 @@ PROBES: list[Step] = [
     ("close",),
     ("back_in_time",),
 ]
-#: Rows no sequence can reach: a create in flight is never idle.
-UNREACHABLE = {
-    (ResponseState.IDLE, "created", 2),
-    (ResponseState.IDLE, "created", 3),
-}
+#: Rows no sequence can reach (none: every row of every machine is reachable).
+UNREACHABLE: set[tuple[str, object, str, int]] = set()
+
+
+def timed(steps: list[Step]) -> list[tuple[float, Step]]:
+    """0.1 s between steps; a ``("wait", seconds)`` step lengthens the gap before the next."""
+    out: list[tuple[float, Step]] = []
+    gap = 0.1
+    for step in steps:
+        if step[0] == "wait":
+            gap = float(step[1])
+            continue
+        out.append((gap, step))
+        gap = 0.1
+    return out
 
 
 def test_every_prefix_then_every_probe_agrees_and_reaches_every_row(
@@ -527,34 +701,50 @@ def test_every_prefix_then_every_probe_agrees_and_reaches_every_row(
 ) -> None:
     """Every prefix of every scenario, followed by every probe: deterministic, and together they
     fire every reachable row of the table (recorded by an extra first action on each row)."""
-    hits: set[tuple[ResponseState, str, int]] = set()
+    hits: set[tuple[str, object, str, int]] = set()
 
-    def recorder(key: tuple[ResponseState, str], index: int) -> Callable[[object], None]:
-        return lambda _m: hits.add((*key, index))
+    def recorder(name: str, key: tuple[object, str], index: int) -> Callable[[object], None]:
+        return lambda _m: hits.add((name, *key, index))
 
     recording = {
-        key: tuple(
-            entry._replace(actions=(recorder(key, i), *entry.actions))
-            for i, entry in enumerate(entries)
-        )
-        for key, entries in TABLE.items()
+        name: {
+            key: tuple(
+                entry._replace(actions=(recorder(name, key, i), *entry.actions))
+                for i, entry in enumerate(entries)
+            )
+            for key, entries in table.items()
+        }
+        for name, table in TABLES.items()
     }
-    monkeypatch.setattr(dict_table, "TABLE", recording)
+    monkeypatch.setattr(dict_table, "TABLES", recording)
+    monkeypatch.setattr(dict_table, "TABLE", recording["slot"])
     prefixes = {tuple(steps[:n]) for steps in SCENARIOS.values() for n in range(len(steps) + 1)}
     for prefix in sorted(prefixes, key=repr):
         for probe in PROBES:
-            run_both(LifecycleConfig(), [(0.1, step) for step in (*prefix, probe)])
-    every_row = {(*key, i) for key, entries in TABLE.items() for i in range(len(entries))}
-    assert every_row - UNREACHABLE - hits == set()
+            run_both(LifecycleConfig(), timed([*prefix, probe]))
+    every_row = {
+        (name, *key, i)
+        for name, table in TABLES.items()
+        for key, entries in table.items()
+        for i in range(len(entries))
+    }
+    missing = every_row - UNREACHABLE - hits
+    assert missing == set(), sorted(map(str, missing))
     assert not hits & UNREACHABLE
 
 
 def test_a_broken_table_is_caught(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Drop the first ``created`` row in ``active`` (duplicate response.created is ignored): a
+    """Drop the ``created`` row in ``active`` that ignores a duplicate response.created: a
     duplicate then replaces the response instead, and the harness must notice."""
     key = (ResponseState.ACTIVE, "created")
-    broken = dict(TABLE)
-    broken[key] = TABLE[key][1:]
+    table = TABLES["slot"]
+    broken = dict(table)
+    broken[key] = tuple(
+        entry
+        for entry in table[key]
+        if [g.__name__ for g, _ in entry.guards] != ["is_current_response"]
+    )
+    assert len(broken[key]) == len(table[key]) - 1
     monkeypatch.setattr(dict_table, "TABLE", broken)
     steps: list[tuple[float, Step]] = [
         (0.1, ("request", None, False)),

@@ -378,7 +378,10 @@ def test_barge_in_storm(server_creates: bool) -> None:
             assert all(r.origin == "client" for r in sim.responses)
             assert all(r.reason == "client_cancelled" for r in stopped)
         assert_clean_end(report, caller)
-        assert report.given_up == []
+        # A create for typed text can be interrupted by the caller's speech before it is
+        # answered (on a loaded machine the speech lands later): reported given up as such, and
+        # the text is answered by the response to the speech, which reads it.
+        assert all(g.reason == "interrupted" for g in report.given_up), report.given_up
         assert report.lifecycle_stats.get("texts_delivered") == 5
         # The message counters (the load benchmark's unit of work) agree with the records.
         assert sim.messages_sent == len(sim.sent) > 0
@@ -468,9 +471,10 @@ def test_silent_response_watchdog_fires_once_then_retries_after_done(
 def test_server_quiet_after_create_recovers_through_the_timeouts(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    """A swallowed ``response.create`` (no created, no error): the create timeout gives it up
-    and the next text is served.  Text typed while a swallowed create is in flight is held, the
-    cancel timeout ends the wait, and the held text is delivered once and answered."""
+    """A swallowed ``response.create`` (no created, no error): at the create timeout it is sent
+    once more, under a new event id, and served.  Text typed while a swallowed create is in
+    flight interrupts it (its request given up, nothing to cancel): the wait for its answer ends
+    at the create timeout, and the held text is delivered once and answered."""
     caplog.set_level(logging.INFO, logger="realtime_fsm")
 
     async def scenario() -> None:
@@ -479,31 +483,30 @@ def test_server_quiet_after_create_recovers_through_the_timeouts(
         async with sim, bridge_server(sim, config) as bridge:
             async with FakeTwilioCaller(bridge.url, CALLER) as caller:
                 await sim.wait_for_event("session.updated")
-                # 1. The create is swallowed; nothing else is going on.
+                # 1. The create is swallowed; nothing else is going on: sent once more.
                 sim.fault_next_response(ResponseFaults(ignore_create=True))
                 await caller.type_text("one")
-                await wait_log(caller, caplog, "given up: create_timeout")
-                await caller.type_text("two")
+                await wait_log(caller, caplog, "sent once more")
                 first = await wait_served(sim, caller, after=0)
                 await caller.wait_for_quiet(5.0)
                 # 2. Swallowed again, and the caller types while it is in flight.
                 sim.fault_next_response(ResponseFaults(ignore_create=True))
                 creates = len(sim.client_events("response.create"))
-                await caller.type_text("three")
+                await caller.type_text("two")
                 await sim.wait_until(
                     lambda: len(sim.client_events("response.create")) == creates + 1,
                     5.0,
                     "the swallowed create",
                 )
-                await caller.type_text("four")
+                await caller.type_text("three")
                 second = await wait_served(sim, caller, after=1)
             report = await bridge.report(sim)
 
         assert [first, second] == sim.responses
-        assert server_user_texts(sim) == ["one", "two", "three", "four"]
-        assert [g.reason for g in report.given_up] == ["create_timeout", "create_timeout"]
+        assert server_user_texts(sim) == ["one", "two", "three"]
+        assert [g.reason for g in report.given_up] == ["interrupted"]
+        assert report.lifecycle_stats.get("creates_resent") == 1
         assert report.lifecycle_stats.get("texts_held") == 1
-        assert report.lifecycle_stats.get("cancel_timeouts") == 1
         # Nothing was ever created for the swallowed creates, so there was nothing to cancel.
         assert sim.client_events("response.cancel") == []
         assert create_reasons(sim) == ["user_text"] * 4
@@ -573,7 +576,10 @@ def test_cancel_acknowledged_after_the_cancel_timeout() -> None:
             report = await bridge.report(sim)
 
         assert server_user_texts(sim) == ["one"]
-        assert sim.error_counts[BUSY] <= 1  # the create after the timeout cannot know better
+        # Each create after a cancel timeout cannot know better: the busy error it earns proves
+        # the response alive, which is cancelled again and waited for, one cancel_timeout per
+        # round (the acknowledgement takes 1.0 s, the timeout is 0.3 s).
+        assert 1 <= sim.error_counts[BUSY] <= 4
         assert sim.error_counts["response_cancel_not_active"] == 0
         assert "stalled_responses" not in report.lifecycle_stats
         assert_clean_end(report, caller)

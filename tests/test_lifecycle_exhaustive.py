@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 
 import attrs
 import pytest
-from test_lifecycle_properties import MODES, Mode, World
+from lifecycle_world import MODES, PROFILE, Mode, Profile, World
 
 
 @dataclass(frozen=True)
@@ -60,7 +60,12 @@ LETTERS: dict[str, Letter] = {
         Letter("user_text", lambda w: w.open, lambda w: w.user_text()),
         Letter("speech_started", World.can_speak, World.speech_started),
         Letter("speech_stopped", World.can_stop_speaking, World.speech_stopped),
-        Letter("idle_timeout", lambda w: w.open and w.server.default is None, World.idle_timeout),
+        Letter("idle_timeout", World.can_idle_timeout, World.idle_timeout),
+        Letter("ack_cancel", World.can_ack_cancel, lambda w: w.ack_cancel(0)),
+        Letter("finish_first", World.can_ack_cancel, lambda w: w.ack_cancel(0, first=True)),
+        Letter("release", World.can_release, World.release_created),
+        Letter("refuse", lambda w: w.open, World.refuse_next),
+        Letter("swallow", lambda w: w.open, World.swallow_next),
         Letter("send", World.can_send, World.send),
         Letter("receive", World.can_receive, World.receive),
         Letter("stream", World.can_stream, lambda w: w.stream(0)),
@@ -87,37 +92,96 @@ class Scenario:
     limits: tuple[tuple[str, int], ...]
     depth: int
     always_silent: bool = False
-    echo_event_ids: bool = True
+    profile: Profile = PROFILE["polite"]
 
     def world(self) -> World:
         return World(
             self.mode,
+            self.profile,
             audio_chunks=1,
             transcript_chunks=1,
             silent_chunks=1,
             always_silent=self.always_silent,
-            echo_event_ids=self.echo_event_ids,
         )
 
 
 _MODE = {mode.name: mode for mode in MODES}
 SCENARIOS = (
     # Requests, text barge-ins, server-created responses, playback and truncation, timeouts.
+    # (Idle-timeout responses need server VAD; the machine is told it neither creates nor
+    # interrupts, so requests and texts are all the machine's to answer.)
     Scenario(
         "app_and_text",
-        _MODE["no_vad"],
+        _MODE["vad_manual"],
         ("request", "user_text", "idle_timeout", "playback", *NETWORK),
         (("request", 2), ("user_text", 2), ("idle_timeout", 1)),
         depth=9,
     ),
-    # An older server that echoes no event_id in its errors: rejections matched by order.
+    # An older server: the busy error's old wording (no response id), no echoed event_id.
     Scenario(
-        "errors_without_event_id",
-        _MODE["no_vad"],
+        "old_server",
+        _MODE["vad_manual"],
         ("request", "user_text", "idle_timeout", *NETWORK),
         (("request", 2), ("user_text", 1), ("idle_timeout", 1)),
         depth=9,
-        echo_event_ids=False,
+        profile=PROFILE["old_server"],
+    ),
+    # Cancel acknowledgements that come late (up to twice cancel_timeout), or as completed
+    # because the response finished first; text barge-ins meanwhile (bug: dead air after a slow
+    # acknowledgement).
+    Scenario(
+        "slow_cancel_text",
+        _MODE["no_vad"],
+        ("request", "user_text", "ack_cancel", "finish_first", "late_tick", *NETWORK),
+        (("request", 1), ("user_text", 2), ("late_tick", 1)),
+        depth=10,
+        profile=PROFILE["slow_cancel"],
+    ),
+    # Cancel acknowledgements that never come.
+    Scenario(
+        "lost_cancel_text",
+        _MODE["no_vad"],
+        ("request", "user_text", "ack_cancel", *NETWORK),
+        (("request", 1), ("user_text", 2)),
+        depth=10,
+        profile=PROFILE["lost_cancel"],
+    ),
+    # response.created held back while errors overtake it (bug: a given-up response played).
+    Scenario(
+        "late_created",
+        _MODE["no_vad"],
+        ("request", "user_text", "release", "late_tick", *NETWORK),
+        (("request", 2), ("user_text", 1), ("late_tick", 1)),
+        depth=10,
+        profile=PROFILE["late_created"],
+    ),
+    # Creates rejected (not as busy) or swallowed (bug: a swallowed create gave the turn up).
+    Scenario(
+        "refused_and_swallowed",
+        _MODE["no_vad"],
+        ("request", "user_text", "refuse", "swallow", "late_tick", *NETWORK),
+        (("request", 2), ("user_text", 1), ("refuse", 1), ("swallow", 1), ("late_tick", 1)),
+        depth=9,
+        profile=PROFILE["refusing"],
+    ),
+    # VAD creates but does not interrupt: the caller talks over a response and the server, busy
+    # at speech stop, skips the answer (bug: a committed turn never answered); slow cancels.
+    Scenario(
+        "vad_skips_busy_turn",
+        _MODE["vad_create_only"],
+        ("request", "speech_started", "speech_stopped", "ack_cancel", *NETWORK),
+        (("request", 1), ("speech_started", 2)),
+        depth=10,
+        profile=PROFILE["slow_cancel"],
+    ),
+    # VAD creates and interrupts; the app asks for a response while a server response holds the
+    # slot (bug: an interrupted create played over the caller).
+    Scenario(
+        "vad_interrupts_app_create",
+        _MODE["vad"],
+        ("request", "idle_timeout", "speech_started", "speech_stopped", *NETWORK),
+        (("request", 1), ("idle_timeout", 1), ("speech_started", 1)),
+        depth=10,
     ),
     # Server VAD cancels and creates by itself, and the machine knows.
     Scenario(
@@ -125,7 +189,7 @@ SCENARIOS = (
         _MODE["vad"],
         ("request", "user_text", "speech_started", "speech_stopped", *NETWORK),
         (("request", 1), ("user_text", 1), ("speech_started", 1)),
-        depth=11,
+        depth=10,
     ),
     # Server VAD the machine was not told about: it cancels and asks for responses itself too.
     Scenario(
@@ -153,7 +217,7 @@ SCENARIOS = (
         _MODE["no_vad"],
         ("request", "exchange", "stream", "tick", "late_tick"),
         (("request", 2), ("late_tick", 1)),
-        depth=20,
+        depth=18,
         always_silent=True,
     ),
     # Requests with and without instructions, out-of-band ones: coalescing never drops one.
@@ -268,20 +332,19 @@ def signature(world: World, used: tuple[int, ...]) -> str:
         (
             used,
             state,
+            (m.create_state.value, m.turn_state.value, m.recovery_state.value),
             m.response_id,
-            None
-            if inflight is None
-            else (inflight.event_id, inflight.cancel_wanted, inflight.reasons()),
+            None if inflight is None else (inflight.event_id, inflight.reasons()),
             [(r.reason, r.instructions) for r in m.pending],
             [t.text for t in m.held_texts],
-            (m.audio_deltas, m.transcript_deltas, m.cancel_sent, m.response_is_retry),
+            (m.audio_deltas, m.transcript_deltas, m.response_is_retry, m._current_unseen),
             sorted(m.oob_responses),
             _rel(m.watchdog_last_fire, now, -cfg.watchdog_cooldown),
             _rel(m._first_transcript_at, now),
             _rel(m._last_activity, now) if state == "active" else None,
             _rel(m._state_deadline, now),
-            _rel(m._server_turn_until, now),
-            (m._watchdog_skipped, m._recovery, m._server_creates, m._server_interrupts),
+            _rel(m._turn_deadline, now),
+            (m._watchdog_skipped, m._server_creates, m._server_interrupts),
             sorted(m._play.items()),
             None
             if server.default is None
@@ -293,8 +356,15 @@ def signature(world: World, used: tuple[int, ...]) -> str:
             ),
             sorted((rid, r.create_event_id, list(r.script)) for rid, r in server.oob.items()),
             (server.speaking, server.next_silent),
+            (server.pending_cancels(), server.withheld(), server.refuse_next_create),
+            (server.swallow_next_create, world.refused),
+            [_rel(world.cancel_since.get(r), now) for r in server.pending_cancels()],
+            [_rel(world.withheld_since.get(r), now) for r in server.withheld()],
+            # Only a busy machine's deadline is checked against it (an idle one owes nothing).
+            _rel(world.quiet_since, now) if state != "idle" else None,
             list(world.c2s),
             list(server.outbox),
+            [list(server._withheld[r]) for r in server.withheld()],
             world.finished[-1:],
             (len(world.typed), len(world.sent_texts), len(world.returned_texts)),
             len(server.user_texts),
@@ -307,7 +377,7 @@ def signature(world: World, used: tuple[int, ...]) -> str:
     history = repr(
         (
             sorted((rid, m._retired.why(rid)) for rid in live if rid in m._retired),
-            [eid for eid in m._given_up if eid in live],
+            [(eid, owed) for eid, owed in m._given_up.items() if eid in live],
             sorted(
                 (item, i.response_id, i.audio_bytes, i.deleted)
                 for item, i in server.items.items()
@@ -319,7 +389,11 @@ def signature(world: World, used: tuple[int, ...]) -> str:
                 if rid in live
             ),
             sorted(live & world.known_active),
+            sorted(live & world.created_delivered),
             sorted(live & world.given_up_creates),
+            sorted(live & world.stopped_creates),
+            sorted(live & world.abandoned),
+            sorted(live & world.stalled),
             sorted(live & world.dropped),
             sorted(live & world.interrupted_creates),
             sorted((r, s) for r, s in world.requests.items() if r in live),
@@ -329,10 +403,11 @@ def signature(world: World, used: tuple[int, ...]) -> str:
                 if i in live
             ),
             sorted(
-                (eid, sorted(c.known_active), sorted(c.given_up))
+                (eid, sorted(c.known_active), sorted(c.stopped), sorted(c.abandoned))
                 for eid, c in world.contexts.items()
                 if eid in live
             ),
+            _answer_books(world),
         )
     )
     names: dict[str, str] = {}
@@ -341,6 +416,16 @@ def signature(world: World, used: tuple[int, ...]) -> str:
         return names.setdefault(match.group(0), f"#{len(names)}")
 
     return _ID.sub(rename, core + history)
+
+
+def _answer_books(world: World) -> object:
+    """What the caller-answered promise reads: the last input and what came after it, plus
+    whether a response in progress started after it (it may complete later)."""
+    server = world.server
+    default = server.default
+    inputs = [turn.seq for turn in server.turns] + list(server.user_text_seqs)
+    pending = default is not None and bool(inputs) and default.started_seq > max(inputs)
+    return (world.answer_books(), pending)
 
 
 def _probe_stale(world: World) -> None:

@@ -206,6 +206,9 @@ def test_text_in_idle_is_sent_at_once_with_a_response() -> None:
 
 
 def test_truncate_is_clamped_to_audio_received() -> None:
+    # The response is still generating: the server has made audio past what reached us, so an
+    # item the caller heard in full (by marks that overshoot, as wall-clock estimates do) is
+    # still cut, at what was received, never at the overshooting mark.
     d = Driver()
     d.start_response("resp_1")
     for _ in range(5):  # 100 ms received
@@ -213,15 +216,24 @@ def test_truncate_is_clamped_to_audio_received() -> None:
     d.feed(PlaybackProgress("item_1", 60))
     d.m.playback_progress("item_1", 400)  # a mark count that overshoots what was received
     out = d.feed(SpeechStarted())
-    # Fully heard according to marks: nothing left to cut.
-    assert not of(out, SendTruncate)
+    assert only(out, SendTruncate).audio_end_ms == 100
+    # Odd chunk sizes: 805 bytes = 100.6 ms, floored to whole ms.
     d2 = Driver()
     d2.start_response("resp_1")
     for _ in range(5):
-        d2.audio("resp_1", "item_1", nbytes=161)  # odd sizes: 805 bytes = 100.6 ms
+        d2.audio("resp_1", "item_1", nbytes=161)
     d2.feed(PlaybackProgress("item_1", 100))
     out = d2.feed(SpeechStarted())
     assert only(out, SendTruncate).audio_end_ms == 100
+    # Once the response is over, an item heard in full has nothing unheard: no cut at all.
+    d3 = Driver()
+    d3.start_response("resp_1")
+    for _ in range(5):
+        d3.audio("resp_1", "item_1")
+    d3.feed(ResponseDone("resp_1"))
+    d3.m.playback_progress("item_1", 400)
+    out = d3.feed(SpeechStarted())
+    assert not of(out, SendTruncate) and not of(out, SendItemDelete)
 
 
 def test_server_interrupt_response_means_no_client_cancel() -> None:
@@ -297,10 +309,13 @@ def test_barge_in_before_created_then_create_rejected() -> None:
     d = Driver()
     out = d.feed(RequestResponse())
     event_id = only(out, SendResponseCreate).event_id
-    d.feed(UserText("hi"))
+    out = d.feed(UserText("hi"))
+    # The caller interrupted what the create asked for: the app hears it is given up now.
+    given_up = only(out, RequestGivenUp)
+    assert given_up.reason == "interrupted" and given_up.request_reasons == ("app",)
     out = d.feed(ServerError(code="invalid_value", message="bad", event_id=event_id))
     assert d.m.state is CREATING
-    assert of(out, RequestGivenUp) and [c.text for c in of(out, SendUserText)] == ["hi"]  # type: ignore[attr-defined]
+    assert not of(out, RequestGivenUp) and [c.text for c in of(out, SendUserText)] == ["hi"]  # type: ignore[attr-defined]
 
 
 # ------------------------------------------------------------------ rule 3: no-audio watchdog
@@ -398,13 +413,19 @@ def test_watchdog_cooldown_and_single_retry() -> None:
 # ------------------------------------------------------------------ rule 4: clean recovery
 
 
-def test_create_timeout_returns_to_idle_and_reports() -> None:
+def test_create_timeout_retries_once_then_returns_to_idle_and_reports() -> None:
     d = Driver(create_timeout=5.0)
-    d.feed(RequestResponse(reason="greeting"))
+    first = only(d.feed(RequestResponse(reason="greeting")), SendResponseCreate)
+    out = d.tick_to_deadline()  # swallowed: sent once more, under a new event id
+    again = only(out, SendResponseCreate)
+    assert d.m.state is CREATING and again.event_id != first.event_id
+    assert again.reason == "greeting" and again.metadata[META_EVENT_ID] == again.event_id
+    assert not of(out, RequestGivenUp) and d.m.stats["creates_resent"] == 1
     out = d.tick_to_deadline()
     assert d.m.state is IDLE
     given_up = only(out, RequestGivenUp)
     assert given_up.reason == "create_timeout" and given_up.request_reasons == ("greeting",)
+    assert given_up.event_id == again.event_id
 
 
 def test_cancel_timeout_returns_to_idle_and_delivers_held_text() -> None:
@@ -436,7 +457,7 @@ def test_idle_holds_nothing_after_any_response() -> None:
     d.feed(ResponseDone("resp_1"))
     m = d.m
     assert m.state is IDLE and m.response_id is None and m.inflight is None
-    assert m.audio_deltas == 0 and m.transcript_deltas == 0 and not m.cancel_sent
+    assert m.audio_deltas == 0 and m.transcript_deltas == 0 and not m.response_is_retry
 
 
 # --------------------------------------------------------------------- races of section 8.4
@@ -657,7 +678,8 @@ def test_server_vad_response_that_never_comes_times_out() -> None:
     d.feed(UserTurnCommitted("item_u1"))
     assert d.feed(UserText("hello?"))[1:] == []  # the item goes out, the create waits
     out = d.tick_to_deadline()
-    assert only(out, SendResponseCreate).reason == "user_text"
+    # The server left the turn unanswered: we answer it, with the text that waited.
+    assert only(out, SendResponseCreate).reason == "user_text+user_turn"
     assert d.m.stats["server_response_overdue"] == 1
 
 
@@ -673,7 +695,7 @@ def test_busy_error_naming_an_abandoned_response_waits_for_its_done() -> None:
     )
     assert d.m.state is CANCELLING and only(out, SendResponseCancel).response_id == "resp_slow"
     assert d.audio("resp_slow") is False, "its audio stays dropped"
-    assert d.m.next_deadline is not None and d.m.next_deadline >= d.now + 19
+    assert d.m.next_deadline is not None and d.m.next_deadline >= d.now + 0.9
     out = d.feed(ResponseDone("resp_slow", status="cancelled"))
     assert only(out, SendResponseCreate).reason == "user_text"
 
@@ -689,14 +711,15 @@ def test_an_interrupted_create_rejected_busy_cancels_the_response_that_won(named
     create = only(d.feed(RequestResponse(reason="tool")), SendResponseCreate)
     out = d.feed(UserText("no, Tuesday"))
     assert d.m.state is CANCELLING and not of(out, SendResponseCancel)  # deferred
+    given_up = only(out, RequestGivenUp)
+    assert given_up.reason == "interrupted" and given_up.request_reasons == ("tool",)
     message = (
         BUSY_MSG.format(rid="resp_won") if named else "Conversation already has an active response"
     )
     out = d.feed(
         ServerError("conversation_already_has_active_response", message, event_id=create.event_id)
     )
-    given_up = only(out, RequestGivenUp)
-    assert given_up.reason == "interrupted" and given_up.request_reasons == ("tool",)
+    assert not of(out, RequestGivenUp)
     if named:
         assert d.m.state is CANCELLING
         assert only(out, SendResponseCancel).response_id == "resp_won"
@@ -722,15 +745,14 @@ def test_an_unseen_busy_response_that_may_answer_the_interrupting_turn_is_kept()
     d = Driver()
     d.feed(SessionConfigured("server_vad", create_response=True, interrupt_response=True))
     create = only(d.feed(RequestResponse(reason="tool")), SendResponseCreate)
-    d.feed(SpeechStarted("item_u2"))
+    assert only(d.feed(SpeechStarted("item_u2")), RequestGivenUp).reason == "interrupted"
     d.feed(UserTurnCommitted("item_u2"))
     assert d.m.state is CANCELLING and d.m.awaiting_server_response()
     busy = BUSY_MSG.format(rid="resp_vad")
     out = d.feed(
         ServerError("conversation_already_has_active_response", busy, event_id=create.event_id)
     )
-    assert only(out, RequestGivenUp).reason == "interrupted"
-    assert not of(out, SendResponseCancel)
+    assert not of(out, RequestGivenUp) and not of(out, SendResponseCancel)
     assert d.m.state is ACTIVE and d.m.response_id == "resp_vad"
     assert d.audio("resp_vad") is True, "the answer to the caller's turn is heard"
     d.feed(ResponseCreated("resp_vad"))  # late: the same response, nothing changes
@@ -804,8 +826,9 @@ def test_text_barge_in_on_a_server_response_also_cancels_our_create_in_flight() 
     out = m.handle(UserText("stop, I meant Tuesday"), 1.2)
     assert [c.response_id for c in out if isinstance(c, SendResponseCancel)] == ["resp_vad"]
     assert m.state is ResponseState.CANCELLING
-    m.handle(ResponseDone("resp_vad", status="cancelled"), 1.3)
-    assert m.state is ResponseState.CREATING  # ours is still unanswered
+    out = m.handle(ResponseDone("resp_vad", status="cancelled"), 1.3)
+    # Ours is still unanswered: the text stays held until it is cancelled or rejected.
+    assert m.state is ResponseState.CANCELLING and not out
     out = m.handle(ResponseCreated("resp_ours", metadata={META_EVENT_ID: create.event_id}), 1.4)
     assert [c.response_id for c in out if isinstance(c, SendResponseCancel)] == ["resp_ours"]
     assert not m.audio_delta("resp_ours", "item_1", 160, 1.45)  # never heard

@@ -1,0 +1,598 @@
+"""The slot machine's actions, in table order, and its ``on_enter`` cleanups.
+
+An action never re-tests the state its row chose; it reads the event and the ledgers, appends
+commands, and writes the slot's data.  The other machines are moved by the ``machine.trigger``
+names in the rows, never from here.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from .. import events as ev
+from ..commands import (
+    META_EVENT_ID,
+    META_REASON,
+    ClearPlayback,
+    RequestGivenUp,
+    ReturnUndeliveredText,
+    SendItemDelete,
+    SendResponseCreate,
+    SendTruncate,
+    SendUserText,
+)
+from .guards import LifecycleGuards
+from .ledgers import cut_plan
+
+log = logging.getLogger("realtime_fsm.lifecycle")
+
+#: The request reason used for held user text.
+USER_TEXT_REASON: Final = "user_text"
+#: The request reason of an answer to a committed caller turn that the server will not create
+#: itself (turn detection without ``create_response``, a turn the server left unanswered, or a
+#: session lost before it did).
+USER_TURN_REASON: Final = "user_turn"
+
+
+def _expects_audio(event: ev.ResponseCreated) -> bool:
+    modalities = event.output_modalities
+    return not modalities or "audio" in modalities
+
+
+class SlotActions(LifecycleGuards):
+    __slots__ = ()
+
+    # ------------------------------------------------------------------- requests and turns
+
+    def send_oob_create(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.RequestResponse)
+        event_id = self._mint("oob")
+        metadata = dict(event.metadata)
+        metadata[META_EVENT_ID] = event_id
+        metadata[META_REASON] = event.reason[:512]
+        self._emit(
+            SendResponseCreate(
+                event_id=event_id,
+                reason=event.reason,
+                instructions=event.instructions,
+                metadata=metadata,
+                out_of_band=True,
+            )
+        )
+
+    def enqueue_request(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.RequestResponse)
+        self.pending.append(event)
+
+    def queue_request(self) -> None:
+        """The slot is taken (or owed to the server's answer to a turn): the request waits."""
+        self.enqueue_request()
+        log.info(
+            "call=%s request queued reason=%s state=%s (sent when the slot is free)",
+            self._call(),
+            self.pending[-1].reason,
+            self.state.value,
+        )
+
+    def enqueue_turn(self) -> None:
+        self.pending.append(ev.RequestResponse(reason=USER_TURN_REASON))
+
+    # ----------------------------------------------------------------------- response.created
+
+    def track_oob(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self.oob_responses.add(event.response_id)
+
+    def ignore_stale(self) -> None:
+        self._count("stale_created")
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        log.info(
+            "call=%s ignored duplicate or late response.created response=%s",
+            self._call(),
+            event.response_id,
+        )
+
+    def cancel_current_late(self) -> None:
+        """The response a busy error named turns out to answer a create we gave up on: the app
+        was told it will not be served, and the caller may have interrupted it.  Cancel it."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self._given_up[event.metadata.get(META_EVENT_ID, "")] = False  # answered now
+        self._count("late_responses_cancelled")
+        self._cancel_unheard(event.response_id)
+        log.info(
+            "call=%s response %s (named by a busy error) answers given-up create %s;"
+            " cancelled, audio dropped",
+            self._call(),
+            event.response_id,
+            event.metadata.get(META_EVENT_ID),
+        )
+
+    def cancel_late_response(self) -> None:
+        """A create we gave up on was served after all.  The response holds the slot until its
+        response.done, so track it, but cancel it by id and drop its audio: the request was
+        reported given up or served elsewhere (and, if the caller barged in, must not be
+        heard)."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self._supersede_current()
+        self._clear_response()
+        self._given_up[event.metadata.get(META_EVENT_ID, "")] = False  # answered now
+        rid = event.response_id
+        self._adopt_id(rid)
+        self._count("late_responses_cancelled")
+        self._cancel_unheard(rid)
+        log.info(
+            "call=%s response %s created for given-up create %s; cancelled, audio dropped",
+            self._call(),
+            rid,
+            event.metadata.get(META_EVENT_ID),
+        )
+
+    def see_current(self) -> None:
+        """The response a busy error named is created after all (its response.created was
+        late): a server response that answers the turn the server's VAD owed, if any."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self._current_unseen = False
+        self.response_expects_audio = _expects_audio(event)
+        log.info(
+            "call=%s response.created of %s, known from a busy error",
+            self._call(),
+            event.response_id,
+        )
+
+    def name_current(self) -> None:
+        """The response we are stopping, known from a busy error without its id, is created
+        late: now it has an id, and its audio stays dropped."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self._current_unseen = False
+        self._adopt_id(event.response_id)
+        self._drop(event.response_id)
+
+    def adopt_response(self) -> None:
+        """``response.created`` for our in-flight create."""
+        event = self._ev
+        inflight = self.inflight
+        assert isinstance(event, ev.ResponseCreated) and inflight is not None
+        self._supersede_current()
+        self._clear_response()
+        self.response_id = event.response_id
+        self.response_is_retry = inflight.is_retry
+        self.response_requests = inflight.requests
+        self.response_expects_audio = _expects_audio(event)
+        self._last_activity = self._now
+        if inflight.is_retry:
+            log.info(
+                "call=%s [NO_AUDIO_WATCHDOG] Retry response created - response=%s",
+                self._call(),
+                event.response_id,
+            )
+
+    def cancel_adopted(self) -> None:
+        """The caller interrupted the create before it was answered: cancel it by id now."""
+        rid = self.response_id
+        assert rid is not None
+        self._cancel_unheard(rid)
+        self._flow_step("cancel")
+        log.info(
+            "call=%s [BARGE_IN] deferred cancel sent on response.created response=%s",
+            self._call(),
+            rid,
+        )
+
+    def adopt_server_response(self) -> None:
+        """A response we did not ask for (server VAD, idle timeout)."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseCreated)
+        self._supersede_current()
+        self._clear_response()
+        self.response_id = event.response_id
+        self.response_expects_audio = _expects_audio(event)
+        self._last_activity = self._now
+        self._count("server_created_responses")
+        if self.inflight is not None:
+            log.info(
+                "call=%s server response %s took the slot while create %s is in flight;"
+                " it will be re-queued if rejected",
+                self._call(),
+                event.response_id,
+                self.inflight.event_id,
+            )
+
+    def _supersede_current(self) -> None:
+        """A new default response can only exist if the previous one ended: its done was lost."""
+        previous = self.response_id
+        if previous is not None:
+            self._retire(previous, "superseded")
+            self._count("lost_done")
+            log.warning(
+                "call=%s response.done of %s never arrived; a newer response replaced it",
+                self._call(),
+                previous,
+            )
+
+    # -------------------------------------------------------------------------- response.done
+
+    def untrack_oob(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.ResponseDone)
+        self.oob_responses.discard(event.response_id)
+        self._retire(event.response_id, "done")
+
+    def finish_response(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.ResponseDone)
+        self._retire(event.response_id, "done")
+        if self._flow is not None:
+            self._flow_step("response.done")
+            log.info(
+                "call=%s [TEXT_BARGE_IN] response.done -> creating response.create"
+                " (status=%s, %d held text(s))",
+                self._call(),
+                event.status,
+                len(self.held_texts),
+            )
+        if event.status in ("failed", "incomplete"):
+            self._count(f"responses_{event.status}")
+        self._clear_response()
+
+    def note_abandoned_done(self) -> None:
+        """A response we abandoned has ended after all: it can no longer hold the slot (a
+        busy error naming it, or an unnamed one, is not about it any more)."""
+        event = self._ev
+        assert isinstance(event, ev.ResponseDone)
+        self._retire(event.response_id, "done")
+        self._count("abandoned_done")
+        log.info(
+            "call=%s late response.done of abandoned response %s (status=%s)",
+            self._call(),
+            event.response_id,
+            event.status,
+        )
+
+    def ignore_stale_done(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.ResponseDone)
+        self._count("stale_done")
+        log.info(
+            "call=%s ignored response.done response=%s status=%s (current=%s, state=%s)",
+            self._call(),
+            event.response_id,
+            event.status,
+            self.response_id,
+            self.state.value,
+        )
+
+    # ------------------------------------------------------------------------------ barge-in
+
+    def interrupt_playback(self) -> None:
+        """The caller still hears audio of a response that is over or being stopped: playback
+        outlives generation."""
+        self._interrupt(
+            "[BARGE_IN]" if isinstance(self._ev, ev.SpeechStarted) else "[TEXT_BARGE_IN]"
+        )
+
+    def deliver_text(self) -> None:
+        """Idle: the server may take the text now, followed by a (coalesced) response."""
+        event = self._ev
+        assert isinstance(event, ev.UserText)
+        self._emit(SendUserText(event_id=self._mint("item"), text=event.text, source=event.source))
+        self._count("texts_delivered")
+        self.pending.append(ev.RequestResponse(reason=USER_TEXT_REASON))
+
+    def barge_in_before_created(self) -> None:
+        """Our create has no response yet: the cancel waits for its ``response.created``."""
+        tag = self._barge_in_detected()
+        inflight = self.inflight
+        assert inflight is not None
+        self._flow_step("cancel")
+        log.info(
+            "call=%s %s cancel deferred -> response.create %s not yet answered;"
+            " it is cancelled by id when created",
+            self._call(),
+            tag,
+            inflight.event_id,
+        )
+        self._interrupt(tag)
+
+    def hold_text(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.UserText)
+        self.held_texts.append(event)
+        self._count("texts_held")
+        log.info(
+            "call=%s [TEXT_BARGE_IN] Pending text stored (%d held) -> waiting for response.done",
+            self._call(),
+            len(self.held_texts),
+        )
+
+    def barge_in(self) -> None:
+        """Stop the response we (not the server) must stop: cancel, clear, truncate, drop.  A
+        response known only from an unparsable busy error has no id: the id-less cancel stops
+        the default conversation's response, which is it."""
+        tag = self._barge_in_detected()
+        call = self._call()
+        rid = self.response_id
+        log.info("call=%s %s cancel -> response_id=%s", call, tag, rid)
+        self._send_cancel(rid)
+        self._flow_step("cancel")
+        log.info("call=%s %s cancel sent", call, tag)
+        self._interrupt(tag, live=True)
+        if rid is not None:
+            self._drop(rid)
+            log.info("call=%s %s TX flushed (late audio of %s dropped)", call, tag, rid)
+
+    def barge_in_server_cancels(self) -> None:
+        """Server VAD with ``interrupt_response``: it cancels; we only stop what plays."""
+        rid = self.response_id
+        log.info(
+            "call=%s [BARGE_IN] detected -> speech; server cancels %s (interrupt_response)",
+            self._call(),
+            rid,
+        )
+        self._interrupt("[BARGE_IN]", live=True)
+        if rid is not None:
+            self._drop(rid)
+
+    def _barge_in_detected(self) -> str:
+        event = self._ev
+        if isinstance(event, ev.UserText):
+            self._flow = ["detected"]
+            log.info(
+                "call=%s [TEXT_BARGE_IN] detected -> text=%r while AI active (state=%s)",
+                self._call(),
+                event.text[:80],
+                self.state.value,
+            )
+            return "[TEXT_BARGE_IN]"
+        log.info(
+            "call=%s [BARGE_IN] detected -> speech while AI %s", self._call(), self.state.value
+        )
+        return "[BARGE_IN]"
+
+    def _interrupt(self, tag: str, *, live: bool = False) -> None:
+        """Clear what plays, and cut from the conversation what the caller did not hear.
+        ``live``: the response being stopped is still adding audio to the newest item."""
+        self._emit(ClearPlayback(reason="barge_in"))
+        self._flow_step("twilio_clear")
+        call = self._call()
+        log.info("call=%s %s twilio_clear sent", call, tag)
+        play = self._play
+        bpm = self._cfg.audio_bytes_per_ms
+        live_item = next(reversed(play)) if live and play else None
+        for item_id, end_ms in cut_plan(play, bpm, live_item):
+            if end_ms > 0:
+                event_id = self._mint("truncate")
+                self._emit(SendTruncate(event_id=event_id, item_id=item_id, audio_end_ms=end_ms))
+                log.info(
+                    "call=%s %s truncate item=%s audio_end_ms=%d (received %d ms)",
+                    call,
+                    tag,
+                    item_id,
+                    end_ms,
+                    play[item_id][0] // bpm,
+                )
+            else:
+                self._emit(SendItemDelete(event_id=self._mint("delete"), item_id=item_id))
+                log.info("call=%s %s delete unheard item=%s", call, tag, item_id)
+        play.clear()
+
+    # -------------------------------------------------------------------------------- errors
+
+    def settle_given_up(self) -> None:
+        """The late answer to a create we gave up on: nothing waits for it any more."""
+        event = self._ev
+        assert isinstance(event, ev.ServerError)
+        given_up = self._given_up
+        key = event.event_id
+        if key is None or key not in given_up:
+            key = next(k for k, owed in given_up.items() if owed)
+        given_up[key] = False
+        self._count("given_up_answers")
+        log.info(
+            "call=%s late answer to given-up create %s: code=%s", self._call(), key, event.code
+        )
+
+    def recancel_busy_response(self) -> None:
+        """The response we stopped tracking is still alive: cancel it again, wait for it."""
+        rid = self._busy_holder()
+        assert rid is not None
+        self._clear_response()
+        self._adopt_id(rid)
+        self._count("abandoned_response_still_active")
+        self._send_cancel(rid)
+        log.warning(
+            "call=%s response %s outlived its cancel timeout; cancelling it again",
+            self._call(),
+            rid,
+        )
+
+    def adopt_busy_response(self) -> None:
+        """A response we never saw created holds the slot: track it until its done.  The old
+        error wording names no id; then it is the next unknown response's done."""
+        self._clear_response()
+        rid = self._busy_holder()
+        if rid is not None and self._is_unknown(rid):
+            self.response_id = rid
+        self._current_unseen = True
+        self._last_activity = self._now
+
+    def cancel_busy_response(self) -> None:
+        """The response that beat our interrupted create is as interrupted as ours: the caller
+        spoke or typed after it began.  Cancel it by id, drop its audio, wait for its done."""
+        rid = self._busy_holder()
+        assert rid is not None
+        self._clear_response()
+        self._adopt_id(rid)
+        self._count("busy_response_cancelled")
+        self._cancel_unheard(rid)
+        log.info(
+            "call=%s [BARGE_IN] response %s held the slot our interrupted create wanted;"
+            " cancelled, audio dropped",
+            self._call(),
+            rid,
+        )
+
+    def note_benign_error(self) -> None:
+        self._count("benign_errors")
+        log.info("call=%s benign server error: response_cancel_not_active", self._call())
+
+    def note_error(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.ServerError)
+        self._count("server_errors")
+        log.warning(
+            "call=%s server error code=%s event_id=%s message=%r",
+            self._call(),
+            event.code,
+            event.event_id,
+            event.message[:300],
+        )
+
+    # -------------------------------------------------------------------------------- clock
+
+    def cancel_silent(self) -> None:
+        """The no-audio watchdog fires: cancel the silent response; the retry is asked for at
+        its ``response.done`` (the recovery machine)."""
+        rid = self.response_id
+        call = self._call()
+        self.watchdog_last_fire = self._now
+        self._count("watchdog_fires")
+        log.warning(
+            "call=%s [NO_AUDIO_WATCHDOG] FIRED! resp=%s transcript_deltas=%d audio_deltas=%d",
+            call,
+            rid,
+            self.transcript_deltas,
+            self.audio_deltas,
+        )
+        log.info("call=%s [NO_AUDIO_WATCHDOG] Step 1: Cancelling silent response", call)
+        self._send_cancel(rid)
+        if rid is not None:
+            self._drop(rid)
+        log.info("call=%s [NO_AUDIO_WATCHDOG] cancel sent", call)
+        log.info(
+            "call=%s [NO_AUDIO_WATCHDOG] Cooldown started (%gs)", call, self._cfg.watchdog_cooldown
+        )
+
+    def suppress_watchdog(self) -> None:
+        self._watchdog_skipped = True
+        self._count("watchdog_suppressed")
+        log.warning(
+            "call=%s [NO_AUDIO_WATCHDOG] silent response %s not retried: inside the %gs cooldown",
+            self._call(),
+            self.response_id,
+            self._cfg.watchdog_cooldown,
+        )
+
+    def cancel_stalled(self) -> None:
+        rid = self.response_id
+        self._count("stalled_responses")
+        log.warning(
+            "call=%s [STALL] response %s showed no activity for %gs; cancelling",
+            self._call(),
+            rid,
+            self._cfg.stall_timeout,
+        )
+        self._send_cancel(rid)
+        if rid is not None:
+            self._drop(rid)
+
+    def abandon_cancel(self) -> None:
+        """The server never confirmed the cancel: stop waiting, treat the response as gone (a
+        busy error naming it later proves it alive, and it is cancelled again)."""
+        rid = self.response_id
+        self._count("cancel_timeouts")
+        if rid is not None:
+            self._retire(rid, "abandoned")
+        self._flow_step("timeout")
+        log.warning(
+            "call=%s response.done of %s not seen within %gs; giving up on it",
+            self._call(),
+            rid,
+            self._cfg.cancel_timeout,
+        )
+
+    # ----------------------------------------------------------------- settings and teardown
+
+    def apply_session(self) -> None:
+        event = self._ev
+        assert isinstance(event, ev.SessionConfigured)
+        vad = event.turn_detection is not None
+        self._server_creates = vad and event.create_response
+        self._server_interrupts = vad and event.interrupt_response
+        log.info(
+            "call=%s session turn_detection=%s create_response=%s interrupt_response=%s",
+            self._call(),
+            event.turn_detection,
+            self._server_creates,
+            self._server_interrupts,
+        )
+
+    def close_out(self) -> None:
+        """No ``response.done`` will ever come: give up what is queued or in flight (an
+        interrupted create's requests were given up already) and hand back held text."""
+        event = self._ev
+        assert isinstance(event, ev.ConnectionClosed)
+        requests: list[str] = []
+        if self.inflight is not None:
+            requests.extend(self.inflight.reasons())
+        requests.extend(r.reason for r in self.pending)
+        self.pending = []
+        if requests:
+            self._emit(
+                RequestGivenUp(reason=f"closed:{event.reason}", request_reasons=tuple(requests))
+            )
+        if self.held_texts:
+            self._emit(ReturnUndeliveredText(texts=tuple(t.text for t in self.held_texts)))
+            log.warning(
+                "call=%s connection closed with %d undelivered user text(s); handed back",
+                self._call(),
+                len(self.held_texts),
+            )
+            self.held_texts = []
+        self._clear_response()
+        self._state_deadline = None
+        self._play.clear()
+        self._flow = None
+
+    # ---------------------------------------------------------------------- state entry hooks
+
+    def enter_idle(self) -> None:
+        """Rule 4: whatever path led here, nothing of the last response survives, and text held
+        during it reaches the server now, followed by one response."""
+        self._clear_response()
+        self._state_deadline = None
+        if self.held_texts:
+            for text in self.held_texts:
+                self._emit(
+                    SendUserText(event_id=self._mint("item"), text=text.text, source=text.source)
+                )
+                self._count("texts_delivered")
+            self.held_texts = []
+            self.pending.insert(0, ev.RequestResponse(reason=USER_TEXT_REASON))
+
+    def enter_creating(self) -> None:
+        self._clear_response()
+        inflight = self.inflight
+        assert inflight is not None
+        self._state_deadline = max(inflight.sent_at, self._now) + self._cfg.create_timeout
+
+    def enter_cancelling(self) -> None:
+        """The wait is for the done of the response we stop, from now; or, with no response,
+        for the answer to our interrupted create, counted from when it was sent."""
+        inflight = self.inflight
+        if self.response_id is None and inflight is not None:
+            due = inflight.sent_at + self._cfg.create_timeout
+            self._state_deadline = max(due, self._now)
+        else:
+            self._state_deadline = self._now + self._cfg.cancel_timeout
+
+
+__all__ = ["USER_TEXT_REASON", "USER_TURN_REASON", "SlotActions"]
