@@ -72,6 +72,10 @@ logging.getLogger("transitions").setLevel(logging.WARNING)
 class ResponseState(enum.Enum):
     """States of the default-conversation response slot."""
 
+    #: Members are singletons compared by identity: hash them by identity too, in C.  (Enum's
+    #: own ``__hash__`` is a Python call, and the engine hashes the state on every trigger.)
+    __hash__ = object.__hash__
+
     #: Nothing generating, nothing in flight: the only state that sends ``response.create``.
     IDLE = "idle"
     #: ``response.create`` sent, waiting for ``response.created`` or an error.
@@ -87,6 +91,10 @@ class ResponseState(enum.Enum):
 class CreateState(enum.Enum):
     """The fate of our ``response.create`` on the wire (at most one at a time)."""
 
+    #: Members are singletons compared by identity: hash them by identity too, in C.  (Enum's
+    #: own ``__hash__`` is a Python call, and the engine hashes the state on every trigger.)
+    __hash__ = object.__hash__
+
     NONE = "none"
     SENT = "sent"
     #: Sent again once, with a new event id, after the first got no answer in time.
@@ -98,6 +106,10 @@ class CreateState(enum.Enum):
 class TurnState(enum.Enum):
     """A committed caller turn the server's VAD is to answer by itself."""
 
+    #: Members are singletons compared by identity: hash them by identity too, in C.  (Enum's
+    #: own ``__hash__`` is a Python call, and the engine hashes the state on every trigger.)
+    __hash__ = object.__hash__
+
     NONE = "none"
     #: Committed while the slot was busy: the server answers when it frees, or not at all.
     OWED = "owed"
@@ -107,6 +119,10 @@ class TurnState(enum.Enum):
 
 class RecoveryState(enum.Enum):
     """The no-audio watchdog's cancel-then-retry-once recovery."""
+
+    #: Members are singletons compared by identity: hash them by identity too, in C.  (Enum's
+    #: own ``__hash__`` is a Python call, and the engine hashes the state on every trigger.)
+    __hash__ = object.__hash__
 
     NONE = "none"
     #: A silent response was cancelled; its ``response.done`` comes before the retry.
@@ -183,9 +199,17 @@ TRANSITIONS: list[Row] = [
     _row("drain", IDLE, CREATING, when=("has_pending",), unless=("turn_owed",),
          do=("create.send",)),
 
-    # --- response.created: out of band, stale, given up, ours, ours-but-interrupted, or the
-    # server's own (VAD, idle timeout).  A create we gave up on (timeout, busy rejection) that
-    # is served after all is cancelled and never heard, even when a busy error named it first.
+    # --- response.created: ours (tried first: its event id is fresh, so it can be nothing
+    # else), out of band, stale, given up, known from a busy error, or the server's own (VAD,
+    # idle timeout).  A create we gave up on (timeout, busy rejection) that is served after all
+    # is cancelled and never heard, even when a busy error named it first.
+    _row("created", [ACTIVE, CANCELLING], CANCELLING, when=("is_our_inflight", "create_unwanted"),
+         do=("adopt_response", "cancel_adopted", "create.adopted")),
+    # Our own response does not answer a turn the server's VAD committed while our create was
+    # on the wire: it was created before the commit (else the VAD's own response would hold
+    # the slot and ours would be rejected), and the VAD skipped answering (the slot was busy).
+    _row("created", BUSY, ACTIVE, when=("is_our_inflight",),
+         do=("adopt_response", "create.adopted")),
     _row("created", OPEN, None, when=("is_oob_created", "is_retired_response"),
          do=("ignore_stale",)),
     _row("created", OPEN, None, when=("is_oob_created",), do=("track_oob",)),
@@ -196,24 +220,17 @@ TRANSITIONS: list[Row] = [
     _row("created", ACTIVE, None, when=("is_current_response", "current_unseen"),
          do=("see_current", "turn.answered")),
     _row("created", ACTIVE, None, when=("is_current_response",), do=("ignore_stale",)),
-    _row("created", [ACTIVE, CANCELLING], CANCELLING, when=("is_our_inflight", "create_unwanted"),
-         do=("adopt_response", "cancel_adopted", "create.adopted")),
-    # Our own response does not answer a turn the server's VAD committed while our create was
-    # on the wire: it was created before the commit (else the VAD's own response would hold
-    # the slot and ours would be rejected), and the VAD skipped answering (the slot was busy).
-    _row("created", BUSY, ACTIVE, when=("is_our_inflight",),
-         do=("adopt_response", "create.adopted")),
     _row("created", CANCELLING, None, when=("current_unnamed",), do=("name_current",)),
     _row("created", OPEN, ACTIVE, do=("adopt_server_response", "turn.answered")),
 
     # --- response.done: only the current response's done frees the slot; any final status.
     # An interrupted create of ours still unanswered keeps the slot (and the held text) busy.
     _row("done", OPEN, None, when=("is_oob_done",), do=("untrack_oob",)),
-    _row("done", [ACTIVE, CANCELLING], CANCELLING, when=("is_current_done", "create_unwanted"),
+    _row("done", [ACTIVE, CANCELLING], IDLE, when=("create_idle", "is_current_done"),
          do=("recovery.response_done", "finish_response")),
-    _row("done", [ACTIVE, CANCELLING], CREATING, when=("is_current_done", "create_in_flight"),
-         do=("recovery.response_done", "finish_response")),
-    _row("done", [ACTIVE, CANCELLING], IDLE, when=("is_current_done",),
+    _row("done", [ACTIVE, CANCELLING], CANCELLING, when=("create_unwanted", "is_current_done"),
+         do=("recovery.response_done", "finish_response", "forget_response")),
+    _row("done", [ACTIVE, CANCELLING], CREATING, when=("is_current_done",),
          do=("recovery.response_done", "finish_response")),
     _row("done", OPEN, None, when=("is_abandoned_done",), do=("note_abandoned_done",)),
     _row("done", OPEN, None, do=("ignore_stale_done",)),

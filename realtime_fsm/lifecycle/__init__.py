@@ -6,7 +6,8 @@ and their rules are in :mod:`realtime_fsm.table`; this package holds the code th
 * :mod:`~realtime_fsm.lifecycle.fields`: every field, with why it is there;
 * :mod:`~realtime_fsm.lifecycle.ledgers`: retired ids, the create on the wire, the cut plan;
 * :mod:`~realtime_fsm.lifecycle.guards`: the guards, in table order;
-* :mod:`~realtime_fsm.lifecycle.slot_actions`: the slot machine's actions and entry cleanups;
+* :mod:`~realtime_fsm.lifecycle.stopping`: the slot's barge-in and timer actions;
+* :mod:`~realtime_fsm.lifecycle.slot_actions`: the slot machine's other actions and entry hooks;
 * :mod:`~realtime_fsm.lifecycle.machine_actions`: the create, turn and recovery machines' actions;
 * :mod:`~realtime_fsm.lifecycle.machine`: the public API, dispatch and the per-frame fast paths.
 """
@@ -23,13 +24,14 @@ from .ledgers import (
 )
 from .ledgers import (
     RETRY_REASON,
+    USER_TEXT_REASON,
+    USER_TURN_REASON,
     Inflight,
 )
 from .ledgers import (
     RecentIds as _RecentIds,
 )
 from .machine import ResponseLifecycle
-from .slot_actions import USER_TEXT_REASON, USER_TURN_REASON
 
 __all__ = [
     "BUSY_CODE",

@@ -8,7 +8,7 @@ from typing import Final
 
 from .. import events as ev
 from ..commands import META_EVENT_ID
-from ..table import ACTIVE, DUE, IDLE, IN_FLIGHT, SENT, T_NONE, UNWANTED
+from ..table import ACTIVE, C_NONE, DUE, IDLE, IN_FLIGHT, SENT, T_NONE, UNWANTED
 from .fields import LifecycleFields
 
 #: Server error codes with a fixed meaning for the slot.
@@ -108,6 +108,10 @@ class LifecycleGuards(LifecycleFields):
         event = self._ev
         assert isinstance(event, ev.ResponseDone)
         return self._retired.why(event.response_id) == "abandoned"
+
+    def create_idle(self) -> bool:
+        """No create of ours on the wire."""
+        return self.create_state is C_NONE
 
     def create_in_flight(self) -> bool:
         """Our create is on the wire and still wanted."""
@@ -237,13 +241,13 @@ class LifecycleGuards(LifecycleFields):
     def silent_completion(self) -> bool:
         """The current response ended on its own (not one we were stopping) with transcript and
         no audio: the caller heard nothing, however short it was."""
+        if self.audio_deltas or not self.transcript_deltas:  # most responses: audio, or none
+            return False
         event = self._ev
         assert isinstance(event, ev.ResponseDone)
         return (
             self.state is ACTIVE
             and event.status in ("completed", "incomplete")
-            and self.transcript_deltas > 0
-            and self.audio_deltas == 0
             and self.response_expects_audio
             and not self.response_is_retry
             and not self._watchdog_skipped

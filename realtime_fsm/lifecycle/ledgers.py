@@ -20,6 +20,12 @@ PLAYBACK_MAX: Final = 16
 GIVEN_UP_MAX: Final = 64
 #: The request reason of the one retry the no-audio watchdog makes.
 RETRY_REASON: Final = "no_audio_retry"
+#: The request reason used for held user text.
+USER_TEXT_REASON: Final = "user_text"
+#: The request reason of an answer to a committed caller turn that the server will not create
+#: itself (turn detection without ``create_response``, a turn the server left unanswered, or a
+#: session lost before it did).
+USER_TURN_REASON: Final = "user_turn"
 
 _WHY: Final = ("", "done", "dropped", "superseded", "abandoned")
 

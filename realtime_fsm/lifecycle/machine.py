@@ -60,7 +60,16 @@ _DEFINED: frozenset[tuple[str, Any, str]] = frozenset(
     for row in spec.rows
     for source in row["source"]
 )
-_ATTRIBUTE: dict[str, str] = {spec.name: spec.attribute for spec in MACHINES}
+#: Per ``(machine, trigger)``: the model attribute holding that machine's state, and the states
+#: it has rows for.
+_FIRED: dict[tuple[str, str], tuple[str, frozenset[Any]]] = {
+    (spec.name, trigger): (
+        spec.attribute,
+        frozenset(s for name, s, t in _DEFINED if name == spec.name and t == trigger),
+    )
+    for spec in MACHINES
+    for trigger in {row["trigger"] for row in spec.rows}
+}
 
 #: The slot trigger each control event fires.  Audio, transcript and playback events take the
 #: fast paths; ``speech_stopped`` is informational (server VAD, or the app, commits from there).
@@ -277,13 +286,13 @@ class ResponseLifecycle(MachineActions):
         """A ``machine.trigger`` action of a row: fire that trigger on that machine.  The tables
         give every such trigger a row for every state it can be fired in; one that finds none
         is a bug in the tables, logged and counted (``machine_refused``), never a crash."""
-        attribute = _ATTRIBUTE[machine]
+        attribute, defined = _FIRED[machine, trigger]
         source = getattr(self, attribute)
         done = False
-        if (machine, source, trigger) in _DEFINED:
+        if source in defined:
             try:
                 done = self._triggers[machine][trigger](self)
-            except MachineError:  # pragma: no cover - _DEFINED mirrors the table
+            except MachineError:  # pragma: no cover - ``defined`` mirrors the table
                 done = False
         if not done:
             self._count("machine_refused")

@@ -6,8 +6,8 @@ import logging
 
 from .. import events as ev
 from ..commands import META_EVENT_ID, META_REASON, RequestGivenUp, SendResponseCreate
-from .ledgers import RETRY_REASON, Inflight
-from .slot_actions import USER_TEXT_REASON, USER_TURN_REASON, SlotActions
+from .ledgers import RETRY_REASON, USER_TEXT_REASON, USER_TURN_REASON, Inflight
+from .slot_actions import SlotActions
 
 log = logging.getLogger("realtime_fsm.lifecycle")
 
