@@ -1,12 +1,22 @@
 """Hypothesis settings: derandomized under CI so a rare counterexample cannot make CI flaky;
-random (and so still exploring) on developers' machines."""
+random (and so still exploring) on developers' machines.  The mutation run
+(``RTFSM_MUTATION=1 mutmut run``, README "Development") is derandomized too, and does not shrink: a
+mutant is killed by the first failure, and shrinking it would only cost time."""
 
 from __future__ import annotations
 
 import os
 
-from hypothesis import settings
+from hypothesis import Phase, settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
-if os.environ.get("CI"):
+settings.register_profile(
+    "mutation",
+    derandomize=True,
+    database=None,
+    phases=[Phase.explicit, Phase.generate],
+)
+if os.environ.get("RTFSM_MUTATION"):
+    settings.load_profile("mutation")
+elif os.environ.get("CI"):
     settings.load_profile("ci")

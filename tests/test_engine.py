@@ -7,12 +7,13 @@ triggers, callbacks that are not plain methods, subclasses overriding a guard)."
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import pytest
 from transitions import Machine, MachineError
 
-from realtime_fsm.engine import FrozenTableMachine
+from realtime_fsm.engine import _HOOKS, FrozenTableMachine
 
 
 class Model:
@@ -139,18 +140,25 @@ def test_extra_arguments_take_the_stock_path() -> None:
 
 def test_the_table_is_frozen() -> None:
     _, lean = machines()
-    with pytest.raises(RuntimeError):
+    fixed = "the table of a FrozenTableMachine is fixed; cannot "
+    with pytest.raises(RuntimeError, match=f"^{fixed}add transitions$"):
         lean.add_transition("x", "a", "b")
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=f"^{fixed}add states$"):
         lean.add_states(["d"])
-    with pytest.raises(RuntimeError):
+    with pytest.raises(RuntimeError, match=re.escape(f"{fixed}register models (drive plain")):
         lean.add_model(Model())
+    assert list(lean.states) == ["a", "b", "c"]
+    assert "x" not in lean.events
 
 
 @pytest.mark.parametrize(
-    "kwargs",
-    [{"queued": True}, {"send_event": True}, {"prepare_event": "prep"}, {"finalize_event": "x"}],
+    ("kwargs", "message"),
+    [
+        ({"queued": True}, "does not support queued processing"),
+        ({"send_event": True}, "does not support send_event=True"),
+        *(({hook: "x"}, f"does not support machine-level {hook}") for hook in _HOOKS),
+    ],
 )
-def test_unsupported_configurations_are_refused(kwargs: dict[str, Any]) -> None:
-    with pytest.raises(ValueError):
+def test_unsupported_configurations_are_refused(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=f"^FrozenTableMachine {re.escape(message)}$"):
         FrozenTableMachine(model=None, states=["a"], initial="a", **kwargs)

@@ -1,0 +1,340 @@
+"""What the core says and does, step by step, pinned in a golden file that a reviewer reads.
+
+The equivalence test proves the three engines agree and that every row is reached; it cannot see
+an action that does the wrong thing the same way in all three (they share the actions).  The
+promises tests see what breaks a promise; they cannot see a log line that lost its tag, a
+counter that counts the wrong thing, a truncate at the wrong millisecond or a clear with the
+wrong reason, all of which users depend on (they grep the tags, alert on the counters, and the
+drivers act on every field of every command).
+
+So this test replays every scenario of the equivalence test (which together fire every row of
+every machine) and the whole calls below, then each probe after each of them, and writes down
+for each step: the time, the event, the commands out (or the error raised), every log line under
+``realtime_fsm``, the four machines' states and the next deadline; after a scenario, the
+counters, the whole field state and the invariant check.  It runs twice: on the engines built
+at import, and on engines built again from the tables at test time.  The result must equal
+``tests/golden/lifecycle_narration.txt``.
+
+A deliberate change of behaviour or wording updates the file: run this test with
+``RTFSM_UPDATE_GOLDEN=1`` and review the diff like code (``git diff tests/golden``).
+"""
+
+from __future__ import annotations
+
+import difflib
+import logging
+import os
+from pathlib import Path
+
+import pytest
+from test_dict_table_equivalence import (
+    PROBES,
+    SCENARIOS,
+    Ids,
+    Step,
+    outcome,
+    resolve,
+    snapshot,
+    timed,
+)
+
+from realtime_fsm import LifecycleConfig, ResponseLifecycle, SendResponseCreate
+from realtime_fsm.engine import FrozenTableMachine
+from realtime_fsm.lifecycle.machine import _firer
+from realtime_fsm.table import MACHINES, fired_triggers, machine_kwargs
+
+GOLDEN = Path(__file__).parent / "golden" / "lifecycle_narration.txt"
+
+_REQ: Step = ("request", None, False)
+_OURS: Step = ("created", 5, 0, False, ())  # a new id answering the create in flight
+_AUDIO_1: Step = ("audio", 0, 0, 800, False)  # 100 ms of item_1 for the current response
+_AUDIO_2: Step = ("audio", 0, 1, 800, True)  # 100 ms of item_2
+#: Whole conversations the row-reaching scenarios cut short: what a caller hears cut and how,
+#: the watchdog's and the stall timer's narration, give-ups, out-of-band responses, close.
+FULL_CALLS: dict[str, list[Step]] = {
+    "text_barge_in_truncates_the_heard_item_and_deletes_the_unheard": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("playback", 0, 40, True),
+        _AUDIO_2,
+        ("user_text", "stop"),
+        ("done", 0, "cancelled"),
+        ("created", 5, 0, False, ()),
+        ("done", 0, "completed"),
+    ],
+    "truncate_at_one_millisecond": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("playback", 0, 1, False),
+        ("user_text", "stop"),
+    ],
+    "truncate_clamped_to_audio_received": [
+        _REQ,
+        _OURS,
+        ("audio", 0, 0, 80, False),
+        ("playback", 0, 500, False),
+        ("user_text", "x"),
+    ],
+    "speech_barge_in_on_server_vad_response": [
+        ("session", "server_vad", True, False),
+        ("turn",),
+        ("created", 5, 1, False, ()),
+        _AUDIO_1,
+        ("playback", 0, 30, True),
+        ("speech_started",),
+        ("speech_stopped",),
+        ("done", 0, "cancelled"),
+        ("turn",),
+        ("wait", 1.5),
+        ("tick", True),
+    ],
+    "server_interrupts_its_own_response": [
+        ("session", "server_vad", True, True),
+        ("turn",),
+        ("created", 5, 1, False, ()),
+        _AUDIO_1,
+        ("playback", 0, 30, True),
+        ("speech_started",),
+        ("done", 0, "cancelled"),
+    ],
+    "watchdog_cancels_a_silent_response_and_retries_once": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("transcript", 0, False),
+        ("wait", 3.5),
+        ("tick", True),
+        ("done", 0, "cancelled"),
+        _OURS,
+        ("transcript", 0, True),
+        ("wait", 3.5),
+        ("tick", True),
+        _AUDIO_1,
+        ("done", 0, "completed"),
+    ],
+    "watchdog_retry_silent_too": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("wait", 3.5),
+        ("tick", True),
+        ("done", 0, "cancelled"),
+        _OURS,
+        ("transcript", 0, True),
+        ("done", 0, "completed"),
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("wait", 3.5),
+        ("tick", True),
+    ],
+    "short_silent_answer_retried_at_done": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("done", 0, "completed"),
+        _OURS,
+        _AUDIO_1,
+        ("done", 0, "completed"),
+    ],
+    "silent_answer_in_cooldown_is_counted_only": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("done", 0, "completed"),
+        _OURS,
+        ("transcript", 0, True),
+        ("done", 0, "completed"),
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("done", 0, "completed"),
+    ],
+    "stall_timer_cancels_a_hung_response": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("wait", 21.0),
+        ("tick", True),
+        ("wait", 6.0),
+        ("tick", True),
+        ("done", 0, "cancelled"),
+        ("wait", 1.0),
+        ("done", 1, "cancelled"),
+    ],
+    "create_resent_then_given_up_then_answered_late": [
+        _REQ,
+        ("wait", 5.5),
+        ("tick", True),
+        ("wait", 5.5),
+        ("tick", True),
+        ("created", 5, 2, False, ()),
+        ("created", 5, 3, False, ()),
+        _REQ,
+    ],
+    "slow_cancel_ack_then_busy_naming_it": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("user_text", "a"),
+        ("wait", 5.5),
+        ("tick", True),
+        ("user_text", "b"),
+        ("error", "conversation_already_has_active_response", 0, 1),
+        ("done", 1, "cancelled"),
+        ("created", 5, 0, False, ()),
+        ("done", 0, "completed"),
+    ],
+    "old_busy_wording_then_its_events": [
+        _REQ,
+        ("error", "busy_no_id", 1, 0),
+        ("audio", 5, 0, 160, True),
+        ("done", 0, "completed"),
+        ("created", 5, 0, False, ()),
+    ],
+    "out_of_band_alongside_the_slot": [
+        ("request", "summarise", True),
+        _REQ,
+        ("created", 5, 2, True, ("text",)),
+        _OURS,
+        ("done", 1, "completed"),
+        ("done", 0, "completed"),
+    ],
+    "text_only_response_is_not_watched": [
+        _REQ,
+        ("created", 5, 0, False, ("text",)),
+        ("transcript", 0, True),
+        ("wait", 4.0),
+        ("tick", True),
+        ("done", 0, "completed"),
+    ],
+    "close_hands_back_held_text_and_gives_up": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("user_text", "wait"),
+        _REQ,
+        ("request", "be brief", False),
+        ("close",),
+    ],
+    "rejected_create_is_reported": [
+        _REQ,
+        ("error", "invalid_value", 0, 0),
+        _REQ,
+        ("error", "busy_no_id", 0, 0),
+    ],
+}
+
+
+class _Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(f"{record.levelname} {record.name} {record.getMessage()}")
+
+
+def _states(m: ResponseLifecycle) -> str:
+    return (
+        f"slot={m.state.value} create={m.create_state.value} turn={m.turn_state.value} "
+        f"recovery={m.recovery_state.value} deadline={m.next_deadline}"
+    )
+
+
+def _narrate(
+    cls: type[ResponseLifecycle],
+    steps: list[Step],
+    out: list[str],
+    lines: _Lines,
+    *,
+    settle_from: int,
+) -> None:
+    """Replay ``steps`` on a fresh machine; narrate the steps from index ``settle_from`` on."""
+    m = cls(LifecycleConfig(), now=0.0)
+    ids = Ids()
+    now = 0.0
+    for index, (dt, step) in enumerate(timed(steps)):
+        if step[0] == "tick" and step[1] and m.next_deadline is not None:
+            now = max(now, m.next_deadline + dt)
+        elif step[0] == "back_in_time":
+            now -= 1.0
+        else:
+            now += dt
+        lines.lines.clear()
+        kind, result = outcome(resolve(step, m, now, ids), m)
+        if step[0] == "back_in_time":
+            now += 1.0
+        if isinstance(result, list):
+            ids.creates.extend(c.event_id for c in result if isinstance(c, SendResponseCreate))
+        if index < settle_from:
+            continue
+        out.append(f"  t={now:.2f} {step!r} -> {kind} {result!r}")
+        out.extend(f"    log {line}" for line in lines.lines)
+        out.append(f"    {_states(m)}")
+    if settle_from == 0:
+        out.append(f"  stats {sorted(m.stats.items())!r}")
+        fields = snapshot(m)
+        for name in sorted(fields):
+            value = fields[name]
+            shown = sorted(value) if isinstance(value, (set, frozenset)) else value
+            out.append(f"  field {name}={shown!r}")
+
+
+def narration(cls: type[ResponseLifecycle] = ResponseLifecycle) -> str:
+    logger = logging.getLogger("realtime_fsm")
+    lines = _Lines()
+    level = logger.level
+    logger.addHandler(lines)
+    logger.setLevel(logging.DEBUG)
+    out: list[str] = []
+    try:
+        for name, steps in {**SCENARIOS, **FULL_CALLS}.items():
+            out.append(f"scenario {name}")
+            _narrate(cls, steps, out, lines, settle_from=0)
+            for probe in PROBES:
+                out.append(f"scenario {name} then probe {probe!r}")
+                _narrate(cls, [*steps, probe], out, lines, settle_from=len(timed(steps)))
+    finally:
+        logger.removeHandler(lines)
+        logger.setLevel(level)
+    return "\n".join(out) + "\n"
+
+
+def _rebuilt() -> type[ResponseLifecycle]:
+    """The machine on engines built now from the tables (not the ones built at import), with
+    its ``machine.trigger`` methods made again too: the builders are checked by running."""
+    triggers = {
+        spec.name: {
+            trigger: event.trigger
+            for trigger, event in FrozenTableMachine(
+                model=None, **machine_kwargs(spec)
+            ).events.items()
+        }
+        for spec in MACHINES
+    }
+    namespace: dict[str, object] = {"__slots__": (), "_triggers": triggers}
+    for name in fired_triggers():
+        machine, _, trigger = name.partition(".")
+        namespace[name] = _firer(machine, trigger)
+    return type("RebuiltLifecycle", (ResponseLifecycle,), namespace)
+
+
+@pytest.mark.parametrize("engines", ["shared", "rebuilt"])
+def test_the_core_narrates_every_scenario_as_the_golden_file_says(engines: str) -> None:
+    got = narration(ResponseLifecycle if engines == "shared" else _rebuilt())
+    if os.environ.get("RTFSM_UPDATE_GOLDEN") and engines == "shared":
+        GOLDEN.parent.mkdir(exist_ok=True)
+        GOLDEN.write_text(got)
+    want = GOLDEN.read_text()
+    if got != want:
+        diff = difflib.unified_diff(
+            want.splitlines(), got.splitlines(), "golden", "now", n=3, lineterm=""
+        )
+        shown = "\n".join(list(diff)[:80])
+        pytest.fail(
+            "the core's narration changed; if that is intended, rerun with "
+            f"RTFSM_UPDATE_GOLDEN=1 and review the diff:\n{shown}"
+        )
