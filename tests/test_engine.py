@@ -21,6 +21,8 @@ class Model:
         self.state = state
         self.ok = ok
         self.log: list[str] = []
+        # A callback found on the instance, not the class: the stock path resolves it.
+        self.on_instance = lambda: self.log.append("on_instance")
 
     def guard(self) -> bool:
         self.log.append("guard")
@@ -60,6 +62,14 @@ class Sub(Model):
         return not self.ok
 
 
+#: Where a callback given as a callable (not a name) leaves its mark.
+_CALLED: list[object] = []
+
+
+def _mark() -> None:
+    _CALLED.append("called")
+
+
 STATES: list[Any] = [
     {"name": "a", "on_exit": ["exit_a"]},
     {"name": "b", "on_enter": ["enter_b"]},
@@ -80,6 +90,13 @@ TRANSITIONS: list[dict[str, Any]] = [
     {"trigger": "stay", "source": "a", "dest": None, "unless": ["never"], "before": ["act"]},
     {"trigger": "fail", "source": "a", "dest": "b", "before": ["boom"]},
     {"trigger": "prop", "source": "a", "dest": "c", "conditions": ["prop_guard"]},
+    # One kind of callback per row, so the lean path is never taken where it would skip one.
+    {"trigger": "prep_only", "source": ["a", "b"], "dest": "c", "prepare": ["prep"]},
+    {"trigger": "exit_only", "source": "a", "dest": "c"},  # a's on_exit, c has no on_enter
+    {"trigger": "after_only", "source": ["a", "b"], "dest": "c", "after": ["post"]},
+    {"trigger": "inside_after", "source": "a", "dest": None, "after": ["post"]},
+    {"trigger": "callable", "source": ["a", "b"], "dest": "c", "before": [_mark]},
+    {"trigger": "instance", "source": ["a", "b"], "dest": "c", "before": ["on_instance"]},
 ]
 
 
@@ -104,14 +121,30 @@ def outcome(machine: Machine, model: Model, trigger: str) -> tuple[object, str, 
 @pytest.mark.parametrize("cls", [Model, Sub])
 @pytest.mark.parametrize("start", ["a", "b", "c"])
 @pytest.mark.parametrize("ok", [True, False])
-@pytest.mark.parametrize("trigger", ["go", "stay", "fail", "prop"])
+@pytest.mark.parametrize(
+    "trigger",
+    [
+        "go",
+        "stay",
+        "fail",
+        "prop",
+        "prep_only",
+        "exit_only",
+        "after_only",
+        "inside_after",
+        "callable",
+        "instance",
+    ],
+)
 def test_same_result_state_and_calls_as_stock(
     cls: type[Model], start: str, ok: bool, trigger: str
 ) -> None:
     stock, lean = machines()
     for _ in range(2):  # the second round runs the compiled rows
-        want = outcome(stock, cls(start, ok), trigger)
-        got = outcome(lean, cls(start, ok), trigger)
+        _CALLED.clear()
+        want = (outcome(stock, cls(start, ok), trigger), list(_CALLED))
+        _CALLED.clear()
+        got = (outcome(lean, cls(start, ok), trigger), list(_CALLED))
         assert got == want
 
 
@@ -119,7 +152,13 @@ def test_lean_path_is_taken_for_plain_methods() -> None:
     _, lean = machines()
     event = lean.events["go"]
     event.trigger(Model())
-    assert (Model, "a") in event._compiled
+    assert event._compiled[Model, "a"][0] is False  # prepare and after: the full loop
+    event.trigger(Model("b"))
+    lean_flag, rows = event._compiled[Model, "b"]
+    assert lean_flag is True  # only a before action: the lean loop
+    assert rows == (((), (Model.act,), "b", (Model.enter_b,)),)
+    lean.events["exit_only"].trigger(Model())
+    assert lean.events["exit_only"]._compiled[Model, "a"][0] is False  # a's on_exit
     lean.events["prop"].trigger(Model())  # a property guard: the stock path, every time
     assert (Model, "a") in lean.events["prop"]._stock
 

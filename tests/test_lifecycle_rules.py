@@ -637,7 +637,7 @@ def test_time_must_not_go_backwards() -> None:
 
 def test_unknown_event_types_are_a_typed_error() -> None:
     m = ResponseLifecycle()
-    with pytest.raises(LocalProtocolError):
+    with pytest.raises(LocalProtocolError, match=r"^not a lifecycle event: 'response\.done'$"):
         m.handle("response.done", now=1.0)  # type: ignore[arg-type]
 
 
@@ -799,6 +799,12 @@ def test_retired_ids_are_a_bounded_ring_of_hashes() -> None:
         "done",
         "superseded",
     ]
+    even = _RecentIds(4)  # every slot of an even-sized ring is used before one is reused
+    for k in range(4):
+        even.add(f"resp_{k}", "done")
+    assert all(f"resp_{k}" in even for k in range(4))
+    even.add("resp_4", "done")
+    assert [f"resp_{k}" in even for k in range(5)] == [False, True, True, True, True]
 
     # In a machine: a stale response.done of a response retired _RETIRED_MAX responses ago is
     # still recognised as stale; the memory per call stays a fixed-size ring.

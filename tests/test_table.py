@@ -7,17 +7,19 @@ mutation test sees them).
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 import pytest
 
-from realtime_fsm import ResponseLifecycle
+from realtime_fsm import LifecycleConfig, LocalProtocolError, ResponseLifecycle, Tick
 from realtime_fsm.engine import FrozenTableMachine
 from realtime_fsm.table import (
     ENGINES,
     MACHINES,
     MachineSpec,
     ResponseState,
+    TurnState,
     _row,
     callback_names,
     fired_triggers,
@@ -120,3 +122,28 @@ def test_an_engine_rebuilt_now_has_the_same_rows_as_the_shared_one(spec: Machine
         assert list(event.transitions) == list(other.transitions)
         for source, rows in event.transitions.items():
             assert [_shape(r) for r in rows] == [_shape(r) for r in other.transitions[source]]
+
+
+def test_a_trigger_its_machine_has_no_row_for_is_refused_logged_and_counted(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A gap in the tables is a bug, but in a live call it must cost a log line and a counter,
+    never a crash: ``turn.overdue`` has no row in ``none``."""
+    m = ResponseLifecycle(LifecycleConfig(call_id="CA1"), now=0.0)
+    with caplog.at_level(logging.INFO, logger="realtime_fsm"):
+        getattr(m, "turn.overdue")()
+    assert m.turn_state is TurnState.NONE
+    assert m.stats == {"machine_refused": 1}
+    assert [(r.levelno, r.getMessage()) for r in caplog.records] == [
+        (
+            logging.ERROR,
+            "call=CA1 machine=turn refused overdue in none (a gap in the transition table)",
+        )
+    ]
+
+
+def test_a_machine_starts_at_time_zero_by_default() -> None:
+    m = ResponseLifecycle()
+    assert m.handle(Tick(), 0.5) == []
+    with pytest.raises(LocalProtocolError):
+        m.handle(Tick(), 0.25)
