@@ -24,6 +24,7 @@ from __future__ import annotations
 import difflib
 import logging
 import os
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -38,7 +39,13 @@ from test_dict_table_equivalence import (
     timed,
 )
 
-from realtime_fsm import LifecycleConfig, ResponseLifecycle, SendResponseCreate
+from realtime_fsm import (
+    LifecycleConfig,
+    ResponseLifecycle,
+    SendResponseCreate,
+    ServerError,
+    UserText,
+)
 from realtime_fsm.engine import FrozenTableMachine
 from realtime_fsm.lifecycle.machine import _firer
 from realtime_fsm.table import MACHINES, fired_triggers, machine_kwargs
@@ -337,6 +344,102 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("done", 2, "completed"),
         ("audio", 3, 0, 160, False),
     ],
+    "heard_items_are_forgotten_at_once_unless_live": [
+        _REQ,
+        _OURS,
+        ("audio", 0, 0, 400, False),
+        ("audio", 0, 0, 400, False),
+        _AUDIO_2,
+        ("audio", 0, 2, 800, True),
+        ("playback", 0, 60, True),
+        ("playback", 1, 100, True),
+        ("user_text", "stop"),
+    ],
+    "server_cancel_truncates_the_live_item_at_what_was_received": [
+        ("session", "server_vad", True, True),
+        ("turn",),
+        ("created", 5, 1, False, ()),
+        _AUDIO_1,
+        ("playback", 0, 100, True),
+        ("speech_started",),
+        ("done", 0, "cancelled"),
+    ],
+    "after_the_response_only_unheard_audio_is_cut": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        _AUDIO_2,
+        ("playback", 0, 50, True),
+        ("playback", 1, 100, True),
+        ("done", 0, "completed"),
+        ("speech_started",),
+    ],
+    "speech_after_everything_was_heard_clears_nothing": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("playback", 0, 100, True),
+        ("done", 0, "completed"),
+        ("speech_started",),
+    ],
+    "texts_keep_their_source": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("text_from", "1", "dtmf"),
+        ("done", 0, "cancelled"),
+        _OURS,
+        ("done", 0, "completed"),
+        ("text_from", "2", "dtmf"),
+    ],
+    "cancel_not_active_recognised_by_its_message": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("user_text", "x"),
+        ("raw_error", None, "Cancellation failed: no active response found", 1),
+        ("done", 0, "cancelled"),
+    ],
+    "a_rejection_without_a_code": [_REQ, ("raw_error", None, "boom", 0)],
+    "a_silent_incomplete_response_is_retried": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, True),
+        ("done", 0, "incomplete"),
+    ],
+    "server_creates_only_with_turn_detection": [
+        ("session", None, True, False),
+        ("turn",),
+        _OURS,
+        ("done", 0, "completed"),
+    ],
+    "busy_without_an_id_while_a_known_response_plays": [
+        _REQ,
+        ("created", 5, 1, False, ()),
+        ("error", "busy_no_id", 0, 0),
+        ("done", 0, "completed"),
+        _OURS,
+    ],
+    "an_error_without_an_event_id_answers_the_given_up_create": [
+        _REQ,
+        ("wait", 5.5),
+        ("tick", True),
+        ("wait", 5.5),
+        ("tick", True),
+        ("raw_error", "conversation_already_has_active_response", "busy", 1),
+        _REQ,
+    ],
+    "the_abandoned_response_frees_an_unseen_holder_with_its_done": [
+        _REQ,
+        ("created", 1, 0, False, ()),
+        _AUDIO_1,
+        ("user_text", "a"),
+        ("wait", 5.5),
+        ("tick", True),
+        ("error", "busy_no_id", 0, 0),
+        ("done", 1, "cancelled"),
+        _OURS,
+    ],
     "rejected_create_is_reported": [
         _REQ,
         ("error", "invalid_value", 0, 0),
@@ -353,6 +456,22 @@ class _Lines(logging.Handler):
 
     def emit(self, record: logging.LogRecord) -> None:
         self.lines.append(f"{record.levelname} {record.name} {record.getMessage()}")
+
+
+def _resolve(
+    step: Step, m: ResponseLifecycle, now: float, ids: Ids
+) -> Callable[[ResponseLifecycle], object]:
+    """The equivalence test's steps, plus two only whole calls need: text from another source
+    (``("text_from", text, source)``) and an error with any code and message
+    (``("raw_error", code, message, event_id_choice)``)."""
+    if step[0] == "text_from":
+        event: object = UserText(text=step[1], source=step[2])
+    elif step[0] == "raw_error":
+        _, code, message, eid = step
+        event = ServerError(code=code, message=message, event_id=ids.event_id(m, eid))
+    else:
+        return resolve(step, m, now, ids)
+    return lambda x: x.handle(event, now)  # type: ignore[arg-type]
 
 
 def _states(m: ResponseLifecycle) -> str:
@@ -382,7 +501,7 @@ def _narrate(
         else:
             now += dt
         lines.lines.clear()
-        kind, result = outcome(resolve(step, m, now, ids), m)
+        kind, result = outcome(_resolve(step, m, now, ids), m)
         if step[0] == "back_in_time":
             now += 1.0
         if isinstance(result, list):

@@ -822,6 +822,30 @@ def test_retired_ids_are_a_bounded_ring_of_hashes() -> None:
     assert m.stats.get("stale_done") == 1 and m.state is ResponseState.IDLE
 
 
+def test_the_given_up_creates_and_the_playback_ledger_are_bounded() -> None:
+    """Both forget their oldest entry, and only when full: a call that gives up creates or
+    plays items for hours holds at most GIVEN_UP_MAX and PLAYBACK_MAX of them."""
+    from realtime_fsm.lifecycle.ledgers import GIVEN_UP_MAX, PLAYBACK_MAX
+
+    m = ResponseLifecycle(LifecycleConfig())
+    for k in range(GIVEN_UP_MAX):
+        m._remember_given_up(f"evt_{k}", answer_owed=False)
+    assert list(m._given_up) == [f"evt_{k}" for k in range(GIVEN_UP_MAX)]
+    m._remember_given_up("evt_last", answer_owed=True)
+    assert len(m._given_up) == GIVEN_UP_MAX
+    assert "evt_0" not in m._given_up and m._given_up["evt_last"] is True
+
+    m.handle(RequestResponse(), 1.0)
+    assert m.inflight is not None
+    m.handle(ResponseCreated("resp_1", metadata={META_EVENT_ID: m.inflight.event_id}), 1.0)
+    for k in range(PLAYBACK_MAX):
+        assert m.audio_delta("resp_1", f"item_{k}", 160, 1.0)
+    assert list(m._play) == [f"item_{k}" for k in range(PLAYBACK_MAX)]
+    assert m.audio_delta("resp_1", "item_last", 160, 1.0)
+    assert len(m._play) == PLAYBACK_MAX
+    assert "item_0" not in m._play and m._play["item_last"] == [160, 0]
+
+
 def test_text_barge_in_on_a_server_response_also_cancels_our_create_in_flight() -> None:
     """Server VAD's response took the slot while our create was in flight; the caller types.
     Both responses are interrupted: the held text must not wait through ours as well."""
