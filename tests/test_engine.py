@@ -201,3 +201,32 @@ def test_the_table_is_frozen() -> None:
 def test_unsupported_configurations_are_refused(kwargs: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=f"^FrozenTableMachine {re.escape(message)}$"):
         FrozenTableMachine(model=None, states=["a"], initial="a", **kwargs)
+
+
+def test_a_registered_model_positional_arguments_and_keyword_arguments_work_as_stock() -> None:
+    """The runtime never registers a model or passes arguments, but the class is a
+    ``transitions.Machine``: the stock ways of building and triggering it still work."""
+    model = Model()
+    lean = FrozenTableMachine(model, STATES, initial="b", transitions=TRANSITIONS)
+    assert model.state == "b"
+    assert model.trigger("go") is True  # transitions' convenience method, on the lean event
+    assert model.log == ["act@b", "enter_b"]
+
+    class WithKwargs(Model):
+        def act(self, **kwargs: object) -> None:
+            self.log.append(f"act{sorted(kwargs.items())}")
+
+        def enter_b(self, **kwargs: object) -> None:
+            self.log.append(f"enter_b{sorted(kwargs.items())}")
+
+    other = WithKwargs("b")
+    assert lean.events["go"].trigger(other, x=1) is True
+    assert other.log == ["act[('x', 1)]", "enter_b[('x', 1)]"]
+
+
+def test_a_machine_that_ignores_invalid_triggers_ignores_them_when_lean_too() -> None:
+    kwargs: dict[str, Any] = {"states": STATES, "transitions": TRANSITIONS, "initial": "a"}
+    stock = Machine(model=None, ignore_invalid_triggers=True, **kwargs)
+    lean = FrozenTableMachine(model=None, ignore_invalid_triggers=True, **kwargs)
+    for machine in (stock, lean):
+        assert machine.events["stay"].trigger(Model("b")) is False  # no row in b: ignored

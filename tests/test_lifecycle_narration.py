@@ -41,6 +41,7 @@ from test_dict_table_equivalence import (
 
 from realtime_fsm import (
     LifecycleConfig,
+    RequestResponse,
     ResponseLifecycle,
     SendResponseCreate,
     ServerError,
@@ -440,6 +441,27 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("done", 1, "cancelled"),
         _OURS,
     ],
+    "long_texts_are_cut_where_logged_and_in_metadata": [
+        ("request_for", "r" * 600, False),
+        ("raw_error", None, "m" * 400, 1),
+        ("text_from", "t" * 100, "typed"),
+        ("request_for", "o" * 600, True),
+    ],
+    "an_audio_response_is_watched": [
+        _REQ,
+        ("created", 5, 0, False, ("audio",)),
+        ("transcript", 0, True),
+        ("wait", 3.5),
+        ("tick", True),
+    ],
+    "an_interrupted_create_never_answered_is_remembered_as_owed": [
+        _REQ,
+        ("speech_started",),
+        ("wait", 5.5),
+        ("tick", True),
+        ("raw_error", "conversation_already_has_active_response", "busy", 1),
+        _REQ,
+    ],
     "rejected_create_is_reported": [
         _REQ,
         ("error", "invalid_value", 0, 0),
@@ -461,11 +483,14 @@ class _Lines(logging.Handler):
 def _resolve(
     step: Step, m: ResponseLifecycle, now: float, ids: Ids
 ) -> Callable[[ResponseLifecycle], object]:
-    """The equivalence test's steps, plus two only whole calls need: text from another source
-    (``("text_from", text, source)``) and an error with any code and message
-    (``("raw_error", code, message, event_id_choice)``)."""
+    """The equivalence test's steps, plus three only whole calls need: text from another source
+    (``("text_from", text, source)``), a request for any reason (``("request_for", reason,
+    out_of_band)``) and an error with any code and message (``("raw_error", code, message,
+    event_id_choice)``)."""
     if step[0] == "text_from":
         event: object = UserText(text=step[1], source=step[2])
+    elif step[0] == "request_for":
+        event = RequestResponse(reason=step[1], out_of_band=step[2])
     elif step[0] == "raw_error":
         _, code, message, eid = step
         event = ServerError(code=code, message=message, event_id=ids.event_id(m, eid))

@@ -865,3 +865,31 @@ def test_text_barge_in_on_a_server_response_also_cancels_our_create_in_flight() 
     out = m.handle(ResponseDone("resp_ours", status="cancelled"), 1.5)
     assert [c.text for c in out if isinstance(c, SendUserText)] == ["stop, I meant Tuesday"]
     assert any(isinstance(c, SendResponseCreate) for c in out)
+
+
+def test_the_watchdog_cooldown_ends_exactly_at_its_length() -> None:
+    """A silent answer exactly ``watchdog_cooldown`` after the last fire is retried (the
+    cooldown is ``[fire, fire + cooldown)``); all times here are exact binary fractions."""
+    m = ResponseLifecycle(LifecycleConfig())
+
+    def answer(at: float) -> str:
+        m.handle(RequestResponse(), at)
+        assert m.inflight is not None
+        m.handle(ResponseCreated(f"resp_{at}", metadata={META_EVENT_ID: m.inflight.event_id}), at)
+        m.transcript_delta(f"resp_{at}", at + 0.5)
+        return f"resp_{at}"
+
+    answer(0.0)
+    fired = m.handle(Tick(), 4.0)  # 3.5 s of transcript and no audio: the watchdog fires
+    assert m.watchdog_last_fire == 4.0 and any(isinstance(c, SendResponseCancel) for c in fired)
+    retry = m.handle(ResponseDone("resp_0.0", status="cancelled"), 4.5)
+    assert [c.reason for c in retry if isinstance(c, SendResponseCreate)] == ["no_audio_retry"]
+    assert m.inflight is not None
+    m.handle(ResponseCreated("resp_retry", metadata={META_EVENT_ID: m.inflight.event_id}), 4.5)
+    m.audio_delta("resp_retry", "item_retry", 160, 4.75)
+    m.handle(ResponseDone("resp_retry"), 5.0)
+
+    rid = answer(8.0)
+    silent = m.handle(ResponseDone(rid), 16.0)  # silent, and exactly 12 s after the fire
+    assert [c.reason for c in silent if isinstance(c, SendResponseCreate)] == ["no_audio_retry"]
+    assert m.watchdog_last_fire == 16.0
