@@ -10,10 +10,10 @@ drivers act on every field of every command).
 So this test replays every scenario of the equivalence test (which together fire every row of
 every machine) and the whole calls below, then each probe after each of them, and writes down
 for each step: the time, the event, the commands out (or the error raised), every log line under
-``realtime_fsm``, the four machines' states and the next deadline; after a scenario, the
-counters, the whole field state and the invariant check.  It runs twice: on the engines built
-at import, and on engines built again from the tables at test time.  The result must equal
-``tests/golden/lifecycle_narration.txt``.
+``realtime_fsm``, the four machines' states, the next deadline and the playback ledger; after a
+scenario, the counters, the whole field state and the invariant check.  It runs twice: on the
+engines built at import, and on engines built again from the tables at test time.  The result
+must equal ``tests/golden/lifecycle_narration.txt``.
 
 A deliberate change of behaviour or wording updates the file: run this test with
 ``RTFSM_UPDATE_GOLDEN=1`` and review the diff like code (``git diff tests/golden``).
@@ -502,7 +502,7 @@ def _resolve(
 def _states(m: ResponseLifecycle) -> str:
     return (
         f"slot={m.state.value} create={m.create_state.value} turn={m.turn_state.value} "
-        f"recovery={m.recovery_state.value} deadline={m.next_deadline}"
+        f"recovery={m.recovery_state.value} deadline={m.next_deadline} play={dict(m._play)}"
     )
 
 
