@@ -462,6 +462,13 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("raw_error", "conversation_already_has_active_response", "busy", 1),
         _REQ,
     ],
+    "a_mark_after_the_response_ended_forgets_the_heard_item": [
+        _REQ,
+        _OURS,
+        _AUDIO_1,
+        ("done", 0, "completed"),
+        ("playback", 0, 100, True),
+    ],
     "rejected_create_is_reported": [
         _REQ,
         ("error", "invalid_value", 0, 0),
