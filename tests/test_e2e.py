@@ -186,6 +186,11 @@ def typed(caller: FakeTwilioCaller) -> list[str]:
     return [text for _at, text in caller.texts_typed]
 
 
+def committed(sim: FakeRealtimeServer) -> int:
+    """How many caller turns the server's VAD has committed so far."""
+    return len(sim.server_events("input_audio_buffer.committed"))
+
+
 def create_reasons(sim: FakeRealtimeServer) -> list[str]:
     """Why the bridge sent each ``response.create`` (the machine puts it in the metadata)."""
     return [
@@ -326,6 +331,7 @@ def test_barge_in_storm(server_creates: bool) -> None:
         async with sim, bridge_server(sim, bridge_config(server_creates=server_creates)) as bridge:
             async with FakeTwilioCaller(bridge.url, CALLER) as caller:
                 interrupted: list[ResponseRecord] = []
+                spoken = 0
                 for number, kind in enumerate(rounds):
                     record = await wait_playing(sim, caller)
                     if kind in ("text", "text_then_speech", "two_texts"):
@@ -334,6 +340,14 @@ def test_barge_in_storm(server_creates: bool) -> None:
                         await caller.type_text(f"typed {number} again")
                     if kind in ("speech", "text_then_speech"):
                         await caller.speak(SPEECH_S)
+                        # The turn is committed after the VAD's silence window, which on a
+                        # loaded machine can outlast the next round: then that turn is answered
+                        # after the "final" answer (rightly: every committed turn is answered),
+                        # and the rounds no longer line up.  The next round waits for it.
+                        spoken += 1
+                        await sim.wait_until(
+                            lambda n=spoken: committed(sim) >= n, 10.0, "the turn's commit"
+                        )
                     await wait_finished(sim, record)
                     interrupted.append(record)
                 last = sim.responses.index(interrupted[-1])
@@ -376,7 +390,11 @@ def test_barge_in_storm(server_creates: bool) -> None:
             assert reasons <= {"client_cancelled", "turn_detected"}
             assert "client_cancelled" in reasons  # typed text: only the bridge can stop it
             assert raced or reasons == {"client_cancelled", "turn_detected"}
-            assert "user_turn" not in ",".join(create_reasons(sim))
+            # The server answers committed turns itself; one it skips (committed while the slot
+            # was busy, as its docs allow) the bridge answers after server_turn_grace, never more.
+            ours = sum("user_turn" in reason for reason in create_reasons(sim))
+            theirs = sum(r.origin == "server_vad" for r in sim.responses)
+            assert ours <= committed(sim) - theirs, (ours, theirs, committed(sim))
             assert any(r.origin == "server_vad" for r in sim.responses)
         else:
             assert all(r.origin == "client" for r in sim.responses)
