@@ -11,6 +11,23 @@ _REQ: Step = ("request", None, False)
 _OURS: Step = ("created", 5, 0, False, ())  # a new id answering the create in flight
 _AUDIO_1: Step = ("audio", 0, 0, 800, False)  # 100 ms of item_1 for the current response
 _AUDIO_2: Step = ("audio", 0, 1, 800, True)  # 100 ms of item_2
+#: The watchdog has cancelled a silent answer (3.5 s of transcript, no audio) and its done is in:
+#: the retry is on the wire.
+_WATCHDOG_CANCELLED: list[Step] = [
+    _REQ,
+    _OURS,
+    ("transcript", 0, True),
+    ("wait", 3.5),
+    ("tick", True),
+    ("done", 0, "cancelled"),
+]
+#: Server VAD creates and interrupts: the server's answer to a committed turn is playing.
+_VAD_ANSWER_PLAYING: list[Step] = [
+    ("session", "server_vad", True, True),
+    ("turn",),
+    ("created", 5, 1, False, ()),
+    _AUDIO_1,
+]
 FULL_CALLS: dict[str, list[Step]] = {
     "text_barge_in_truncates_the_heard_item_and_deletes_the_unheard": [
         _REQ,
@@ -51,10 +68,7 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("tick", True),
     ],
     "server_interrupts_its_own_response": [
-        ("session", "server_vad", True, True),
-        ("turn",),
-        ("created", 5, 1, False, ()),
-        _AUDIO_1,
+        *_VAD_ANSWER_PLAYING,
         ("playback", 0, 30, True),
         ("speech_started",),
         ("done", 0, "cancelled"),
@@ -75,12 +89,7 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("done", 0, "completed"),
     ],
     "watchdog_retry_silent_too": [
-        _REQ,
-        _OURS,
-        ("transcript", 0, True),
-        ("wait", 3.5),
-        ("tick", True),
-        ("done", 0, "cancelled"),
+        *_WATCHDOG_CANCELLED,
         _OURS,
         ("transcript", 0, True),
         ("done", 0, "completed"),
@@ -180,44 +189,24 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("close",),
     ],
     "watchdog_retry_rejected": [
-        _REQ,
-        _OURS,
-        ("transcript", 0, True),
-        ("wait", 3.5),
-        ("tick", True),
-        ("done", 0, "cancelled"),
+        *_WATCHDOG_CANCELLED,
         ("error", "invalid_value", 0, 0),
     ],
     "watchdog_retry_times_out": [
-        _REQ,
-        _OURS,
-        ("transcript", 0, True),
-        ("wait", 3.5),
-        ("tick", True),
-        ("done", 0, "cancelled"),
+        *_WATCHDOG_CANCELLED,
         ("wait", 5.5),
         ("tick", True),
         ("wait", 5.5),
         ("tick", True),
     ],
     "watchdog_retry_interrupted_by_the_caller": [
-        _REQ,
-        _OURS,
-        ("transcript", 0, True),
-        ("wait", 3.5),
-        ("tick", True),
-        ("done", 0, "cancelled"),
+        *_WATCHDOG_CANCELLED,
         ("user_text", "hello?"),
         _OURS,
         ("done", 0, "cancelled"),
     ],
     "watchdog_retry_busy_then_served": [
-        _REQ,
-        _OURS,
-        ("transcript", 0, True),
-        ("wait", 3.5),
-        ("tick", True),
-        ("done", 0, "cancelled"),
+        *_WATCHDOG_CANCELLED,
         ("created", 5, 1, False, ()),
         ("error", "conversation_already_has_active_response", 0, 0),
         ("done", 0, "completed"),
@@ -309,10 +298,7 @@ FULL_CALLS: dict[str, list[Step]] = {
         ("user_text", "stop"),
     ],
     "server_cancel_truncates_the_live_item_at_what_was_received": [
-        ("session", "server_vad", True, True),
-        ("turn",),
-        ("created", 5, 1, False, ()),
-        _AUDIO_1,
+        *_VAD_ANSWER_PLAYING,
         ("playback", 0, 100, True),
         ("speech_started",),
         ("done", 0, "cancelled"),

@@ -144,6 +144,22 @@ class Ids:
             return self.creates[choice % len(self.creates)]
         return "evt_unknown"
 
+    def note(self, result: object) -> None:
+        """Remember the creates a step sent, so later steps can answer them."""
+        if isinstance(result, list):
+            self.creates.extend(c.event_id for c in result if isinstance(c, SendResponseCreate))
+
+
+def step_time(now: float, dt: float, step: Step, m: Machine) -> float:
+    """When ``step`` happens: ``dt`` after ``now``; a deadline tick at or past the machine's
+    deadline; ``back_in_time`` a second before ``now`` (the caller's clock then goes back to
+    ``now``: the step must fail, and time must not have moved)."""
+    if step[0] == "tick" and step[1] and m.next_deadline is not None:
+        return max(now, m.next_deadline + dt)
+    if step[0] == "back_in_time":
+        return now - 1.0
+    return now + dt
+
 
 def snapshot(m: Machine) -> dict[str, Any]:
     """Every field of the machine (the inflight create as plain data, dicts with their order,
@@ -252,12 +268,7 @@ def run_both(config: LifecycleConfig, steps: list[tuple[float, Step]]) -> None:
     ids = Ids()
     now = 0.0
     for index, (dt, step) in enumerate(steps):
-        if step[0] == "tick" and step[1] and real.next_deadline is not None:
-            now = max(now, real.next_deadline + dt)  # at or past the deadline
-        elif step[0] == "back_in_time":
-            now -= 1.0
-        else:
-            now += dt
+        now = step_time(now, dt, step, real)
         fresh_before = ids.fresh
         call = resolve(step, real, now, ids)
         ids.fresh = fresh_before
@@ -274,9 +285,7 @@ def run_both(config: LifecycleConfig, steps: list[tuple[float, Step]]) -> None:
         assert snapshot(stock) == snapshot(real), where
         if step[0] == "back_in_time":
             now += 1.0
-        result = got_real[1]
-        if isinstance(result, list):
-            ids.creates.extend(c.event_id for c in result if isinstance(c, SendResponseCreate))
+        ids.note(got_real[1])
 
 
 # ------------------------------------------------------------------------------ strategies

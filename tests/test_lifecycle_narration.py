@@ -38,6 +38,7 @@ from test_dict_table_equivalence import (
     outcome,
     resolve,
     snapshot,
+    step_time,
     timed,
 )
 
@@ -45,7 +46,6 @@ from realtime_fsm import (
     LifecycleConfig,
     RequestResponse,
     ResponseLifecycle,
-    SendResponseCreate,
     ServerError,
     UserText,
 )
@@ -104,18 +104,12 @@ def _narrate(
     ids = Ids()
     now = 0.0
     for index, (dt, step) in enumerate(timed(steps)):
-        if step[0] == "tick" and step[1] and m.next_deadline is not None:
-            now = max(now, m.next_deadline + dt)
-        elif step[0] == "back_in_time":
-            now -= 1.0
-        else:
-            now += dt
+        now = step_time(now, dt, step, m)
         lines.lines.clear()
         kind, result = outcome(_resolve(step, m, now, ids), m)
         if step[0] == "back_in_time":
             now += 1.0
-        if isinstance(result, list):
-            ids.creates.extend(c.event_id for c in result if isinstance(c, SendResponseCreate))
+        ids.note(result)
         if index < settle_from:
             continue
         out.append(f"  t={now:.2f} {step!r} -> {kind} {result!r}")
