@@ -4,7 +4,9 @@ A :class:`LocalProtocolError` means *you* (the application or driver) misused th
 event of the wrong type, let time run backwards, or kept using a closed machine.  A
 :class:`RemoteProtocolError` means the *peer* sent something that cannot be understood (bad
 JSON, a wrong shape).  Adapters raise the remote kind at their parsing boundary so a bridge can
-log the offending frame, count it, and keep the call alive.
+log the offending frame, count it, and keep the call alive.  A :class:`ToolArgumentsError`
+means the *model* called a function tool with arguments that do not fit it: the bridge sends the
+message back as the call's output, and the model can try again.
 """
 
 from __future__ import annotations
@@ -33,3 +35,12 @@ class CallNotActive(Exception):
     the call is not running: before the telephony stream started, or after the call ended.
 
     Nothing was taken: user text passed in that call is still the caller's to keep or retry."""
+
+
+class ToolArgumentsError(ProtocolError):
+    """The model called a function tool with ``arguments`` that do not fit its parameters: not
+    JSON, not an object, or a field missing, unknown or of the wrong type.
+
+    Raised by :meth:`realtime_fsm.tools.Tool.parse_arguments`.  ``message`` is short, names
+    fields but never their values, and is meant to go back to the model as the call's output
+    so it can call again correctly."""
