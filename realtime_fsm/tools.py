@@ -35,6 +35,7 @@ import functools
 import inspect
 import json
 import re
+import types
 import typing
 from collections.abc import Callable, Iterable, Mapping
 from types import MappingProxyType
@@ -354,7 +355,7 @@ def _tool_from_function(
     param_docs = {p.arg_name: p.description for p in doc.params if p.description}
 
     try:
-        hints = typing.get_type_hints(_hinted(func), include_extras=True)
+        hints = _parameter_hints(func)
     except Exception as exc:  # NameError for a hint naming something out of reach, and more
         raise TypeError(f"cannot resolve the type hints of {name}: {exc}") from exc
 
@@ -394,6 +395,18 @@ def _hinted(func: _AnyFunc) -> Any:
     if inspect.isroutine(func) or inspect.isclass(func):
         return func
     return type(func).__call__
+
+
+def _parameter_hints(func: _AnyFunc) -> dict[str, Any]:
+    """The parameters' resolved type hints.  The return annotation is left out: it is not part
+    of the schema, and it often names a type imported only under ``TYPE_CHECKING``."""
+    target = _hinted(func)
+    annotations = getattr(target, "__annotations__", None) or {}
+    shim = types.SimpleNamespace(
+        __annotations__={k: v for k, v in annotations.items() if k != "return"},
+        __globals__=getattr(inspect.unwrap(target), "__globals__", {}),
+    )
+    return typing.get_type_hints(shim, include_extras=True)
 
 
 def _pydantic_validator(

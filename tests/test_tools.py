@@ -223,6 +223,10 @@ def test_bad_names_and_unresolvable_hints() -> None:
     with pytest.raises(ValueError, match="not a valid function name"):
         function_tool(name="x" * 65)(get_weather.func)
 
+    def returns(a: int) -> NoSuchType: ...  # type: ignore[name-defined]  # noqa: F821
+
+    assert props(function_tool(returns)) == {"a": {"type": "integer"}}  # the return is not read
+
     def f(a: NoSuchType) -> None: ...  # type: ignore[name-defined]  # noqa: F821
 
     with pytest.raises(TypeError, match="cannot resolve the type hints of f"):
