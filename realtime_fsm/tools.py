@@ -49,8 +49,11 @@ if TYPE_CHECKING:
     import pydantic
 
 __all__ = [
+    "MAX_ERROR_CHARS",
     "MAX_OUTPUT_CHARS",
+    "ArgumentsValidator",
     "Tool",
+    "check_tool_name",
     "function_tool",
     "tools_by_name",
 ]
