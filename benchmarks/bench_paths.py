@@ -40,7 +40,7 @@ from realtime_fsm import META_EVENT_ID, META_REASON
 from realtime_fsm import events as ev
 from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig, CallBridge
 from realtime_fsm.openai_realtime import SessionConfig
-from realtime_fsm.twilio_media import MarkName, Start
+from realtime_fsm.twilio_media import MarkName
 from realtime_fsm.webserver import WebSocketClosed
 
 SID = "MZ00000000000000000000000000000000"
@@ -158,16 +158,17 @@ def new_bridge(
         mark_every_ms=MARK_EVERY_MS,
     )
     bridge = CallBridge(twilio, openai, config)
-    bridge._begin(Start(stream_sid=SID, call_sid=CALL))
-    bridge._handle(ev.RequestResponse(reason="greeting"))
+    session = bridge.session
+    start = {"event": "start", "streamSid": SID, "start": {"streamSid": SID, "callSid": CALL}}
+    session.twilio_frame(json.dumps(start), 0.0)
+    session.request_response(0.0, reason="greeting")
     machine = bridge.machine
     assert machine is not None and machine.inflight is not None
     metadata = {META_EVENT_ID: machine.inflight.event_id, META_REASON: "greeting"}
-    bridge._handle(ev.ResponseCreated(RESPONSE, metadata=metadata))
+    session.handle_event(ev.ResponseCreated(RESPONSE, metadata=metadata))
     assert machine.response_id == RESPONSE
-    for queue in (bridge._to_openai, bridge._to_twilio):
-        while not queue.empty():
-            queue.get_nowait()
+    session.out_openai.clear()
+    session.out_twilio.clear()
     return bridge, twilio, openai
 
 
@@ -269,7 +270,7 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
     def bridge_down() -> float:
         bridge, _twilio, openai = new_bridge()
         openai.feed(down)
-        took = run(bridge._openai_reader(), loop)
+        took = run(bridge._openai_reader(openai), loop)
         assert bridge.report.media_out == frames
         return took
 
@@ -283,7 +284,7 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
         """The echoes of the marks the down path sent, read back (the relay sends none)."""
         bridge, twilio, openai = new_bridge()
         openai.feed(down)
-        run(bridge._openai_reader(), loop)
+        run(bridge._openai_reader(openai), loop)
         names = [m for m in twilio.sent if '"event":"mark"' in m]
         echoes = [mark_echo(i, json.loads(m)["mark"]["name"]) for i, m in enumerate(names)]
         assert echoes and all(MarkName.parse(json.loads(m)["mark"]["name"]) for m in names)
@@ -366,7 +367,7 @@ def measure_interleaved(frames: int, rounds: int, calls: int) -> dict[str, list[
         bridges = [new_bridge(InterleavedSocket) for _ in range(calls)]
         for _bridge, _twilio, openai in bridges:
             openai.feed(down)
-        took = _stepped([b._openai_reader() for b, _t, _o in bridges], loop)
+        took = _stepped([b._openai_reader(o) for b, _t, o in bridges], loop)
         assert all(b.report.media_out == per_call for b, _t, _o in bridges)
         return took
 

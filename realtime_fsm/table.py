@@ -1,6 +1,7 @@
 """The response lifecycle's transition tables: every machine and every rule, in one place.
 
-We have four state machines here, one per question the lifecycle must answer at every moment
+We have five state machines here: four for the questions the lifecycle must answer at every moment,
+and one for the call around it
 (h11's ``_state.py`` names its machines the same way).  Each is a ``transitions`` table over one
 attribute of the same :class:`~realtime_fsm.lifecycle.ResponseLifecycle` object, and each is drawn
 in ``docs/state-diagram.md``:
@@ -28,6 +29,13 @@ in ``docs/state-diagram.md``:
     ``none``; ``cancelling``, a silent response was cancelled and its ``response.done`` is
     awaited before the retry may be asked for; ``retrying``, the retry is queued, in flight or
     playing, until its outcome is known.
+
+``call`` (``call_state``, :class:`CallState`), over a :class:`realtime_fsm.call.CallSession`
+    rather than the lifecycle: the whole call.  ``awaiting_start`` (Twilio's ``start`` not yet
+    seen), ``running``, ``reconnecting`` (the OpenAI session was lost and another is being
+    opened: no response machine exists meanwhile), ``ending`` (a reason to end is known; the
+    driver closes both sockets), ``ended``.  :data:`MACHINES` are the lifecycle's four;
+    :data:`ALL_MACHINES` adds this one.
 
 Everything else the lifecycle keeps is a *ledger*, not a machine: the queue of requests, the
 held user texts, the playback ledger (per assistant item: bytes received, ms heard), the ids of
@@ -129,6 +137,23 @@ class RecoveryState(enum.Enum):
     CANCELLING = "cancelling"
     #: The retry is queued, in flight or playing; its outcome ends the recovery.
     RETRYING = "retrying"
+
+
+class CallState(enum.Enum):
+    """The whole call's own lifecycle (:class:`realtime_fsm.call.CallSession`)."""
+
+    __hash__ = object.__hash__
+
+    #: The telephony socket is open; Twilio's ``start`` has not named the call yet.
+    AWAITING_START = "awaiting_start"
+    #: Both sides up: frames flow, the response machine runs.
+    RUNNING = "running"
+    #: The OpenAI session was lost; the driver is opening another (no response machine).
+    RECONNECTING = "reconnecting"
+    #: The call is over for a stated reason; the driver is closing both sockets.
+    ENDING = "ending"
+    #: Closed; the report is final.
+    ENDED = "ended"
 
 
 IDLE = ResponseState.IDLE
@@ -387,6 +412,46 @@ RECOVERY_TRANSITIONS: list[Row] = [
 ]
 # fmt: on
 
+AWAITING_START = CallState.AWAITING_START
+RUNNING = CallState.RUNNING
+RECONNECTING = CallState.RECONNECTING
+ENDING = CallState.ENDING
+ENDED = CallState.ENDED
+LIVE = [AWAITING_START, RUNNING, RECONNECTING]
+
+# The call machine: one per call, over a ``CallSession``.  It receives the call's own events:
+# Twilio's ``start``, the loss and reopening of the OpenAI session, a reason to end, the
+# driver's report that both sockets are closed.  Reasons and frames travel as the session's
+# data (the event being handled), like the response machine's ``_ev``.
+# fmt: off
+CALL_TRANSITIONS: list[Row] = [
+    _row("start", AWAITING_START, ENDING, when=("bad_media_format",), do=("end_bad_format",)),
+    _row("start", AWAITING_START, RUNNING, do=("begin_call",)),
+    _row("start", [RUNNING, RECONNECTING], None, do=("count_duplicate_start",)),
+    _row("start", ENDING, None),
+    # A lost session ends the call when nothing can open another, or after too many; its
+    # estate is kept either way (held texts go back to the application at the end).
+    _row("session_lost", RUNNING, ENDING, unless=("can_reconnect",), do=("note_end",)),
+    _row("session_lost", RUNNING, ENDING, when=("reconnects_exhausted",),
+         do=("hand_over", "end_reconnects_exhausted")),
+    _row("session_lost", RUNNING, ENDING, when=("attempts_exhausted",),
+         do=("hand_over", "end_attempts_exhausted")),
+    _row("session_lost", RUNNING, RECONNECTING, do=("hand_over", "plan_reconnect")),
+    _row("session_lost", [RECONNECTING, ENDING], None),
+    _row("connect_failed", RECONNECTING, ENDING, when=("connect_refused",), do=("note_end",)),
+    _row("connect_failed", RECONNECTING, ENDING, when=("attempts_exhausted",),
+         do=("end_attempts_exhausted",)),
+    _row("connect_failed", RECONNECTING, None, do=("plan_retry",)),
+    _row("session_opened", RECONNECTING, RUNNING, do=("restore_session",)),
+    _row("end", LIVE, ENDING, do=("note_end",)),
+    _row("end", ENDING, None),
+    _row("closed", [*LIVE, ENDING], ENDED, do=("finish",)),
+    _row("closed", ENDED, None),
+]
+# fmt: on
+CALL_ON_ENTER: dict[CallState, list[str]] = {}
+
+
 #: The actions that run on entering a state, whatever the trigger: leaving a response always
 #: lands somewhere clean (rule 4).
 ON_ENTER: dict[ResponseState, list[str]] = {
@@ -420,6 +485,12 @@ MACHINES: tuple[MachineSpec, ...] = (
     MachineSpec("recovery", "recovery_state", RecoveryState, R_NONE, RECOVERY_TRANSITIONS, {}),
 )
 SUBMACHINES: tuple[MachineSpec, ...] = MACHINES[1:]
+#: The call's own machine, over a :class:`realtime_fsm.call.CallSession` (not the lifecycle).
+CALL_MACHINE = MachineSpec(
+    "call", "call_state", CallState, AWAITING_START, CALL_TRANSITIONS, CALL_ON_ENTER
+)
+#: Every machine of the package, in the order ``docs/state-diagram.md`` draws them.
+ALL_MACHINES: tuple[MachineSpec, ...] = (*MACHINES, CALL_MACHINE)
 
 
 def fired_triggers() -> set[str]:
@@ -470,6 +541,8 @@ def machine_kwargs(spec: MachineSpec | None = None) -> dict[str, Any]:
 ENGINES: dict[str, FrozenTableMachine] = {
     spec.name: FrozenTableMachine(model=None, **machine_kwargs(spec)) for spec in MACHINES
 }
+#: The call machine's engine, shared by every call like the others.
+CALL_ENGINE = FrozenTableMachine(model=None, **machine_kwargs(CALL_MACHINE))
 #: The slot machine's engine (the one events are fed to).
 MACHINE = ENGINES["slot"]
 

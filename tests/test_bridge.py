@@ -1191,7 +1191,7 @@ def test_a_response_transcript_is_kept_up_to_the_history_budget_only() -> None:
             call.openai.feed(transcript("resp_1", "item_1", str(n % 10) * 64 * 1024))
         await until(lambda: call.openai.inbox.empty(), "the deltas read")
         await settle()
-        partial = call.bridge._partials["resp_1"]
+        partial = call.bridge.session._partials["resp_1"]
         assert partial.chars == 1000 and sum(map(len, partial.parts)) == 1000
         assert len(partial.parts) == 1  # nothing appended once the budget is spent
         call.openai.feed(done("resp_1"))

@@ -834,7 +834,7 @@ def test_restored_history_and_re_delivered_text_have_distinct_event_id_kinds() -
         bridge.send_user_text("first")
         await _until(lambda: old.events("response.create"), "the first create")
         old.lose()
-        await _until(lambda: bridge._reconnecting, "the reconnect")
+        await _until(lambda: bridge.reconnecting, "the reconnect")
         bridge.send_user_text("second")  # held: no session to take it
         gate.set()
         await _until(lambda: new.events("response.create"), "the new session's create")
@@ -890,7 +890,7 @@ def test_sessions_that_drop_soon_after_starting_are_backed_off(
 ) -> None:
     """Each new session says ``session.created`` (so it is no failed attempt) and drops at
     once: the reconnects are spaced by the backoff delays instead of following at once."""
-    caplog.set_level(logging.INFO, logger="realtime_fsm.bridge")
+    caplog.set_level(logging.INFO, logger="realtime_fsm")
 
     async def scenario() -> None:
         connected: list[_ShortLivedSocket] = []
@@ -1160,7 +1160,7 @@ def test_hand_commits_across_a_lost_session() -> None:
         bridge.commit_user_turn()  # sent, never confirmed
         await _until(lambda: len(old.events("input_audio_buffer.commit")) == 2, "commit 2")
         old.lose()
-        await _until(lambda: bridge._reconnecting, "the reconnect")
+        await _until(lambda: bridge.reconnecting, "the reconnect")
         bridge.commit_user_turn()
         key = {"track": "inbound_track", "digit": "#"}
         twilio.inbox.put_nowait(json.dumps({"event": "dtmf", "streamSid": STREAM, "dtmf": key}))

@@ -9,13 +9,15 @@ and their rules are in :mod:`realtime_fsm.table`; this package holds the code th
 * :mod:`~realtime_fsm.lifecycle.stopping`: the slot's barge-in and timer actions;
 * :mod:`~realtime_fsm.lifecycle.slot_actions`: the slot machine's other actions and entry hooks;
 * :mod:`~realtime_fsm.lifecycle.machine_actions`: the create, turn and recovery machines' actions;
-* :mod:`~realtime_fsm.lifecycle.machine`: the public API, dispatch and the per-frame fast paths.
+* :mod:`~realtime_fsm.lifecycle.machine`: the public API, dispatch and the per-frame fast paths;
+* :mod:`~realtime_fsm.lifecycle.handover`: what a lost session's machine hands to the next.
 """
 
 from __future__ import annotations
 
 from .fields import log
 from .guards import BUSY_CODE, CANCEL_NOT_ACTIVE_CODE
+from .handover import Handover
 from .ledgers import (
     PLAYBACK_MAX as _PLAYBACK_MAX,
 )
@@ -36,6 +38,7 @@ from .machine import ResponseLifecycle
 __all__ = [
     "BUSY_CODE",
     "CANCEL_NOT_ACTIVE_CODE",
+    "Handover",
     "RETRY_REASON",
     "USER_TEXT_REASON",
     "USER_TURN_REASON",

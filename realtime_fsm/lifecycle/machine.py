@@ -15,9 +15,10 @@ task).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, ClassVar
 
+import attrs
 from transitions.core import MachineError
 
 from .. import events as ev
@@ -44,6 +45,7 @@ from ..table import (
     fired_triggers,
 )
 from .fields import NO_OUTBOX
+from .handover import Handover
 from .machine_actions import MachineActions
 
 log = logging.getLogger("realtime_fsm.lifecycle")
@@ -163,6 +165,69 @@ class ResponseLifecycle(MachineActions):
             self._ev = None
             self._out = NO_OUTBOX  # the caller owns the list now; keep no reference to it
         return out
+
+    def hand_over(self, reason: str, now: float) -> Handover:
+        """Close the machine for a lost session and return what the call carries on with.
+
+        The close's own commands are not returned: its ``RequestGivenUp`` would list requests
+        that are carried, not given up, and its held texts are in the handover."""
+        state = self.state
+        queued = list(self.pending)
+        inflight = self.inflight
+        if inflight is not None:
+            queued[0:0] = inflight.requests
+        served = self.response_requests if state is ACTIVE else ()
+        handover = Handover(
+            state=state,
+            queued=tuple(queued),
+            served=tuple(served),
+            held_texts=tuple(self.held_texts),
+            awaiting_server_response=self.awaiting_server_response(),
+            watchdog_last_fire=self.watchdog_last_fire,
+            stats={},
+        )
+        self.held_texts = []  # the handover has them: the close must not hand them back too
+        self.handle(ev.ConnectionClosed(f"session lost: {reason}"), now)
+        return attrs.evolve(handover, stats=self.stats)
+
+    def resume(
+        self,
+        now: float,
+        *,
+        first: ev.RequestResponse | None,
+        queued: Sequence[ev.RequestResponse],
+        watchdog_last_fire: float | None,
+    ) -> list[Command]:
+        """Take over a lost session's requests on this fresh machine (see :meth:`hand_over`).
+
+        ``first`` is asked for alone (a cut-off answer retold with its own instructions: the
+        queue would otherwise be folded into it); ``queued`` then wait their turn.  Without
+        ``first``, one create serves every interchangeable request of ``queued``, as the
+        machine coalesces its own queue."""
+        if self.state is not IDLE or self.pending or self.inflight is not None:
+            raise LocalProtocolError("resume needs a fresh machine")
+        self.watchdog_last_fire = watchdog_last_fire
+        if first is not None:
+            out = self.handle(first, now)
+            self.pending.extend(queued)
+            return out
+        if not queued:
+            return []
+        self.pending.extend(queued[:-1])
+        return self.handle(queued[-1], now)
+
+    def withdraw(self, reason: str) -> int:
+        """Drop the queued (not yet sent) requests with this ``reason``; return how many.
+
+        For a request whose purpose something else already served: a tool's follow-up when a
+        response the server created after the tool's output was added has begun (it answers
+        with the output in view).  A request already on the wire is not touched."""
+        before = len(self.pending)
+        self.pending[:] = [r for r in self.pending if r.reason != reason]
+        dropped = before - len(self.pending)
+        if dropped:
+            self._count("requests_withdrawn")
+        return dropped
 
     def audio_delta(self, response_id: str, item_id: str, byte_count: int, now: float) -> bool:
         """Count one audio delta; return True if it should be played to the caller.

@@ -54,7 +54,7 @@ from ..config import LifecycleConfig
 from ..lifecycle import ResponseLifecycle
 from ..openai_realtime import SessionConfig
 from ..server import ServerConfig, start_server
-from ..table import CLOSED, IDLE
+from ..table import CLOSED, IDLE, RECONNECTING
 from .fake_realtime import (
     LIFECYCLE_EVENT_TYPES,
     FakeRealtimeConfig,
@@ -577,7 +577,7 @@ class _Call:
 
     def _no_session(self) -> bool:
         """The bridge is between OpenAI sessions: nothing can settle until the next one."""
-        return bool(self.bridges) and self.bridges[-1]._reconnecting
+        return bool(self.bridges) and self.bridges[-1].session.call_state is RECONNECTING
 
     def _typeable(self, caller: FakeTwilioCaller) -> bool:
         """Text typed while the OpenAI session is down counts: the bridge must hold it for the

@@ -1,0 +1,500 @@
+"""The call machine's guards and actions, and the glue between the call and its response machine.
+
+The rows are in :data:`realtime_fsm.table.CALL_TRANSITIONS`; the names there are the methods
+here.  Guards only read; actions never re-test the state their row chose.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import attrs
+from transitions.core import MachineError
+
+from .. import events as ev
+from ..commands import (
+    ClearPlayback,
+    Command,
+    DropResponseAudio,
+    RequestGivenUp,
+    ReturnUndeliveredText,
+    SendUserText,
+)
+from ..errors import CallNotActive
+from ..lifecycle import USER_TEXT_REASON, ResponseLifecycle
+from ..openai_realtime import OpenAIRealtimeCodec, dumps, is_client_command
+from ..table import (
+    ACTIVE,
+    AWAITING_START,
+    CALL_ENGINE,
+    CALL_TRANSITIONS,
+    CREATING,
+    ENDED,
+    ENDING,
+    RECONNECTING,
+    CallState,
+)
+from ..twilio_media import PlaybackTracker, clear_message
+from . import app_events as ae
+from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, CallFields, log
+from .handover import carried_requests, merged, split_first
+from .texts import UrgentFrame
+
+_CALL_TRIGGERS = {name: event.trigger for name, event in CALL_ENGINE.events.items()}
+_CALL_DEFINED = frozenset(
+    (source, row["trigger"]) for row in CALL_TRANSITIONS for source in row["source"]
+)
+
+
+class CallActions(CallFields):
+    """Guards and actions of the call machine; the response machine's command executor."""
+
+    # ---------------------------------------------------------------- driving the machine
+
+    def _fire_call(self, trigger: str) -> bool:
+        source = self.call_state
+        if (source, trigger) not in _CALL_DEFINED:
+            return False
+        try:
+            done = _CALL_TRIGGERS[trigger](self)
+        except MachineError:  # pragma: no cover - _CALL_DEFINED mirrors the table
+            done = False
+        if done and self.call_state is not source:
+            log.info(
+                "call=%s call transition=%s %s->%s%s",
+                self.call_label,
+                trigger,
+                source.value,
+                self.call_state.value,
+                f" reason={self._reason!r}" if self._reason else "",
+            )
+        return done
+
+    # -------------------------------------------------------------------------- guards
+
+    def bad_media_format(self) -> bool:
+        start = self._start
+        fmt = start.media_format if start is not None else None
+        return fmt is not None and not fmt.is_mulaw_8k_mono
+
+    def can_reconnect(self) -> bool:
+        return self.can_reconnect_sessions
+
+    def reconnects_exhausted(self) -> bool:
+        return self.report.reconnects >= self.config.max_reconnects
+
+    def connect_refused(self) -> bool:
+        return self._failed_status in FATAL_HANDSHAKE_STATUSES
+
+    def attempts_exhausted(self) -> bool:
+        return self._unproven_attempts >= self.config.reconnect_attempts
+
+    # -------------------------------------------------------------------------- actions
+
+    def note_end(self) -> None:
+        reason = self._reason or "ended"
+        self.end_reason = reason
+        self.close_code = 1008 if reason.startswith("bad") else 1000
+        self.connect_delay = None
+
+    def end_bad_format(self) -> None:
+        start = self._start
+        assert start is not None
+        self._reason = f"bad media format {start.media_format}"
+        self.note_end()
+
+    def end_reconnects_exhausted(self) -> None:
+        self._reason = (
+            f"openai session lost ({self._reason}) after {self.report.reconnects} reconnects"
+        )
+        self.note_end()
+
+    def end_attempts_exhausted(self) -> None:
+        attempts = self._unproven_attempts
+        log.error("call=%s openai reconnect failed after %d attempts", self.call_label, attempts)
+        self._reason = f"openai reconnect failed after {attempts} attempts"
+        self.note_end()
+
+    def count_duplicate_start(self) -> None:
+        self.count_bad("twilio", "duplicate_start")
+        log.warning("call=%s duplicate start ignored", self.call_label)
+
+    def begin_call(self) -> None:
+        start = self._start
+        assert start is not None
+        self.stream_sid = start.stream_sid
+        self.call_label = start.call_sid or start.stream_sid
+        report = self.report
+        report.call_sid = start.call_sid
+        report.stream_sid = start.stream_sid
+        report.custom_parameters = dict(start.custom_parameters)
+        self.machine = self._new_machine()
+        self._session_started_at = self._now
+        self.codec = OpenAIRealtimeCodec(
+            dialect=self.config.dialect,
+            max_frame_size=self.config.max_openai_frame,
+            call_id=self.call_label,
+        )
+        self.tracker = PlaybackTracker(
+            bytes_per_ms=self.config.lifecycle.audio_bytes_per_ms,
+            call_id=self.call_label,
+            mark_every_ms=self.config.mark_every_ms,
+        )
+        log.info(
+            "call=%s stream started stream=%s peer=%s params=%s",
+            self.call_label,
+            self.stream_sid,
+            self.peer or "-",
+            dict(start.custom_parameters),
+        )
+        if self.emit_events:
+            fmt = start.media_format
+            self.events.append(
+                ae.CallStarted(
+                    call_sid=start.call_sid,
+                    stream_sid=start.stream_sid,
+                    custom_parameters=start.custom_parameters,
+                    encoding=fmt.encoding if fmt else None,
+                    sample_rate=fmt.sample_rate if fmt else None,
+                    channels=fmt.channels if fmt else None,
+                )
+            )
+        self.send_session_update()
+        if self.config.greeting is not None:
+            self.handle_event(
+                ev.RequestResponse(reason="greeting", instructions=self.config.greeting)
+            )
+
+    def hand_over(self) -> None:
+        """The session is lost: close its machine, keep what the next session must get."""
+        machine = self.machine
+        assert machine is not None
+        reason = self._reason
+        self._lost_at = self._now
+        handover = machine.hand_over(reason, self._now)
+        requests, lost = carried_requests(
+            handover,
+            unconfirmed_commits=len(self._commits),
+            turn_item=self._turn_item,
+            transcribed=self._transcribed,
+        )
+        self._commits.clear()
+        if lost:
+            self.report.turns_lost += lost
+            log.warning(
+                "call=%s %d caller turn(s) lost with the session before their words were"
+                " known: not answered",
+                self.call_label,
+                lost,
+            )
+        if requests:
+            log.info(
+                "call=%s request(s) %s carried over to the next session",
+                self.call_label,
+                ",".join(r.reason for r in requests),
+            )
+        self._stats_before = merged(self._stats_before, handover.stats)
+        self.custody.take_back(handover.held_texts)
+        self._held_requests[0:0] = requests
+        self._partials.clear()
+        self._open_calls.clear()  # call ids are per session: the next one knows none
+        self._tool_rounds.clear()
+        self._round_wants_response.clear()
+        self._round_unconfirmed.clear()
+        self._follow_up_queued = False
+        if handover.state is ACTIVE or handover.state is CREATING:
+            # Half an answer must not go on playing over its retelling by the new session.  (A
+            # finished answer the caller is still hearing plays out: nothing replaces it.)
+            self.out_twilio.append(clear_message(self.stream_sid))
+            self.tracker.clear()
+        log.warning(
+            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
+            self.call_label,
+            reason,
+            self.custody.held_count,
+            len(self._held_requests),
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionLost(reason))
+
+    def plan_reconnect(self) -> None:
+        """The first attempt goes at once, unless sessions keep dying young."""
+        if self._lost_at - self._session_started_at < SHORT_SESSION_S:
+            self._short_sessions += 1
+        else:
+            self._short_sessions = 0
+        delay = 0.0
+        # An unproven session is a failed attempt: the retry backoff covers it already.
+        if self._short_sessions and not self._unproven_attempts:
+            cfg = self.config
+            delay = cfg.reconnect_base_delay * 2.0 ** min(self._short_sessions - 1, 30)
+            delay = min(cfg.reconnect_max_delay, delay)
+            if delay > 0:
+                log.info(
+                    "call=%s session lived %.1fs (%d short in a row): reconnecting in %.2fs",
+                    self.call_label,
+                    self._lost_at - self._session_started_at,
+                    self._short_sessions,
+                    delay,
+                )
+        if self._unproven_attempts:
+            delay = self._retry_delay()
+        self.connect_delay = delay
+
+    def plan_retry(self) -> None:
+        self.connect_delay = self._retry_delay()
+
+    def _retry_delay(self) -> float:
+        cfg = self.config
+        attempts = self._unproven_attempts
+        if not attempts:
+            return 0.0
+        return min(cfg.reconnect_max_delay, cfg.reconnect_base_delay * 2.0 ** (attempts - 1))
+
+    def restore_session(self) -> None:
+        """A fresh machine on the new socket: config, history, held text, then requests."""
+        self.connect_delay = None
+        self._turn_item = None  # item ids are per session
+        self._transcribed.clear()
+        self._session_started_at = self._now
+        previous = self.machine
+        self.machine = machine = self._new_machine()
+        held = self.custody.pop_held()
+        delivered = len(held)
+        # The restore must fit the driver's queue with room to spare: the oldest history goes.
+        room = max(0, self.config.max_queue - delivered - 16)
+        items = self.history.items()[-room:] if room else ()
+        self.send_session_update()
+        codec = self.codec
+        for item in items:
+            # A replay of what the lost session already had: its own event_id kind, so a trace
+            # checker can tell it from a fresh delivery.
+            event_id = self.mint_id("history", series="restore")
+            self.out_openai.append(
+                dumps(codec.message_item(item.role, item.text, event_id=event_id))
+            )
+        for text in held:
+            command = SendUserText(self.mint_id("restore"), text.text, text.source)
+            self.out_openai.append(
+                self.custody.frame(codec.render_json(command), text.text, text.source)
+            )
+        requests: list[Any] = self._held_requests
+        self._held_requests = []
+        if delivered:
+            requests.append(ev.RequestResponse(reason=USER_TEXT_REASON))
+        first, queued = split_first(requests)
+        # One response for the restored state, as the machine coalesces its own queue: a text
+        # queued with its response.create on the lost socket comes back as a held text *and*
+        # a carried request, and each alone would ask for an answer.
+        last_fire = previous.watchdog_last_fire if previous is not None else None
+        self.execute(
+            machine.resume(self._now, first=first, queued=queued, watchdog_last_fire=last_fire)
+        )
+        took = self._now - self._lost_at
+        self.report.reconnects += 1
+        self.report.reconnect_times.append(took)
+        log.info(
+            "call=%s openai session replaced in %.3fs: %d history item(s) restored,"
+            " %d held text(s) delivered",
+            self.call_label,
+            took,
+            len(items),
+            delivered,
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionRestored(took, len(items), delivered))
+
+    def finish(self) -> None:
+        """Both sockets are closed: settle the report.  Texts never written go back."""
+        reason = self.end_reason or self._reason or "ended"
+        self.end_reason = reason
+        report = self.report
+        report.end_reason = reason
+        self._return(self.custody.give_back_in_flight())
+        machine = self.machine
+        if machine is not None:
+            stats: dict[str, int] = {}
+            if self.call_state is not RECONNECTING:
+                try:
+                    self.execute(machine.handle(ev.ConnectionClosed(reason), self._now))
+                except Exception:  # the report must be settled whatever the machine says
+                    log.exception("call=%s closing the response machine failed", self.call_label)
+                stats = machine.stats
+            report.lifecycle_stats = merged(self._stats_before, stats)
+        # A session lost and not replaced: what waited for the next one goes back to the app.
+        if self._held_requests:
+            report.given_up.append(
+                RequestGivenUp(
+                    reason=f"closed:{reason}",
+                    request_reasons=tuple(r.reason for r in self._held_requests),
+                )
+            )
+            self._held_requests = []
+        held = self.custody.give_back_held()
+        if held:
+            log.warning(
+                "call=%s %d user text(s) held for a new session handed back undelivered",
+                self.call_label,
+                len(held),
+            )
+            self._return(held)
+        report.undelivered_texts = list(self.custody.returned)
+        report.user_texts_sent = self.custody.sent
+        log.info(
+            "call=%s ended: %s (media in=%d out=%d, undelivered texts=%d, reconnects=%d)",
+            self.call_label,
+            reason,
+            report.media_in,
+            report.media_out,
+            len(report.undelivered_texts),
+            report.reconnects,
+        )
+        if self.emit_events:
+            self.events.append(ae.CallEnded(reason, report))
+
+    # ------------------------------------------------------------------------ the machine
+
+    def _new_machine(self) -> ResponseLifecycle:
+        expected = self.config.session.expected_session()
+        lifecycle_cfg = attrs.evolve(
+            self.config.lifecycle,
+            call_id=self.call_label,
+            server_creates_response=expected.create_response,
+            server_interrupts_response=expected.interrupt_response,
+        )
+        return ResponseLifecycle(lifecycle_cfg, now=self._now)
+
+    def send_session_update(self) -> None:
+        """The session's config, with an event id of its own: an ``error`` naming it means the
+        server refused the whole update and the session runs on its defaults."""
+        event_id = self.mint_id("session")
+        self._session_update_id = event_id
+        update = self.codec.session_update(self.config.session, event_id=event_id)
+        if self.config.tools:
+            update["session"]["tools"] = [tool.schema() for tool in self.config.tools]
+        if self.config.tool_choice is not None:
+            update["session"]["tool_choice"] = self.config.tool_choice
+        self.out_openai.append(json.dumps(update))
+
+    def mint_id(self, kind: str, series: str | None = None) -> str:
+        """``<prefix>_<kind>_<n>``, ``n`` counted per call in its ``series`` (the kind by
+        default): ``history`` (replayed history) and ``restore`` (held text delivered for the
+        first time) share one; ``session``, ``commit`` and ``tool`` have their own."""
+        key = kind if series is None else series
+        n = self._id_seq.get(key, 0) + 1
+        self._id_seq[key] = n
+        return f"{self.config.lifecycle.event_id_prefix}_{kind}_{n}"
+
+    def handle_event(self, event: ev.Event) -> None:
+        """Feed the response machine (or, with no session up, hold what the next one needs)."""
+        machine = self.machine
+        assert machine is not None
+        if self.call_state is RECONNECTING:
+            self._hold(event)
+            return
+        now = self._now
+        kind = type(event)
+        if (kind is ev.SpeechStarted or kind is ev.UserText) and self.config.estimate_playback:
+            # A barge-in truncates at what the caller heard: bring that up to now first.
+            progress = self.tracker.estimate(now)
+            if progress is not None:
+                machine.playback_progress(progress.item_id, progress.played_ms)
+        self.execute(machine.handle(event, now), event)
+
+    def _hold(self, event: ev.Event) -> None:
+        """No session: keep user text and requests for the next one (bounded), drop ticks."""
+        if isinstance(event, ev.UserText):
+            if self.custody.held_count >= self.config.max_queue:
+                log.warning("call=%s too much text held while reconnecting", self.call_label)
+                self._return(self.custody.give_back((event.text,)))
+            else:
+                self.custody.hold(event)
+        elif isinstance(event, ev.RequestResponse):
+            if len(self._held_requests) < self.config.max_queue:
+                self._held_requests.append(event)
+            else:
+                self.report.given_up.append(
+                    RequestGivenUp(reason="reconnecting: too many", request_reasons=(event.reason,))
+                )
+
+    def execute(self, commands: list[Command], event: object = None) -> None:
+        codec = self.codec
+        out = self.out_openai
+        for command in commands:
+            if is_client_command(command):
+                if type(command) is SendUserText:
+                    frame = self.custody.frame(
+                        codec.render_json(command), command.text, command.source
+                    )
+                    out.append(frame)
+                else:
+                    out.append(codec.render_json(command))
+            elif isinstance(command, ClearPlayback):
+                self.out_twilio.append(UrgentFrame(clear_message(self.stream_sid)))
+                self.tracker.clear()
+                if self.emit_events and command.reason == "barge_in":
+                    source = "text" if type(event) is ev.UserText else "speech"
+                    machine = self.machine
+                    rid = machine.response_id if machine is not None else None
+                    self.events.append(ae.BargeIn(source, rid))
+            elif isinstance(command, DropResponseAudio):
+                pass  # the machine filters that response's deltas from now on
+            elif isinstance(command, RequestGivenUp):
+                self.report.given_up.append(command)
+                log.warning(
+                    "call=%s response request given up: %s (%s)",
+                    self.call_label,
+                    command.reason,
+                    ",".join(command.request_reasons),
+                )
+            elif isinstance(command, ReturnUndeliveredText):
+                self._return(self.custody.give_back(command.texts))
+        if self.emit_events:
+            self._note_watchdog()
+
+    def _note_watchdog(self) -> None:
+        machine = self.machine
+        if machine is None:
+            return
+        stats = machine.stats
+        seen = (stats.get("watchdog_fires", 0), stats.get("watchdog_suppressed", 0))
+        if seen != self._watchdog_seen:
+            fired = self._watchdog_seen[0]
+            self._watchdog_seen = seen
+            outcome = "retried" if seen[0] > fired else "suppressed"
+            self.events.append(ae.WatchdogFired(machine.response_id, outcome))
+
+    def _return(self, texts: tuple[str, ...]) -> None:
+        if texts:
+            self.returned_texts.append(texts)
+
+    # ------------------------------------------------------------------------- bad input
+
+    def count_bad(self, side: str, kind: str) -> None:
+        key = f"{side}:{kind}"
+        bad = self.report.bad_frames
+        bad[key] = bad.get(key, 0) + 1
+        if sum(bad.values()) > self.config.max_bad_frames:
+            self.end(f"bad input: too many malformed frames from {side}", self._now)
+
+    def end(self, reason: str, now: float) -> None:
+        """End the call with ``reason`` (the first reason wins)."""
+        self._advance(now)
+        self._reason = reason
+        self._fire_call("end")
+
+    def _check_active(self) -> None:
+        state = self.call_state
+        if state is AWAITING_START:
+            raise CallNotActive("the call has not started (no telephony start yet)")
+        if state is ENDING or state is ENDED:
+            raise CallNotActive(f"the call has ended ({self.end_reason or 'ended'})")
+
+    def _advance(self, now: float) -> None:
+        if now > self._now:
+            self._now = now
+
+    @property
+    def state(self) -> CallState:
+        return self.call_state

@@ -1,0 +1,165 @@
+"""Every field of a :class:`~realtime_fsm.call.CallSession`, with why it is there.
+
+The call machine's state is ``call_state`` (:class:`~realtime_fsm.table.CallState`); the
+response machines live in ``machine`` (a :class:`~realtime_fsm.lifecycle.ResponseLifecycle`,
+one per OpenAI session).  Every other field is data: the guards of the call machine's rows read
+some of it (named at each field), and nothing else decides a transition.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Final
+
+from .. import events as ev
+from ..history import ConversationHistory
+from ..lifecycle import ResponseLifecycle
+from ..openai_realtime import OpenAIRealtimeCodec
+from ..table import AWAITING_START, CallState
+from ..twilio_media import PlaybackTracker, Start
+from .app_events import AppEvent, ToolCall
+from .config import BridgeConfig, CallReport
+from .texts import TextCustody, TextFrame
+
+log = logging.getLogger("realtime_fsm.call")
+
+#: Response transcripts being accumulated at once (one default response, plus stragglers).
+MAX_PARTIALS: Final = 8
+#: Input transcripts remembered per session, to tell whether a committed turn's words came.
+MAX_TRANSCRIBED: Final = 32
+#: A session lost sooner than this after it started is short-lived: consecutive ones are backed
+#: off before the next connect, so a server that says ``session.created`` and drops is not
+#: hammered.
+SHORT_SESSION_S: Final = 3.0
+#: HTTP statuses of a refused reconnect handshake that retrying cannot fix (bad key, no access).
+FATAL_HANDSHAKE_STATUSES: Final = frozenset({401, 403})
+
+
+class Transcript:
+    """One response's transcript so far, cut at ``limit`` characters: the history keeps no
+    more than that of it anyway, and a server streaming huge deltas (or never ending a
+    response) must not grow the call's memory."""
+
+    __slots__ = ("chars", "limit", "parts")
+
+    def __init__(self, limit: int) -> None:
+        self.parts: list[str] = []
+        self.chars = 0
+        self.limit = limit
+
+    def add(self, delta: str) -> None:
+        room = self.limit - self.chars
+        if room > 0:
+            piece = delta if len(delta) <= room else delta[:room]
+            self.parts.append(piece)
+            self.chars += len(piece)
+
+
+class OpenCall:
+    """A tool call the model made on the current session, not yet answered."""
+
+    __slots__ = ("call", "deadline", "made_at")
+
+    def __init__(self, call: ToolCall, made_at: float, deadline: float) -> None:
+        self.call = call
+        self.made_at = made_at
+        self.deadline = deadline
+
+
+class CallFields:
+    """The data of one call; :class:`~realtime_fsm.call.CallSession` is the behaviour."""
+
+    def __init__(self, config: BridgeConfig, *, now: float, peer: str, can_reconnect: bool) -> None:
+        # --- The call machine.
+        self.call_state: CallState = AWAITING_START
+        # --- Settings.  ``can_reconnect`` is read by the guard of the same name.
+        self.config = config
+        #: Read per frame: an attribute of the session, not of its config.
+        self.max_twilio_message = config.max_twilio_message
+        self.can_reconnect_sessions = can_reconnect
+        #: The telephony peer's address: until ``start`` names the call, the only thing that
+        #: ties its log lines together.
+        self.peer = peer
+        self.call_label = f"-@{peer}" if peer else "-"
+        # --- Time and the event being handled (the call machine's inputs, like the response
+        # machine's ``_now``/``_ev``): the guards read them.
+        self._now = float(now)
+        #: Twilio's ``start`` being handled (the guard ``bad_media_format`` reads it).
+        self._start: Start | None = None
+        #: Why the call ends or the session was lost, for the row being run.
+        self._reason = ""
+        #: A refused reconnect's HTTP status (the guard ``connect_refused`` reads it).
+        self._failed_status: int | None = None
+        #: Twilio's ``start`` is due by then (the call machine's deadline in awaiting_start).
+        self._start_deadline = self._now + config.start_timeout
+        # --- Outputs, drained by the driver after every input.
+        #: Frames for the OpenAI socket, in order (text frames carry their text, see texts.py).
+        self.out_openai: list[str | TextFrame] = []
+        #: Frames for the Twilio socket, in order.
+        self.out_twilio: list[str] = []
+        #: Application events, in order; built only while ``emit_events`` (a driver turns it on
+        #: when the application listens), so an application that listens to nothing pays
+        #: nothing for them.
+        self.events: list[AppEvent] = []
+        self.emit_events = False
+        #: Tool calls for the driver to run (the ones it has a handler for).
+        self.tool_calls: list[ToolCall] = []
+        #: Undelivered texts for the application's callback (the report has them too).
+        self.returned_texts: list[tuple[str, ...]] = []
+        #: Set with the call machine's ``ending``: why, and the WebSocket close code.
+        self.end_reason: str | None = None
+        self.close_code = 1000
+        #: The OpenAI session must be torn down (an error the server ends it with): the driver
+        #: stops its reader and reports the loss back with :meth:`openai_lost`.
+        self.lost_reason: str | None = None
+        #: In ``reconnecting``: wait this long, then open a socket and report it.
+        self.connect_delay: float | None = None
+        # --- What happened (the application's, at the end; no guard reads it but
+        # ``reconnects_exhausted``, which reads ``report.reconnects``).
+        self.report = CallReport()
+        self.custody = TextCustody()
+        #: What a new session is told of the conversation so far.
+        self.history = ConversationHistory(config.history_max_items, config.history_max_chars)
+        # --- Built at ``start``, once the call has a name to log under.
+        self.stream_sid = ""
+        self.machine: ResponseLifecycle | None = None
+        self.codec: OpenAIRealtimeCodec
+        self.tracker: PlaybackTracker
+        # --- Sessions and reconnects (the guards ``attempts_exhausted`` and
+        # ``reconnects_exhausted`` read the counts).
+        self._session_started_at = self._now
+        self._short_sessions = 0
+        #: Failed attempts not yet cleared by a session that proved itself (session.created).
+        self._unproven_attempts = 0
+        self._lost_at = 0.0
+        #: Requests for the next session: carried from the lost one, or asked for meanwhile.
+        self._held_requests: list[ev.RequestResponse] = []
+        #: Lifecycle counters of the machines of lost sessions.
+        self._stats_before: dict[str, int] = {}
+        # --- Per session: ids and the caller's turns.
+        self._partials: dict[str, Transcript] = {}
+        #: Event ids minted by the call itself, counted per series (see ``mint_id``).
+        self._id_seq: dict[str, int] = {}
+        #: Push-to-talk commits sent and not yet confirmed or refused, oldest first.
+        self._commits: list[str] = []
+        #: The item of the newest committed caller turn on this session, and the items whose
+        #: input transcript arrived (bounded): whether a turn's words can be restored.
+        self._turn_item: str | None = None
+        self._transcribed: dict[str, None] = {}
+        self._session_update_id: str | None = None
+        # --- Tools: calls of this session not yet answered, by call id.
+        self._open_calls: dict[str, OpenCall] = {}
+        #: Per response: its completed function calls not yet answered; the follow-up request
+        #: is made when the last is answered and at least one asked for a response.
+        self._tool_rounds: dict[str, list[str]] = {}
+        self._round_wants_response: dict[str, bool] = {}
+        #: Outputs of ours the server has not yet confirmed added to the conversation, and
+        #: whether a follow-up request is queued: a response the server creates once every
+        #: output is in answers with them in view (the follow-up is withdrawn).
+        self._round_unconfirmed: set[str] = set()
+        self._follow_up_queued = False
+        # --- Playback per response, for ``ResponseFinished.heard_ms``.
+        self._last_audio_item = ""
+        self._response_items: dict[str, list[str]] = {}
+        #: Watchdog counters last seen, to tell the application when it fires.
+        self._watchdog_seen = (0, 0)

@@ -1,0 +1,215 @@
+"""What the call does with each OpenAI Realtime frame.
+
+The per-frame path (assistant audio) returns the Twilio ``media`` frame to write at once; a
+playback ``mark`` that follows it is left in the session's Twilio list.  Everything else goes
+through the machines.
+"""
+
+from __future__ import annotations
+
+from .. import events as ev
+from ..errors import RemoteProtocolError
+from ..openai_realtime import (
+    Ignored,
+    InputTranscript,
+    OutputAudioDelta,
+    OutputTranscriptDelta,
+    ResponseActivity,
+)
+from ..table import RUNNING
+from ..twilio_media import mark_message, media_message
+from . import app_events as ae
+from .config import FATAL_ERROR_CODES, SESSION_LOST_ERROR_CODES
+from .fields import MAX_PARTIALS, MAX_TRANSCRIBED, Transcript, log
+from .twilio_side import TwilioSide
+
+
+class OpenAISide(TwilioSide):
+    """OpenAI frames in."""
+
+    def openai_frame(self, frame: str | bytes, now: float) -> str | None:
+        """One frame from the current OpenAI session.  Returns the Twilio ``media`` frame to
+        write now for assistant audio the caller should hear; ``None`` otherwise (outputs, if
+        any, are in the session's lists)."""
+        if self.call_state is not RUNNING:
+            return None  # a frame of a session already lost or a call already ending
+        try:
+            message = self.codec.parse(frame)
+        except RemoteProtocolError as exc:
+            self._advance(now)
+            self.bad_frame("openai", exc)
+            return None
+        if type(message) is OutputAudioDelta:  # per frame: narrowed without an ``assert``
+            item = message.item_id
+            if not item:  # the mark names the item: an empty id is the peer's error
+                self._advance(now)
+                self.bad_frame("openai", RemoteProtocolError("audio delta: empty item_id"))
+                return None
+            # Running: a machine exists (a per-frame ``assert`` would cost more than it says).
+            machine = self.machine
+            if machine.audio_delta(message.response_id, item, message.byte_count, now):  # type: ignore[union-attr]
+                self.report.media_out += 1
+                name = self.tracker.audio_sent(item, message.byte_count)
+                if name is not None:
+                    self.out_twilio.append(mark_message(self.stream_sid, name))
+                return media_message(self.stream_sid, message.payload)
+            return None
+        self._advance(now)
+        kind = type(message)
+        if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)
+            tail = self.tracker.flush_mark()
+            if tail is not None:
+                self.out_twilio.append(mark_message(self.stream_sid, tail))
+        machine = self.machine
+        assert machine is not None
+        if kind is OutputTranscriptDelta:
+            assert isinstance(message, OutputTranscriptDelta)
+            machine.transcript_delta(message.response_id, now)
+            transcript = self._partials.get(message.response_id)
+            if transcript is not None:
+                transcript.add(message.delta)
+            if self.emit_events:
+                if message.item_id and message.item_id != self._last_audio_item:
+                    self._new_audio_item(message.response_id, message.item_id)
+                self.events.append(
+                    ae.AssistantTranscript(message.response_id, message.delta, final=False)
+                )
+        elif kind is ResponseActivity:
+            assert isinstance(message, ResponseActivity)
+            machine.touch(message.response_id, now)
+        elif kind is Ignored:
+            pass
+        elif kind is InputTranscript:
+            assert isinstance(message, InputTranscript)
+            self._input_transcript(message)
+        else:
+            self._control(message)  # type: ignore[arg-type]
+        return None
+
+    def _new_audio_item(self, response_id: str, item: str) -> None:
+        self._last_audio_item = item
+        items = self._response_items.get(response_id)
+        if items is None:
+            if len(self._response_items) >= MAX_PARTIALS:
+                del self._response_items[next(iter(self._response_items))]
+            self._response_items[response_id] = [item]
+        elif item not in items:
+            items.append(item)
+
+    def _input_transcript(self, message: InputTranscript) -> None:
+        log.info("call=%s caller said: %r", self.call_label, message.transcript[:200])
+        self.history.add("user", message.transcript)
+        transcribed = self._transcribed
+        if message.item_id:
+            transcribed[message.item_id] = None
+            if len(transcribed) > MAX_TRANSCRIBED:
+                del transcribed[next(iter(transcribed))]
+        if self.emit_events:
+            self.events.append(
+                ae.CallerTranscript(message.transcript, final=True, item_id=message.item_id or None)
+            )
+
+    def _control(self, message: ev.Event) -> None:
+        """A lifecycle event: the call's own bookkeeping first, then the response machine."""
+        kind = type(message)
+        if kind is ev.UserTurnCommitted:
+            assert isinstance(message, ev.UserTurnCommitted)
+            # No id: its transcript cannot be matched, so its words count as unknown.
+            self._turn_item = message.item_id or ""
+            if self._commits:  # ours (push-to-talk: no turn detection commits)
+                del self._commits[0]
+        elif kind is ev.ResponseCreated:
+            assert isinstance(message, ev.ResponseCreated)
+            self._response_created(message)
+        elif kind is ev.ResponseDone:
+            assert isinstance(message, ev.ResponseDone)
+            self._response_done(message)
+        elif kind is ev.SessionConfigured:
+            assert isinstance(message, ev.SessionConfigured)
+            self._unproven_attempts = 0  # the server took this session: it is real
+            problem = audio_format_problem(message) if message.updated else None
+            if problem is not None:
+                log.error("call=%s %s: ending the call", self.call_label, problem)
+                self.end(problem, self._now)
+                return
+        elif kind is ev.ServerError:
+            assert isinstance(message, ev.ServerError)
+            if not self._server_error(message):
+                return
+        self.handle_event(message)
+
+    def _server_error(self, message: ev.ServerError) -> bool:
+        """Count and sort a server error; False when it ends the session or the call."""
+        report = self.report
+        code = message.code or "unknown"
+        report.server_errors[code] = report.server_errors.get(code, 0) + 1
+        if self.emit_events:
+            self.events.append(ae.ProtocolError("openai", message.message[:200], code))
+        if code in FATAL_ERROR_CODES:
+            self.end(f"openai error {code}", self._now)
+            return False
+        event_id = message.event_id
+        if event_id is not None and event_id in self._commits:
+            # Refused (input_audio_buffer_commit_empty): no turn to answer.
+            self._commits.remove(event_id)
+        if event_id is not None and event_id == self._session_update_id:
+            # Refused whole: the session is on the server's defaults (24 kHz PCM, its own turn
+            # detection), which would be noise both ways.
+            log.error(
+                "call=%s openai refused session.update (%s): %s",
+                self.call_label,
+                code,
+                message.message[:200],
+            )
+            self.end(f"openai refused session.update ({code})", self._now)
+            return False
+        if code in SESSION_LOST_ERROR_CODES:
+            self.lost_reason = f"openai error {code}"
+            return False
+        return True
+
+    def _response_created(self, event: ev.ResponseCreated) -> None:
+        if self.emit_events:
+            machine = self.machine
+            assert machine is not None
+            reason = event.metadata.get("rtfsm_reason")
+            reasons = tuple(reason.split("+")) if reason is not None else ()
+            self.events.append(ae.ResponseStarted(event.response_id, reason is not None, reasons))
+        if event.out_of_band:
+            return  # not part of the conversation: never restored
+        partials = self._partials
+        if len(partials) >= MAX_PARTIALS:
+            del partials[next(iter(partials))]
+        partials[event.response_id] = Transcript(self.config.history_max_chars)
+
+    def _response_done(self, event: ev.ResponseDone) -> None:
+        transcript = self._partials.pop(event.response_id, None)
+        text = "".join(transcript.parts) if transcript is not None else ""
+        # A cancelled response is left out: what the caller heard of it is not known as text.
+        if transcript is not None and event.status in ("completed", "incomplete"):
+            self.history.add("assistant", text)
+        items = self._response_items.pop(event.response_id, ())
+        if self.emit_events:
+            tracker = self.tracker
+            heard = sum(tracker.played_ms(item) for item in items)
+            if transcript is not None:
+                self.events.append(ae.AssistantTranscript(event.response_id, text, final=True))
+            self.events.append(
+                ae.ResponseFinished(event.response_id, event.status, event.reason, heard)
+            )
+
+
+def audio_format_problem(session: ev.SessionConfigured) -> str | None:
+    """Telephony audio is G.711 mu-law both ways, passed through untouched: a session that
+    (after our ``session.update``) says another format would play noise to the caller and
+    hear noise from them, so the call ends with this reason instead.  A format the server does
+    not state is taken on trust."""
+    wrong = [
+        f"{side} {fmt}"
+        for side, fmt in (
+            ("input", session.input_audio_format),
+            ("output", session.output_audio_format),
+        )
+        if fmt is not None and fmt != "pcmu"
+    ]
+    return f"openai session audio is not mu-law ({', '.join(wrong)})" if wrong else None

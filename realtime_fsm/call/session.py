@@ -1,0 +1,171 @@
+"""One phone call as a sans-IO object: h11's ``Connection``, for a whole call.
+
+Twilio frames, OpenAI frames, the application's calls and the current time go in; frames to
+write on each side, application events, the next deadline, "end the call" and "the OpenAI
+session is lost, open another" come out.  No sockets, no tasks, no clock: a driver (the asyncio
+:class:`~realtime_fsm.bridge.CallBridge`, the ASGI routes, a test) feeds it and does what it
+says.  The rules are rows: the call's own machine in :data:`realtime_fsm.table.CALL_TRANSITIONS`,
+the response lifecycle's in the same module.
+
+A driver's loop, in full::
+
+    session = CallSession(config, now=clock(), can_reconnect=True)
+    # for every frame read:  out = session.twilio_frame(frame, clock())  (or openai_frame)
+    # write ``out`` if not None, then everything in session.out_twilio / session.out_openai
+    # (in order; report text frames written with session.text_written(frame));
+    # sleep until session.next_deadline, then session.tick(clock());
+    # session.lost_reason set: stop reading that socket, session.openai_lost(...);
+    # call_state reconnecting: wait session.connect_delay, open a socket, session_opened();
+    # call_state ending: close both sockets, then session.closed(clock()).
+"""
+
+from __future__ import annotations
+
+from .. import events as ev
+from ..errors import LocalProtocolError
+from ..table import AWAITING_START, ENDED, ENDING, RECONNECTING, RUNNING
+from .config import BridgeConfig
+from .fields import log
+from .texts import TextFrame
+from .tool_calls import ToolCalls
+
+
+class CallSession(ToolCalls):
+    """The whole call, sans-IO.  One owner, one thread (the driver's)."""
+
+    def __init__(
+        self,
+        config: BridgeConfig | None = None,
+        *,
+        now: float,
+        peer: str = "",
+        can_reconnect: bool = False,
+    ) -> None:
+        super().__init__(
+            config if config is not None else BridgeConfig(),
+            now=now,
+            peer=peer,
+            can_reconnect=can_reconnect,
+        )
+        self.report.undelivered_texts = self.custody.returned
+
+    # --------------------------------------------------------------------- driver inputs
+
+    @property
+    def next_deadline(self) -> float | None:
+        """When :meth:`tick` is due: the start's deadline, the response machine's, a tool's."""
+        state = self.call_state
+        if state is RUNNING:
+            machine = self.machine
+            assert machine is not None
+            deadline = machine.next_deadline
+            if self._open_calls:
+                first = min(c.deadline for c in self._open_calls.values())
+                deadline = first if deadline is None else min(deadline, first)
+            return deadline
+        if state is AWAITING_START:
+            return self._start_deadline
+        return None
+
+    def tick(self, now: float) -> None:
+        """Time passed (the driver slept until :attr:`next_deadline`)."""
+        self._advance(now)
+        state = self.call_state
+        if state is RUNNING:
+            self.expire_tool_calls()
+            self.handle_event(ev.Tick())
+        elif state is AWAITING_START and self._now >= self._start_deadline:
+            self.end("no start from telephony", now)
+
+    def text_written(self, frame: TextFrame) -> None:
+        """The driver wrote a user text frame to the OpenAI socket."""
+        if self.custody.written(frame):
+            self.report.user_texts_sent += 1
+            self.history.add("user", frame.text)
+
+    def openai_lost(self, reason: str, now: float, *, audio_dropped: int = 0) -> None:
+        """The current OpenAI session is gone (its socket closed, or :attr:`lost_reason`).
+
+        ``audio_dropped``: caller audio frames still queued for it, never to be sent.  Every
+        text frame not reported written is taken back for the next session."""
+        self._advance(now)
+        self.report.media_dropped += audio_dropped
+        self.lost_reason = None
+        self._reason = reason
+        self._fire_call("session_lost")
+
+    def connect_failed(self, error: str, now: float, *, status: int | None = None) -> None:
+        """An attempt to open a new session failed (``error``: the exception's type name;
+        ``status``: the HTTP status of a refused handshake)."""
+        self._advance(now)
+        self.report.reconnect_failures += 1
+        self._unproven_attempts += 1
+        self._failed_status = status
+        log.warning(
+            "call=%s openai reconnect attempt %d/%d failed: %s%s",
+            self.call_label,
+            self._unproven_attempts,
+            self.config.reconnect_attempts,
+            error,
+            f" (HTTP {status})" if status is not None else "",
+        )
+        if status is not None:
+            self._reason = f"openai reconnect refused (HTTP {status})"
+        self._fire_call("connect_failed")
+
+    def session_opened(self, now: float) -> None:
+        """A new OpenAI socket is open (the driver reads it from now on)."""
+        self._advance(now)
+        self._reason = ""
+        # Unproven until the server says session.created (which resets the count).
+        self._unproven_attempts += 1
+        self._fire_call("session_opened")
+
+    def closed(self, now: float) -> None:
+        """The driver closed both sockets: the call is over, the report final."""
+        self._advance(now)
+        if self.call_state is not ENDING and self.end_reason is None:
+            self._reason = self._reason or "ended"
+        self._fire_call("closed")
+
+    # ---------------------------------------------------------------- application calls
+
+    @property
+    def active(self) -> bool:
+        """From Twilio's ``start`` until the call ends: the application's calls are taken."""
+        return self.call_state is RUNNING or self.call_state is RECONNECTING
+
+    def send_user_text(self, text: str, now: float, source: str = "app") -> None:
+        """The caller's typed text (a chat box, an SMS): delivered exactly once, barge-in safe,
+        or handed back undelivered.  :class:`~realtime_fsm.errors.CallNotActive` when the call
+        is not running (the text was not taken); ``ValueError`` for blank text."""
+        event = ev.UserText(text, source=source)
+        self._check_active()
+        self._advance(now)
+        self.handle_event(event)
+
+    def request_response(
+        self, now: float, reason: str = "app", instructions: str | None = None
+    ) -> None:
+        """Ask the model to speak: queued and coalesced if it is busy, never a second create."""
+        event = ev.RequestResponse(reason=reason, instructions=instructions)
+        self._check_active()
+        self._advance(now)
+        self.handle_event(event)
+
+    def commit_user_turn(self, now: float) -> None:
+        """Push-to-talk: end the caller's turn now (a session without turn detection only)."""
+        if self.config.session.turn_detection is not None:
+            raise LocalProtocolError(
+                "commit_user_turn needs a session without turn detection (turn_detection=None):"
+                " the server's VAD commits turns itself"
+            )
+        self._check_active()
+        self._advance(now)
+        self.commit_turn("app")
+
+    def end_call(self, reason: str, now: float) -> None:
+        """End the call (the application's reason is the report's)."""
+        if self.call_state is ENDED:
+            return
+        self.end(reason, now)

@@ -1,0 +1,144 @@
+"""What the call does with each Twilio Media Streams frame.
+
+The per-frame path (caller audio) returns the OpenAI frame to write at once: the driver writes
+it without looking at the session's outputs, which is what keeps the call's cost per frame
+close to a bare relay's.  Every other frame goes through the machines and leaves its outputs in
+the session's lists.
+"""
+
+from __future__ import annotations
+
+import json
+
+from .. import events as ev
+from ..errors import RemoteProtocolError
+from ..openai_realtime import dumps, input_audio_append_json, render_input_audio_commit
+from ..table import AWAITING_START, RECONNECTING, RUNNING
+from ..twilio_media import (
+    Connected,
+    Dtmf,
+    Mark,
+    Media,
+    Start,
+    Stop,
+    UnknownMessage,
+    parse_message,
+)
+from .call_actions import CallActions
+from .fields import log
+
+
+class TwilioSide(CallActions):
+    """Twilio frames in."""
+
+    def twilio_frame(self, frame: str | bytes, now: float) -> str | None:
+        """One frame from the Twilio socket.  Returns the ``input_audio_buffer.append`` to
+        write now for caller audio while a session is up; ``None`` for anything else (its
+        outputs, if any, are in the session's lists)."""
+        try:
+            message = parse_message(frame, max_message_size=self.max_twilio_message)
+        except RemoteProtocolError as exc:
+            self._advance(now)
+            self.bad_frame("twilio", exc)
+            return None
+        if type(message) is Media:  # per frame: narrowed without an ``assert``
+            if self.call_state is RUNNING:
+                if message.track is None or message.track == "inbound":
+                    self.report.media_in += 1
+                    return input_audio_append_json(message.payload)
+                return None
+            self._media_elsewhere(message)
+            return None
+        self._advance(now)
+        kind = type(message)
+        if self.call_state is AWAITING_START:
+            self._before_start(message)
+            return None
+        if kind is Mark:
+            assert isinstance(message, Mark)
+            if self.call_state is RUNNING:
+                machine = self.machine
+                assert machine is not None
+                for progress in self.tracker.mark_received(message.name, now):
+                    machine.playback_progress(progress.item_id, progress.played_ms)
+        elif kind is Dtmf:
+            assert isinstance(message, Dtmf)
+            if message.digit == self.config.commit_on_dtmf:
+                self.commit_turn("dtmf")
+            elif self.config.dtmf_as_text:
+                self.handle_event(ev.UserText(f"DTMF {message.digit}", source="dtmf"))
+        elif kind is Stop:
+            self.end("telephony stop", now)
+        elif kind is Start:
+            self._start = message  # type: ignore[assignment]
+            self._fire_call("start")
+        elif kind is UnknownMessage:
+            self._unknown(frame)
+        # Connected after start: harmless, nothing to do.
+        return None
+
+    def twilio_closed(self, now: float) -> None:
+        """The Twilio socket closed (the caller hung up, or the peer went away)."""
+        before = self.call_state is AWAITING_START
+        self.end("telephony closed before start" if before else "telephony closed", now)
+
+    def _media_elsewhere(self, message: Media) -> None:
+        if self.call_state is RECONNECTING:
+            if message.track is None or message.track == "inbound":
+                self.report.media_in += 1
+                self.report.media_dropped += 1  # no session to hear it; never buffered
+        elif self.call_state is AWAITING_START:
+            self._before_start(message)
+
+    def _before_start(self, message: object) -> None:
+        if isinstance(message, Start):
+            self._start = message
+            self._fire_call("start")
+        elif isinstance(message, Stop):
+            self.end("telephony stopped before start", self._now)
+        elif not isinstance(message, Connected):
+            self.count_bad("twilio", "before_start")
+            log.warning(
+                "call=%s %s before start dropped", self.call_label, type(message).__name__.lower()
+            )
+
+    def _unknown(self, frame: str | bytes) -> None:
+        if self.config.accept_text_messages:
+            try:
+                data = json.loads(frame)
+                text = data.get("text") if data.get("event") == "text" else None
+            except (ValueError, AttributeError):
+                text = None
+            if isinstance(text, str) and text.strip():
+                self.handle_event(ev.UserText(text, source="typed"))
+                return
+        # Logged each time: the bad-frame limit bounds how often (then the socket is closed).
+        log.warning("call=%s unknown Twilio event dropped: %.100r", self.call_label, frame)
+        self.count_bad("twilio", "unknown_event")
+
+    def commit_turn(self, source: str) -> None:
+        """Push-to-talk: commit the caller's audio so far as a turn."""
+        if self.call_state is RECONNECTING:
+            self.report.turns_lost += 1
+            log.warning(
+                "call=%s turn commit (%s) while reconnecting: the turn is lost",
+                self.call_label,
+                source,
+            )
+            return
+        event_id = self.mint_id("commit")
+        log.info(
+            "call=%s caller turn committed by %s event_id=%s", self.call_label, source, event_id
+        )
+        self._commits.append(event_id)
+        self.out_openai.append(dumps(render_input_audio_commit(event_id=event_id)))
+
+    def bad_frame(self, side: str, exc: RemoteProtocolError) -> None:
+        log.warning(
+            "call=%s bad frame from %s dropped: %s", self.call_label, side, exc.message[:200]
+        )
+        if self.emit_events:
+            from .app_events import ProtocolError
+
+            self.events.append(ProtocolError(side, exc.message[:200]))
+        self.count_bad(side, "malformed")

@@ -1,0 +1,144 @@
+"""The asyncio drivers' socket helpers: the WebSocket protocol they need, bounded waits that
+never swallow a cancellation, the test of whether a frame may skip the writer queue, and closing
+sockets nobody serves any more."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Awaitable, Callable
+from typing import Any, Final, Protocol, TypeVar, cast
+
+from websockets.exceptions import ConnectionClosed as WsConnectionClosed
+from websockets.protocol import State as WsState
+
+from .call import TextFrame
+from .webserver import WebSocket, WebSocketClosed
+
+_T = TypeVar("_T")
+
+#: What a peer closing looks like from ``recv``/``send``, whatever the socket's library.
+CLOSED: Final = (WsConnectionClosed, WebSocketClosed, ConnectionError, OSError, EOFError)
+
+
+class MessageSocket(Protocol):
+    """What a driver needs of a WebSocket: a ``websockets`` connection, our own server's, or
+    an adapter (Starlette's, see :mod:`realtime_fsm.asgi`)."""
+
+    async def recv(self) -> str | bytes: ...
+
+    async def send(self, message: str) -> None: ...
+
+    async def close(self, code: int = 1000, reason: str = "") -> None: ...
+
+
+#: Opens a new OpenAI Realtime socket (same URL and headers each time).
+Connector = Callable[[], Awaitable[MessageSocket]]
+#: An item of a writer queue: a frame, a user text frame (reported written), or the stop mark.
+Outbound = str | TextFrame | None
+
+
+def drain(queue: asyncio.Queue[Outbound]) -> int:
+    """Empty a lost session's ``queue``; return how many caller audio frames were thrown away
+    with it.  Its text frames need nothing: the session's custody takes back every text frame
+    not reported written."""
+    audio = 0
+    while not queue.empty():
+        message = queue.get_nowait()
+        if type(message) is str and _APPEND_TYPE in message[:48]:
+            audio += 1
+    return audio
+
+
+_APPEND_TYPE: Final = '"input_audio_buffer.append"'
+
+
+def never() -> bool:
+    return False
+
+
+def direct_probe(queue: asyncio.Queue[Outbound], sock: MessageSocket) -> Callable[[], bool]:
+    """The test, asked once per frame, of whether a frame may go to ``sock`` straight from a
+    reading task: nothing waits in ``queue`` ahead of it, and the send will not wait either
+    (the socket open, its transport's buffer empty).  Built once per socket and queue, so the
+    per-frame cost is one call; a socket that shows no transport (a test double, a trace
+    wrapper) always goes through its writer queue.
+
+    Open means ``websockets``' protocol state (a send on a closing connection waits out the
+    closing handshake).  Our own server's socket needs no such test: a send there raises at
+    once unless the socket is open, and the caller then queues the frame."""
+    transport = getattr(sock, "transport", None)
+    if transport is None:
+        return never
+    buffered = transport.get_write_buffer_size
+    empty = queue.empty
+    if isinstance(sock, WebSocket):
+        return lambda: buffered() == 0 and empty()
+    # A ``websockets`` connection: its sans-I/O protocol's state is one property call, the
+    # connection's own ``state`` two.
+    for holder in (getattr(sock, "protocol", None), sock):
+        if getattr(holder, "state", None) is not None:
+            ws, is_open = cast(Any, holder), WsState.OPEN
+            return lambda: ws.state is is_open and buffered() == 0 and empty()
+    if hasattr(sock, "closed"):
+        other = cast(Any, sock)
+        return lambda: other.closed is not True and buffered() == 0 and empty()
+    return lambda: buffered() == 0 and empty()
+
+
+def handshake_status(exc: BaseException) -> int | None:
+    """The HTTP status of a refused WebSocket handshake (``websockets``' ``InvalidStatus``)."""
+    response = getattr(exc, "response", None)
+    status = getattr(response, "status_code", None)
+    return status if isinstance(status, int) else None
+
+
+async def close_quietly(sock: MessageSocket) -> None:
+    with contextlib.suppress(Exception):
+        await bounded(sock.close(1000, "session replaced"), 3.0)
+
+
+async def bounded(awaitable: Awaitable[_T], timeout: float) -> _T:
+    """``awaitable`` bounded by ``timeout`` (``asyncio.TimeoutError`` past it), without
+    ``asyncio.wait_for`` (see :func:`wait_event`)."""
+    task = asyncio.ensure_future(awaitable)
+    try:
+        done, _ = await asyncio.wait({task}, timeout=timeout)
+    finally:
+        if not task.done():
+            task.cancel()
+            task.add_done_callback(_close_late_socket)
+    if not done:
+        raise asyncio.TimeoutError
+    return task.result()
+
+
+def _close_late_socket(task: asyncio.Future[Any]) -> None:
+    """A connection that completed after its caller gave up on it must not stay open."""
+    if task.cancelled() or task.exception() is not None:
+        return
+    result = task.result()
+    if hasattr(result, "close") and hasattr(result, "recv"):
+        with contextlib.suppress(RuntimeError):
+            closer = asyncio.ensure_future(close_quietly(result))
+            _LATE_CLOSERS.add(closer)
+            closer.add_done_callback(_LATE_CLOSERS.discard)
+
+
+_LATE_CLOSERS: set[asyncio.Future[None]] = set()
+
+
+async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:
+    """``event.wait()`` bounded by ``timeout``: True if the event was set, False on timeout.
+
+    Not ``asyncio.wait_for``: before Python 3.12 it returns normally, swallowing the
+    cancellation, when the task is cancelled in the same loop iteration as the event is set
+    (python/cpython#86296).  A timer that survives its cancellation that way keeps
+    :meth:`CallBridge.run` waiting for it forever: the call never ends and both sockets stay
+    open.  ``asyncio.wait`` never absorbs the caller's cancellation."""
+    waiter = asyncio.ensure_future(event.wait())
+    try:
+        done, _ = await asyncio.wait({waiter}, timeout=timeout)
+    finally:
+        waiter.cancel()
+    return bool(done)
