@@ -1,0 +1,185 @@
+"""The session a telephony bridge asks for: :class:`SessionConfig` and its ``session.update``.
+
+Kept apart from :mod:`~realtime_fsm.openai_realtime.rendering` because it is configuration, not
+a per-event translation: the options a bridge is built with, validated when it is built, and
+:func:`render_session_update`, the one event that carries them (GA nested shape or beta flat
+shape, the two generations disagree most here).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any, Final, Literal
+
+import attrs
+
+from .. import events as ev
+from .messages import Dialect
+from .rendering import _modalities
+
+#: Transcription model used when :attr:`SessionConfig.transcription_model` is ``None``.
+DEFAULT_TRANSCRIPTION_MODEL: Final[Mapping[Dialect, str]] = {
+    Dialect.GA: "gpt-4o-transcribe",
+    Dialect.BETA: "whisper-1",
+}
+
+
+TurnDetection = Literal["server_vad", "semantic_vad"]
+Eagerness = Literal["low", "medium", "high", "auto"]
+
+_opt_str_field = attrs.validators.optional(attrs.validators.instance_of(str))
+_bool_field = attrs.validators.instance_of(bool)
+
+
+def _opt_choice(*choices: str) -> Callable[[object, attrs.Attribute[Any], object], None]:
+    def check(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+        if value is not None and value not in choices:
+            raise ValueError(f"{attribute.name} must be one of {choices} or None, got {value!r}")
+
+    return check
+
+
+def _opt_ms(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if type(value) is not int or value < 0:
+        raise ValueError(f"{attribute.name} must be a non-negative int or None, got {value!r}")
+
+
+def _opt_threshold(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is None:
+        return
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 <= value <= 1:
+        raise ValueError(f"{attribute.name} must be a number in [0, 1] or None, got {value!r}")
+
+
+@attrs.frozen
+class SessionConfig:
+    """What a telephony bridge asks of the session in ``session.update``.
+
+    Audio is ``audio/pcmu`` (beta ``g711_ulaw``) both ways, fixed: Twilio speaks 8 kHz mu-law,
+    and passing its payloads straight through is the point.  Input transcription is on by
+    default because barge-in logs the caller's words.  ``create_response`` and
+    ``interrupt_response`` are only sent with a turn detection; they decide who creates and who
+    cancels, so the lifecycle must learn the values the server *applied*: feed it the
+    ``SessionConfigured`` parsed from ``session.updated``, not :meth:`expected_session`.
+
+    The VAD tuning knobs are ``None`` (server default) unless set, and each belongs to one kind
+    of turn detection; setting one for the other kind is refused here rather than by the server
+    mid-call."""
+
+    instructions: str | None = attrs.field(default=None, validator=_opt_str_field)
+    voice: str | None = attrs.field(default=None, validator=_opt_str_field)
+    turn_detection: TurnDetection | None = attrs.field(
+        default="server_vad",
+        validator=_opt_choice("server_vad", "semantic_vad"),
+    )
+    create_response: bool = attrs.field(default=True, validator=_bool_field)
+    interrupt_response: bool = attrs.field(default=True, validator=_bool_field)
+    input_transcription: bool = attrs.field(default=True, validator=_bool_field)
+    #: ``None``: :data:`DEFAULT_TRANSCRIPTION_MODEL` for the dialect rendered.
+    transcription_model: str | None = attrs.field(default=None, validator=_opt_str_field)
+    transcription_language: str | None = attrs.field(default=None, validator=_opt_str_field)
+    #: ``server_vad`` only.
+    silence_duration_ms: int | None = attrs.field(default=None, validator=_opt_ms)
+    #: ``server_vad`` only.
+    prefix_padding_ms: int | None = attrs.field(default=None, validator=_opt_ms)
+    #: ``server_vad`` only.
+    threshold: float | None = attrs.field(default=None, validator=_opt_threshold)
+    #: ``semantic_vad`` only.
+    eagerness: Eagerness | None = attrs.field(
+        default=None,
+        validator=_opt_choice("low", "medium", "high", "auto"),
+    )
+
+    def __attrs_post_init__(self) -> None:
+        server_knobs = (self.silence_duration_ms, self.prefix_padding_ms, self.threshold)
+        if self.turn_detection != "server_vad" and any(k is not None for k in server_knobs):
+            raise ValueError(
+                "silence_duration_ms/prefix_padding_ms/threshold need turn_detection='server_vad'"
+            )
+        if self.turn_detection != "semantic_vad" and self.eagerness is not None:
+            raise ValueError("eagerness needs turn_detection='semantic_vad'")
+
+    def expected_session(self) -> ev.SessionConfigured:
+        """What the lifecycle should assume *if the server applies this config as sent*.
+
+        Useful before ``session.updated`` arrives; the parsed ``session.updated`` then wins."""
+        if self.turn_detection is None:
+            return ev.SessionConfigured(
+                turn_detection=None,
+                input_audio_format="pcmu",
+                output_audio_format="pcmu",
+                updated=True,
+            )
+        return ev.SessionConfigured(
+            turn_detection=self.turn_detection,
+            create_response=self.create_response,
+            interrupt_response=self.interrupt_response,
+            input_audio_format="pcmu",  # Twilio's: always sent
+            output_audio_format="pcmu",
+            updated=True,  # the session.updated that answers it
+        )
+
+    def _turn_detection(self) -> dict[str, Any] | None:
+        if self.turn_detection is None:
+            return None
+        turn: dict[str, Any] = {
+            "type": self.turn_detection,
+            "create_response": self.create_response,
+            "interrupt_response": self.interrupt_response,
+        }
+        for key in ("silence_duration_ms", "prefix_padding_ms", "threshold", "eagerness"):
+            value = getattr(self, key)
+            if value is not None:
+                turn[key] = value
+        return turn
+
+    def _transcription(self, dialect: Dialect) -> dict[str, Any]:
+        model = self.transcription_model or DEFAULT_TRANSCRIPTION_MODEL[dialect]
+        transcription: dict[str, Any] = {"model": model}
+        if self.transcription_language is not None:
+            transcription["language"] = self.transcription_language
+        return transcription
+
+
+def render_session_update(
+    config: SessionConfig, *, dialect: Dialect = Dialect.GA, event_id: str | None = None
+) -> dict[str, Any]:
+    """``session.update`` for a telephony session (GA nested shape, or beta flat shape).
+
+    Turn detection ``None`` is sent as an explicit ``null``: that is how VAD is switched off.
+    Transcription off is sent as an *absent* field (the session default is off, and the typed
+    client params do not accept ``null`` there)."""
+    key, modalities = _modalities(("audio",), dialect)
+    session: dict[str, Any]
+    if dialect is Dialect.GA:
+        audio_in: dict[str, Any] = {"format": {"type": "audio/pcmu"}}
+        if config.input_transcription:
+            audio_in["transcription"] = config._transcription(dialect)
+        audio_in["turn_detection"] = config._turn_detection()
+        audio_out: dict[str, Any] = {"format": {"type": "audio/pcmu"}}
+        if config.voice is not None:
+            audio_out["voice"] = config.voice
+        session = {
+            "type": "realtime",
+            key: modalities,
+            "audio": {"input": audio_in, "output": audio_out},
+        }
+    else:
+        session = {
+            key: modalities,
+            "input_audio_format": "g711_ulaw",
+            "output_audio_format": "g711_ulaw",
+            "turn_detection": config._turn_detection(),
+        }
+        if config.input_transcription:
+            session["input_audio_transcription"] = config._transcription(dialect)
+        if config.voice is not None:
+            session["voice"] = config.voice
+    if config.instructions is not None:
+        session["instructions"] = config.instructions
+    event: dict[str, Any] = {"type": "session.update", "session": session}
+    if event_id is not None:
+        event["event_id"] = event_id
+    return event
