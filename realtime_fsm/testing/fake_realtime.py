@@ -54,6 +54,8 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 from websockets.http11 import Request, Response
 
+from ._conversation import Item as _Item
+from ._conversation import ProtocolError as _ProtocolError
 from ._support import LOOPBACK_HOST, Notifier, openai_id, settle
 from .audio import (
     STAMP_SIZE,
@@ -66,6 +68,14 @@ from .audio import (
     pcm16_decode,
     rms_level,
     tone,
+)
+from .fake_tools import (
+    ToolPlan,
+    ToolScript,
+    ToolScripting,
+    accept_output,
+    before_client_create,
+    stream_calls,
 )
 
 __all__ = [
@@ -402,19 +412,6 @@ _BETA_ONLY_RESPONSE_KEYS = frozenset(
 _GA_ONLY_RESPONSE_KEYS = frozenset({"output_modalities", "audio", "max_output_tokens"})
 
 
-class _ProtocolError(Exception):
-    """A client event the real server would reject; becomes an ``error`` event."""
-
-    def __init__(
-        self, code: str | None, message: str, param: str | None = None, etype: str | None = None
-    ) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.param = param
-        self.etype = etype or "invalid_request_error"
-
-
 @attrs.define
 class _Session:
     id: str
@@ -620,16 +617,6 @@ _WORD_RE = re.compile(r"\S+\s*|\s+")
 
 
 @attrs.define(eq=False)
-class _Item:
-    id: str
-    item: JSON
-    audio_bytes: int = 0
-    bytes_per_ms: int = 8
-    #: Model output audio: the only kind of item ``conversation.item.truncate`` accepts.
-    assistant_audio: bool = False
-
-
-@attrs.define(eq=False)
 class _Live:
     """Runtime state of a response that has not finished yet."""
 
@@ -647,6 +634,11 @@ class _Live:
     done_event: JSON | None = None
     #: The pause in progress (see ``_pause``): resolved True by a cancel, False by its timer.
     pause_waiter: asyncio.Future[bool] | None = None
+    #: Tool calls of this response (see :mod:`.fake_tools`); their items follow ``item``.
+    tools: ToolPlan | None = None
+    extra_output: list[JSON] = attrs.field(factory=list)
+    #: The message item's done events were sent (before the calls that follow it).
+    item_finished: bool = False
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -1142,12 +1134,15 @@ class FakeRealtimeConnection:
         self._items[item_id] = _Item(id=item_id, item=item)
         self._emit({"type": "conversation.item.added", "previous_item_id": previous, "item": item})
         self._emit({"type": "conversation.item.done", "previous_item_id": previous, "item": item})
-        if self._session.transcription is not None:
-            self._spawn(self._transcribe(item_id, audio_ms))
-
-    async def _transcribe(self, item_id: str, audio_ms: int) -> None:
-        await asyncio.sleep(self._server.config.transcription_delay_s)
+        # What the caller said is fixed at the commit (the model hears the audio, not the
+        # transcript), so a tool rule can match the turn the VAD response answers.
         text = self._server._next_transcript()
+        self._server._tools.note_user_input(self.index, text)
+        if self._session.transcription is not None:
+            self._spawn(self._transcribe(item_id, audio_ms, text))
+
+    async def _transcribe(self, item_id: str, audio_ms: int, text: str) -> None:
+        await asyncio.sleep(self._server.config.transcription_delay_s)
         self._last_user_text = text
         item = self._items.get(item_id)
         if item is not None:
@@ -1225,6 +1220,8 @@ class FakeRealtimeConnection:
                 "conversation.item.create cannot populate assistant audio messages.",
                 "item.content",
             )
+        if raw.get("type") == "function_call_output":
+            accept_output(self, raw)
         item = {**raw, "id": item_id, "object": "realtime.item", "status": "completed"}
         if previous is None:
             previous = next(reversed(self._items), None)
@@ -1237,6 +1234,7 @@ class FakeRealtimeConnection:
             ]
             if texts:
                 self._last_user_text = " ".join(str(t) for t in texts)
+                self._server._tools.note_user_input(self.index, self._last_user_text)
         prev = None if previous == "root" else previous
         self._emit({"type": "conversation.item.added", "previous_item_id": prev, "item": item})
         self._emit({"type": "conversation.item.done", "previous_item_id": prev, "item": item})
@@ -1310,6 +1308,8 @@ class FakeRealtimeConnection:
                 "response.conversation",
             )
         _validate_metadata(params.get("metadata"))
+        if conversation == "auto":
+            before_client_create(self)
         if conversation == "auto" and self._active is not None:
             raise _ProtocolError(
                 "conversation_already_has_active_response",
@@ -1358,7 +1358,9 @@ class FakeRealtimeConnection:
             metadata=metadata,
             last_user_text=self._last_user_text,
         )
-        chosen = server._next_reply(ctx)
+        plan = server._tools.plan(self.index, origin, out_of_band)
+        scripted = None if plan is None or plan.text is None else ScriptedReply(plan.text)
+        chosen = server._next_reply(ctx, scripted)
         if chosen is None:  # ResponseFaults.ignore_create: the server goes quiet
             return
         reply, faults = chosen
@@ -1408,6 +1410,7 @@ class FakeRealtimeConnection:
             output_format=output_format,
             voice=str(voice),
             max_output_tokens=max_tokens,
+            tools=plan if plan is not None and plan.calls else None,
         )
         server.responses.append(record)
         self._live[response_id] = live
@@ -1450,6 +1453,7 @@ class FakeRealtimeConnection:
     ) -> JSON:
         record = live.record
         output: list[JSON] = [live.item.item] if live.item is not None else []
+        output += live.extra_output
         details: JSON | None = None
         if status == "cancelled":
             details = {"type": "cancelled", "reason": reason}
@@ -1535,6 +1539,10 @@ class FakeRealtimeConnection:
         stop_at = n_chunks if faults.outcome == "completed" else max(1, n_chunks // 2)
 
         if await self._pause(live, config.first_delta_delay_s) and faults.deltas_after_cancel == 0:
+            await self._finish(live)
+            return
+        if live.tools is not None and not live.tools.preamble:  # calls only, no message item
+            await stream_calls(self, live, 0)
             await self._finish(live)
             return
         item_id = openai_id("item", self._server.rng)
@@ -1640,6 +1648,9 @@ class FakeRealtimeConnection:
                 await live.cancel_event.wait()
             elif faults.hold_open_s > 0:
                 await self._pause(live, faults.hold_open_s)
+        if live.tools is not None and not ended_early and not live.cancel_event.is_set():
+            self._finish_item(live, "completed")  # the preamble, then the calls
+            await stream_calls(self, live, 1)
         await self._finish(live, ended_early=ended_early)
 
     async def _finish(self, live: _Live, *, ended_early: bool = False) -> None:
@@ -1655,48 +1666,8 @@ class FakeRealtimeConnection:
             status, reason = "failed", None
         else:
             status, reason = "completed", None
-        item = live.item
-        if item is not None:
-            audio_mode = "audio" in record.modalities
-            ids = {
-                "response_id": record.id,
-                "item_id": item.id,
-                "output_index": 0,
-                "content_index": 0,
-            }
-            text = live.transcript_sent
-            if audio_mode:
-                self._emit_for(live, {"type": "response.output_audio.done", **ids})
-                self._emit_for(
-                    live,
-                    {"type": "response.output_audio_transcript.done", **ids, "transcript": text},
-                )
-                part: JSON = {"type": "audio", "transcript": text}
-            else:
-                self._emit_for(live, {"type": "response.output_text.done", **ids, "text": text})
-                part = {"type": "text", "text": text}
-            self._emit_for(live, {"type": "response.content_part.done", **ids, "part": part})
-            key = "transcript" if audio_mode else "text"
-            item.item["status"] = "completed" if status == "completed" else "incomplete"
-            item.item["content"] = [{"type": self._content_type(audio_mode), key: text}]
-            self._emit_for(
-                live,
-                {
-                    "type": "response.output_item.done",
-                    "response_id": record.id,
-                    "output_index": 0,
-                    "item": dict(item.item),
-                },
-            )
-            if not record.out_of_band:
-                self._emit_for(
-                    live,
-                    {
-                        "type": "conversation.item.done",
-                        "previous_item_id": None,
-                        "item": dict(item.item),
-                    },
-                )
+        if live.item is not None and not live.item_finished:
+            self._finish_item(live, "completed" if status == "completed" else "incomplete")
         record.status = status
         record.reason = reason
         record.done_at = time.monotonic()
@@ -1717,6 +1688,54 @@ class FakeRealtimeConnection:
         if self._server_create_pending and self._active is None:
             self._server_create_pending = False
             self._start_response(origin="server_vad", params={}, client_event_id=None)
+
+    def _finish_item(self, live: _Live, status: str) -> None:
+        """The done events of the response's message item, which end with ``status``."""
+        item = live.item
+        if item is None:
+            return
+        live.item_finished = True
+        record = live.record
+        audio_mode = "audio" in record.modalities
+        ids = {
+            "response_id": record.id,
+            "item_id": item.id,
+            "output_index": 0,
+            "content_index": 0,
+        }
+        text = live.transcript_sent
+        if audio_mode:
+            self._emit_for(live, {"type": "response.output_audio.done", **ids})
+            self._emit_for(
+                live,
+                {"type": "response.output_audio_transcript.done", **ids, "transcript": text},
+            )
+            part: JSON = {"type": "audio", "transcript": text}
+        else:
+            self._emit_for(live, {"type": "response.output_text.done", **ids, "text": text})
+            part = {"type": "text", "text": text}
+        self._emit_for(live, {"type": "response.content_part.done", **ids, "part": part})
+        key = "transcript" if audio_mode else "text"
+        item.item["status"] = status
+        item.item["content"] = [{"type": self._content_type(audio_mode), key: text}]
+        self._emit_for(
+            live,
+            {
+                "type": "response.output_item.done",
+                "response_id": record.id,
+                "output_index": 0,
+                "item": dict(item.item),
+            },
+        )
+        if not record.out_of_band:
+            self._emit_for(
+                live,
+                {
+                    "type": "conversation.item.done",
+                    "previous_item_id": None,
+                    "item": dict(item.item),
+                },
+            )
 
     def _schedule_late(self, live: _Live) -> None:
         record = live.record
@@ -1771,7 +1790,7 @@ _HANDLERS: dict[str, _Handler] = {
 # --- server -------------------------------------------------------------------------------------
 
 
-class FakeRealtimeServer:
+class FakeRealtimeServer(ToolScripting):
     """The fake OpenAI Realtime server.  Use it as an async context manager::
 
         async with FakeRealtimeServer(FakeRealtimeConfig(realtime_factor=20)) as server:
@@ -1814,6 +1833,7 @@ class FakeRealtimeServer:
         self._server: Server | None = None
         self._notifier = Notifier()
         self._response_number = 0
+        self._tools = ToolScript()
         #: Connections in the order they were opened (index = position in this list).
         self.connections: list[FakeRealtimeConnection] = []
         #: Every client event received, in order.
@@ -1983,15 +2003,20 @@ class FakeRealtimeServer:
     def open_connections(self) -> list[FakeRealtimeConnection]:
         return [c for c in self.connections if not c.closed]
 
-    def _next_reply(self, ctx: ReplyContext) -> tuple[ScriptedReply, ResponseFaults] | None:
+    def _next_reply(
+        self, ctx: ReplyContext, scripted: ScriptedReply | None = None
+    ) -> tuple[ScriptedReply, ResponseFaults] | None:
         """The reply and faults of a new response; None if the create is to be swallowed (the
-        swallowed create consumes its queued faults but not a queued reply)."""
+        swallowed create consumes its queued faults but not a queued reply).  ``scripted``
+        (a tool turn's text) is said instead of the queued or sourced reply."""
         if self._fault_queue and self._fault_queue[0].ignore_create:
             self._fault_queue.pop(0)
             return None
         if not self._fault_queue and not self._reply_queue and self.config.faults.ignore_create:
             return None
-        if self._reply_queue:
+        if scripted is not None:
+            reply = scripted
+        elif self._reply_queue:
             reply = self._reply_queue.pop(0)
         elif self._reply_source is not None:
             produced = self._reply_source(ctx)
