@@ -43,7 +43,8 @@ from ._conversation import JSON, Item, ProtocolError
 from ._support import openai_id
 
 if TYPE_CHECKING:
-    from .fake_realtime import FakeRealtimeConnection, _Live
+    from ._realtime_base import _Live
+    from ._realtime_responses import _ResponseHandling
 
 __all__ = [
     "ToolCallRecord",
@@ -213,7 +214,7 @@ class ToolScript:
 # --- hooks called by the server ---------------------------------------------------------------
 
 
-def accept_output(conn: FakeRealtimeConnection, raw: JSON) -> None:
+def accept_output(conn: _ResponseHandling, raw: JSON) -> None:
     """Check a ``function_call_output`` item as the real server does, and record it.
 
     Raises the server's error (and adds nothing) for a missing or unknown ``call_id``, a second
@@ -247,7 +248,7 @@ def accept_output(conn: FakeRealtimeConnection, raw: JSON) -> None:
     conn._server._tools.outputs.append(ToolOutput(call_id, str(call.get("name", "")), output))
 
 
-def before_client_create(conn: FakeRealtimeConnection) -> None:
+def before_client_create(conn: _ResponseHandling) -> None:
     """The race knob: start a server-VAD response just before the client's create is handled,
     so the create meets the real ``conversation_already_has_active_response``."""
     script = conn._server._tools
@@ -272,7 +273,7 @@ def before_client_create(conn: FakeRealtimeConnection) -> None:
     conn._start_response(origin="server_vad", params={}, client_event_id=None)
 
 
-async def stream_calls(conn: FakeRealtimeConnection, live: _Live, first_index: int) -> None:
+async def stream_calls(conn: _ResponseHandling, live: _Live, first_index: int) -> None:
     """Stream the planned calls of ``live`` as ``function_call`` items from ``first_index``."""
     plan = live.tools
     if plan is None:
@@ -289,7 +290,7 @@ async def stream_calls(conn: FakeRealtimeConnection, live: _Live, first_index: i
 
 
 async def _stream_call(
-    conn: FakeRealtimeConnection,
+    conn: _ResponseHandling,
     live: _Live,
     index: int,
     name: str,
