@@ -25,9 +25,9 @@ What it models (the protocol as documented in §11.1 and the ``openai.types.real
 * The first response after every completed call of a tool turn has its output (a client
   create, or one by server VAD) says the rule's ``then_reply``.
 
-The server module calls in through a few hooks (``plan_response``, ``stream_calls``,
-``accept_output``, ``note_user_input``, ``before_client_create``); this module only reaches
-into the connection through the same private helpers the server's own handlers use.
+The server's modules call in through a few hooks (``ToolScript.note_user_input`` and
+``ToolScript.plan``, ``stream_calls``, ``accept_output``, ``before_client_create``); this module
+reaches into the connection only through the private helpers its own handlers use.
 """
 
 from __future__ import annotations
