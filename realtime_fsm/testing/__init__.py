@@ -39,6 +39,15 @@ Typical use in a test (no pytest plugin needed)::
 
         asyncio.run(asyncio.wait_for(scenario(), 30))
 
+Scripting tool calls (``realtime_fsm.testing.fake_tools``; reference §11)::
+
+    ai.script_tool_call("order", name="lookup_order", arguments={"order_id": "42"},
+                        preamble="Let me check.", then_reply=lambda outs: f"It is {outs[0]}.")
+    ...  # the caller says "where is order 42": the response speaks the preamble, then calls
+    assert [o.name for o in ai.tool_outputs] == ["lookup_order"]   # the bridge answered it
+    assert ai.responses_before_outputs == 0      # ...and did not ask for a reply too early
+    ai.race_vad_on_next_create()   # the bridge's follow-up create meets a VAD response
+
 Things worth knowing:
 
 * Both bind or connect on 127.0.0.1 only; the fake server's port is 0 (a free port) by default:
@@ -86,6 +95,7 @@ from .fake_realtime import (
     SentEvent,
     beta_event_name,
 )
+from .fake_tools import ToolCallRecord, ToolCallRule, ToolOutput
 from .fake_twilio import (
     ClearRecord,
     FakeCallerConfig,
@@ -130,6 +140,9 @@ __all__ = [
     "SentEvent",
     "Speak",
     "TagScanner",
+    "ToolCallRecord",
+    "ToolCallRule",
+    "ToolOutput",
     "TypeText",
     "beta_event_name",
     "bytes_per_ms",
