@@ -318,6 +318,8 @@ def test_twiml_route_without_a_token_answers_get_and_post() -> None:
                 status, ctype, body = await ahttp(port, "/incoming-call", data=data)
                 assert (status, body) == (200, twiml(STREAM_URL))
                 assert ctype.startswith("text/xml")
+            big = {"CallSid": "x" * 70_000}  # over the 64 KiB bound: refused, not buffered
+            assert (await ahttp(port, "/incoming-call", data=big))[0] == 413
 
     run(scenario())
 
