@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -91,7 +91,9 @@ def twiml(stream_url: str) -> bytes:
     ).encode()
 
 
-def _validator(token: str) -> SignatureValidator:
+def signature_validator(token: str) -> SignatureValidator:
+    """The ``twilio`` package's ``RequestValidator``; fails closed (``RuntimeError``) without
+    the package, since a configured token must never mean an unchecked endpoint."""
     try:
         from twilio.request_validator import RequestValidator
     except ImportError as exc:  # fail closed: a token without a validator is a config error
@@ -108,7 +110,7 @@ def signature_gate(config: ServerConfig) -> WebSocketGate | None:
     token = config.twilio_auth_token
     if not token:
         return None
-    validator = _validator(token)
+    validator = signature_validator(token)
     expected_url = config.stream_url
 
     async def gate(request: HttpRequest) -> HttpResponse | None:
@@ -152,12 +154,17 @@ async def connect_realtime(config: ServerConfig) -> MessageSocket:
     return sock
 
 
-async def _media_stream(
+async def bridge_call(
     config: ServerConfig,
-    twilio_ws: WebSocket,
+    twilio_ws: MessageSocket,
     reports: list[CallReport] | None,
-    on_bridge: Callable[[CallBridge], None] | None = None,
+    on_bridge: Callable[[CallBridge], object] | None = None,
+    *,
+    connect: Callable[[], Awaitable[MessageSocket]] | None = None,
 ) -> None:
+    """Serve one accepted media stream: open the OpenAI socket (``connect``, by default
+    :func:`connect_realtime`; reconnects too), run the bridge, append its report.  Shared by
+    this server and :mod:`realtime_fsm.asgi`, so both treat a call the same way."""
     trace = start_trace(
         config.trace_dir,
         config.bridge,
@@ -167,7 +174,7 @@ async def _media_stream(
 
     async def open_openai() -> MessageSocket:
         """The one place an OpenAI socket is opened, for the first session and reconnects."""
-        sock = await connect_realtime(config)
+        sock = await (connect() if connect is not None else connect_realtime(config))
         if trace is not None:
             sock = trace.wrap(sock, "openai")
         return sock
@@ -218,7 +225,7 @@ async def start_server(
         return await _incoming_call(config, request)
 
     async def media(ws: WebSocket) -> None:
-        await _media_stream(config, ws, reports, on_bridge)
+        await bridge_call(config, ws, reports, on_bridge)
 
     routes = Routes(
         http={"/incoming-call": incoming},
