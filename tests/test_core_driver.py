@@ -10,8 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Coroutine
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -37,6 +41,7 @@ from realtime_fsm.events import (
 )
 from realtime_fsm.lifecycle import ResponseLifecycle
 
+ROOT = Path(__file__).resolve().parents[1]
 SLOW = 60.0  # every timeout a test does not exercise: far beyond the test's own bound
 
 
@@ -311,3 +316,20 @@ def test_a_deadline_a_tick_does_not_move_is_retried_without_spinning() -> None:
         assert rate < 1000, rate  # a 5 ms pause allows ~200/s; spinning would be far more
 
     run(body)
+
+
+def test_core_only_example_runs_the_watchdog_through_the_driver() -> None:
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "examples" / "core_only.py")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        env={**os.environ, "PYTHONPATH": path},
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert "[NO_AUDIO_WATCHDOG] FIRED! resp=resp_1 transcript_deltas=1 audio_deltas=0" in out
+    assert "audio of resp_2 forwarded to the caller" in out
+    assert "core only: ok" in out
