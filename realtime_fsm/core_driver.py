@@ -24,6 +24,7 @@ asyncio; the bridge (:mod:`realtime_fsm.bridge`) has its own timer and does not 
 from __future__ import annotations
 
 import asyncio
+import inspect
 import logging
 import math
 import time
@@ -209,20 +210,17 @@ class LifecycleDriver:
 
         Raises RuntimeError when nothing would ever execute them: the driver is not started,
         its task ended, or this is called from inside ``execute`` (it would wait for itself)."""
-        if not self._queue and not self._busy:
-            return
-        task = self._task
-        if task is None or task.done():
-            raise RuntimeError("the driver is not running: queued commands wait for close()")
-        if task is asyncio.current_task():
-            raise RuntimeError("drain() from inside execute would wait for itself")
-        waiter = asyncio.ensure_future(self._idle.wait())
-        try:
-            await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-        if self._queue or self._busy:
-            raise RuntimeError("the driver stopped before executing every queued command")
+        while self._queue or self._busy:
+            task = self._task
+            if task is None or task.done():
+                raise RuntimeError("the driver is not running: queued commands wait for close()")
+            if task is asyncio.current_task():
+                raise RuntimeError("drain() from inside execute would wait for itself")
+            waiter = asyncio.ensure_future(self._idle.wait())
+            try:
+                await asyncio.wait({waiter, task}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                waiter.cancel()
 
     async def close(self, reason: str = "closed", *, timeout: float = CLOSE_TIMEOUT) -> None:
         """Stop the timer, feed ``ConnectionClosed(reason)`` and execute what is left, then the
@@ -300,7 +298,7 @@ class LifecycleDriver:
         self._busy = True
         try:
             result = self._execute(command)
-            if result is not None:
+            if result is not None and inspect.isawaitable(result):  # a stray return is no error
                 await result
         except Exception:
             self.execute_errors += 1

@@ -238,6 +238,28 @@ def test_close_runs_commands_still_queued_before_the_returned_text() -> None:
     run(body)
 
 
+def test_close_cancels_an_execute_stuck_past_its_timeout_and_still_returns_the_text() -> None:
+    async def body() -> None:
+        rec = Recorder()
+        never = asyncio.Event()
+
+        async def execute(command: Command) -> None:
+            rec(command)
+            if isinstance(command, SendResponseCreate):
+                await never.wait()  # a socket write that never completes
+
+        driver = LifecycleDriver(machine(), execute)
+        runner = asyncio.ensure_future(driver.run())
+        driver.handle(RequestResponse(reason="greeting"))
+        await rec.until(SendResponseCreate)
+        driver.handle(UserText("hello"))  # held: the create is unanswered
+        await driver.close("hangup", timeout=0.05)
+        assert rec.of(ReturnUndeliveredText) == [ReturnUndeliveredText(("hello",))]
+        assert await runner is None  # close() ended it: run() returns, it does not raise
+
+    run(body)
+
+
 def test_close_from_inside_execute_finishes_the_queue() -> None:
     async def body() -> None:
         rec = Recorder()
