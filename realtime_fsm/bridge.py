@@ -37,6 +37,7 @@ from .call import (
     TextFrame,
 )
 from .call.texts import UrgentFrame
+from .errors import UpstreamUnreachable
 from .history import ConversationHistory
 from .lifecycle import ResponseLifecycle
 from .openai_realtime import OpenAIRealtimeCodec
@@ -253,10 +254,13 @@ class CallBridge(ToolDriver):
             raise
         except Exception as exc:  # the connector's own failure, whatever its type
             status = handshake_status(exc)
+            # Never the exception's text: some clients put the URL (and so tokens in a query
+            # string) into it.  The type and the status are enough to act on.
+            what = str(exc) if isinstance(exc, UpstreamUnreachable) else type(exc).__name__
             log.error(
                 "call=%s cannot open the openai session: %s%s",
                 self.session.call_label,
-                type(exc).__name__,
+                what,
                 f" (HTTP {status})" if status is not None else "",
             )
             self.session.end("realtime server unreachable", self.clock())
@@ -324,7 +328,8 @@ class CallBridge(ToolDriver):
                 except Exception as exc:  # the connector's own failure, whatever its type
                     # The type (and an HTTP status) only: some clients put the URL in the text.
                     status = handshake_status(exc)
-                    session.connect_failed(type(exc).__name__, self.clock(), status=status)
+                    what = str(exc) if isinstance(exc, UpstreamUnreachable) else type(exc).__name__
+                    session.connect_failed(what, self.clock(), status=status)
                     self._after()
                     continue
                 self._use_openai(sock)

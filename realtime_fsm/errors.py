@@ -44,3 +44,8 @@ class ToolArgumentsError(ProtocolError):
     Raised by :meth:`realtime_fsm.tools.Tool.parse_arguments`.  ``message`` is short, names
     fields but never their values, and is meant to go back to the model as the call's output
     so it can call again correctly."""
+
+
+class UpstreamUnreachable(ConnectionError):
+    """A connector could not open the OpenAI Realtime socket.  Its text is safe to log (the
+    host and the failure's type, never the URL: some deployments put a key in its query)."""

@@ -24,6 +24,7 @@ import attrs
 from websockets.asyncio.client import connect
 
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
+from .errors import UpstreamUnreachable
 from .openai_realtime import Dialect
 from .trace import MAX_TRACE_BYTES, start_trace
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
@@ -162,8 +163,9 @@ async def bridge_call(
     *,
     connect: Callable[[], Awaitable[MessageSocket]] | None = None,
 ) -> None:
-    """Serve one accepted media stream: open the OpenAI socket (``connect``, by default
-    :func:`connect_realtime`; reconnects too), run the bridge, append its report.  Shared by
+    """Serve one accepted media stream: run the bridge, which opens the OpenAI socket after
+    Twilio's ``start`` (``connect``, by default :func:`connect_realtime`; reconnects too), and
+    append its report.  Shared by
     this server and :mod:`realtime_fsm.asgi`, so both treat a call the same way."""
     trace = start_trace(
         config.trace_dir,
@@ -174,29 +176,29 @@ async def bridge_call(
 
     async def open_openai() -> MessageSocket:
         """The one place an OpenAI socket is opened, for the first session and reconnects."""
-        sock = await (connect() if connect is not None else connect_realtime(config))
+        try:
+            sock = await (connect() if connect is not None else connect_realtime(config))
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            # Never the exception's text: some clients put the URL (and so tokens in a query
+            # string) into it.  The type and the host are enough to act on.
+            host = urlsplit(config.realtime_url).netloc
+            unreachable = UpstreamUnreachable(
+                f"cannot reach the realtime server at {host}: {type(exc).__name__}"
+            )
+            unreachable.response = getattr(exc, "response", None)  # type: ignore[attr-defined]
+            raise unreachable from None
         if trace is not None:
             sock = trace.wrap(sock, "openai")
         return sock
 
-    try:
-        openai_sock = await open_openai()
-    except (OSError, asyncio.TimeoutError, Exception) as exc:
-        # Never echo the exception text blindly: some clients put the URL (and so tokens in a
-        # query string) into it.  The type and the host are enough to act on.
-        log.error(
-            "cannot reach the realtime server at %s: %s",
-            urlsplit(config.realtime_url).netloc,
-            type(exc).__name__,
-        )
-        await twilio_ws.close(1011, "realtime server unreachable")
-        if trace is not None:
-            trace.finish(end_reason="realtime server unreachable")
-        return
     twilio_sock: MessageSocket = twilio_ws
     if trace is not None:
         twilio_sock = trace.wrap(twilio_ws, "twilio")
-    bridge = CallBridge(twilio_sock, openai_sock, config.bridge, reconnect=open_openai)
+    # The OpenAI session opens once Twilio's ``start`` arrived: a stream that never starts
+    # costs no paid session.  Unreachable, the call ends with 1011 and one log line.
+    bridge = CallBridge(twilio_sock, None, config.bridge, reconnect=open_openai)
     if on_bridge is not None:
         on_bridge(bridge)
     try:

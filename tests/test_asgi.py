@@ -299,7 +299,10 @@ def test_unreachable_openai_closes_the_caller_with_1011_and_one_line(
             await caller.wait_closed(10)
             await caller.hang_up()
             assert caller.close_code == 1011
-        assert reports == []  # no call was bridged
+        # The session is opened after Twilio's start: the call is reported, unbridged.
+        [report] = reports
+        assert report.end_reason == "realtime server unreachable"
+        assert report.media_out == 0
 
     run(scenario())
     records = errors(caplog)

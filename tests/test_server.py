@@ -32,6 +32,7 @@ from websockets.asyncio.client import connect
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed, InvalidStatus
+from websockets.protocol import State
 from websockets.uri import parse_uri
 
 from realtime_fsm import webserver
@@ -372,6 +373,12 @@ def test_unreachable_realtime_server_closes_the_stream_and_logs_no_secret(
             headers = {"X-Twilio-Signature": sign(STREAM_URL)} if token else {}
             url = f"ws://127.0.0.1:{port}/media-stream"
             async with connect(url, additional_headers=headers) as twilio:
+                # No OpenAI session is opened before Twilio's start names the call.
+                connected, start = twilio_start()
+                await twilio.send(connected)
+                await asyncio.sleep(0.05)
+                assert twilio.state is State.OPEN
+                await twilio.send(start)
                 with pytest.raises(ConnectionClosed) as info:
                     await asyncio.wait_for(twilio.recv(), 5)
                 assert info.value.rcvd is not None
