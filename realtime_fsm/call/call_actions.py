@@ -201,6 +201,7 @@ class CallActions(CallFields):
         self._open_calls.clear()  # call ids are per session: the next one knows none
         self._tool_rounds.clear()
         self._round_wants_response.clear()
+        self._rounds_closed.clear()
         self._round_unconfirmed.clear()
         self._follow_up_queued = False
         if handover.state is ACTIVE or handover.state is CREATING:

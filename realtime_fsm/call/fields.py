@@ -149,10 +149,12 @@ class CallFields:
         self._session_update_id: str | None = None
         # --- Tools: calls of this session not yet answered, by call id.
         self._open_calls: dict[str, OpenCall] = {}
-        #: Per response: its completed function calls not yet answered; the follow-up request
-        #: is made when the last is answered and at least one asked for a response.
+        #: Per response: its completed function calls (a round); the one follow-up request is
+        #: made once the response is done and every call answered, if any asked for one.
         self._tool_rounds: dict[str, list[str]] = {}
         self._round_wants_response: dict[str, bool] = {}
+        #: Responses of a round that are done: no more calls can join their round.
+        self._rounds_closed: set[str] = set()
         #: Outputs of ours the server has not yet confirmed added to the conversation, and
         #: whether a follow-up request is queued: a response the server creates once every
         #: output is in answers with them in view (the follow-up is withdrawn).

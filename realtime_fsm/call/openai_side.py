@@ -10,8 +10,11 @@ from __future__ import annotations
 from .. import events as ev
 from ..errors import RemoteProtocolError
 from ..openai_realtime import (
+    FunctionCallDone,
     Ignored,
     InputTranscript,
+    InputTranscriptDelta,
+    ItemAdded,
     OutputAudioDelta,
     OutputTranscriptDelta,
     ResponseActivity,
@@ -82,9 +85,37 @@ class OpenAISide(TwilioSide):
         elif kind is InputTranscript:
             assert isinstance(message, InputTranscript)
             self._input_transcript(message)
+        elif kind is FunctionCallDone:
+            assert isinstance(message, FunctionCallDone)
+            machine.touch(message.response_id, now)
+            self.function_call_done(
+                message.response_id,
+                message.call_id,
+                message.name,
+                message.arguments,
+                message.status,
+            )
+        elif kind is ItemAdded:
+            assert isinstance(message, ItemAdded)
+            if message.call_id:
+                self.output_item_added(message.call_id)
+        elif kind is InputTranscriptDelta:
+            assert isinstance(message, InputTranscriptDelta)
+            if self.emit_events:
+                self.events.append(
+                    ae.CallerTranscript(message.delta, final=False, item_id=message.item_id)
+                )
         else:
             self._control(message)  # type: ignore[arg-type]
         return None
+
+    def function_call_done(
+        self, response_id: str, call_id: str, name: str, arguments: str, status: str | None
+    ) -> None:
+        """A ``function_call`` item is done (see :mod:`realtime_fsm.call.tool_calls`)."""
+
+    def output_item_added(self, call_id: str) -> None:
+        """The server added our ``function_call_output`` (see ``tool_calls``)."""
 
     def _new_audio_item(self, response_id: str, item: str) -> None:
         self._last_audio_item = item

@@ -24,7 +24,7 @@ from typing import Final
 
 from .. import events as ev
 from ..errors import LocalProtocolError
-from ..openai_realtime import dumps
+from ..openai_realtime import dumps, render_function_call_output
 from . import app_events as ae
 from .fields import OpenCall, log
 from .openai_side import OpenAISide
@@ -90,10 +90,9 @@ class ToolCalls(OpenAISide):
         call = open_call.call
         if not ok:
             self.report.tool_failures += 1
-        item = {"type": "function_call_output", "call_id": call_id, "output": output}
         event_id = self.mint_id("tool")
         self.out_openai.append(
-            dumps({"type": "conversation.item.create", "event_id": event_id, "item": item})
+            dumps(render_function_call_output(call_id, output, event_id=event_id))
         )
         took = self._now - open_call.made_at
         log.info(
@@ -106,17 +105,21 @@ class ToolCalls(OpenAISide):
         )
         if self.emit_events:
             self.events.append(ae.ToolResult(call_id, call.name, ok, took))
-        round_ = self._tool_rounds.get(call.response_id)
-        wants = self._round_wants_response.get(call.response_id, False) or respond
-        if round_ is None:
-            return
         self._round_unconfirmed.add(call_id)
-        if any(c in self._open_calls for c in round_):
-            self._round_wants_response[call.response_id] = wants
+        rid = call.response_id
+        if rid in self._tool_rounds:
+            self._round_wants_response[rid] = self._round_wants_response.get(rid, False) or respond
+            self._maybe_follow_up(rid)
+
+    def _maybe_follow_up(self, response_id: str) -> None:
+        """One request for a round: once its response is done (no more calls can come) and
+        every call of it is answered."""
+        round_ = self._tool_rounds[response_id]
+        if response_id not in self._rounds_closed or any(c in self._open_calls for c in round_):
             return
-        del self._tool_rounds[call.response_id]
-        self._round_wants_response.pop(call.response_id, None)
-        if wants:
+        del self._tool_rounds[response_id]
+        self._rounds_closed.discard(response_id)
+        if self._round_wants_response.pop(response_id, False):
             self._follow_up_queued = True
             self.handle_event(ev.RequestResponse(reason=TOOL_REASON))
 
@@ -137,6 +140,12 @@ class ToolCalls(OpenAISide):
                 self.call_label,
             )
         self._follow_up_queued = False
+
+    def _response_done(self, event: ev.ResponseDone) -> None:
+        super()._response_done(event)
+        if event.response_id in self._tool_rounds:
+            self._rounds_closed.add(event.response_id)
+            self._maybe_follow_up(event.response_id)
 
     def _response_created(self, event: ev.ResponseCreated) -> None:
         super()._response_created(event)

@@ -95,6 +95,42 @@ class InputTranscript:
 
 
 @attrs.frozen
+class InputTranscriptDelta:
+    """``conversation.item.input_audio_transcription.delta``: a partial of what the caller is
+    saying, for the application (nothing decides on it)."""
+
+    item_id: str
+    delta: str
+
+
+@attrs.frozen
+class FunctionCallDone:
+    """``response.output_item.done`` of a ``function_call`` item: the model called a tool.
+
+    ``status`` is the item's: only ``completed`` is run (the done events also come for calls a
+    cancel cut off, whose ``arguments`` may be a fragment of JSON).  Still a sign of life of
+    ``response_id``, like the other per-response events."""
+
+    response_id: str
+    item_id: str
+    call_id: str
+    name: str
+    arguments: str
+    status: str | None
+
+
+@attrs.frozen
+class ItemAdded:
+    """``conversation.item.added`` (beta ``conversation.item.created``) of an item the call
+    cares about: a ``function_call_output`` (``call_id``), now in the conversation, so a
+    response created from here on sees it."""
+
+    item_id: str | None
+    item_type: str
+    call_id: str | None
+
+
+@attrs.frozen
 class Ignored:
     """A well-formed event the lifecycle has no use for.
 
@@ -123,6 +159,9 @@ ServerMessage = (
     | OutputTranscriptDelta
     | ResponseActivity
     | InputTranscript
+    | InputTranscriptDelta
+    | FunctionCallDone
+    | ItemAdded
     | Ignored
 )
 
@@ -160,7 +199,6 @@ ACTIVITY_TYPES: Final = frozenset(
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
         "response.output_item.added",
-        "response.output_item.done",
         "response.content_part.added",
         "response.content_part.done",
         "response.mcp_call_arguments.delta",
@@ -174,13 +212,10 @@ ACTIVITY_TYPES: Final = frozenset(
 IGNORED_TYPES: Final = frozenset(
     {
         "conversation.created",
-        "conversation.item.created",
-        "conversation.item.added",
         "conversation.item.done",
         "conversation.item.retrieved",
         "conversation.item.truncated",
         "conversation.item.deleted",
-        "conversation.item.input_audio_transcription.delta",
         "conversation.item.input_audio_transcription.failed",
         "conversation.item.input_audio_transcription.segment",
         "input_audio_buffer.cleared",

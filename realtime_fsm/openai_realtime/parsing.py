@@ -27,8 +27,11 @@ from .messages import (
     AUDIO_DELTA_TYPES,
     IGNORED_TYPES,
     TRANSCRIPT_DELTA_TYPES,
+    FunctionCallDone,
     Ignored,
     InputTranscript,
+    InputTranscriptDelta,
+    ItemAdded,
     OutputAudioDelta,
     OutputTranscriptDelta,
     ResponseActivity,
@@ -274,6 +277,40 @@ def _input_transcript(data: dict[str, Any]) -> InputTranscript:
     return InputTranscript(req_str(data, "item_id", where), req_str(data, "transcript", where))
 
 
+def _input_transcript_delta(data: dict[str, Any]) -> InputTranscriptDelta:
+    where = data["type"]
+    return InputTranscriptDelta(req_str(data, "item_id", where), req_str(data, "delta", where))
+
+
+def _output_item_done(data: dict[str, Any]) -> FunctionCallDone | ResponseActivity:
+    where = data["type"]
+    response_id = req_str(data, "response_id", where)
+    item = data.get("item")
+    # Only a function call matters beyond the sign of life: any other item, as before.
+    if type(item) is not dict or item.get("type") != "function_call":
+        return ResponseActivity(response_id, where)
+    where = f"{where} item"
+    return FunctionCallDone(
+        response_id=response_id,
+        item_id=opt_str(item, "id", where) or "",
+        call_id=opt_str(item, "call_id", where) or "",
+        name=opt_str(item, "name", where) or "",
+        arguments=opt_str(item, "arguments", where) or "",
+        status=opt_str(item, "status", where),
+    )
+
+
+def _item_added(data: dict[str, Any]) -> ItemAdded | Ignored:
+    where = data["type"]
+    item = data.get("item")
+    # Only our tool outputs matter: any other item (or shape) is nothing to act on.
+    if type(item) is not dict or item.get("type") != "function_call_output":
+        return _IGNORED[where]
+    item_type = "function_call_output"
+    where = f"{where} item"
+    return ItemAdded(opt_str(item, "id", where), item_type, opt_str(item, "call_id", where))
+
+
 _HANDLERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     "session.created": _session,
     "session.updated": _session,
@@ -284,6 +321,10 @@ _HANDLERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     "input_audio_buffer.speech_stopped": _speech_stopped,
     "input_audio_buffer.committed": _committed,
     "conversation.item.input_audio_transcription.completed": _input_transcript,
+    "conversation.item.input_audio_transcription.delta": _input_transcript_delta,
+    "response.output_item.done": _output_item_done,
+    "conversation.item.added": _item_added,
+    "conversation.item.created": _item_added,
 }
 _HANDLERS.update(dict.fromkeys(AUDIO_DELTA_TYPES, _audio_delta))
 _HANDLERS.update(dict.fromkeys(TRANSCRIPT_DELTA_TYPES, _transcript_delta))
@@ -291,8 +332,9 @@ _HANDLERS.update(dict.fromkeys(ACTIVITY_TYPES, _activity))
 
 #: Every event type this adapter recognises: parsed or deliberately ignored.
 KNOWN_TYPES: Final = frozenset(_HANDLERS) | IGNORED_TYPES
-#: One shared instance per ignored type: nothing to allocate for the chatty ones.
-_IGNORED: Final = {name: Ignored(name, known=True) for name in IGNORED_TYPES}
+#: One shared instance per ignored type (and per parsed type whose other shapes are ignored):
+#: nothing to allocate for the chatty ones.
+_IGNORED: Final = {name: Ignored(name, known=True) for name in KNOWN_TYPES}
 
 assert not (IGNORED_TYPES & _HANDLERS.keys()), "a type cannot be both parsed and ignored"
 

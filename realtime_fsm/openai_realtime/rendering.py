@@ -185,3 +185,14 @@ def input_audio_append_json(payload: str) -> str:
     if type(payload) is str and plain_json_string(payload):
         return '{"type":"input_audio_buffer.append","audio":"' + payload + '"}'
     return dumps({"type": "input_audio_buffer.append", "audio": payload})
+
+
+def render_function_call_output(call_id: str, output: str, *, event_id: str) -> dict[str, Any]:
+    """``conversation.item.create`` of a ``function_call_output``: a tool's answer to the call
+    ``call_id`` (the same in both dialects).  Sent as an item, never only inside a
+    ``response.create`` (the server then cannot find the call id, reference §11)."""
+    return {
+        "type": "conversation.item.create",
+        "event_id": event_id,
+        "item": {"type": "function_call_output", "call_id": call_id, "output": output},
+    }
