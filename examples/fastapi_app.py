@@ -1,4 +1,6 @@
-"""A FastAPI voice agent: the Twilio bridge mounted next to the app's own routes.
+"""A FastAPI voice agent: the Twilio bridge mounted next to the app's own routes, one tool
+(``lookup_order``) the model can call, a greeting made for each caller, and the call's events
+read by the app.
 
     pip install 'realtime-fsm[asgi,twilio]' fastapi uvicorn
     export OPENAI_API_KEY=sk-...  PUBLIC_URL=https://example.ngrok.app  TWILIO_AUTH_TOKEN=...
@@ -14,19 +16,54 @@ message larger than the bridge accepts (64 KiB; the routes refuse bigger ones an
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
+from collections.abc import Mapping
 from typing import Any
 
 from fastapi import FastAPI
 
+from realtime_fsm import CallerTranscript, ToolCall, ToolResult, function_tool
 from realtime_fsm.asgi import TwilioVoiceRoutes
 from realtime_fsm.bridge import BridgeConfig, CallBridge, CallReport
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig
 
 GREETING = "Greet the caller briefly and ask how you can help."
-INSTRUCTIONS = "You are a friendly phone assistant. Keep answers short."
+INSTRUCTIONS = (
+    "You are a friendly phone assistant for an online shop. Keep answers short. Use"
+    " lookup_order when the caller asks about an order."
+)
+#: Your CRM: who calls from which number (the example's stand-in).
+CUSTOMERS = {"+15550100": "Ada"}
+#: Your order system (the example's stand-in).
+ORDERS = {"42": "shipped on Monday, arriving Thursday", "7": "being packed"}
+log = logging.getLogger("voice_agent")
+
+
+@function_tool
+async def lookup_order(order_id: str) -> dict[str, str]:
+    """Look up the status of an order.
+
+    Args:
+        order_id: The order number, as the caller said it (digits only).
+    """
+    return {"order_id": order_id, "status": ORDERS.get(order_id, "not found")}
+
+
+def stream_parameters(webhook: Mapping[str, str]) -> dict[str, str]:
+    """From Twilio's webhook to the stream's ``<Parameter>``s: who is calling."""
+    name = CUSTOMERS.get(webhook.get("From", ""))
+    return {"name": name} if name else {}
+
+
+def greeting(params: Mapping[str, str]) -> str:
+    """The first thing the agent says, made for this caller."""
+    name = params.get("name")
+    if name:
+        return f"Greet {name} by name, briefly, and ask how you can help."
+    return GREETING
 
 
 def config_from_env() -> ServerConfig:
@@ -41,9 +78,11 @@ def config_from_env() -> ServerConfig:
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
         bridge=BridgeConfig(
             session=SessionConfig(instructions=env.get("INSTRUCTIONS", INSTRUCTIONS)),
-            greeting=env.get("GREETING", GREETING),
+            greeting=env.get("GREETING") or greeting,
+            tools=(lookup_order,),
         ),
         trace_dir=env.get("TRACE_DIR") or None,
+        stream_parameters=stream_parameters,
     )
 
 
@@ -51,11 +90,25 @@ def create_app(config: ServerConfig) -> FastAPI:
     """The app: the voice routes, and a health check that counts calls."""
     reports: list[CallReport] = []
     started = [0]
+    watchers: set[asyncio.Task[None]] = set()
+
+    async def watch(bridge: CallBridge) -> None:
+        """The call's events, as your app would use them (a dashboard, a CRM note)."""
+        async for event in bridge.events():
+            if isinstance(event, CallerTranscript) and event.final:
+                log.info("caller said %d chars", len(event.text))
+            elif isinstance(event, ToolCall):
+                log.info("model called %s", event.name)
+            elif isinstance(event, ToolResult):
+                log.info("%s answered in %.2fs (ok=%s)", event.name, event.took, event.ok)
 
     def on_call(bridge: CallBridge) -> None:
         # Keep ``bridge`` to reach the live call: bridge.send_user_text("...") or
         # bridge.request_response(instructions="...") from your own routes.
         started[0] += 1
+        task = asyncio.create_task(watch(bridge))
+        watchers.add(task)
+        task.add_done_callback(watchers.discard)
 
     voice = TwilioVoiceRoutes(config, on_call=on_call, reports=reports)
     app = FastAPI(title="voice agent")

@@ -2,11 +2,35 @@
 
 The core is sans-IO: feed :class:`ResponseLifecycle` events and the current monotonic time, and
 execute the commands it returns.  Adapters for the OpenAI Realtime and Twilio Media Streams
-protocols, and an asyncio bridge, build on it.
+protocols build on it, and :class:`CallSession` is a whole call, sans-IO, on top of them.
+
+The drivers are imported from their modules (they bring asyncio and sockets):
+``realtime_fsm.bridge.CallBridge`` (any two WebSockets), ``realtime_fsm.asgi`` (Starlette /
+FastAPI routes), ``realtime_fsm.server`` (the built-in server), ``realtime_fsm.core_driver``
+(the core alone, for apps that own their sockets).
 """
 
 from __future__ import annotations
 
+from .call import (
+    AppEvent,
+    AssistantTranscript,
+    BargeIn,
+    BridgeConfig,
+    CallEnded,
+    CallerTranscript,
+    CallReport,
+    CallSession,
+    CallStarted,
+    ResponseFinished,
+    ResponseStarted,
+    SessionLost,
+    SessionRestored,
+    ToolCall,
+    ToolResult,
+    WatchdogFired,
+)
+from .call import ProtocolError as ProtocolErrorEvent
 from .commands import (
     META_EVENT_ID,
     META_REASON,
@@ -22,7 +46,13 @@ from .commands import (
     SendUserText,
 )
 from .config import LifecycleConfig
-from .errors import CallNotActive, LocalProtocolError, ProtocolError, RemoteProtocolError
+from .errors import (
+    CallNotActive,
+    LocalProtocolError,
+    ProtocolError,
+    RemoteProtocolError,
+    ToolArgumentsError,
+)
 from .events import (
     AudioDelta,
     ConnectionClosed,
@@ -41,15 +71,26 @@ from .events import (
     UserTurnCommitted,
 )
 from .lifecycle import ResponseLifecycle
-from .table import ResponseState
+from .table import CallState, ResponseState
+from .tools import Tool, function_tool
 
 __version__ = "0.1.0"
 
 __all__ = [
     "META_EVENT_ID",
     "META_REASON",
+    "AppEvent",
+    "AssistantTranscript",
     "AudioDelta",
+    "BargeIn",
+    "BridgeConfig",
+    "CallEnded",
     "CallNotActive",
+    "CallReport",
+    "CallSession",
+    "CallStarted",
+    "CallState",
+    "CallerTranscript",
     "ClearPlayback",
     "Command",
     "ConnectionClosed",
@@ -59,12 +100,15 @@ __all__ = [
     "LocalProtocolError",
     "PlaybackProgress",
     "ProtocolError",
+    "ProtocolErrorEvent",
     "RemoteProtocolError",
     "RequestGivenUp",
     "RequestResponse",
     "ResponseCreated",
     "ResponseDone",
+    "ResponseFinished",
     "ResponseLifecycle",
+    "ResponseStarted",
     "ResponseState",
     "ReturnUndeliveredText",
     "SendItemDelete",
@@ -74,11 +118,19 @@ __all__ = [
     "SendUserText",
     "ServerError",
     "SessionConfigured",
+    "SessionLost",
+    "SessionRestored",
     "SpeechStarted",
     "SpeechStopped",
     "Tick",
+    "Tool",
+    "ToolArgumentsError",
+    "ToolCall",
+    "ToolResult",
     "TranscriptDelta",
     "UserText",
     "UserTurnCommitted",
+    "WatchdogFired",
     "__version__",
+    "function_tool",
 ]

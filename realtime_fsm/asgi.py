@@ -260,9 +260,11 @@ class TwilioVoiceRoutes:
             if reason is not None:
                 log.warning("refusing webhook from %s: %s", _client(request), reason)
                 return PlainTextResponse(f"forbidden: {reason}\n", status_code=403)
-        call = form.get("CallSid") or request.query_params.get("CallSid") or "-"
+        webhook = {**dict(request.query_params), **dict(form)}
+        call = webhook.get("CallSid") or "-"
         log.info("call=%s incoming call; streaming to %s", call, self.stream_url)
-        return Response(twiml(self.stream_url), media_type=_TWIML_TYPE)
+        body = twiml(self.stream_url, self.config.parameters_for(webhook))
+        return Response(body, media_type=_TWIML_TYPE)
 
     def _bad_signature(self, signature: str, url: str, params: Any) -> str | None:
         """Why the signature is refused, or None.  ``params`` is a ``MultiDict``: the

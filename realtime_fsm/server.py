@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Protocol
 from urllib.parse import urlsplit, urlunsplit
@@ -75,6 +75,30 @@ class ServerConfig:
     #: A trace file stops growing at this size (the call goes on; the cut is noted in the file
     #: and logged once), so a runaway call cannot fill the disk.
     max_trace_bytes: int = attrs.field(default=MAX_TRACE_BYTES, validator=_positive_int)
+    #: The call's custom parameters, from the webhook's parameters (``From``, ``CallSid``, ...,
+    #: as Twilio sent them): put in the TwiML as ``<Parameter>``s, they come back in the
+    #: stream's ``start`` (``customParameters``), where ``BridgeConfig.greeting`` and the
+    #: application see them.  The stream URL can carry no query string: this is the way to
+    #: pass per-call data.  ``None``: none.
+    stream_parameters: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
+
+    def parameters_for(self, webhook: Mapping[str, str]) -> Mapping[str, str]:
+        """``stream_parameters`` applied to a webhook's parameters; a function that raises
+        or returns something else is logged and gives none (the call still connects)."""
+        make = self.stream_parameters
+        if make is None:
+            return {}
+        try:
+            params = make(webhook)
+        except Exception:
+            log.exception("stream_parameters failed: the stream gets no parameters")
+            return {}
+        if not isinstance(params, Mapping) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in params.items()
+        ):
+            log.error("stream_parameters must return str -> str; the stream gets none")
+            return {}
+        return params
 
     @property
     def stream_url(self) -> str:
@@ -85,10 +109,20 @@ class ServerConfig:
         return urlunsplit((scheme, parts.netloc, path, "", ""))
 
 
-def twiml(stream_url: str) -> bytes:
+def twiml(stream_url: str, parameters: Mapping[str, str] | None = None) -> bytes:
+    """``<Connect><Stream>`` to ``stream_url``, with ``parameters`` as ``<Parameter>``s."""
+    inner = "".join(
+        f"<Parameter name={quoteattr(name)} value={quoteattr(value)} />"
+        for name, value in (parameters or {}).items()
+    )
+    stream = (
+        f"<Stream url={quoteattr(stream_url)}>{inner}</Stream>"
+        if inner
+        else f"<Stream url={quoteattr(stream_url)} />"
+    )
     return (
         '<?xml version="1.0" encoding="UTF-8"?>\n'
-        f"<Response><Connect><Stream url={quoteattr(stream_url)} /></Connect></Response>\n"
+        f"<Response><Connect>{stream}</Connect></Response>\n"
     ).encode()
 
 
@@ -133,9 +167,11 @@ def signature_gate(config: ServerConfig) -> WebSocketGate | None:
 async def _incoming_call(config: ServerConfig, request: HttpRequest) -> HttpResponse:
     if request.method not in ("GET", "POST"):
         return HttpResponse(405, b"method not allowed\n")
-    call = request.form().get("CallSid") or request.query.get("CallSid") or "-"
+    webhook = {**request.query, **request.form()}
+    call = webhook.get("CallSid") or "-"
     log.info("call=%s incoming call; streaming to %s", call, config.stream_url)
-    return HttpResponse(200, twiml(config.stream_url), "text/xml; charset=utf-8")
+    body = twiml(config.stream_url, config.parameters_for(webhook))
+    return HttpResponse(200, body, "text/xml; charset=utf-8")
 
 
 async def connect_realtime(config: ServerConfig) -> MessageSocket:

@@ -38,7 +38,7 @@ from websockets.uri import parse_uri
 from realtime_fsm import webserver
 from realtime_fsm.bridge import BridgeConfig, CallReport
 from realtime_fsm.openai_realtime import Dialect
-from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
+from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server, twiml
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_URL = "https://example.ngrok.app"
@@ -650,3 +650,21 @@ def test_example_rejects_bad_arguments(
         example.parse_args(argv)
     assert info.value.code == 2
     assert "usage:" in capsys.readouterr().err
+
+
+def test_stream_parameters_become_escaped_twiml_parameters(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Per-call data rides in ``<Parameter>``s (the stream URL takes no query string); values
+    from the webhook are escaped, and a parameters function that fails costs only them."""
+    body = twiml("wss://x/media-stream", {"name": 'A"da <&>'})
+    stream = ET.fromstring(body).find("./Connect/Stream")
+    assert stream is not None
+    [param] = stream.findall("Parameter")
+    assert (param.get("name"), param.get("value")) == ("name", 'A"da <&>')
+    config = ServerConfig(public_url=PUBLIC_URL, stream_parameters=lambda w: {"n": w["From"]})
+    assert config.parameters_for({"From": "+1555"}) == {"n": "+1555"}
+    assert config.parameters_for({}) == {}  # KeyError: logged, no parameters
+    bad = ServerConfig(public_url=PUBLIC_URL, stream_parameters=lambda w: {"n": 5})  # type: ignore[arg-type,dict-item,return-value]
+    assert bad.parameters_for({}) == {}
+    assert "stream_parameters failed" in caplog.text

@@ -35,7 +35,7 @@ from ..table import (
     RECONNECTING,
     CallState,
 )
-from ..twilio_media import PlaybackTracker, clear_message
+from ..twilio_media import PlaybackTracker, Start, clear_message
 from . import app_events as ae
 from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, CallFields, log
 from .handover import carried_requests, merged, split_first
@@ -161,10 +161,24 @@ class CallActions(CallFields):
                 )
             )
         self.send_session_update()
-        if self.config.greeting is not None:
-            self.handle_event(
-                ev.RequestResponse(reason="greeting", instructions=self.config.greeting)
-            )
+        greeting = self._greeting(start)
+        if greeting is not None:
+            self.handle_event(ev.RequestResponse(reason="greeting", instructions=greeting))
+
+    def _greeting(self, start: Start) -> str | None:
+        greeting = self.config.greeting
+        if greeting is None or isinstance(greeting, str):
+            return greeting
+        try:
+            text = greeting(start.custom_parameters)
+        except Exception:
+            # The application's code: its bug costs the greeting, never the call.
+            log.exception("call=%s the greeting function failed: no greeting", self.call_label)
+            return None
+        if text is not None and not isinstance(text, str):
+            log.error("call=%s the greeting function returned %s", self.call_label, type(text))
+            return None
+        return text
 
     def hand_over(self) -> None:
         """The session is lost: close its machine, keep what the next session must get."""

@@ -4,6 +4,7 @@ driver.  Value types only: nothing here changes a state machine's transition."""
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -74,9 +75,10 @@ class BridgeConfig:
     session: SessionConfig = attrs.field(factory=SessionConfig)
     dialect: Dialect = Dialect.GA
     lifecycle: LifecycleConfig = attrs.field(factory=LifecycleConfig)
-    #: Instructions for a first response as soon as the stream starts; ``None``: wait for the
-    #: caller.
-    greeting: str | None = None
+    #: Instructions for a first response as soon as the stream starts: a string, or a function
+    #: of the call's custom parameters (TwiML ``<Parameter>``s, e.g. the caller's name) that
+    #: returns one (``None``: no greeting for that call).  ``None``: wait for the caller.
+    greeting: str | Callable[[Mapping[str, str]], str | None] | None = None
     #: Map each DTMF key to user text (``"DTMF 5"``), so keypad input reaches the model.
     dtmf_as_text: bool = True
     #: The keypad key that ends the caller's spoken turn (push-to-talk: the bridge commits the
