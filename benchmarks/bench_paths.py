@@ -40,6 +40,7 @@ from realtime_fsm import META_EVENT_ID, META_REASON
 from realtime_fsm import events as ev
 from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig, CallBridge
 from realtime_fsm.openai_realtime import SessionConfig
+from realtime_fsm.outbox import SessionGone
 from realtime_fsm.twilio_media import MarkName
 from realtime_fsm.webserver import WebSocketClosed
 
@@ -219,8 +220,8 @@ def counting(event: str) -> Runner:
 
 
 def _session_lost(exc: Exception) -> bool:
-    """The bridge's OpenAI reader ends its frames with this (private) exception."""
-    return type(exc).__name__ == "_SessionLost"
+    """The bridge's OpenAI reader ends its frames with this exception."""
+    return isinstance(exc, SessionGone)
 
 
 def _relay() -> Relay:

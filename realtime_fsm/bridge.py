@@ -22,7 +22,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
+from typing import Any
 
 from .call import (
     DEFAULT_MARK_EVERY_MS,
@@ -34,13 +35,13 @@ from .call import (
     CallEnded,
     CallReport,
     CallSession,
-    TextFrame,
+    ToolSpec,
 )
-from .call.texts import UrgentFrame
 from .errors import UpstreamUnreachable
 from .history import ConversationHistory
 from .lifecycle import ResponseLifecycle
-from .openai_realtime import OpenAIRealtimeCodec
+from .openai_realtime import OpenAIRealtimeCodec, SessionConfig
+from .outbox import Outbox, SessionGone
 from .sockets import (
     CLOSED,
     Connector,
@@ -55,21 +56,12 @@ from .sockets import (
     wait_event,
 )
 from .table import ENDING, RECONNECTING, RUNNING
-from .tool_driver import ToolDriver
 from .twilio_media import PlaybackTracker
 
 log = logging.getLogger("realtime_fsm.bridge")
 
 
-class _SessionLost(Exception):
-    """The OpenAI session is gone (socket closed, ``session_expired``), the call is not."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
-
-
-class CallBridge(ToolDriver):
+class CallBridge(Outbox):
     """Bridge one Twilio stream to OpenAI Realtime sessions until the call ends.
 
     ``openai``: the first session's socket, or ``None`` to open it with ``reconnect`` once
@@ -197,6 +189,23 @@ class CallBridge(ToolDriver):
         turns itself).  While a lost session is being replaced the turn's audio is gone with
         it: counted in :attr:`CallReport.turns_lost`."""
         self.session.commit_user_turn(self.clock())
+        self._after()
+
+    def update_session(
+        self,
+        *,
+        session: SessionConfig | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> None:
+        """Change the session mid-call: new instructions, voice, tools (see
+        :meth:`CallSession.update_session <realtime_fsm.call.CallSession.update_session>`).
+        Tools given as :class:`~realtime_fsm.tools.Tool` are run by this driver from now on."""
+        self.session.update_session(
+            self.clock(), session=session, tools=tools, tool_choice=tool_choice
+        )
+        self.config = self.session.config
+        self._register_tools()
         self._after()
 
     def end_call(self, reason: str = "ended by the application") -> None:
@@ -355,7 +364,7 @@ class CallBridge(ToolDriver):
         for task in tasks:
             if task in done:
                 exc = task.exception()
-                if isinstance(exc, _SessionLost):
+                if isinstance(exc, SessionGone):
                     return exc.reason
                 if exc is not None:
                     raise exc
@@ -421,7 +430,7 @@ class CallBridge(ToolDriver):
             try:
                 frame = await sock.recv()
             except CLOSED:
-                raise _SessionLost("openai closed") from None
+                raise SessionGone("openai closed") from None
             media = feed(frame, clock())
             if media is not None:
                 if direct():
@@ -436,45 +445,8 @@ class CallBridge(ToolDriver):
                 continue
             self._after()
             if session.lost_reason is not None:
-                raise _SessionLost(session.lost_reason)
+                raise SessionGone(session.lost_reason)
             if session.call_state is not RUNNING:
-                return
-
-    async def _twilio_now(self, frames: list[str]) -> None:
-        """Playback marks right behind their audio: sent from the reading task when the socket
-        takes them at once and nothing waits ahead (see :func:`direct_probe`), as the audio
-        was; otherwise queued, in order."""
-        taken = frames[:]
-        frames.clear()
-        twilio, direct = self.twilio, self._twilio_direct
-        for message in taken:
-            if direct():
-                try:
-                    await twilio.send(message)
-                except CLOSED:
-                    self._send_twilio(message)
-            else:
-                self._send_twilio(message)
-
-    async def _writer(self, queue: asyncio.Queue[Outbound], sock: MessageSocket, up: bool) -> None:
-        session = self.session
-        while True:
-            message = await queue.get()
-            if message is None:
-                return
-            try:
-                if type(message) is not TextFrame:
-                    await sock.send(message)  # type: ignore[arg-type]
-                else:
-                    await sock.send(message.json)
-                    # Counted once written, not when queued: a queued text can still be handed
-                    # back, or re-sent on a new session.
-                    session.text_written(message)
-            except CLOSED:
-                if up:
-                    raise _SessionLost("openai closed") from None
-                session.end("telephony closed", self.clock())
-                self._after()
                 return
 
     async def _timer(self) -> None:
@@ -488,103 +460,6 @@ class CallBridge(ToolDriver):
             if not await wait_event(self._wake, timeout):
                 session.tick(self.clock())
                 self._after()
-
-    # ------------------------------------------------------------------ the session's outputs
-
-    def _after(self) -> None:
-        """Do what the session said: write its frames, hand out its events and returned texts,
-        run its tool calls, wake the timer for an earlier deadline, stop when it ends."""
-        session = self.session
-        # OpenAI first: a barge-in's cancel is queued ahead of its clear, as the machine
-        # said them.
-        if session.out_openai:
-            frames_up = session.out_openai[:]
-            session.out_openai.clear()
-            for item in frames_up:
-                if not self._send_openai(item):
-                    break
-        if session.out_twilio:
-            frames = session.out_twilio[:]
-            session.out_twilio.clear()
-            for message in frames:
-                self._send_twilio(message)
-        if session.events:
-            self._hand_out(session.events)
-        if session.returned_texts:
-            self._returned(session.returned_texts)
-        if session.tool_calls:
-            self._start_tools(session.tool_calls)
-        deadline = session.next_deadline
-        if deadline is not None and (
-            self._sleeping_until is None or deadline < self._sleeping_until
-        ):
-            self._wake.set()
-        if session.call_state is ENDING or session.end_reason is not None:
-            self._stop.set()
-
-    def _hand_out(self, events: list[AppEvent]) -> None:
-        queue = self._events
-        if queue is not None:
-            for event in events:
-                try:
-                    queue.put_nowait(event)
-                except asyncio.QueueFull:
-                    if type(event) is CallEnded:
-                        queue.get_nowait()  # the last event is always delivered
-                        queue.put_nowait(event)
-                    self.report.app_events_dropped += 1
-        events.clear()
-
-    def _returned(self, batches: list[tuple[str, ...]]) -> None:
-        taken = batches[:]
-        batches.clear()
-        if self.on_undelivered is None:
-            return
-        for texts in taken:
-            # The application's code: its bug must not end the call as an internal error, nor
-            # keep the sockets open (this runs while the call is torn down, too).  The texts
-            # are in the report whatever it does.
-            try:
-                self.on_undelivered(texts)
-            except Exception:
-                log.exception("call=%s on_undelivered callback failed", self.session.call_label)
-
-    def _send_openai(self, message: str | TextFrame) -> bool:
-        try:
-            self._to_openai.put_nowait(message)
-        except asyncio.QueueFull:
-            self.session.end("openai socket not keeping up (queue full)", self.clock())
-            self._stop.set()
-            return False
-        return True
-
-    def _send_twilio(self, message: str) -> None:
-        """An urgent frame (the barge-in's ``clear``) is written now when nothing is queued
-        ahead and the socket takes it without waiting (our own server's ``send_nowait``), so it
-        reaches the caller's ear sooner; everything else is queued, so the order of frames never
-        changes."""
-        nowait = self._twilio_nowait
-        if nowait is not None and type(message) is UrgentFrame and self._to_twilio.empty():
-            try:
-                if nowait(message):
-                    return
-            except CLOSED:
-                pass  # the writer meets the closed socket and reports it the usual way
-        try:
-            self._to_twilio.put_nowait(message)
-        except asyncio.QueueFull:
-            self.session.end("telephony socket not keeping up (queue full)", self.clock())
-            self._stop.set()
-
-    def _send_failed(self, sock: MessageSocket, message: str) -> None:
-        """Caller audio sent straight from the reading task met a closed socket: queue it, so
-        the writer meets the close and reports it the usual way -- unless the session was
-        replaced meanwhile: then it is dropped (counted), never sent ahead of the new
-        session's ``session.update``."""
-        if sock is self.openai and self.session.call_state is RUNNING:
-            self._send_openai(message)
-        else:
-            self.report.media_dropped += 1
 
 
 __all__ = [

@@ -35,10 +35,12 @@ class ToolDriver:
     _events: asyncio.Queue[Any] | None
 
     def __init__(self) -> None:
-        self._tools: dict[str, Tool] = {
-            tool.name: tool for tool in self.config.tools if isinstance(tool, Tool)
-        }
+        self._tools: dict[str, Tool] = {}
+        self._register_tools()
         self._tool_tasks: set[asyncio.Task[None]] = set()
+
+    def _register_tools(self) -> None:
+        self._tools = {tool.name: tool for tool in self.config.tools if isinstance(tool, Tool)}
 
     def submit_tool_output(self, call_id: str, output: str, *, respond: bool = True) -> None:
         """Answer tool call ``call_id`` (from a :class:`~realtime_fsm.call.ToolCall` event)

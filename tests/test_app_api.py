@@ -33,6 +33,8 @@ from realtime_fsm.call import (
     ResponseStarted,
 )
 from realtime_fsm.errors import CallNotActive
+from realtime_fsm.openai_realtime import SessionConfig
+from realtime_fsm.tools import function_tool
 
 
 async def collect(call: Call, into: list[AppEvent]) -> None:
@@ -168,5 +170,36 @@ def test_app_calls_before_start_are_refused_and_take_nothing() -> None:
         call.twilio.feed(stop())
         report = await call.end()
         assert report.undelivered_texts == []
+
+    run(body)
+
+
+def test_update_session_mid_call_sends_it_and_keeps_it_for_a_new_session() -> None:
+    @function_tool
+    async def lookup_order(order_id: str) -> str:
+        """Find an order."""
+        return "shipped"
+
+    async def body() -> None:
+        call = Call(BridgeConfig(commit_on_dtmf="#", session=SessionConfig(turn_detection=None)))
+        await call.begin()
+        call.bridge.update_session(
+            session=SessionConfig(turn_detection=None, instructions="Be brief."),
+            tools=(lookup_order,),
+            tool_choice="auto",
+        )
+        await until(lambda: len(call.openai.of_type("session.update")) == 2)
+        update = call.openai.of_type("session.update")[-1]["session"]
+        assert update["instructions"] == "Be brief."
+        assert [t["name"] for t in update["tools"]] == ["lookup_order"]
+        assert update["tool_choice"] == "auto"
+        # Server VAD with a push-to-talk key is refused, as at start: nothing is sent.
+        with pytest.raises(ValueError, match="commit_on_dtmf"):
+            call.bridge.update_session(session=SessionConfig(turn_detection="server_vad"))
+        await settle()
+        assert len(call.openai.of_type("session.update")) == 2
+        assert call.bridge.config.session.instructions == "Be brief."
+        call.twilio.feed(stop())
+        await call.end()
 
     run(body)

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "sockets",
         "tool_runner",
         "tool_driver",
+        "outbox",
         "core_driver",
         "bridge",
         "trace",

@@ -21,10 +21,16 @@ A driver's loop, in full::
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
+import attrs
+
 from .. import events as ev
 from ..errors import LocalProtocolError
+from ..openai_realtime import SessionConfig
 from ..table import AWAITING_START, ENDED, ENDING, RECONNECTING, RUNNING
-from .config import BridgeConfig
+from .config import BridgeConfig, ToolSpec
 from .fields import log
 from .texts import TextFrame
 from .tool_calls import ToolCalls
@@ -163,6 +169,31 @@ class CallSession(ToolCalls):
         self._check_active()
         self._advance(now)
         self.commit_turn("app")
+
+    def update_session(
+        self,
+        now: float,
+        *,
+        session: SessionConfig | None = None,
+        tools: Sequence[ToolSpec] | None = None,
+        tool_choice: str | dict[str, Any] | None = None,
+    ) -> None:
+        """Change the session mid-call (instructions, voice, tools, ...): sent now as a
+        ``session.update``, and kept for any session that replaces this one.  The response
+        machine learns what the server applied from its ``session.updated``.  ``ValueError``
+        for a combination the call refuses (as at start); the call is unchanged then."""
+        self._check_active()
+        self._advance(now)
+        changes: dict[str, Any] = {}
+        if session is not None:
+            changes["session"] = session
+        if tools is not None:
+            changes["tools"] = tuple(tools)
+        if tool_choice is not None:
+            changes["tool_choice"] = tool_choice
+        self.config = attrs.evolve(self.config, **changes)
+        if self.call_state is RUNNING:
+            self.send_session_update()
 
     def end_call(self, reason: str, now: float) -> None:
         """End the call (the application's reason is the report's)."""
