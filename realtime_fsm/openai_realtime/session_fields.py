@@ -69,9 +69,16 @@ def _json_copy(value: object, name: str) -> Any:
     Checked now because the event is serialised mid-call, where a ``TypeError`` from
     ``json.dumps`` would end the call instead of refusing the config."""
     try:
-        return json.loads(json.dumps(value, allow_nan=False))
+        return json.loads(json.dumps(value, allow_nan=False, default=_mapping_as_dict))
     except (TypeError, ValueError) as exc:
         raise ValueError(f"{name} must be JSON data: {exc}") from None
+
+
+def _mapping_as_dict(value: object) -> dict[Any, Any]:
+    """Any mapping (``MappingProxyType``...) serialises as an object, like a dict."""
+    if isinstance(value, Mapping):
+        return dict(value)
+    raise TypeError(f"Object of type {type(value).__name__} is not JSON serializable")
 
 
 def _is_number(value: object) -> TypeGuard[int | float]:
