@@ -18,11 +18,21 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterable, Mapping
-from typing import Any, Final, Literal, TypeGuard
+from typing import TYPE_CHECKING, Any, Final, Literal, Protocol, TypeGuard
 
 import attrs
 
 from .messages import Dialect
+
+if TYPE_CHECKING:
+    from .session import SessionConfig
+
+
+class HasSchema(Protocol):
+    """A tool object (:class:`realtime_fsm.tools.Tool` is one): its session ``tools`` entry."""
+
+    def schema(self) -> Mapping[str, Any]: ...
+
 
 NoiseReduction = Literal["near_field", "far_field"]
 ReasoningEffort = Literal["minimal", "low", "medium", "high", "xhigh"]
@@ -99,7 +109,7 @@ def _opt_str_key(entry: Mapping[str, Any], key: str, name: str) -> None:
 # ------------------------------------------------------------------------------------- tools
 
 
-def to_tools(value: object) -> tuple[dict[str, Any], ...]:
+def to_tools(value: Iterable[Mapping[str, Any] | HasSchema]) -> tuple[dict[str, Any], ...]:
     """The session ``tools`` as plain dicts.
 
     Each entry is a mapping in the API's shape or an object with a ``schema()`` method that
@@ -140,6 +150,7 @@ def check_tools(_inst: object, _attribute: attrs.Attribute[Any], value: tuple[An
 
 
 def function_names(tools: Iterable[Mapping[str, Any]]) -> set[str]:
+    """Names a function ``tool_choice`` may force."""
     return {t["name"] for t in tools if t.get("type") == "function"}
 
 
@@ -152,19 +163,19 @@ def _opt_json(value: object, name: str) -> Any:
 
 
 # Named converters, one per field so a bad value is named (mypy's attrs plugin needs names).
-def tool_choice_json(value: object) -> Any:
+def tool_choice_json(value: str | Mapping[str, Any] | None) -> Any:
     return _opt_json(value, "tool_choice")
 
 
-def truncation_json(value: object) -> Any:
+def truncation_json(value: str | Mapping[str, Any] | None) -> Any:
     return _opt_json(value, "truncation")
 
 
-def tracing_json(value: object) -> Any:
+def tracing_json(value: str | Mapping[str, Any] | None) -> Any:
     return _opt_json(value, "tracing")
 
 
-def prompt_json(value: object) -> Any:
+def prompt_json(value: Mapping[str, Any] | None) -> Any:
     return _opt_json(value, "prompt")
 
 
@@ -264,7 +275,7 @@ def check_prompt(_inst: object, attribute: attrs.Attribute[Any], value: object) 
 # ------------------------------------------------------------------------------------- extra
 
 
-def to_extra(value: object) -> dict[str, Any]:
+def to_extra(value: Mapping[str, Any]) -> dict[str, Any]:
     return _json_copy(_require_mapping(value, "extra"), "extra")  # type: ignore[no-any-return]
 
 
@@ -301,7 +312,7 @@ def deep_merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
 # -------------------------------------------------------------------------- dialect checks
 
 
-def check_dialect(config: Any, dialect: Dialect) -> None:
+def check_dialect(config: SessionConfig, dialect: Dialect) -> None:
     """Refuse, naming the field, what ``dialect`` cannot carry (beta has no such field, or only
     a narrower shape of it), instead of dropping it silently."""
     if dialect is Dialect.GA:
