@@ -25,6 +25,8 @@ The adapter is a package by what each part holds:
 * :mod:`~realtime_fsm.openai_realtime.parsing`: server event parsing (:func:`parse_server_event`);
 * :mod:`~realtime_fsm.openai_realtime.rendering`: client event rendering and :func:`dumps`;
 * :mod:`~realtime_fsm.openai_realtime.session`: :class:`SessionConfig` and ``session.update``;
+* :mod:`~realtime_fsm.openai_realtime.session_fields`: checks and shapes of its pass-through
+  settings (tools, ``tool_choice``, truncation, ``extra``...);
 * :mod:`~realtime_fsm.openai_realtime.codec`: :class:`OpenAIRealtimeCodec`.
 
 Every public name is importable from here, as it was from the single module this replaced.
@@ -76,6 +78,7 @@ from .session import (
     TurnDetection,
     render_session_update,
 )
+from .session_fields import NoiseReduction, ReasoningEffort
 
 __all__ = [
     "ACTIVITY_TYPES",
@@ -97,9 +100,11 @@ __all__ = [
     "InputTranscriptDelta",
     "ItemAdded",
     "LifecycleEvent",
+    "NoiseReduction",
     "OpenAIRealtimeCodec",
     "OutputAudioDelta",
     "OutputTranscriptDelta",
+    "ReasoningEffort",
     "ResponseActivity",
     "ServerMessage",
     "SessionConfig",

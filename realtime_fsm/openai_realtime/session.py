@@ -8,14 +8,17 @@ shape, the two generations disagree most here).
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable, Mapping
 from typing import Any, Final, Literal
 
 import attrs
 
 from .. import events as ev
+from . import session_fields as sf
 from .messages import Dialect
 from .rendering import _modalities
+from .session_fields import NoiseReduction, ReasoningEffort
 
 #: Transcription model used when :attr:`SessionConfig.transcription_model` is ``None``.
 DEFAULT_TRANSCRIPTION_MODEL: Final[Mapping[Dialect, str]] = {
@@ -66,7 +69,13 @@ class SessionConfig:
 
     The VAD tuning knobs are ``None`` (server default) unless set, and each belongs to one kind
     of turn detection; setting one for the other kind is refused here rather than by the server
-    mid-call."""
+    mid-call.
+
+    The fields after ``eagerness`` are the other settings a voice app commonly needs; ``None``
+    (or no tools) means "not sent", so the server's default or the session's current value
+    holds.  Any other field of the GA session goes in :attr:`extra`.  A field the beta API
+    lacks (see :data:`~.session_fields.GA_ONLY`) makes beta rendering raise ``ValueError``
+    rather than vanish from the update."""
 
     instructions: str | None = attrs.field(default=None, validator=_opt_str_field)
     voice: str | None = attrs.field(default=None, validator=_opt_str_field)
@@ -91,6 +100,68 @@ class SessionConfig:
         default=None,
         validator=_opt_choice("low", "medium", "high", "auto"),
     )
+    #: ``server_vad`` only; GA only: after this long without caller speech (counted from the
+    #: end of the reply's playback) the server creates a response on its own.
+    idle_timeout_ms: int | None = attrs.field(default=None, validator=_opt_ms)
+    #: Tools the model may call: mappings in the API's shape (``{"type": "function", "name",
+    #: "description", "parameters"}``, or GA ``mcp``) or objects with a ``schema()`` method
+    #: returning one (:class:`realtime_fsm.tools.Tool`).  Stored as plain dicts.  Empty: not sent.
+    tools: tuple[Mapping[str, Any], ...] = attrs.field(
+        default=(), converter=sf.to_tools, validator=sf.check_tools, hash=False
+    )
+    #: ``"auto"``, ``"none"``, ``"required"``, ``{"type": "function", "name": ...}`` (a name in
+    #: :attr:`tools`) or GA ``{"type": "mcp", "server_label": ...}``.
+    tool_choice: str | Mapping[str, Any] | None = attrs.field(
+        default=None,
+        converter=sf.tool_choice_json,
+        validator=sf.check_tool_choice,
+        hash=False,
+    )
+    #: Per response, tool calls included: 1..4096 or ``"inf"`` (beta
+    #: ``max_response_output_tokens``).
+    max_output_tokens: int | Literal["inf"] | None = attrs.field(
+        default=None, validator=sf.check_max_output_tokens
+    )
+    #: Spoken speed, 0.25..1.5 (GA ``audio.output.speed``, beta ``speed``); a post-processing
+    #: step, and only changeable between turns.
+    speed: float | None = attrs.field(default=None, validator=sf.check_speed)
+    #: Input noise reduction (GA ``audio.input.noise_reduction.type``, beta
+    #: ``input_audio_noise_reduction.type``); its ``strength`` can go in :attr:`extra`.
+    noise_reduction: NoiseReduction | None = attrs.field(
+        default=None, validator=_opt_choice("near_field", "far_field")
+    )
+    #: GA only: ``"auto"``, ``"disabled"`` or ``{"type": "retention_ratio", ...}``.  What to
+    #: drop when a long call outgrows the context; ``"disabled"`` makes that an error instead.
+    truncation: str | Mapping[str, Any] | None = attrs.field(
+        default=None,
+        converter=sf.truncation_json,
+        validator=sf.check_truncation,
+        hash=False,
+    )
+    #: ``"auto"`` or ``{"workflow_name"?, "group_id"?, "metadata"?}``; fixed once enabled.
+    #: To send ``null`` (tracing off) use ``extra={"tracing": None}``.
+    tracing: str | Mapping[str, Any] | None = attrs.field(
+        default=None, converter=sf.tracing_json, validator=sf.check_tracing, hash=False
+    )
+    #: GA only: ``{"id", "version"?, "variables"?}``, a saved prompt (deprecated by OpenAI:
+    #: saved prompts shut down on 2026-11-30).
+    prompt: Mapping[str, Any] | None = attrs.field(
+        default=None, converter=sf.prompt_json, validator=sf.check_prompt, hash=False
+    )
+    #: GA only, reasoning models (``gpt-realtime-2``...): ``reasoning.effort``.
+    reasoning_effort: ReasoningEffort | None = attrs.field(
+        default=None, validator=_opt_choice("minimal", "low", "medium", "high", "xhigh")
+    )
+    #: GA only, reasoning models: whether one response may carry several function calls.
+    parallel_tool_calls: bool | None = attrs.field(default=None, validator=sf.check_opt_bool)
+    #: Any other session field, deep-merged last into the rendered ``session`` object (nested
+    #: mappings merge, so ``{"audio": {"input": {"noise_reduction": {"strength": 0.5}}}}`` keeps
+    #: the rendered ``type``); use the dialect's own names.  Keys the call depends on (audio
+    #: formats, ``type``, modalities, turn detection) are refused, see
+    #: :data:`~.session_fields.OWNED_PATHS`.
+    extra: Mapping[str, Any] = attrs.field(
+        factory=dict, converter=sf.to_extra, validator=sf.check_extra, hash=False
+    )
 
     def __attrs_post_init__(self) -> None:
         server_knobs = (self.silence_duration_ms, self.prefix_padding_ms, self.threshold)
@@ -98,8 +169,14 @@ class SessionConfig:
             raise ValueError(
                 "silence_duration_ms/prefix_padding_ms/threshold need turn_detection='server_vad'"
             )
+        if self.turn_detection != "server_vad" and self.idle_timeout_ms is not None:
+            raise ValueError("idle_timeout_ms needs turn_detection='server_vad'")
         if self.turn_detection != "semantic_vad" and self.eagerness is not None:
             raise ValueError("eagerness needs turn_detection='semantic_vad'")
+        if isinstance(self.tool_choice, Mapping) and self.tool_choice["type"] == "function":
+            name = self.tool_choice["name"]
+            if name not in sf.function_names(self.tools):
+                raise ValueError(f"tool_choice names function {name!r}, which is not in tools")
 
     def expected_session(self) -> ev.SessionConfigured:
         """What the lifecycle should assume *if the server applies this config as sent*.
@@ -129,7 +206,13 @@ class SessionConfig:
             "create_response": self.create_response,
             "interrupt_response": self.interrupt_response,
         }
-        for key in ("silence_duration_ms", "prefix_padding_ms", "threshold", "eagerness"):
+        for key in (
+            "silence_duration_ms",
+            "prefix_padding_ms",
+            "threshold",
+            "idle_timeout_ms",
+            "eagerness",
+        ):
             value = getattr(self, key)
             if value is not None:
                 turn[key] = value
@@ -150,15 +233,23 @@ def render_session_update(
 
     Turn detection ``None`` is sent as an explicit ``null``: that is how VAD is switched off.
     Transcription off is sent as an *absent* field (the session default is off, and the typed
-    client params do not accept ``null`` there)."""
+    client params do not accept ``null`` there).  The other optional settings are absent when
+    unset.  :attr:`SessionConfig.extra` is merged in last.  Raises ``ValueError`` for a setting
+    ``dialect`` has no field for.  The event is a fresh copy: changing it leaves ``config`` as
+    it was."""
+    sf.check_dialect(config, dialect)
     key, modalities = _modalities(("audio",), dialect)
     session: dict[str, Any]
     if dialect is Dialect.GA:
         audio_in: dict[str, Any] = {"format": {"type": "audio/pcmu"}}
+        if config.noise_reduction is not None:
+            audio_in["noise_reduction"] = {"type": config.noise_reduction}
         if config.input_transcription:
             audio_in["transcription"] = config._transcription(dialect)
         audio_in["turn_detection"] = config._turn_detection()
         audio_out: dict[str, Any] = {"format": {"type": "audio/pcmu"}}
+        if config.speed is not None:
+            audio_out["speed"] = config.speed
         if config.voice is not None:
             audio_out["voice"] = config.voice
         session = {
@@ -166,6 +257,12 @@ def render_session_update(
             key: modalities,
             "audio": {"input": audio_in, "output": audio_out},
         }
+        _put(session, "max_output_tokens", config.max_output_tokens)
+        _put(session, "truncation", config.truncation)
+        _put(session, "prompt", config.prompt)
+        if config.reasoning_effort is not None:
+            session["reasoning"] = {"effort": config.reasoning_effort}
+        _put(session, "parallel_tool_calls", config.parallel_tool_calls)
     else:
         session = {
             key: modalities,
@@ -177,9 +274,24 @@ def render_session_update(
             session["input_audio_transcription"] = config._transcription(dialect)
         if config.voice is not None:
             session["voice"] = config.voice
+        if config.noise_reduction is not None:
+            session["input_audio_noise_reduction"] = {"type": config.noise_reduction}
+        _put(session, "speed", config.speed)
+        _put(session, "max_response_output_tokens", config.max_output_tokens)
     if config.instructions is not None:
         session["instructions"] = config.instructions
+    if config.tools:
+        session["tools"] = copy.deepcopy(list(config.tools))
+    _put(session, "tool_choice", config.tool_choice)
+    _put(session, "tracing", config.tracing)
+    sf.deep_merge(session, config.extra)
     event: dict[str, Any] = {"type": "session.update", "session": session}
     if event_id is not None:
         event["event_id"] = event_id
     return event
+
+
+def _put(session: dict[str, Any], key: str, value: object) -> None:
+    """Set ``key`` to a copy of ``value`` unless it is ``None`` (not sent)."""
+    if value is not None:
+        session[key] = copy.deepcopy(value)
