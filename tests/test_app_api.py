@@ -203,3 +203,29 @@ def test_update_session_mid_call_sends_it_and_keeps_it_for_a_new_session() -> No
         await call.end()
 
     run(body)
+
+
+def test_tools_run_by_the_call_join_the_session_s_own_tool_schemas() -> None:
+    @function_tool
+    async def lookup_order(order_id: str) -> str:
+        """Find an order."""
+        return "shipped"
+
+    app_handled = {
+        "type": "function",
+        "name": "transfer",
+        "description": "Transfer to a human.",
+        "parameters": {"type": "object", "properties": {}},
+    }
+    shadowed = {**app_handled, "name": "lookup_order", "description": "old"}
+    config = BridgeConfig(
+        session=SessionConfig(tools=(app_handled, shadowed)),
+        tools=(lookup_order,),
+        tool_choice="required",
+    )
+    session = config.effective_session()
+    assert [t["name"] for t in session.tools] == ["lookup_order", "transfer"]
+    assert session.tools[0]["description"] == "Find an order."
+    assert session.tool_choice == "required"
+    with pytest.raises(ValueError, match="not in tools"):
+        BridgeConfig(tools=(lookup_order,), tool_choice={"type": "function", "name": "nope"})

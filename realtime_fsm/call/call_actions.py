@@ -385,11 +385,7 @@ class CallActions(CallFields):
         server refused the whole update and the session runs on its defaults."""
         event_id = self.mint_id("session")
         self._session_update_id = event_id
-        update = self.codec.session_update(self.config.session, event_id=event_id)
-        if self.config.tools:
-            update["session"]["tools"] = [tool.schema() for tool in self.config.tools]
-        if self.config.tool_choice is not None:
-            update["session"]["tool_choice"] = self.config.tool_choice
+        update = self.codec.session_update(self.config.effective_session(), event_id=event_id)
         self.out_openai.append(json.dumps(update))
 
     def mint_id(self, kind: str, series: str | None = None) -> str:

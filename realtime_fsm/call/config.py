@@ -143,6 +143,19 @@ class BridgeConfig:
                 "commit_on_dtmf needs a session without turn detection"
                 " (SessionConfig(turn_detection=None)): the server's VAD commits turns itself"
             )
+        self.effective_session()  # a tool_choice naming no tool fails here, not mid-call
+
+    def effective_session(self) -> SessionConfig:
+        """The session as sent: ``session`` with the tools of :attr:`tools` added to its own
+        (a name in both: this config's tool, whose handler runs) and :attr:`tool_choice`, when
+        set, in place of its own."""
+        if not self.tools and self.tool_choice is None:
+            return self.session
+        own = [tool.schema() for tool in self.tools]
+        names = {entry.get("name") for entry in own}
+        tools = (*own, *(t for t in self.session.tools if t.get("name") not in names))
+        choice = self.tool_choice if self.tool_choice is not None else self.session.tool_choice
+        return attrs.evolve(self.session, tools=tools, tool_choice=choice)
 
 
 @attrs.define
