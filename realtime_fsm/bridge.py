@@ -272,8 +272,7 @@ class CallBridge(Outbox):
                 what,
                 f" (HTTP {status})" if status is not None else "",
             )
-            self.session.end("realtime server unreachable", self.clock())
-            self.session.close_code = 1011
+            self.session.upstream_unreachable(self.clock())
             return
         self._use_openai(sock)
 

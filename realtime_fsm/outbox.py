@@ -82,7 +82,7 @@ class Outbox(ToolDriver):
             except CLOSED:
                 if up:
                     raise SessionGone("openai closed") from None
-                session.end("telephony closed", self.clock())
+                session.twilio_closed(self.clock())
                 self._after()
                 return
 

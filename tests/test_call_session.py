@@ -1148,15 +1148,9 @@ def test_no_events_unless_asked() -> None:
     assert c.events == []
 
 
-# ================================================================== bugs found (owner fixes)
+# ============================================= regressions: bugs this file found, fixed
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: finish() merges the lost session's machine stats a second time when the call "
-    "ends from `ending` after a loss (hand_over already merged them into _stats_before; "
-    "finish only skips the merge in `reconnecting`): report.lifecycle_stats double-counted",
-)
 @pytest.mark.parametrize("how", ["refused", "end_call", "max_reconnects"])
 def test_lifecycle_stats_not_double_counted_after_a_loss(how: str) -> None:
     c = Call(BridgeConfig(max_reconnects=0 if how == "max_reconnects" else 20)).start()
@@ -1177,12 +1171,6 @@ def test_lifecycle_stats_not_double_counted_after_a_loss(how: str) -> None:
     assert c.s.report.lifecycle_stats == live
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: a Twilio dtmf (dtmf_as_text) after the call's machine is closed (call ended, or "
-    "ending after a lost session) goes to the closed ResponseLifecycle, and twilio_frame raises "
-    "LocalProtocolError('machine is closed; cannot handle UserText') for peer input",
-)
 @pytest.mark.parametrize("when", ["ended", "ending_after_loss"])
 def test_dtmf_after_the_end_does_not_raise(when: str) -> None:
     c = Call().start()
@@ -1197,12 +1185,6 @@ def test_dtmf_after_the_end_does_not_raise(when: str) -> None:
     assert c.s.report.undelivered_texts in ([], ["DTMF 5"])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: the same completed function_call item reported again after its output was "
-    "submitted is a new ToolCall (only *open* call ids are deduplicated): the tool runs twice, "
-    "and the round's follow-up response.create waits for the duplicate's tool_timeout",
-)
 def test_function_call_reported_twice_runs_once() -> None:
     c = Call().start()
     _tool_call(c)
@@ -1617,12 +1599,6 @@ def test_random_interleavings_keep_the_invariants(data: st.DataObject) -> None:
     PropertyDriver(data).run()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG: ResponseFinished.heard_ms only sums items first seen in a *transcript* delta "
-    "(_new_audio_item is called from OutputTranscriptDelta only): a response whose audio the "
-    "marks report played, with no transcript delta, reports heard_ms=0",
-)
 def test_heard_ms_without_transcript_deltas() -> None:
     c = Call().start()
     c.oa(oa_session())

@@ -33,7 +33,9 @@ from ..table import (
     ENDED,
     ENDING,
     RECONNECTING,
+    RUNNING,
     CallState,
+    ResponseState,
 )
 from ..twilio_media import PlaybackTracker, Start, clear_message
 from . import app_events as ae
@@ -163,7 +165,9 @@ class CallActions(CallFields):
         self.send_session_update()
         greeting = self._greeting(start)
         if greeting is not None:
-            self.handle_event(ev.RequestResponse(reason="greeting", instructions=greeting))
+            # The row's action runs before the state changes: fed to the new machine directly.
+            request = ev.RequestResponse(reason="greeting", instructions=greeting)
+            self.execute(self.machine.handle(request, self._now))
 
     def _greeting(self, start: Start) -> str | None:
         greeting = self.config.greeting
@@ -213,6 +217,7 @@ class CallActions(CallFields):
         self._held_requests[0:0] = requests
         self._partials.clear()
         self._open_calls.clear()  # call ids are per session: the next one knows none
+        self._answered_calls.clear()
         self._tool_rounds.clear()
         self._round_wants_response.clear()
         self._rounds_closed.clear()
@@ -330,7 +335,8 @@ class CallActions(CallFields):
         machine = self.machine
         if machine is not None:
             stats: dict[str, int] = {}
-            if self.call_state is not RECONNECTING:
+            # A machine handed over with a lost session is closed, its counters merged then.
+            if machine.state is not ResponseState.CLOSED:
                 try:
                     self.execute(machine.handle(ev.ConnectionClosed(reason), self._now))
                 except Exception:  # the report must be settled whatever the machine says
@@ -400,10 +406,14 @@ class CallActions(CallFields):
     def handle_event(self, event: ev.Event) -> None:
         """Feed the response machine (or, with no session up, hold what the next one needs)."""
         machine = self.machine
-        assert machine is not None
-        if self.call_state is RECONNECTING:
-            self._hold(event)
+        state = self.call_state
+        if state is not RUNNING:
+            if state is RECONNECTING:
+                self._hold(event)
+            # Ending or ended: the call has decided; a late key press or server event changes
+            # nothing (the application's calls are refused before they get here).
             return
+        assert machine is not None
         now = self._now
         kind = type(event)
         if (kind is ev.SpeechStarted or kind is ev.UserText) and self.config.estimate_playback:

@@ -149,6 +149,8 @@ class CallFields:
         self._session_update_id: str | None = None
         # --- Tools: calls of this session not yet answered, by call id.
         self._open_calls: dict[str, OpenCall] = {}
+        #: Calls of this session already answered (bounded): a duplicate done is not a call.
+        self._answered_calls: dict[str, None] = {}
         #: Per response: its completed function calls (a round); the one follow-up request is
         #: made once the response is done and every call answered, if any asked for one.
         self._tool_rounds: dict[str, list[str]] = {}

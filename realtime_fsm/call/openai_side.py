@@ -52,6 +52,8 @@ class OpenAISide(TwilioSide):
             machine = self.machine
             if machine.audio_delta(message.response_id, item, message.byte_count, now):  # type: ignore[union-attr]
                 self.report.media_out += 1
+                if self.emit_events and item != self._last_audio_item:
+                    self._new_audio_item(message.response_id, item)
                 name = self.tracker.audio_sent(item, message.byte_count)
                 if name is not None:
                     self.out_twilio.append(mark_message(self.stream_sid, name))
@@ -72,8 +74,6 @@ class OpenAISide(TwilioSide):
             if transcript is not None:
                 transcript.add(message.delta)
             if self.emit_events:
-                if message.item_id and message.item_id != self._last_audio_item:
-                    self._new_audio_item(message.response_id, message.item_id)
                 self.events.append(
                     ae.AssistantTranscript(message.response_id, message.delta, final=False)
                 )

@@ -119,6 +119,13 @@ class CallSession(ToolCalls):
             self._reason = f"openai reconnect refused (HTTP {status})"
         self._fire_call("connect_failed")
 
+    def upstream_unreachable(self, now: float) -> None:
+        """The call's first OpenAI socket could not be opened: the call ends, and the
+        telephony side is told it was a server error (1011), not a normal end."""
+        self.end("realtime server unreachable", now)
+        if self.end_reason == "realtime server unreachable":
+            self.close_code = 1011
+
     def session_opened(self, now: float) -> None:
         """A new OpenAI socket is open (the driver reads it from now on)."""
         self._advance(now)

@@ -33,6 +33,8 @@ from .openai_side import OpenAISide
 TOOL_REASON: Final = "tool"
 #: How long past a tool's timeout the call waits for its runner before answering itself.
 TOOL_GRACE_S: Final = 1.0
+#: Answered call ids remembered per session, so a call reported twice is run once.
+MAX_ANSWERED_CALLS: Final = 64
 
 
 class ToolCalls(OpenAISide):
@@ -51,8 +53,8 @@ class ToolCalls(OpenAISide):
                 status,
             )
             return
-        if call_id in self._open_calls:
-            return  # the same item reported twice
+        if call_id in self._open_calls or call_id in self._answered_calls:
+            return  # the same item reported twice: one call, run once
         call = ae.ToolCall(call_id=call_id, name=name, arguments=arguments, response_id=response_id)
         self.report.tool_calls += 1
         # A driver's runner is bounded by the tool's own timeout (or ``tool_timeout``); the call
@@ -87,6 +89,10 @@ class ToolCalls(OpenAISide):
         open_call = self._open_calls.pop(call_id, None)
         if open_call is None:
             raise LocalProtocolError(f"no open tool call {call_id!r} on this session")
+        answered = self._answered_calls
+        answered[call_id] = None
+        if len(answered) > MAX_ANSWERED_CALLS:
+            del answered[next(iter(answered))]
         call = open_call.call
         if not ok:
             self.report.tool_failures += 1
