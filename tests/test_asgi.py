@@ -493,17 +493,24 @@ def test_importing_without_starlette_names_the_extra(monkeypatch: pytest.MonkeyP
 # --- examples/fastapi_app.py --------------------------------------------------------------------
 
 
-def load_example(monkeypatch: pytest.MonkeyPatch, realtime_url: str) -> ModuleType:
+def load_example(
+    monkeypatch: pytest.MonkeyPatch, realtime_url: str, greeting: str | None = GREETING
+) -> ModuleType:
+    """``examples/fastapi_app.py`` as a user runs it, its settings from the environment
+    (``greeting=None``: the example's own, made for each caller)."""
     for name, value in {
         "PUBLIC_URL": PUBLIC_URL,
         "REALTIME_URL": realtime_url,
         "TWILIO_AUTH_TOKEN": TOKEN,
         "OPENAI_API_KEY": "sk-test",
-        "GREETING": GREETING,
     }.items():
         monkeypatch.setenv(name, value)
+    if greeting is None:
+        monkeypatch.delenv("GREETING", raising=False)
+    else:
+        monkeypatch.setenv("GREETING", greeting)
     spec = importlib.util.spec_from_file_location(
-        "fastapi_app_example", ROOT / "examples" / "fastapi_app.py"
+        f"fastapi_app_example_{greeting is None}", ROOT / "examples" / "fastapi_app.py"
     )
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)

@@ -8,7 +8,6 @@ would run, driven as Twilio would drive it."""
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import xml.etree.ElementTree as ET
 from types import ModuleType
@@ -18,13 +17,12 @@ import attrs
 import pytest
 from test_asgi import (
     HOST,
-    PUBLIC_URL,
-    ROOT,
     STREAM_URL,
     TOKEN,
     WEBHOOK_URL,
     ahttp,
     finished,
+    load_example,
     run,
     serving,
     sign,
@@ -44,21 +42,7 @@ BUSY = "conversation_already_has_active_response"
 
 
 def example(monkeypatch: pytest.MonkeyPatch, realtime_url: str) -> ModuleType:
-    for name, value in {
-        "PUBLIC_URL": PUBLIC_URL,
-        "REALTIME_URL": realtime_url,
-        "TWILIO_AUTH_TOKEN": TOKEN,
-        "OPENAI_API_KEY": "sk-test",
-    }.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.delenv("GREETING", raising=False)
-    spec = importlib.util.spec_from_file_location(
-        "fastapi_app_tools", ROOT / "examples" / "fastapi_app.py"
-    )
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_example(monkeypatch, realtime_url, greeting=None)
 
 
 def simulator() -> FakeRealtimeServer:

@@ -12,7 +12,9 @@ is withdrawn, the caller hears one answer).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
@@ -27,7 +29,7 @@ from test_e2e import (
     simulator,
 )
 
-from realtime_fsm.bridge import BridgeConfig
+from realtime_fsm.bridge import BridgeConfig, CallReport
 from realtime_fsm.testing import (
     FakeRealtimeServer,
     FakeTwilioCaller,
@@ -77,59 +79,73 @@ async def ask(sim: FakeRealtimeServer, caller: FakeTwilioCaller, words: str) -> 
     await caller.speak(0.4)
 
 
+@attrs.define
+class Scene:
+    """One call through the example server: the simulator, the caller, and, once the caller
+    hung up, the call's report."""
+
+    sim: FakeRealtimeServer
+    caller: FakeTwilioCaller
+    report: CallReport | None = None
+
+
+@contextlib.asynccontextmanager
+async def a_call(
+    *tools: Tool,
+    arguments: dict[str, str] | None = None,
+    then_reply: Any = "Done.",
+    faults: ResponseFaults | None = None,
+    **script: Any,
+) -> AsyncIterator[Scene]:
+    """A call whose caller's turns about an order make the model call ``lookup_order`` (or
+    ``script``'s ``calls``), answered with ``then_reply``, bridged with ``tools``."""
+    sim = simulator(short_replies, faults=faults)
+    async with sim:
+        if "calls" not in script:
+            script["name"] = "lookup_order"
+            script["arguments"] = arguments or {"order_id": "42"}
+        sim.script_tool_call(r"order", then_reply=then_reply, **script)
+        async with bridge_server(sim, config(*tools)) as bridge:
+            async with FakeTwilioCaller(bridge.url, CALLER) as caller:
+                scene = Scene(sim, caller)
+                yield scene
+            scene.report = await bridge.report(sim)
+
+
 def test_the_model_calls_a_tool_and_the_caller_hears_its_answer() -> None:
     async def scenario() -> None:
-        sim = simulator(short_replies)
-        async with sim:
-            sim.script_tool_call(
-                r"order",
-                name="lookup_order",
-                arguments={"order_id": "42"},
-                preamble="Let me look that up.",
-                then_reply=lambda outputs: f"Your order: {json.loads(outputs[0])['status']}.",
+        reply = lambda outputs: f"Your order: {json.loads(outputs[0])['status']}."  # noqa: E731
+        async with a_call(lookup_order, preamble="Let me look that up.", then_reply=reply) as s:
+            await ask(s.sim, s.caller, "where is my order forty two")
+            await s.sim.wait_until(
+                lambda: finished(answered(s.sim, "Your order")), 10, "the answer"
             )
-            async with bridge_server(sim, config(lookup_order)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "where is my order forty two")
-                    await sim.wait_until(
-                        lambda: finished(answered(sim, "Your order")), 10, "the answer"
-                    )
-                    [answer] = answered(sim, "Your order")
-                    assert answer.text == "Your order: shipped on Monday."
-                    await caller.wait_until(
-                        lambda: any(t.tag.ordinal == answer.tag for t in caller.tags_received),
-                        5,
-                    )
-                report = await bridge.report(sim)
-            [output] = sim.tool_outputs
-            assert json.loads(output.output) == {"order_id": "42", "status": "shipped on Monday"}
-            assert sim.responses_before_outputs == 0
-            assert sim.error_counts == {}
-            assert create_reasons(sim).count("tool") == 1
-            assert report.tool_calls == 1 and report.tool_failures == 0
+            [answer] = answered(s.sim, "Your order")
+            assert answer.text == "Your order: shipped on Monday."
+            await s.caller.wait_until(
+                lambda: any(t.tag.ordinal == answer.tag for t in s.caller.tags_received), 5
+            )
+        [output] = s.sim.tool_outputs
+        assert json.loads(output.output) == {"order_id": "42", "status": "shipped on Monday"}
+        assert s.sim.responses_before_outputs == 0
+        assert s.sim.error_counts == {}
+        assert create_reasons(s.sim).count("tool") == 1
+        assert s.report is not None
+        assert s.report.tool_calls == 1 and s.report.tool_failures == 0
 
     run(scenario())
 
 
 def test_parallel_calls_are_answered_with_one_create() -> None:
     async def scenario() -> None:
-        sim = simulator(short_replies)
-        async with sim:
-            sim.script_tool_call(
-                r"orders",
-                calls=[("lookup_order", {"order_id": "42"}), ("lookup_order", {"order_id": "7"})],
-                then_reply=lambda outputs: f"Two orders, {len(outputs)} answers.",
-            )
-            async with bridge_server(sim, config(lookup_order)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "and my two orders")
-                    await sim.wait_until(
-                        lambda: finished(answered(sim, "Two orders")), 10, "the answer"
-                    )
-                await bridge.report(sim)
-            assert len(sim.tool_outputs) == 2
-            assert create_reasons(sim).count("tool") == 1
-            assert sim.responses_before_outputs == 0 and sim.error_counts == {}
+        calls = [("lookup_order", {"order_id": "42"}), ("lookup_order", {"order_id": "7"})]
+        reply = lambda outputs: f"Two orders, {len(outputs)} answers."  # noqa: E731
+        async with a_call(lookup_order, calls=calls, then_reply=reply) as s:
+            await ask(s.sim, s.caller, "and my two orders")
+            await s.sim.wait_until(lambda: finished(answered(s.sim, "Two orders")), 10)
+        assert len(s.sim.tool_outputs) == 2
+        assert create_reasons(s.sim).count("tool") == 1
+        assert s.sim.responses_before_outputs == 0 and s.sim.error_counts == {}
 
     run(scenario())
 
@@ -141,22 +157,13 @@ def test_a_tool_that_raises_gets_an_error_output_and_the_model_goes_on() -> None
         raise RuntimeError("database down")
 
     async def scenario() -> None:
-        sim = simulator(short_replies)
-        async with sim:
-            sim.script_tool_call(
-                r"order",
-                name="lookup_order",
-                arguments={"order_id": "42"},
-                then_reply="Sorry, I cannot look that up right now.",
-            )
-            async with bridge_server(sim, config(broken)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "my order please")
-                    await sim.wait_until(lambda: finished(answered(sim, "Sorry")), 10)
-                report = await bridge.report(sim)
-            [output] = sim.tool_outputs
-            assert "database down" in json.loads(output.output)["error"]
-            assert report.tool_failures == 1 and sim.error_counts == {}
+        async with a_call(broken, then_reply="Sorry, I cannot look that up.") as s:
+            await ask(s.sim, s.caller, "my order please")
+            await s.sim.wait_until(lambda: finished(answered(s.sim, "Sorry")), 10)
+        [output] = s.sim.tool_outputs
+        assert "database down" in json.loads(output.output)["error"]
+        assert s.report is not None and s.report.tool_failures == 1
+        assert s.sim.error_counts == {}
 
     run(scenario())
 
@@ -169,19 +176,12 @@ def test_a_hanging_tool_is_answered_with_an_error_after_its_timeout() -> None:
         return "never"
 
     async def scenario() -> None:
-        sim = simulator(short_replies)
-        async with sim:
-            sim.script_tool_call(
-                r"order", name="lookup_order", arguments={"order_id": "1"}, then_reply="Sorry."
-            )
-            async with bridge_server(sim, config(hangs)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "my order")
-                    await sim.wait_until(lambda: finished(answered(sim, "Sorry")), 10)
-                report = await bridge.report(sim)
-            [output] = sim.tool_outputs
-            assert "timed out" in json.loads(output.output)["error"]
-            assert report.tool_failures == 1
+        async with a_call(hangs, then_reply="Sorry.") as s:
+            await ask(s.sim, s.caller, "my order")
+            await s.sim.wait_until(lambda: finished(answered(s.sim, "Sorry")), 10)
+        [output] = s.sim.tool_outputs
+        assert "timed out" in json.loads(output.output)["error"]
+        assert s.report is not None and s.report.tool_failures == 1
 
     run(scenario())
 
@@ -198,29 +198,20 @@ def test_the_caller_talking_while_a_tool_runs() -> None:
         return "shipped"
 
     async def scenario() -> None:
-        sim = simulator(short_replies)
-        async with sim:
-            sim.script_tool_call(
-                r"order", name="lookup_order", arguments={"order_id": "42"}, then_reply="Done."
+        async with a_call(slow) as s:
+            await ask(s.sim, s.caller, "where is my order")
+            await s.sim.wait_until(lambda: called_and_done(s.sim), 10, "the call, its done")
+            # While the tool runs, the caller says something else: the server's VAD answers
+            # that turn by itself.
+            await ask(s.sim, s.caller, "hello, are you there")
+            await s.sim.wait_until(
+                lambda: sum(r.origin == "server_vad" for r in s.sim.responses) >= 2, 10
             )
-            async with bridge_server(sim, config(slow)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "where is my order")
-                    await sim.wait_until(
-                        lambda: called_and_done(sim), 10, "the tool call, its response done"
-                    )
-                    # While the tool runs, the caller says something else: the server's VAD
-                    # answers that turn by itself.
-                    await ask(sim, caller, "hello, are you there")
-                    await sim.wait_until(
-                        lambda: sum(r.origin == "server_vad" for r in sim.responses) >= 2, 10
-                    )
-                    release.set()
-                    await sim.wait_until(lambda: finished(answered(sim, "Done")), 10)
-                await bridge.report(sim)
-            assert [o.output for o in sim.tool_outputs] == ["shipped"]
-            assert sim.error_counts == {}  # never a create into a busy slot
-            assert len(answered(sim, "Done")) == 1
+            release.set()
+            await s.sim.wait_until(lambda: finished(answered(s.sim, "Done")), 10)
+        assert [o.output for o in s.sim.tool_outputs] == ["shipped"]
+        assert s.sim.error_counts == {}  # never a create into a busy slot
+        assert len(answered(s.sim, "Done")) == 1
 
     run(scenario())
 
@@ -230,28 +221,19 @@ def test_a_vad_response_racing_the_follow_up_answers_once() -> None:
     refused busy (the server's rule), and the caller hears one answer, not two."""
 
     async def scenario() -> None:
-        sim = simulator(short_replies)
-        async with sim:
-            sim.script_tool_call(
-                r"order", name="lookup_order", arguments={"order_id": "42"}, then_reply="Done."
-            )
-            sim.race_vad_on_next_create()
-            async with bridge_server(sim, config(lookup_order)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "where is my order")
-                    await sim.wait_until(lambda: finished(answered(sim, "Done")), 10)
-                    await sim.wait_until(
-                        lambda: all(r.done_sent for r in sim.responses), 10, "all done"
-                    )
-                    await asyncio.sleep(0.3)  # room for a wrong second answer to show
-                report = await bridge.report(sim)
-            assert len(sim.tool_outputs) == 1
-            # The one refusal is the race itself (the server's rule); the VAD response saw the
-            # output and answered it; the refused follow-up is not asked for again.
-            assert sim.error_counts == {BUSY: 1}
-            assert len(answered(sim, "Done")) == 1, [r.text for r in sim.responses]
-            assert create_reasons(sim) == ["tool"]
-            assert report.tool_calls == 1
+        async with a_call(lookup_order) as s:
+            s.sim.race_vad_on_next_create()
+            await ask(s.sim, s.caller, "where is my order")
+            await s.sim.wait_until(lambda: finished(answered(s.sim, "Done")), 10)
+            await s.sim.wait_until(lambda: all(r.done_sent for r in s.sim.responses), 10)
+            await asyncio.sleep(0.3)  # room for a wrong second answer to show
+        assert len(s.sim.tool_outputs) == 1
+        # The one refusal is the race itself (the server's rule); the VAD response saw the
+        # output and answered it; the refused follow-up is not asked for again.
+        assert s.sim.error_counts == {BUSY: 1}
+        assert len(answered(s.sim, "Done")) == 1, [r.text for r in s.sim.responses]
+        assert create_reasons(s.sim) == ["tool"]
+        assert s.report is not None and s.report.tool_calls == 1
 
     run(scenario())
 
@@ -268,20 +250,16 @@ def test_a_call_cut_off_by_a_barge_in_is_not_run() -> None:
         return "shipped"
 
     async def scenario() -> None:
-        sim = simulator(short_replies, faults=ResponseFaults(stall_after_deltas=2))
-        async with sim:
-            sim.script_tool_call(r"order", name="lookup_order", arguments={"order_id": "42"})
-            async with bridge_server(sim, config(records)) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await ask(sim, caller, "where is my order")
-                    await sim.wait_until(lambda: bool(sim.tool_calls), 10, "the call begun")
-                    await ask(sim, caller, "no wait, never mind")
-                    await sim.wait_until(
-                        lambda: sim.tool_calls[0].status == "incomplete", 10, "the cut"
-                    )
-                    await sim.wait_until(lambda: all(r.done_sent for r in sim.responses), 10)
-                report = await bridge.report(sim)
-            assert ran == [] and sim.tool_outputs == []
-            assert report.tool_calls == 0 and sim.error_counts == {}
+        async with a_call(records, faults=ResponseFaults(stall_after_deltas=2)) as s:
+            await ask(s.sim, s.caller, "where is my order")
+            await s.sim.wait_until(lambda: bool(s.sim.tool_calls), 10, "the call begun")
+            await ask(s.sim, s.caller, "no wait, never mind")
+            await s.sim.wait_until(
+                lambda: s.sim.tool_calls[0].status == "incomplete", 10, "the cut"
+            )
+            await s.sim.wait_until(lambda: all(r.done_sent for r in s.sim.responses), 10)
+        assert ran == [] and s.sim.tool_outputs == []
+        assert s.report is not None and s.report.tool_calls == 0
+        assert s.sim.error_counts == {}
 
     run(scenario())
