@@ -37,7 +37,7 @@ from ..table import (
     CallState,
     ResponseState,
 )
-from ..twilio_media import PlaybackTracker, Start, clear_message
+from ..twilio_media import LedgerPlaybackTracker, Start, clear_message
 from . import app_events as ae
 from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, CallFields, log
 from .handover import carried_requests, merged, split_first
@@ -138,7 +138,9 @@ class CallActions(CallFields):
             max_frame_size=self.config.max_openai_frame,
             call_id=self.call_label,
         )
-        self.tracker = PlaybackTracker(
+        # One count of the audio bytes: the machine's ledger, which the tracker reads.
+        self.tracker = LedgerPlaybackTracker(
+            self.machine.playback,
             bytes_per_ms=self.config.lifecycle.audio_bytes_per_ms,
             call_id=self.call_label,
             mark_every_ms=self.config.mark_every_ms,
@@ -280,6 +282,7 @@ class CallActions(CallFields):
         self._session_started_at = self._now
         previous = self.machine
         self.machine = machine = self._new_machine()
+        self.tracker.follow(machine.playback)
         held = self.custody.pop_held()
         delivered = len(held)
         # The restore must fit the driver's queue with room to spare: the oldest history goes.

@@ -16,7 +16,7 @@ from ..history import ConversationHistory
 from ..lifecycle import ResponseLifecycle
 from ..openai_realtime import OpenAIRealtimeCodec
 from ..table import AWAITING_START, CallState
-from ..twilio_media import PlaybackTracker, Start
+from ..twilio_media import LedgerPlaybackTracker, Start
 from .app_events import AppEvent, ToolCall
 from .config import BridgeConfig, CallReport
 from .texts import TextCustody, TextFrame
@@ -124,7 +124,7 @@ class CallFields:
         self.stream_sid = ""
         self.machine: ResponseLifecycle | None = None
         self.codec: OpenAIRealtimeCodec
-        self.tracker: PlaybackTracker
+        self.tracker: LedgerPlaybackTracker
         # --- Sessions and reconnects (the guards ``attempts_exhausted`` and
         # ``reconnects_exhausted`` read the counts).
         self._session_started_at = self._now

@@ -15,7 +15,7 @@ task).
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, ClassVar
 
 import attrs
@@ -127,6 +127,13 @@ class ResponseLifecycle(MachineActions):
         if state is IDLE:
             return self._turn_deadline
         return None
+
+    @property
+    def playback(self) -> Mapping[str, Sequence[int]]:
+        """The playback ledger, read-only: per assistant item still tracked, ``[bytes
+        received, ms heard]``.  The one count of an item's audio bytes: a telephony tracker
+        places its marks from it (``LedgerPlaybackTracker``) instead of counting them again."""
+        return self._play
 
     @property
     def caller_hearing(self) -> bool:

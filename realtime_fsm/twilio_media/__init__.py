@@ -22,7 +22,9 @@ The adapter is a package by what each part holds:
 * :mod:`~realtime_fsm.twilio_media.messages`: the inbound message types and mu-law constants;
 * :mod:`~realtime_fsm.twilio_media.parsing`: inbound parsing (:func:`parse_message`);
 * :mod:`~realtime_fsm.twilio_media.rendering`: outbound ``media``, ``mark`` and ``clear``;
-* :mod:`~realtime_fsm.twilio_media.playback`: :class:`PlaybackTracker` and :class:`MarkName`.
+* :mod:`~realtime_fsm.twilio_media.playback`: :class:`PlaybackTracker` (and
+  :class:`LedgerPlaybackTracker`, which reads byte totals from the lifecycle's ledger) and
+  :class:`MarkName`.
 
 Every public name is importable from here, as it was from the single module this replaced.
 """
@@ -43,7 +45,7 @@ from .messages import (
     UnknownMessage,
 )
 from .parsing import DEFAULT_MAX_MESSAGE_SIZE, INBOUND_EVENTS, parse_message
-from .playback import MarkName, PlaybackTracker, check_mark_every_ms
+from .playback import LedgerPlaybackTracker, MarkName, PlaybackTracker, check_mark_every_ms
 from .playback import log as log
 from .rendering import clear_message, mark_message, media_message
 
@@ -58,6 +60,7 @@ __all__ = [
     "MarkName",
     "Media",
     "MediaFormat",
+    "LedgerPlaybackTracker",
     "PlaybackTracker",
     "Start",
     "Stop",

@@ -12,7 +12,8 @@ the rest of the adapter; :meth:`PlaybackTracker.audio_sent` and
 from __future__ import annotations
 
 import logging
-from typing import Final
+from collections.abc import Mapping, Sequence
+from typing import Any, Final
 
 import attrs
 
@@ -161,7 +162,7 @@ class PlaybackTracker:
 
     def sent_ms(self, item_id: str) -> int:
         """Audio of this item sent to Twilio in this generation, in whole ms (rounded up)."""
-        return -(-self._sent.get(item_id, 0) // self._bytes_per_ms)
+        return -(-self._total(item_id) // self._bytes_per_ms)
 
     def played_ms(self, item_id: str) -> int:
         """Audio of this item confirmed played in this generation, in ms."""
@@ -188,6 +189,10 @@ class PlaybackTracker:
             raise LocalProtocolError(f"item_id must be a non-empty string, got {item_id!r}")
         if type(byte_count) is not int or byte_count < 0:
             raise LocalProtocolError(f"byte_count must be a non-negative int, got {byte_count!r}")
+        return self._place_marks(item_id, self._add_bytes(item_id, byte_count))
+
+    def _add_bytes(self, item_id: str, byte_count: int) -> int:
+        """Count ``byte_count`` more bytes of ``item_id``; return its total in this generation."""
         sent = self._sent
         total = sent.get(item_id)
         if total is None:
@@ -200,6 +205,10 @@ class PlaybackTracker:
             total = 0
         total += byte_count
         sent[item_id] = total
+        return total
+
+    def _place_marks(self, item_id: str, total: int) -> str | None:
+        """The mark due now that ``total`` bytes of ``item_id`` were sent, if any."""
         end_ms = -(-total // self._bytes_per_ms)
         every = self._mark_every_ms
         if not every:
@@ -232,7 +241,11 @@ class PlaybackTracker:
         if item_id is None:
             return None
         self._unmarked = None
-        return self._mint(item_id, -(-self._sent[item_id] // self._bytes_per_ms))
+        return self._mint(item_id, -(-self._total(item_id) // self._bytes_per_ms))
+
+    def _total(self, item_id: str) -> int:
+        """Bytes of ``item_id`` sent in this generation."""
+        return self._sent.get(item_id, 0)
 
     def _marked_end(self, item_id: str) -> int:
         """The end (ms) of the item's last mark still pending or played, 0 if none."""
@@ -349,3 +362,58 @@ class PlaybackTracker:
 
     def _count(self, key: str) -> None:
         self.stats[key] = self.stats.get(key, 0) + 1
+
+
+class LedgerPlaybackTracker(PlaybackTracker):
+    """A :class:`PlaybackTracker` that counts no bytes of its own: an item's audio so far is
+    read from the response lifecycle's playback ledger (``ResponseLifecycle.playback``: per
+    item, bytes received and ms heard), the one count of those bytes, kept by the machine that
+    accepted them.  Call :meth:`audio_sent` only for a delta the machine has just counted
+    (``audio_delta`` returned True), and :meth:`follow` the new machine's ledger when the
+    machine is replaced (a new OpenAI session).
+
+    Marks are placed as the base class places them; item byte totals are the ledger's, which
+    a ``clear`` does not reset (audio of a cleared item never follows: its response was
+    stopped), so mark ends stay absolute per item.  What stays the tracker's own is what only
+    the marks know: the marks pending, and the ms each echo *confirmed* (the ledger's ms heard
+    also take estimates between echoes)."""
+
+    __slots__ = ("_ledger", "_unmarked_total")
+
+    def __init__(self, ledger: Mapping[str, Sequence[int]], **options: Any) -> None:
+        super().__init__(**options)
+        self._ledger = ledger
+        #: The total of the item marked last by :meth:`flush_mark`'s measure: the ledger may
+        #: have dropped a fully heard item by the time its last mark is flushed.
+        self._unmarked_total = 0
+
+    def follow(self, ledger: Mapping[str, Sequence[int]]) -> None:
+        """Read from this ledger from now on (a new machine, for a new session)."""
+        self._ledger = ledger
+
+    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
+        """The delta the machine just counted was sent; return the mark to send after it."""
+        entry = self._ledger.get(item_id)
+        if entry is None:  # not counted by the machine: a caller's mistake, refused below
+            raise LocalProtocolError(f"item {item_id!r} is not in the playback ledger")
+        total = entry[0]
+        if item_id == self._hot_item and total < self._hot_limit:
+            self._unmarked = item_id
+            self._unmarked_total = total
+            return None
+        played = self._played
+        if item_id not in played and len(played) >= _ITEMS_MAX:  # bounded, as the base's
+            oldest = next(iter(played))
+            del played[oldest]
+            if self._last_mark is not None and self._last_mark[0] == oldest:
+                self._last_mark = None
+        name = self._place_marks(item_id, total)
+        if self._unmarked == item_id:
+            self._unmarked_total = total
+        return name
+
+    def _total(self, item_id: str) -> int:
+        if item_id == self._unmarked:
+            return self._unmarked_total
+        entry = self._ledger.get(item_id)
+        return entry[0] if entry is not None else 0
