@@ -26,6 +26,7 @@ from openai.types.realtime.realtime_audio_config_input import (
 from openai.types.realtime.realtime_audio_config_output import RealtimeAudioConfigOutput
 from openai.types.realtime.realtime_audio_input_turn_detection import SemanticVad, ServerVad
 from pydantic import BaseModel, TypeAdapter
+from test_openai_realtime import _no_extra
 
 from realtime_fsm.openai_realtime import (
     Dialect,
@@ -45,20 +46,6 @@ CLIENT: dict[Dialect, tuple[TypeAdapter[Any], TypeAdapter[Any]]] = {
         TypeAdapter(beta_types.RealtimeClientEvent),
     ),
 }
-
-
-def _no_extra(value: Any, path: str = "$") -> None:
-    """Fail on any field the package's model does not declare (its models allow extras)."""
-    if isinstance(value, BaseModel):
-        assert not value.model_extra, f"unknown field(s) at {path}: {sorted(value.model_extra)}"
-        for name in type(value).model_fields:
-            _no_extra(getattr(value, name), f"{path}.{name}")
-    elif isinstance(value, (list, tuple)):
-        for index, item in enumerate(value):
-            _no_extra(item, f"{path}[{index}]")
-    elif isinstance(value, dict):
-        for key, item in value.items():
-            _no_extra(item, f"{path}.{key}")
 
 
 def rendered(config: SessionConfig, dialect: Dialect = Dialect.GA) -> tuple[dict[str, Any], Any]:
