@@ -404,6 +404,8 @@ class CallBridge(Outbox):
                 return
             out = feed(frame, clock())
             if out is not None:
+                if not out:
+                    continue  # NOTHING: a mark echo, nothing to hand out
                 # Socket and probe are replaced on a new session: never cache them.
                 if self._openai_direct():  # True only while a socket is up
                     openai: MessageSocket = self.openai  # type: ignore[assignment]

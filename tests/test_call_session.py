@@ -332,7 +332,7 @@ class Call:
     def tw(self, frame: str, dt: float = 0.0) -> str | None:
         self.t += dt
         out = self.s.twilio_frame(frame, self.t)
-        if out is not None:
+        if out:  # "": handled, nothing to write (a mark echo)
             CLIENT_EVENT.validate_json(out)
         self.drain()
         return out
@@ -1394,7 +1394,7 @@ class PropertyDriver:
         else:
             frame = d.draw(st.sampled_from(_HOSTILE_TWILIO))
         out = self.s.twilio_frame(frame, self.t)
-        if out is not None:
+        if out:  # "": handled, nothing to write (a mark echo)
             CLIENT_EVENT.validate_json(out)
 
     def _metadata(self) -> dict[str, str] | None:

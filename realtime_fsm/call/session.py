@@ -11,7 +11,8 @@ A driver's loop, in full::
 
     session = CallSession(config, now=clock(), can_reconnect=True)
     # for every frame read:  out = session.twilio_frame(frame, clock())  (or openai_frame)
-    # write ``out`` if not None, then everything in session.out_twilio / session.out_openai
+    # write ``out`` if it is a frame ("": nothing else to do), then everything in
+    # session.out_twilio / session.out_openai
     # (in order; report text frames written with session.text_written(frame));
     # sleep until session.next_deadline, then session.tick(clock());
     # session.lost_reason set: stop reading that socket, session.openai_lost(...);

@@ -9,6 +9,7 @@ the session's lists.
 from __future__ import annotations
 
 import json
+from typing import Final
 
 from .. import events as ev
 from ..errors import RemoteProtocolError
@@ -27,14 +28,18 @@ from ..twilio_media import (
 from .call_actions import CallActions
 from .fields import log
 
+#: :meth:`TwilioSide.twilio_frame`'s answer for a frame that needs nothing done after it.
+NOTHING: Final = ""
+
 
 class TwilioSide(CallActions):
     """Twilio frames in."""
 
     def twilio_frame(self, frame: str | bytes, now: float) -> str | None:
         """One frame from the Twilio socket.  Returns the ``input_audio_buffer.append`` to
-        write now for caller audio while a session is up; ``None`` for anything else (its
-        outputs, if any, are in the session's lists)."""
+        write now for caller audio while a session is up; :data:`NOTHING` (``""``) when the
+        frame left no output and moved no deadline (a playback mark's echo); ``None`` for
+        anything else (its outputs, if any, are in the session's lists)."""
         try:
             message = parse_message(frame, max_message_size=self.max_twilio_message)
         except RemoteProtocolError as exc:
@@ -61,6 +66,8 @@ class TwilioSide(CallActions):
                 assert machine is not None
                 for progress in self.tracker.mark_received(message.name, now):
                     machine.playback_progress(progress.item_id, progress.played_ms)
+                # Playback progress moves no deadline and says nothing: no outputs to look at.
+                return NOTHING
         elif kind is Dtmf:
             assert isinstance(message, Dtmf)
             if message.digit == self.config.commit_on_dtmf:
