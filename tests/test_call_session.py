@@ -42,7 +42,7 @@ STREAM = "MZ00000000000000000000000000000001"
 CALL = "CA00000000000000000000000000000001"
 MULAW = {"encoding": "audio/x-mulaw", "sampleRate": 8000, "channels": 1}
 #: 160 bytes of mu-law silence (20 ms), base64.
-PAYLOAD = "/" * 212 + "w=="
+PAYLOAD = "/" * 212 + "/w=="  # 160 bytes of mu-law, base64
 
 
 # ------------------------------------------------------------------------- Twilio frames
