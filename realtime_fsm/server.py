@@ -3,11 +3,14 @@
 ``examples/twilio_bridge.py`` is the command line around :func:`start_server`; the demo and the
 end-to-end tests start the very same server, pointed at the simulator instead of OpenAI.
 
-Security: when a Twilio auth token is configured, the WebSocket upgrade's
-``X-Twilio-Signature`` is checked against the *configured* public ``wss://`` URL (never one
-rebuilt from proxied request headers) with the ``twilio`` package's ``RequestValidator``, and a
-bad or missing signature is refused with HTTP 403 before any audio flows.  The API key and the
-token are never logged.
+Security: when a Twilio auth token is configured, both requests Twilio makes are signature
+checked with the ``twilio`` package's ``RequestValidator``, always against the *configured*
+public URLs (never ones rebuilt from proxied request headers): the webhook's
+``X-Twilio-Signature`` over ``https://<public>/incoming-call`` plus its query string and form
+fields, the WebSocket upgrade's over the ``wss://`` stream URL.  A bad or missing signature is
+refused with HTTP 403 and one log line, before any TwiML or audio.  The API key and the token
+are never logged, and what a caller controls (a ``CallSid``, a path) is logged escaped
+(:func:`~realtime_fsm.http_head.printable`), so it cannot forge a log line.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from websockets.asyncio.client import connect
 
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
 from .errors import UpstreamUnreachable
+from .http_head import printable
 from .openai_realtime import Dialect
 from .trace import MAX_TRACE_BYTES, start_trace
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
@@ -53,6 +57,22 @@ DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
 
 class SignatureValidator(Protocol):
     def validate(self, uri: str, params: dict[str, str], signature: str) -> bool: ...
+
+
+class _SignedParams(dict[str, str]):
+    """Form fields for ``RequestValidator``: a dict of first values that also answers
+    ``getall``, which the validator asks for so that every value of a repeated field is signed,
+    as Twilio signs them."""
+
+    def __init__(self, fields: list[tuple[str, str]]) -> None:
+        super().__init__()
+        self._all: dict[str, list[str]] = {}
+        for name, value in fields:
+            self.setdefault(name, value)
+            self._all.setdefault(name, []).append(value)
+
+    def getall(self, name: str) -> list[str]:
+        return self._all[name]
 
 
 def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
@@ -99,6 +119,11 @@ class ServerConfig:
             log.error("stream_parameters must return str -> str; the stream gets none")
             return {}
         return params
+
+    @property
+    def webhook_url(self) -> str:
+        """The public URL of ``/incoming-call``, as Twilio requests and signs it."""
+        return self.public_url.rstrip("/") + "/incoming-call"
 
     @property
     def stream_url(self) -> str:
@@ -164,12 +189,48 @@ def signature_gate(config: ServerConfig) -> WebSocketGate | None:
     return gate
 
 
-async def _incoming_call(config: ServerConfig, request: HttpRequest) -> HttpResponse:
+def webhook_check(config: ServerConfig) -> Callable[[HttpRequest], str | None] | None:
+    """The ``/incoming-call`` signature check, or ``None`` when no token is configured: it
+    returns why a request is refused, or ``None`` to serve it.
+
+    The same rules as :class:`~realtime_fsm.asgi.TwilioVoiceRoutes`: the signed URL is the
+    configured webhook URL plus the request's raw query string (a GET carries its parameters
+    there), and the signed parameters are the form fields of a form-encoded POST body, every
+    value of a repeated field included."""
+    token = config.twilio_auth_token
+    if not token:
+        return None
+    validator = signature_validator(token)
+    webhook_url = config.webhook_url
+
+    def check(request: HttpRequest) -> str | None:
+        signature = request.headers.get("x-twilio-signature", "")
+        if not signature:
+            return "missing X-Twilio-Signature"
+        query = request.query_string
+        url = f"{webhook_url}?{query}" if query else webhook_url
+        if not validator.validate(url, _SignedParams(request.form_fields()), signature):
+            return "invalid X-Twilio-Signature"
+        return None
+
+    return check
+
+
+async def _incoming_call(
+    config: ServerConfig,
+    request: HttpRequest,
+    check: Callable[[HttpRequest], str | None] | None = None,
+) -> HttpResponse:
     if request.method not in ("GET", "POST"):
         return HttpResponse(405, b"method not allowed\n")
-    webhook = {**request.query, **request.form()}
+    if check is not None:
+        reason = check(request)
+        if reason is not None:
+            log.warning("refusing webhook from %s: %s", request.client, reason)
+            return HttpResponse(403, f"forbidden: {reason}\n".encode())
+    webhook = {**request.query, **dict(request.form_fields()[::-1])}
     call = webhook.get("CallSid") or "-"
-    log.info("call=%s incoming call; streaming to %s", call, config.stream_url)
+    log.info("call=%s incoming call; streaming to %s", printable(call, 64), config.stream_url)
     body = twiml(config.stream_url, config.parameters_for(webhook))
     return HttpResponse(200, body, "text/xml; charset=utf-8")
 
@@ -259,8 +320,10 @@ async def start_server(
     ``on_bridge`` sees each call's :class:`CallBridge` before it runs, so a soak or a
     dashboard can watch live calls (their machine state) rather than only finished reports."""
 
+    check = webhook_check(config)
+
     async def incoming(request: HttpRequest) -> HttpResponse:
-        return await _incoming_call(config, request)
+        return await _incoming_call(config, request, check)
 
     async def media(ws: WebSocket) -> None:
         await bridge_call(config, ws, reports, on_bridge)

@@ -18,54 +18,61 @@ import contextlib
 import logging
 import signal
 from collections.abc import Awaitable, Callable, Mapping
-from types import MappingProxyType
-from urllib.parse import parse_qs, urlsplit
 
 import attrs
 from websockets.exceptions import InvalidState
-from websockets.frames import Frame, Opcode
+from websockets.frames import CloseCode, Frame, Opcode
 from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .http_head import (
+    HttpError,
+    HttpRequest,
+    HttpResponse,
+    content_length,
+    http_bytes,
+    parse_head,
+    printable,
+)
+
+__all__ = [
+    "HttpRequest",
+    "HttpResponse",
+    "Routes",
+    "WebSocket",
+    "WebSocketClosed",
+    "serve",
+    "serve_until_signalled",
+]
+
 log = logging.getLogger("realtime_fsm.webserver")
 
+#: A request head longer than this is refused with 431: Twilio's are about 1 KiB.
 MAX_HEAD_BYTES = 16 * 1024
+#: A body longer than this is refused with 413: a webhook's form is a few hundred bytes.
 MAX_BODY_BYTES = 64 * 1024
+#: How long a peer may take to send its request head (then the connection is just dropped).
+HEAD_TIMEOUT = 10.0
+#: After refusing a request: how long, and how many bytes, we read and drop of what the peer
+#: still sends, so that our response is not lost to a TCP reset (see ``_refuse``).
+LINGER_TIMEOUT = 1.0
+LINGER_BYTES = 1024 * 1024
 _READ_CHUNK = 64 * 1024
 #: How long closing a WebSocket waits for the peer, to take the close frame and to answer it.
 CLOSE_TIMEOUT = 2.0
 #: Bytes a slow peer may leave unread in the transport before ``send`` waits for it.
 _BUFFER_LIMIT = 64 * 1024
-
-
-@attrs.frozen
-class HttpRequest:
-    """A request head (header names lower-cased) and, for plain HTTP, its body."""
-
-    method: str
-    path: str
-    query: Mapping[str, str]
-    headers: Mapping[str, str]
-    body: bytes = b""
-    client: str = ""
-
-    @property
-    def target(self) -> str:
-        """Path plus query string, exactly as requested (what request signatures cover)."""
-        return self.headers.get(":target", self.path)
-
-    def form(self) -> dict[str, str]:
-        """The body as ``application/x-www-form-urlencoded`` fields (first value of each)."""
-        fields = parse_qs(self.body.decode("utf-8", "replace"), keep_blank_values=True)
-        return {key: values[0] for key, values in fields.items()}
-
-
-@attrs.frozen
-class HttpResponse:
-    status: int
-    body: bytes = b""
-    content_type: str = "text/plain; charset=utf-8"
+#: A peer that does not read is dropped once this much waits for it in the transport, or once
+#: a wait for it to read lasts :data:`DRAIN_TIMEOUT`.  Sends wait above ``_BUFFER_LIMIT`` and
+#: pongs above the transport's own high-water mark (64 KiB), so only a bug or a burst of
+#: pongs gets near 1 MiB: a bound on memory per connection, not a rate limit.
+MAX_WRITE_BUFFER = 1024 * 1024
+#: A peer (a ping flood that never reads its pongs, a stalled reader) whose backlog does not
+#: drain within this is dropped with 1008.  Twilio reads continuously, and the backlog waited
+#: on is at most 64 KiB (about four seconds of the call's audio as JSON frames); 10 seconds
+#: leaves room for a slow network and still frees a stuck call and its OpenAI session soon.
+DRAIN_TIMEOUT = 10.0
 
 
 class WebSocketClosed(Exception):
@@ -98,6 +105,8 @@ class WebSocket:
         self._fragments: list[bytes] = []
         self._fragment_text = False
         self._send_lock = asyncio.Lock()
+        #: Set once the connection failed on our side (1007, 1008): what ``recv`` raises.
+        self._failure: WebSocketClosed | None = None
 
     @property
     def closed(self) -> bool:
@@ -117,8 +126,13 @@ class WebSocket:
         return self._protocol.close_reason
 
     async def recv(self) -> str | bytes:
-        """The next message (text as ``str``); raises :class:`WebSocketClosed` at the end."""
+        """The next message (text as ``str``); raises :class:`WebSocketClosed` at the end.
+
+        Messages that arrived before a failure (a text message that is not UTF-8: 1007; a peer
+        that does not read: 1008) are still handed out; then the failure is raised."""
         while not self._messages:
+            if self._failure is not None:
+                raise self._failure
             if self._protocol.state is State.CLOSED:
                 raise WebSocketClosed(self._protocol.close_code, self._protocol.close_reason or "")
             try:
@@ -129,10 +143,12 @@ class WebSocket:
                 self._protocol.receive_data(data)
             else:
                 self._protocol.receive_eof()
-            await self._flush()
             for event in self._protocol.events_received():
                 if isinstance(event, Frame):
                     self._on_frame(event)
+                    if self._failure is not None:
+                        break  # the connection failed: nothing after the bad frame counts
+            await self._flush()
             if self._protocol_closed() and not self._messages:
                 self._writer.close()
         return self._messages.pop(0)
@@ -145,7 +161,10 @@ class WebSocket:
         if opcode is Opcode.TEXT or opcode is Opcode.BINARY:
             if frame.fin:
                 data = bytes(frame.data)
-                self._messages.append(data.decode("utf-8") if opcode is Opcode.TEXT else data)
+                if opcode is Opcode.TEXT:
+                    self._text(data)
+                else:
+                    self._messages.append(data)
             else:
                 self._fragments = [bytes(frame.data)]
                 self._fragment_text = opcode is Opcode.TEXT
@@ -154,7 +173,43 @@ class WebSocket:
             if frame.fin:
                 data = b"".join(self._fragments)
                 self._fragments = []
-                self._messages.append(data.decode("utf-8") if self._fragment_text else data)
+                if self._fragment_text:
+                    self._text(data)
+                else:
+                    self._messages.append(data)
+
+    def _text(self, data: bytes) -> None:
+        """Queue a text message; one that is not UTF-8 fails the connection with 1007.
+
+        ``websockets``' sans-IO protocol leaves text payloads undecoded, so this is the one
+        place they are checked: the handler sees the peer's socket closed
+        (:class:`WebSocketClosed` with 1007), never a ``UnicodeDecodeError``."""
+        try:
+            self._messages.append(data.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            self._fail(
+                CloseCode.INVALID_DATA, f"invalid UTF-8 in a text message at byte {exc.start}"
+            )
+
+    def _fail(self, code: int, reason: str, *, abort: bool = False) -> WebSocketClosed:
+        """Fail the connection once: log why, send the close frame (unless ``abort``: the peer
+        does not read, so the TCP link is dropped at once) and remember the failure, which
+        :meth:`recv` and :meth:`send` raise from now on."""
+        if self._failure is None:
+            log.warning(
+                "websocket %s from %s: %s; closing with %d",
+                printable(self.request.path),
+                self.request.client,
+                reason,
+                code,
+            )
+            self._failure = WebSocketClosed(code, reason)
+            with contextlib.suppress(InvalidState):
+                self._protocol.fail(code, reason)
+            if abort:
+                self._protocol.data_to_send()  # nobody will read it
+                self._writer.transport.abort()
+        return self._failure
 
     async def send(self, message: str | bytes) -> None:
         """Send one message; waits while the peer is slow to read (bounded buffering).
@@ -171,6 +226,8 @@ class WebSocket:
                 else:
                     self._protocol.send_binary(message)
             except InvalidState as exc:
+                if self._failure is not None:
+                    raise self._failure from exc
                 raise WebSocketClosed(self.close_code, self.close_reason or "") from exc
             await self._flush(drain_above=_BUFFER_LIMIT)
 
@@ -247,10 +304,23 @@ class WebSocket:
         if eof:
             self._writer.close()
             return
-        if self._writer.transport.get_write_buffer_size() <= drain_above:
+        buffered = self._writer.transport.get_write_buffer_size()
+        if buffered <= drain_above:
             return
+        if buffered > MAX_WRITE_BUFFER:
+            raise self._fail(
+                CloseCode.POLICY_VIOLATION,
+                f"peer not reading: {buffered} bytes unsent, over {MAX_WRITE_BUFFER}",
+                abort=True,
+            )
         try:
-            await self._writer.drain()
+            await asyncio.wait_for(self._writer.drain(), timeout=DRAIN_TIMEOUT)
+        except asyncio.TimeoutError:
+            raise self._fail(
+                CloseCode.POLICY_VIOLATION,
+                f"peer not reading: {buffered} bytes unsent for {DRAIN_TIMEOUT:g}s",
+                abort=True,
+            ) from None
         except (ConnectionError, OSError) as exc:
             raise WebSocketClosed(self.close_code, str(exc)) from exc
 
@@ -269,67 +339,72 @@ class Routes:
     max_message_bytes: int = 64 * 1024
 
 
-def _parse_head(head: bytes, client: str) -> HttpRequest:
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _version = lines[0].split(" ", 2)
-    headers: dict[str, str] = {":target": target}
-    for line in lines[1:]:
-        if not line:
-            continue
-        name, _, value = line.partition(":")
-        headers[name.strip().lower()] = value.strip()
-    parts = urlsplit(target)
-    query = {k: v[0] for k, v in parse_qs(parts.query, keep_blank_values=True).items()}
-    return HttpRequest(
-        method=method.upper(),
-        path=parts.path,
-        query=MappingProxyType(query),
-        headers=MappingProxyType(headers),
-        client=client,
-    )
+def _client_of(writer: asyncio.StreamWriter) -> str:
+    peer = writer.get_extra_info("peername")
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else printable(str(peer))
 
 
-def _http_bytes(response: HttpResponse) -> bytes:
-    reason = {200: "OK", 400: "Bad Request", 403: "Forbidden", 404: "Not Found"}.get(
-        response.status, "Error"
-    )
-    head = (
-        f"HTTP/1.1 {response.status} {reason}\r\n"
-        f"Content-Type: {response.content_type}\r\n"
-        f"Content-Length: {len(response.body)}\r\n"
-        "Connection: close\r\n\r\n"
-    )
-    return head.encode("latin-1") + response.body
+async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
+    """The request head through its blank line; ``None`` when the peer left or stalled before
+    sending one (nobody to answer); :class:`HttpError` 431 when it outgrows
+    :data:`MAX_HEAD_BYTES` (the reader's limit)."""
+    try:
+        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEAD_TIMEOUT)
+    except asyncio.LimitOverrunError:
+        raise HttpError(431, f"request head over {MAX_HEAD_BYTES} bytes") from None
+    except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
+        return None
+
+
+async def _refuse(
+    error: HttpError, client: str, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
+    """Answer ``error`` with its status and one log line, then close gracefully: our side is
+    shut first and what the peer still sends is read and dropped (bounded by
+    :data:`LINGER_BYTES` and :data:`LINGER_TIMEOUT`), because closing a socket with unread
+    input makes the kernel send a reset that can destroy the response before it is read."""
+    log.warning("refusing request from %s with %d: %s", client, error.status, error.reason)
+    writer.write(http_bytes(HttpResponse(error.status, f"{error.reason}\n".encode())))
+
+    async def linger() -> None:
+        await writer.drain()
+        if writer.can_write_eof():
+            writer.write_eof()
+        dropped = 0
+        while dropped < LINGER_BYTES:
+            chunk = await reader.read(_READ_CHUNK)
+            if not chunk:
+                return
+            dropped += len(chunk)
+
+    with contextlib.suppress(asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
+        await asyncio.wait_for(linger(), timeout=LINGER_TIMEOUT)
 
 
 async def _handle_connection(
     routes: Routes, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
 ) -> None:
-    peer = writer.get_extra_info("peername")
-    client = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else str(peer)
+    client = _client_of(writer)
     try:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=10.0)
-            request = _parse_head(head, client)
-        except (asyncio.IncompleteReadError, asyncio.LimitOverrunError, asyncio.TimeoutError):
-            return
-        except ValueError:
-            writer.write(_http_bytes(HttpResponse(400, b"bad request\n")))
-            return
-        if request.headers.get("upgrade", "").lower() == "websocket":
-            await _upgrade(routes, request, head, reader, writer)
-            return
-        handler = routes.http.get(request.path)
-        if handler is None:
-            writer.write(_http_bytes(HttpResponse(404, b"not found\n")))
-            return
-        length = int(request.headers.get("content-length", "0") or "0")
-        if length < 0 or length > MAX_BODY_BYTES:
-            writer.write(_http_bytes(HttpResponse(400, b"body too large\n")))
+            head = await _read_head(reader)
+            if head is None:
+                return
+            request = parse_head(head, client)
+            if request.headers.get("upgrade", "").lower() == "websocket":
+                await _upgrade(routes, request, head, reader, writer)
+                return
+            handler = routes.http.get(request.path)
+            if handler is None:
+                writer.write(http_bytes(HttpResponse(404, b"not found\n")))
+                return
+            length = content_length(request, MAX_BODY_BYTES)
+        except HttpError as error:
+            await _refuse(error, client, reader, writer)
             return
         body = await asyncio.wait_for(reader.readexactly(length), timeout=10.0) if length else b""
         response = await handler(attrs.evolve(request, body=body))
-        writer.write(_http_bytes(response))
+        writer.write(http_bytes(response))
     except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):
         pass
     except Exception:
@@ -359,7 +434,10 @@ async def _upgrade(
         refusal = await routes.gate(request) if routes.gate is not None else None
         if refusal is not None:
             log.warning(
-                "refused websocket %s from %s: %d", request.path, request.client, refusal.status
+                "refused websocket %s from %s: %d",
+                printable(request.path),
+                request.client,
+                refusal.status,
             )
             response = protocol.reject(refusal.status, refusal.body.decode("utf-8", "replace"))
         else:
@@ -374,7 +452,12 @@ async def _upgrade(
     try:
         await handler(ws)
     except WebSocketClosed as exc:
-        log.debug("websocket %s from %s closed: %s", request.path, request.client, exc)
+        log.debug(
+            "websocket %s from %s closed: %s",
+            printable(request.path),
+            request.client,
+            printable(str(exc)),
+        )
     finally:
         await ws.close()
 

@@ -122,8 +122,16 @@ async def bridge_server(
         await server.wait_closed()
 
 
-def http(port: int, method: str, path: str, data: bytes | None = None) -> tuple[int, str, bytes]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}", data=data, method=method)
+def http(
+    port: int,
+    method: str,
+    path: str,
+    data: bytes | None = None,
+    headers: dict[str, str] | None = None,
+) -> tuple[int, str, bytes]:
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{port}{path}", data=data, method=method, headers=headers or {}
+    )
     if data is not None:
         request.add_header("Content-Type", "application/x-www-form-urlencoded")
     try:
@@ -188,9 +196,14 @@ def test_incoming_call_get_and_post_return_connect_stream_twiml(
 
     async def body() -> None:
         async with bridge_server(config) as port:
+            form = {"CallSid": "CA1", "From": "+15550100"}
             for method, data in (("GET", None), ("POST", b"CallSid=CA1&From=%2B15550100")):
+                # Signed as Twilio signs it: the configured webhook URL and the form fields.
+                signature = RequestValidator(TOKEN).compute_signature(
+                    config.webhook_url, form if data else {}
+                )
                 status, ctype, xml = await asyncio.to_thread(
-                    http, port, method, "/incoming-call", data
+                    http, port, method, "/incoming-call", data, {"X-Twilio-Signature": signature}
                 )
                 assert status == 200, (method, xml)
                 assert ctype.startswith("text/xml")
