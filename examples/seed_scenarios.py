@@ -42,7 +42,7 @@ def created_for(commands: list[Command], response_id: str) -> ResponseCreated:
 
 def scenario_text_barge_in() -> bool:
     print("\n=== Scenario 1: user types while the AI is speaking ===")
-    m = ResponseLifecycle(LifecycleConfig(call_id="demo-1"), now=0.0)
+    m = ResponseLifecycle(LifecycleConfig(call_id="demo-1", log_caller_content=True), now=0.0)
     cmds = show(m.handle(RequestResponse(reason="greeting"), now=0.0))
     show(m.handle(created_for(cmds, "resp_abc123"), now=0.1))
     for i in range(10):  # 10 x 20 ms of mu-law reach the caller, 120 ms of it is heard

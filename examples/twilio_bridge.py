@@ -97,6 +97,14 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help='accept {"event":"text","text":...} from the media socket (simulators only)',
     )
     p.add_argument(
+        "--log-caller-content",
+        action="store_true",
+        help=(
+            "log what callers say and type and their custom parameters in clear (default:"
+            " redacted to a length and a hash; personal data)"
+        ),
+    )
+    p.add_argument(
         "--trace-dir",
         default=None,
         help="write one JSONL trace per call here (check with: realtime-fsm replay FILE)",
@@ -153,7 +161,9 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         session=session,
         dialect=Dialect(args.dialect),
         lifecycle=LifecycleConfig(
-            no_audio_timeout=args.no_audio_timeout, watchdog_cooldown=args.watchdog_cooldown
+            no_audio_timeout=args.no_audio_timeout,
+            watchdog_cooldown=args.watchdog_cooldown,
+            log_caller_content=args.log_caller_content,
         ),
         greeting=args.greeting,
         commit_on_dtmf=args.commit_on_dtmf,

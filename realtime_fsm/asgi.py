@@ -40,6 +40,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from .bridge import CallBridge, CallReport, MessageSocket
+from .logsafe import safe
 from .server import ServerConfig, SignatureValidator, bridge_call, signature_validator, twiml
 from .webserver import MAX_BODY_BYTES
 
@@ -258,11 +259,11 @@ class TwilioVoiceRoutes:
             url = _signed_url(self.webhook_url, request.url.query)
             reason = self._bad_signature(request.headers.get("x-twilio-signature", ""), url, form)
             if reason is not None:
-                log.warning("refusing webhook from %s: %s", _client(request), reason)
+                log.warning("refusing webhook from %s: %s", _client(request), safe(reason))
                 return PlainTextResponse(f"forbidden: {reason}\n", status_code=403)
         webhook = {**dict(request.query_params), **dict(form)}
         call = webhook.get("CallSid") or "-"
-        log.info("call=%s incoming call; streaming to %s", call, self.stream_url)
+        log.info("call=%s incoming call; streaming to %s", safe(call, 64), self.stream_url)
         body = twiml(self.stream_url, self.config.parameters_for(webhook))
         return Response(body, media_type=_TWIML_TYPE)
 
@@ -286,7 +287,7 @@ class TwilioVoiceRoutes:
         if self._validator is not None:
             reason = self._refusal(websocket)
             if reason is not None:
-                log.warning("refusing media stream from %s: %s", _client(websocket), reason)
+                log.warning("refusing media stream from %s: %s", _client(websocket), safe(reason))
                 await _refuse(websocket, reason)
                 return
         try:

@@ -40,6 +40,7 @@ from .call import (
 from .errors import UpstreamUnreachable
 from .history import ConversationHistory
 from .lifecycle import ResponseLifecycle
+from .logsafe import safe
 from .openai_realtime import OpenAIRealtimeCodec, SessionConfig
 from .outbox import Outbox, SessionGone
 from .sockets import (
@@ -269,7 +270,7 @@ class CallBridge(Outbox):
             log.error(
                 "call=%s cannot open the openai session: %s%s",
                 self.session.call_label,
-                what,
+                safe(what),
                 f" (HTTP {status})" if status is not None else "",
             )
             self.session.upstream_unreachable(self.clock())

@@ -126,7 +126,9 @@ async def run_demo(*, echo: bool = True, verbose: bool = False) -> DemoResult:
             realtime_url=sim.url,
             bridge=BridgeConfig(
                 session=SessionConfig(instructions="You are a friendly receptionist."),
-                lifecycle=LifecycleConfig(no_audio_timeout=1.0),
+                # A simulated caller: its words are no one's personal data, and the demo
+                # exists to show the [TEXT_BARGE_IN] flow, typed text included.
+                lifecycle=LifecycleConfig(no_audio_timeout=1.0, log_caller_content=True),
                 greeting="Greet the caller.",
                 accept_text_messages=True,
             ),

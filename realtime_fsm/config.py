@@ -10,12 +10,19 @@ from typing import Any
 
 import attrs
 
+from .logsafe import safe
+
 
 def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if not isinstance(value, (int, float)) or isinstance(value, bool):
         raise TypeError(f"{attribute.name} must be a number")
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+def _log_id(value: object) -> object:
+    """A ``call_id`` string made safe for log lines; anything else is left to the validator."""
+    return safe(value, 64) if isinstance(value, str) else value
 
 
 @attrs.frozen
@@ -54,5 +61,16 @@ class LifecycleConfig:
     #: Prefix of every client ``event_id`` this machine mints; put a call id here to make ids
     #: unique across calls in server-side logs.
     event_id_prefix: str = attrs.field(default="rtfsm", validator=attrs.validators.instance_of(str))
-    #: Shown in every log line, so one call's lines can be grepped out of a busy process.
-    call_id: str = attrs.field(default="-", validator=attrs.validators.instance_of(str))
+    #: Shown in every log line, so one call's lines can be grepped out of a busy process.  Often
+    #: a Twilio ``CallSid`` (untrusted): stored made :func:`~realtime_fsm.logsafe.safe` once
+    #: here, so no log line has to escape it again.
+    call_id: str = attrs.field(
+        default="-", converter=_log_id, validator=attrs.validators.instance_of(str)
+    )
+    #: Log what the caller said or typed (transcripts, typed text, DTMF as text, custom
+    #: parameters) in clear.  Off by default: such lines show ``<redacted len=.. sha=..>``, since
+    #: a log is kept longer and read by more people than a call's content should be.  The one
+    #: switch for the whole call: the call layer reads it from ``BridgeConfig.lifecycle``.
+    log_caller_content: bool = attrs.field(
+        default=False, validator=attrs.validators.instance_of(bool)
+    )

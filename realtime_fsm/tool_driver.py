@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Any
 
 from .call import CallSession, ToolCall
 from .errors import CallNotActive, LocalProtocolError
+from .logsafe import safe
 from .tool_runner import run_tool
 from .tools import Tool
 
@@ -79,9 +80,9 @@ class ToolDriver:
             log.info(
                 "call=%s output of tool call %s (%s) not delivered: %s",
                 self.session.call_label,
-                call.call_id,
-                call.name,
-                exc,
+                safe(call.call_id),
+                safe(call.name),
+                safe(exc),
             )
             return
         self._after()

@@ -31,6 +31,7 @@ from typing import Any
 import attrs
 
 from .errors import ToolArgumentsError
+from .logsafe import safe
 from .tools import MAX_ERROR_CHARS, Tool
 
 __all__ = ["ToolOutcome", "run_tool"]
@@ -109,7 +110,7 @@ async def run_tool(
     try:
         kwargs = tool.parse_arguments(arguments)
     except ToolArgumentsError as exc:
-        log.warning("tool %s: arguments rejected: %s", name, exc.message)
+        log.warning("tool %s: arguments rejected: %s", name, safe(exc.message))
         return _failed(exc.message, started)
     except Exception as exc:  # a user's validator broke; the model can only be told it failed
         return _raised(name, exc, started)
@@ -143,6 +144,6 @@ def _raised(name: str, exc: BaseException, started: float) -> ToolOutcome:
     reason = _describe(exc)
     duration = _since(started)
     # One line, no argument values; the traceback only at DEBUG.
-    log.warning("tool %s raised after %.3f s: %s", name, duration, reason)
+    log.warning("tool %s raised after %.3f s: %s", name, duration, safe(reason))
     log.debug("tool %s traceback", name, exc_info=exc)
     return _failed(reason, started)

@@ -18,7 +18,17 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "realtime_fsm"
 
 LAYERS: list[set[str]] = [
-    {"errors", "_wire", "events", "commands", "config", "history", "tools", "malloc_tuning"},
+    {
+        "errors",
+        "_wire",
+        "events",
+        "commands",
+        "config",
+        "history",
+        "tools",
+        "malloc_tuning",
+        "logsafe",
+    },
     {"engine", "table", "diagram"},
     {"lifecycle"},
     {"openai_realtime", "twilio_media"},

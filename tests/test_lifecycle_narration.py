@@ -99,8 +99,10 @@ def _narrate(
     *,
     settle_from: int,
 ) -> None:
-    """Replay ``steps`` on a fresh machine; narrate the steps from index ``settle_from`` on."""
-    m = cls(LifecycleConfig(), now=0.0)
+    """Replay ``steps`` on a fresh machine; narrate the steps from index ``settle_from`` on.
+    Caller content is logged in clear: a redacted text's hash is salted per process, so it
+    would differ on every run."""
+    m = cls(LifecycleConfig(log_caller_content=True), now=0.0)
     ids = Ids()
     now = 0.0
     for index, (dt, step) in enumerate(timed(steps)):

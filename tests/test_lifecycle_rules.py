@@ -158,7 +158,7 @@ def test_user_turn_committed_requests_unless_server_creates() -> None:
 
 def test_seed_scenario_1_text_barge_in(caplog: pytest.LogCaptureFixture) -> None:
     caplog.set_level(logging.INFO, logger="realtime_fsm")
-    d = Driver()
+    d = Driver(log_caller_content=True)  # the seed's log shows the typed text
     d.start_response("resp_abc123")
     for _ in range(10):
         assert d.audio("resp_abc123", "item_a1")

@@ -23,6 +23,7 @@ from ..commands import (
 )
 from ..errors import CallNotActive
 from ..lifecycle import USER_TEXT_REASON, ResponseLifecycle
+from ..logsafe import caller_params, safe
 from ..openai_realtime import OpenAIRealtimeCodec, dumps, is_client_command
 from ..table import (
     ACTIVE,
@@ -126,7 +127,8 @@ class CallActions(CallFields):
         start = self._start
         assert start is not None
         self.stream_sid = start.stream_sid
-        self.call_label = start.call_sid or start.stream_sid
+        # Twilio's ids are untrusted: the label is in every log line, so made safe once here.
+        self.call_label = safe(start.call_sid or start.stream_sid, 64)
         report = self.report
         report.call_sid = start.call_sid
         report.stream_sid = start.stream_sid
@@ -148,9 +150,9 @@ class CallActions(CallFields):
         log.info(
             "call=%s stream started stream=%s peer=%s params=%s",
             self.call_label,
-            self.stream_sid,
-            self.peer or "-",
-            dict(start.custom_parameters),
+            safe(self.stream_sid, 64),
+            safe(self.peer or "-", 64),
+            caller_params(start.custom_parameters, self.config.lifecycle.log_caller_content),
         )
         if self.emit_events:
             fmt = start.media_format
@@ -233,7 +235,7 @@ class CallActions(CallFields):
         log.warning(
             "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
             self.call_label,
-            reason,
+            safe(reason),
             self.custody.held_count,
             len(self._held_requests),
         )
@@ -368,7 +370,7 @@ class CallActions(CallFields):
         log.info(
             "call=%s ended: %s (media in=%d out=%d, undelivered texts=%d, reconnects=%d)",
             self.call_label,
-            reason,
+            safe(reason),
             report.media_in,
             report.media_out,
             len(report.undelivered_texts),

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from .. import events as ev
 from ..errors import RemoteProtocolError
+from ..logsafe import caller_text, safe
 from ..openai_realtime import (
     FunctionCallDone,
     Ignored,
@@ -128,7 +129,11 @@ class OpenAISide(TwilioSide):
             items.append(item)
 
     def _input_transcript(self, message: InputTranscript) -> None:
-        log.info("call=%s caller said: %r", self.call_label, message.transcript[:200])
+        log.info(
+            "call=%s caller said: %s",
+            self.call_label,
+            caller_text(message.transcript, self.config.lifecycle.log_caller_content),
+        )
         self.history.add("user", message.transcript)
         transcribed = self._transcribed
         if message.item_id:
@@ -160,7 +165,7 @@ class OpenAISide(TwilioSide):
             self._unproven_attempts = 0  # the server took this session: it is real
             problem = audio_format_problem(message) if message.updated else None
             if problem is not None:
-                log.error("call=%s %s: ending the call", self.call_label, problem)
+                log.error("call=%s %s: ending the call", self.call_label, safe(problem))
                 self.end(problem, self._now)
                 return
         elif kind is ev.ServerError:
@@ -189,8 +194,8 @@ class OpenAISide(TwilioSide):
             log.error(
                 "call=%s openai refused session.update (%s): %s",
                 self.call_label,
-                code,
-                message.message[:200],
+                safe(code, 64),
+                safe(message.message),
             )
             self.end(f"openai refused session.update ({code})", self._now)
             return False

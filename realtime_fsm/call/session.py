@@ -29,6 +29,7 @@ import attrs
 
 from .. import events as ev
 from ..errors import LocalProtocolError
+from ..logsafe import safe
 from ..openai_realtime import SessionConfig
 from ..table import AWAITING_START, ENDED, ENDING, RECONNECTING, RUNNING
 from .config import BridgeConfig, ToolSpec
@@ -113,7 +114,7 @@ class CallSession(ToolCalls):
             self.call_label,
             self._unproven_attempts,
             self.config.reconnect_attempts,
-            error,
+            safe(error),
             f" (HTTP {status})" if status is not None else "",
         )
         if status is not None:

@@ -24,6 +24,7 @@ from typing import Final
 
 from .. import events as ev
 from ..errors import LocalProtocolError
+from ..logsafe import safe
 from ..openai_realtime import dumps, render_function_call_output
 from . import app_events as ae
 from .fields import OpenCall, log
@@ -48,9 +49,9 @@ class ToolCalls(OpenAISide):
             log.info(
                 "call=%s tool call %s (%s) ended %s: not run",
                 self.call_label,
-                call_id or "-",
-                name,
-                status,
+                safe(call_id or "-"),
+                safe(name),
+                safe(status),
             )
             return
         if call_id in self._open_calls or call_id in self._answered_calls:
@@ -66,7 +67,7 @@ class ToolCalls(OpenAISide):
         deadline = self._now + timeout + TOOL_GRACE_S
         self._open_calls[call_id] = OpenCall(call, self._now, deadline)
         self._tool_rounds.setdefault(response_id, []).append(call_id)
-        log.info("call=%s tool call %s: %s", self.call_label, call_id, name)
+        log.info("call=%s tool call %s: %s", self.call_label, safe(call_id), safe(name))
         self.tool_calls.append(call)
         if self.emit_events:
             self.events.append(call)
@@ -104,8 +105,8 @@ class ToolCalls(OpenAISide):
         log.info(
             "call=%s tool output for %s (%s) sent: ok=%s after %.3fs",
             self.call_label,
-            call_id,
-            call.name,
+            safe(call_id),
+            safe(call.name),
             ok,
             took,
         )
@@ -171,8 +172,8 @@ class ToolCalls(OpenAISide):
             log.warning(
                 "call=%s tool call %s (%s) unanswered after %.1fs: error output sent",
                 self.call_label,
-                call.call_id,
-                call.name,
+                safe(call.call_id),
+                safe(call.name),
                 self.config.tool_timeout,
             )
             error = {"error": f"{call.name} did not answer in time"}

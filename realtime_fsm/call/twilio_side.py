@@ -14,6 +14,7 @@ from typing import Final
 
 from .. import events as ev
 from ..errors import RemoteProtocolError
+from ..logsafe import caller_text, safe
 from ..openai_realtime import dumps, input_audio_append_json, render_input_audio_commit
 from ..table import AWAITING_START, RECONNECTING, RUNNING
 from ..twilio_media import (
@@ -149,7 +150,13 @@ class TwilioSide(CallActions):
                 self.handle_event(ev.UserText(text, source="typed"))
                 return
         # Logged each time: the bad-frame limit bounds how often (then the socket is closed).
-        log.warning("call=%s unknown Twilio event dropped: %.100r", self.call_label, frame)
+        # The frame may be a caller's typed text this deployment does not accept: caller content.
+        shown = frame.decode("utf-8", "replace") if isinstance(frame, bytes) else frame
+        log.warning(
+            "call=%s unknown Twilio event dropped: %s",
+            self.call_label,
+            caller_text(shown, self.config.lifecycle.log_caller_content, 100),
+        )
         self.count_bad("twilio", "unknown_event")
 
     def commit_turn(self, source: str) -> None:
@@ -171,7 +178,7 @@ class TwilioSide(CallActions):
 
     def bad_frame(self, side: str, exc: RemoteProtocolError) -> None:
         log.warning(
-            "call=%s bad frame from %s dropped: %s", self.call_label, side, exc.message[:200]
+            "call=%s bad frame from %s dropped: %s", self.call_label, side, safe(exc.message)
         )
         if self.emit_events:
             from .app_events import ProtocolError

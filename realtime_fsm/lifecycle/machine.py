@@ -25,6 +25,7 @@ from .. import events as ev
 from ..commands import Command
 from ..config import LifecycleConfig
 from ..errors import LocalProtocolError
+from ..logsafe import safe
 from ..table import (
     ACTIVE,
     C_NONE,
@@ -347,7 +348,7 @@ class ResponseLifecycle(MachineActions):
                 trigger,
                 source.value,
                 self.state.value,
-                self.response_id,
+                safe(self.response_id),
                 self.inflight.event_id if self.inflight else None,
                 len(self.pending),
                 len(self.held_texts),

@@ -6,6 +6,7 @@ import logging
 
 from .. import events as ev
 from ..commands import META_EVENT_ID, META_REASON, RequestGivenUp, SendResponseCreate
+from ..logsafe import safe
 from .ledgers import RETRY_REASON, USER_TEXT_REASON, USER_TURN_REASON, Inflight
 from .slot_actions import SlotActions
 
@@ -198,7 +199,7 @@ class MachineActions(SlotActions):
         call = self._call()
         log.info("call=%s [NO_AUDIO_WATCHDOG] Step 2: Clearing response flags", call)
         self.pending.insert(0, ev.RequestResponse(reason=RETRY_REASON))
-        log.info("call=%s [NO_AUDIO_WATCHDOG] flags cleared (status=%s)", call, status)
+        log.info("call=%s [NO_AUDIO_WATCHDOG] flags cleared (status=%s)", call, safe(status))
 
     def report_retry(self) -> None:
         result = "success" if self.audio_deltas else "no_audio"
@@ -221,7 +222,7 @@ class MachineActions(SlotActions):
             "call=%s [NO_AUDIO_WATCHDOG] FIRED! resp=%s transcript_deltas=%d audio_deltas=%d"
             " (finished silent)",
             call,
-            self.response_id,
+            safe(self.response_id),
             self.transcript_deltas,
             self.audio_deltas,
         )
@@ -235,7 +236,7 @@ class MachineActions(SlotActions):
             "call=%s [NO_AUDIO_WATCHDOG] silent response %s finished; not retried: inside the"
             " %gs cooldown",
             self._call(),
-            self.response_id,
+            safe(self.response_id),
             self._cfg.watchdog_cooldown,
         )
 

@@ -18,6 +18,7 @@ from ..commands import (
     SendResponseCreate,
     SendUserText,
 )
+from ..logsafe import safe
 from .ledgers import USER_TEXT_REASON, USER_TURN_REASON
 from .stopping import StoppingActions
 
@@ -83,7 +84,7 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s ignored duplicate or late response.created response=%s",
             self._call(),
-            event.response_id,
+            safe(event.response_id),
         )
 
     def cancel_current_late(self) -> None:
@@ -98,8 +99,8 @@ class SlotActions(StoppingActions):
             "call=%s response %s (named by a busy error) answers given-up create %s;"
             " cancelled, audio dropped",
             self._call(),
-            event.response_id,
-            event.metadata.get(META_EVENT_ID),
+            safe(event.response_id),
+            safe(event.metadata.get(META_EVENT_ID)),
         )
 
     def cancel_late_response(self) -> None:
@@ -119,8 +120,8 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s response %s created for given-up create %s; cancelled, audio dropped",
             self._call(),
-            rid,
-            event.metadata.get(META_EVENT_ID),
+            safe(rid),
+            safe(event.metadata.get(META_EVENT_ID)),
         )
 
     def see_current(self) -> None:
@@ -133,7 +134,7 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s response.created of %s, known from a busy error",
             self._call(),
-            event.response_id,
+            safe(event.response_id),
         )
 
     def name_current(self) -> None:
@@ -161,7 +162,7 @@ class SlotActions(StoppingActions):
             log.info(
                 "call=%s [NO_AUDIO_WATCHDOG] Retry response created - response=%s",
                 self._call(),
-                event.response_id,
+                safe(event.response_id),
             )
 
     def cancel_adopted(self) -> None:
@@ -173,7 +174,7 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s [BARGE_IN] deferred cancel sent on response.created response=%s",
             self._call(),
-            rid,
+            safe(rid),
         )
 
     def adopt_server_response(self) -> None:
@@ -191,7 +192,7 @@ class SlotActions(StoppingActions):
                 "call=%s server response %s took the slot while create %s is in flight;"
                 " it will be re-queued if rejected",
                 self._call(),
-                event.response_id,
+                safe(event.response_id),
                 self.inflight.event_id,
             )
 
@@ -204,7 +205,7 @@ class SlotActions(StoppingActions):
             log.warning(
                 "call=%s response.done of %s never arrived; a newer response replaced it",
                 self._call(),
-                previous,
+                safe(previous),
             )
 
     # -------------------------------------------------------------------------- response.done
@@ -225,7 +226,7 @@ class SlotActions(StoppingActions):
                 "call=%s [TEXT_BARGE_IN] response.done -> creating response.create"
                 " (status=%s, %d held text(s))",
                 self._call(),
-                event.status,
+                safe(event.status),
                 len(self.held_texts),
             )
         if event.status in ("failed", "incomplete"):
@@ -246,8 +247,8 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s late response.done of abandoned response %s (status=%s)",
             self._call(),
-            event.response_id,
-            event.status,
+            safe(event.response_id),
+            safe(event.status),
         )
 
     def ignore_stale_done(self) -> None:
@@ -257,9 +258,9 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s ignored response.done response=%s status=%s (current=%s, state=%s)",
             self._call(),
-            event.response_id,
-            event.status,
-            self.response_id,
+            safe(event.response_id),
+            safe(event.status),
+            safe(self.response_id),
             self.state.value,
         )
 
@@ -276,7 +277,10 @@ class SlotActions(StoppingActions):
         given_up[key] = False
         self._count("given_up_answers")
         log.info(
-            "call=%s late answer to given-up create %s: code=%s", self._call(), key, event.code
+            "call=%s late answer to given-up create %s: code=%s",
+            self._call(),
+            safe(key),
+            safe(event.code),
         )
 
     def recancel_busy_response(self) -> None:
@@ -290,7 +294,7 @@ class SlotActions(StoppingActions):
         log.warning(
             "call=%s response %s outlived its cancel timeout; cancelling it again",
             self._call(),
-            rid,
+            safe(rid),
         )
 
     def adopt_busy_response(self) -> None:
@@ -316,7 +320,7 @@ class SlotActions(StoppingActions):
             "call=%s [BARGE_IN] response %s held the slot our interrupted create wanted;"
             " cancelled, audio dropped",
             self._call(),
-            rid,
+            safe(rid),
         )
 
     def note_benign_error(self) -> None:
@@ -328,11 +332,11 @@ class SlotActions(StoppingActions):
         assert isinstance(event, ev.ServerError)
         self._count("server_errors")
         log.warning(
-            "call=%s server error code=%s event_id=%s message=%r",
+            "call=%s server error code=%s event_id=%s message='%s'",
             self._call(),
-            event.code,
-            event.event_id,
-            event.message[:300],
+            safe(event.code),
+            safe(event.event_id),
+            safe(event.message, 300),
         )
 
     # ----------------------------------------------------------------- settings and teardown
@@ -346,7 +350,7 @@ class SlotActions(StoppingActions):
         log.info(
             "call=%s session turn_detection=%s create_response=%s interrupt_response=%s",
             self._call(),
-            event.turn_detection,
+            safe(event.turn_detection),
             self._server_creates,
             self._server_interrupts,
         )

@@ -8,6 +8,7 @@ import logging
 
 from .. import events as ev
 from ..commands import ClearPlayback, SendItemDelete, SendTruncate, SendUserText
+from ..logsafe import caller_text, safe
 from .guards import LifecycleGuards
 from .ledgers import USER_TEXT_REASON, cut_plan
 
@@ -67,14 +68,14 @@ class StoppingActions(LifecycleGuards):
         tag = self._barge_in_detected()
         call = self._call()
         rid = self.response_id
-        log.info("call=%s %s cancel -> response_id=%s", call, tag, rid)
+        log.info("call=%s %s cancel -> response_id=%s", call, tag, safe(rid))
         self._send_cancel(rid)
         self._flow_step("cancel")
         log.info("call=%s %s cancel sent", call, tag)
         self._interrupt(tag, live=True)
         if rid is not None:
             self._drop(rid)
-            log.info("call=%s %s TX flushed (late audio of %s dropped)", call, tag, rid)
+            log.info("call=%s %s TX flushed (late audio of %s dropped)", call, tag, safe(rid))
 
     def barge_in_server_cancels(self) -> None:
         """Server VAD with ``interrupt_response``: it cancels; we only stop what plays."""
@@ -82,7 +83,7 @@ class StoppingActions(LifecycleGuards):
         log.info(
             "call=%s [BARGE_IN] detected -> speech; server cancels %s (interrupt_response)",
             self._call(),
-            rid,
+            safe(rid),
         )
         self._interrupt("[BARGE_IN]", live=True)
         if rid is not None:
@@ -93,9 +94,9 @@ class StoppingActions(LifecycleGuards):
         if isinstance(event, ev.UserText):
             self._flow = ["detected"]
             log.info(
-                "call=%s [TEXT_BARGE_IN] detected -> text=%r while AI active (state=%s)",
+                "call=%s [TEXT_BARGE_IN] detected -> text=%s while AI active (state=%s)",
                 self._call(),
-                event.text[:80],
+                caller_text(event.text, self._cfg.log_caller_content, 80),
                 self.state.value,
             )
             return "[TEXT_BARGE_IN]"
@@ -122,13 +123,13 @@ class StoppingActions(LifecycleGuards):
                     "call=%s %s truncate item=%s audio_end_ms=%d (received %d ms)",
                     call,
                     tag,
-                    item_id,
+                    safe(item_id),
                     end_ms,
                     play[item_id][0] // bpm,
                 )
             else:
                 self._emit(SendItemDelete(event_id=self._mint("delete"), item_id=item_id))
-                log.info("call=%s %s delete unheard item=%s", call, tag, item_id)
+                log.info("call=%s %s delete unheard item=%s", call, tag, safe(item_id))
         play.clear()
 
     # -------------------------------------------------------------------------------- clock
@@ -143,7 +144,7 @@ class StoppingActions(LifecycleGuards):
         log.warning(
             "call=%s [NO_AUDIO_WATCHDOG] FIRED! resp=%s transcript_deltas=%d audio_deltas=%d",
             call,
-            rid,
+            safe(rid),
             self.transcript_deltas,
             self.audio_deltas,
         )
@@ -162,7 +163,7 @@ class StoppingActions(LifecycleGuards):
         log.warning(
             "call=%s [NO_AUDIO_WATCHDOG] silent response %s not retried: inside the %gs cooldown",
             self._call(),
-            self.response_id,
+            safe(self.response_id),
             self._cfg.watchdog_cooldown,
         )
 
@@ -172,7 +173,7 @@ class StoppingActions(LifecycleGuards):
         log.warning(
             "call=%s [STALL] response %s showed no activity for %gs; cancelling",
             self._call(),
-            rid,
+            safe(rid),
             self._cfg.stall_timeout,
         )
         self._send_cancel(rid)
@@ -190,7 +191,7 @@ class StoppingActions(LifecycleGuards):
         log.warning(
             "call=%s response.done of %s not seen within %gs; giving up on it",
             self._call(),
-            rid,
+            safe(rid),
             self._cfg.cancel_timeout,
         )
 

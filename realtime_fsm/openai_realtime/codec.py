@@ -13,6 +13,7 @@ import logging
 from collections.abc import Sequence
 from typing import Any, Final, Literal
 
+from ..logsafe import safe
 from .messages import ClientCommand, Dialect, Ignored, ServerMessage
 from .parsing import DEFAULT_MAX_FRAME_SIZE, parse_server_event
 from .rendering import _modalities, dumps, render_command, render_message_item
@@ -82,9 +83,9 @@ class OpenAIRealtimeCodec:
         counts[key] = seen + 1
         if seen == 0:
             log.warning(
-                "call=%s unknown OpenAI Realtime event type %r ignored (logged once per type)",
+                "call=%s unknown OpenAI Realtime event type '%s' ignored (logged once per type)",
                 self._call_id,
-                event_type[:100],
+                safe(event_type, 100),
             )
 
     def render(self, command: ClientCommand) -> dict[str, Any]:
