@@ -16,6 +16,8 @@ from urllib.parse import parse_qs, parse_qsl, urlsplit
 
 import attrs
 
+from .logsafe import safe
+
 #: A method is an RFC 9110 token; the target an origin-form path (no control characters, no
 #: spaces); only HTTP/1.0 and 1.1 are spoken here.
 _REQUEST_LINE = re.compile(r"([!#$%&'*+.^_`|~0-9A-Za-z-]+) (/[\x21-\x7e]*) HTTP/1\.[01]")
@@ -24,8 +26,6 @@ _TOKEN = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")
 _VALUE = re.compile(r"[\t\x20-\x7e\x80-\xff]*")
 _DIGITS = re.compile(r"[0-9]{1,18}")
 _FORM_TYPE = "application/x-www-form-urlencoded"
-#: Longest excerpt of untrusted text put in a log line.
-_LOG_EXCERPT = 200
 
 REASONS: Mapping[int, str] = MappingProxyType(
     {
@@ -40,16 +40,6 @@ REASONS: Mapping[int, str] = MappingProxyType(
         501: "Not Implemented",
     }
 )
-
-
-def printable(text: str, limit: int = _LOG_EXCERPT) -> str:
-    """``text`` safe for one log line: control and other non-printable characters (``\\n``,
-    ``\\r``, ``\\x1b``, U+2028, ...) and backslashes escaped ``repr()``-style, cut to ``limit``
-    characters.  Everything a peer sends (paths, header values, a ``CallSid``) goes through
-    this before it is logged, so it can never forge a line or drive a terminal."""
-    cut = text[:limit]
-    escaped = cut if cut.isprintable() and "\\" not in cut else repr(cut)[1:-1]
-    return escaped + ("..." if len(text) > limit else "")
 
 
 class HttpError(Exception):
@@ -115,7 +105,7 @@ def parse_head(head: bytes, client: str) -> HttpRequest:
     lines = head.decode("latin-1").split("\r\n")
     match = _REQUEST_LINE.fullmatch(lines[0])
     if match is None:
-        raise HttpError(400, f"malformed request line: {printable(lines[0], 80)}")
+        raise HttpError(400, f"malformed request line: {safe(lines[0], 80)}")
     method, target = match.group(1), match.group(2)
     headers: dict[str, str] = {":target": target}
     lengths: list[str] = []
@@ -124,10 +114,10 @@ def parse_head(head: bytes, client: str) -> HttpRequest:
             continue
         name, colon, value = line.partition(":")
         if not colon or _TOKEN.fullmatch(name) is None:  # also refuses obs-fold, "Name :"
-            raise HttpError(400, f"malformed header line: {printable(line, 80)}")
+            raise HttpError(400, f"malformed header line: {safe(line, 80)}")
         value = value.strip(" \t")
         if _VALUE.fullmatch(value) is None:
-            raise HttpError(400, f"control character in header: {printable(name, 40)}")
+            raise HttpError(400, f"control character in header: {safe(name, 40)}")
         key = name.lower()
         if key == "content-length":
             lengths.append(value)
@@ -157,9 +147,9 @@ def content_length(request: HttpRequest, limit: int) -> int:
         return 0
     values = {value.strip(" \t") for value in raw.split(",")}
     if not all(_DIGITS.fullmatch(value) for value in values):
-        raise HttpError(400, f"malformed Content-Length: {printable(raw, 40)}")
+        raise HttpError(400, f"malformed Content-Length: {safe(raw, 40)}")
     if len(values) != 1:
-        raise HttpError(400, f"conflicting Content-Length values: {printable(raw, 40)}")
+        raise HttpError(400, f"conflicting Content-Length values: {safe(raw, 40)}")
     length = int(values.pop())
     if length > limit:
         raise HttpError(413, f"body of {length} bytes over the {limit}-byte limit")

@@ -28,7 +28,7 @@ from websockets.asyncio.client import connect
 
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
 from .errors import UpstreamUnreachable
-from .http_head import printable
+from .logsafe import safe
 from .openai_realtime import Dialect
 from .trace import MAX_TRACE_BYTES, start_trace
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
@@ -230,7 +230,7 @@ async def _incoming_call(
             return HttpResponse(403, f"forbidden: {reason}\n".encode())
     webhook = {**request.query, **dict(request.form_fields()[::-1])}
     call = webhook.get("CallSid") or "-"
-    log.info("call=%s incoming call; streaming to %s", printable(call, 64), config.stream_url)
+    log.info("call=%s incoming call; streaming to %s", safe(call, 64), config.stream_url)
     body = twiml(config.stream_url, config.parameters_for(webhook))
     return HttpResponse(200, body, "text/xml; charset=utf-8")
 

@@ -33,8 +33,8 @@ from .http_head import (
     content_length,
     http_bytes,
     parse_head,
-    printable,
 )
+from .logsafe import safe
 
 __all__ = [
     "HttpRequest",
@@ -198,7 +198,7 @@ class WebSocket:
         if self._failure is None:
             log.warning(
                 "websocket %s from %s: %s; closing with %d",
-                printable(self.request.path),
+                safe(self.request.path),
                 self.request.client,
                 reason,
                 code,
@@ -341,7 +341,7 @@ class Routes:
 
 def _client_of(writer: asyncio.StreamWriter) -> str:
     peer = writer.get_extra_info("peername")
-    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else printable(str(peer))
+    return f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else safe(str(peer))
 
 
 async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
@@ -435,7 +435,7 @@ async def _upgrade(
         if refusal is not None:
             log.warning(
                 "refused websocket %s from %s: %d",
-                printable(request.path),
+                safe(request.path),
                 request.client,
                 refusal.status,
             )
@@ -454,9 +454,9 @@ async def _upgrade(
     except WebSocketClosed as exc:
         log.debug(
             "websocket %s from %s closed: %s",
-            printable(request.path),
+            safe(request.path),
             request.client,
-            printable(str(exc)),
+            safe(str(exc)),
         )
     finally:
         await ws.close()

@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     },
     {"engine", "table", "diagram"},
     {"lifecycle"},
-    {"openai_realtime", "twilio_media"},
+    {"openai_realtime", "twilio_media", "http_head"},
     {"call"},
     {
         "webserver",
