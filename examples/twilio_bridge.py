@@ -6,8 +6,9 @@
 
 Point the Twilio number's voice webhook (GET or POST) at ``https://<public host>/incoming-call``.
 Set ``TWILIO_AUTH_TOKEN`` to refuse webhooks and media streams without a valid
-``X-Twilio-Signature`` (needs ``pip install 'realtime-fsm[twilio]'``).  ``--realtime-url`` (or ``OPENAI_REALTIME_URL``)
-points the bridge at any compatible server, such as the simulator in ``realtime_fsm.testing``.
+``X-Twilio-Signature`` (needs ``pip install 'realtime-fsm[twilio]'``).  ``--realtime-url`` (or
+``OPENAI_REALTIME_URL``) points the bridge at any compatible server, such as the simulator in
+``realtime_fsm.testing``.
 Any client that speaks the Media Streams protocol can connect to ``/media-stream``: no Twilio
 account is needed to try it.
 """

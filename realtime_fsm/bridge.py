@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from .bounded import bounded, wait_event
 from .call import (
     DEFAULT_MARK_EVERY_MS,
     FATAL_ERROR_CODES,
@@ -48,13 +49,11 @@ from .sockets import (
     Connector,
     MessageSocket,
     Outbound,
-    bounded,
     close_quietly,
     direct_probe,
     drain,
     handshake_status,
     never,
-    wait_event,
 )
 from .table import ENDING, RECONNECTING, RUNNING
 from .twilio_media import PlaybackTracker

@@ -26,6 +26,7 @@ from websockets.http11 import Request
 from websockets.protocol import State
 from websockets.server import ServerProtocol
 
+from .bounded import bounded
 from .http_head import (
     HttpError,
     HttpRequest,
@@ -264,19 +265,19 @@ class WebSocket:
             with contextlib.suppress(InvalidState):
                 self._protocol.send_close(code, reason[:120])
             try:
-                await asyncio.wait_for(self._flush(), timeout=CLOSE_TIMEOUT)
+                await bounded(self._flush(), CLOSE_TIMEOUT)
             except asyncio.TimeoutError:
                 stuck = True
             except (WebSocketClosed, ConnectionError, OSError):
                 pass
             if not stuck:
                 with contextlib.suppress(WebSocketClosed, asyncio.TimeoutError, ConnectionError):
-                    await asyncio.wait_for(self._drain_until_closed(), timeout=CLOSE_TIMEOUT)
+                    await bounded(self._drain_until_closed(), CLOSE_TIMEOUT)
         self._writer.close()
         if stuck:
             self._writer.transport.abort()
         try:
-            await asyncio.wait_for(self._writer.wait_closed(), timeout=CLOSE_TIMEOUT)
+            await bounded(self._writer.wait_closed(), CLOSE_TIMEOUT)
         except asyncio.TimeoutError:
             self._writer.transport.abort()  # unsent data that nobody reads: do not wait for it
         except (ConnectionError, OSError):
@@ -314,7 +315,7 @@ class WebSocket:
                 abort=True,
             )
         try:
-            await asyncio.wait_for(self._writer.drain(), timeout=DRAIN_TIMEOUT)
+            await bounded(self._writer.drain(), DRAIN_TIMEOUT)
         except asyncio.TimeoutError:
             raise self._fail(
                 CloseCode.POLICY_VIOLATION,
@@ -349,7 +350,7 @@ async def _read_head(reader: asyncio.StreamReader) -> bytes | None:
     sending one (nobody to answer); :class:`HttpError` 431 when it outgrows
     :data:`MAX_HEAD_BYTES` (the reader's limit)."""
     try:
-        return await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), timeout=HEAD_TIMEOUT)
+        return await bounded(reader.readuntil(b"\r\n\r\n"), HEAD_TIMEOUT)
     except asyncio.LimitOverrunError:
         raise HttpError(431, f"request head over {MAX_HEAD_BYTES} bytes") from None
     except (asyncio.IncompleteReadError, asyncio.TimeoutError, ConnectionError, OSError):
@@ -378,7 +379,7 @@ async def _refuse(
             dropped += len(chunk)
 
     with contextlib.suppress(asyncio.TimeoutError, ConnectionError, OSError, RuntimeError):
-        await asyncio.wait_for(linger(), timeout=LINGER_TIMEOUT)
+        await bounded(linger(), LINGER_TIMEOUT)
 
 
 async def _handle_connection(
@@ -402,7 +403,7 @@ async def _handle_connection(
         except HttpError as error:
             await _refuse(error, client, reader, writer)
             return
-        body = await asyncio.wait_for(reader.readexactly(length), timeout=10.0) if length else b""
+        body = await bounded(reader.readexactly(length), 10.0) if length else b""
         response = await handler(attrs.evolve(request, body=body))
         writer.write(http_bytes(response))
     except (ConnectionError, OSError, asyncio.IncompleteReadError, asyncio.TimeoutError):

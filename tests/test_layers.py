@@ -34,6 +34,7 @@ LAYERS: list[set[str]] = [
     {"openai_realtime", "twilio_media", "http_head"},
     {"call"},
     {
+        "bounded",
         "webserver",
         "sockets",
         "tool_runner",
