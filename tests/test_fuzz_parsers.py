@@ -1,5 +1,6 @@
-"""The two protocol parsers, fuzzed: whatever a peer sends, the answer is a parsed message or a
-:class:`~realtime_fsm.errors.RemoteProtocolError` (which the call counts as a bad frame), never
+"""The two protocol parsers and the HTTP head parser, fuzzed: whatever a peer sends, the answer
+is a parsed message or a :class:`~realtime_fsm.errors.RemoteProtocolError` (which the call
+counts as a bad frame) -- for a request head, an ``HttpError`` with the status to send -- never
 another exception.  Inputs are raw bytes, arbitrary text, and JSON objects shaped like the real
 events (every known type, fields of every JSON type, nested at random), so the checks behind
 the first field are reached too.
@@ -20,6 +21,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from realtime_fsm.errors import RemoteProtocolError
+from realtime_fsm.http_head import HttpError, content_length, parse_head
 from realtime_fsm.openai_realtime import KNOWN_TYPES, Dialect, OpenAIRealtimeCodec
 from realtime_fsm.twilio_media import parse_message
 
@@ -98,3 +100,40 @@ def test_openai_parser_on_anything(frame: str | bytes, dialect: Dialect) -> None
 @given(shaped(OPENAI_KEYS, "type", sorted(KNOWN_TYPES)), st.sampled_from(list(Dialect)))
 def test_openai_parser_on_shaped_json(event: dict[str, Any], dialect: Dialect) -> None:
     _only_typed_errors(OpenAIRealtimeCodec(dialect=dialect).parse, json.dumps(event))
+
+
+HEAD_LINES = st.lists(
+    st.one_of(
+        st.binary(max_size=60),
+        st.sampled_from(
+            [
+                b"GET /incoming-call?CallSid=CA1 HTTP/1.1",
+                b"POST /media-stream HTTP/1.1",
+                b"Host: example",
+                b"Content-Length: 12",
+                b"Content-Length: abc",
+                b"Content-Length: -1",
+                b"Transfer-Encoding: chunked",
+                b"Upgrade: websocket",
+                b"X-Twilio-Signature: abc=",
+                b" folded",
+                b"Bad Header",
+                b"",
+            ]
+        ),
+    ),
+    max_size=12,
+)
+
+
+@FUZZ
+@given(HEAD_LINES, st.integers(0, 70_000))
+def test_http_head_parser_on_anything(lines: list[bytes], limit: int) -> None:
+    """A request head answers with a request or an :class:`HttpError` (a status to send)."""
+    head = b"\r\n".join(lines) + b"\r\n\r\n"
+    try:
+        request = parse_head(head, "127.0.0.1:1")
+        content_length(request, limit)
+        _ = request.form_fields() if request.is_form else request.query_string
+    except HttpError as exc:
+        assert 400 <= exc.status < 600
