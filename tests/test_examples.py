@@ -18,6 +18,8 @@ def test_seed_scenarios_script_prints_the_flow_lines() -> None:
         check=False,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+    # The script logs caller content (the switch on): the seed's line shows the typed text.
+    assert "[TEXT_BARGE_IN] detected -> text='שלום'" in result.stdout, result.stdout
     out = result.stdout
     assert (
         "[TEXT_BARGE_IN] Flow complete: detected -> cancel -> twilio_clear -> response.done"

@@ -198,17 +198,6 @@ def test_demo_still_shows_the_typed_text() -> None:
     assert re.search(r"\[TEXT_BARGE_IN\] detected -> text='[^'<]+'", result.stdout), result.stdout
 
 
-def test_seed_script_still_shows_the_typed_text() -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "examples" / "seed_scenarios.py")],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
-    assert "[TEXT_BARGE_IN] detected -> text='שלום'" in result.stdout, result.stdout
-
-
 def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:
     """The call layer never holds the API key or the auth token; the config's repr (which a
     careless log line might print) hides them too."""

@@ -166,6 +166,27 @@ def twilio_start() -> list[str]:
     ]
 
 
+async def raw_twilio(url: str) -> tuple[socket.socket, ClientProtocol]:
+    """A "Twilio" on a raw socket with a small receive buffer, upgraded to a WebSocket and
+    nothing more read (the 101 response and not a byte after it), so a test decides when, or
+    whether, it ever reads again.  The caller closes the socket."""
+    loop = asyncio.get_running_loop()
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    uri = parse_uri(url)
+    await loop.sock_connect(sock, (uri.host, uri.port))
+    client = ClientProtocol(uri)
+    client.send_request(client.connect())
+    for chunk in client.data_to_send():
+        await loop.sock_sendall(sock, chunk)
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    client.receive_data(head)
+    return sock, client
+
+
 def assert_no_secrets(caplog: pytest.LogCaptureFixture) -> None:
     assert caplog.records, "nothing was logged: the check would be vacuous"
     for record in caplog.records:
@@ -460,19 +481,8 @@ def test_a_telephony_peer_that_stops_reading_is_dropped_not_held_open(
             )
             async with bridge_server(config, reports) as port:
                 loop = asyncio.get_running_loop()
-                sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-                sock.setblocking(False)
+                sock, client = await raw_twilio(f"ws://127.0.0.1:{port}/media-stream")
                 try:
-                    await loop.sock_connect(sock, ("127.0.0.1", port))
-                    client = ClientProtocol(parse_uri(f"ws://127.0.0.1:{port}/media-stream"))
-                    client.send_request(client.connect())
-                    for chunk in client.data_to_send():
-                        await loop.sock_sendall(sock, chunk)
-                    head = b""
-                    while b"\r\n\r\n" not in head:  # the 101 response, and not a byte more
-                        head += await loop.sock_recv(sock, 1)
-                    client.receive_data(head)
                     assert len(_connections()) == 1
                     for frame in twilio_start():
                         client.send_text(frame.encode())

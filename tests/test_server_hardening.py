@@ -19,7 +19,6 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -27,12 +26,11 @@ from urllib.parse import urlencode
 
 import attrs
 import pytest
+from test_server import raw_twilio
 from twilio.request_validator import RequestValidator
 from waiting import poller
 from websockets.asyncio.client import connect
-from websockets.client import ClientProtocol
 from websockets.exceptions import ConnectionClosed
-from websockets.uri import parse_uri
 
 from realtime_fsm import webserver
 from realtime_fsm.bridge import BridgeConfig, CallReport
@@ -381,20 +379,9 @@ def test_a_ping_flooding_peer_that_never_reads_is_dropped(
     async def body() -> None:
         async with bridged(greeting=None) as b:
             loop = asyncio.get_running_loop()
-            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-            sock.setblocking(False)
             flood: asyncio.Task[Any] | None = None
+            sock, client = await raw_twilio(b.url)
             try:
-                await loop.sock_connect(sock, (HOST, b.port))
-                client = ClientProtocol(parse_uri(b.url))
-                client.send_request(client.connect())
-                for chunk in client.data_to_send():
-                    await loop.sock_sendall(sock, chunk)
-                head = b""
-                while b"\r\n\r\n" not in head:  # the 101 response, and not a byte more
-                    head += await loop.sock_recv(sock, 1)
-                client.receive_data(head)
                 for frame in twilio_start("CAflood"):
                     client.send_text(frame.encode())
                 for chunk in client.data_to_send():
