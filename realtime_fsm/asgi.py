@@ -41,6 +41,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 
 from .bridge import CallBridge, CallReport, MessageSocket
 from .logsafe import safe
+from .prestart import PreStartLimits
 from .server import ServerConfig, SignatureValidator, bridge_call, signature_validator, twiml
 from .webserver import MAX_BODY_BYTES
 
@@ -215,6 +216,8 @@ class TwilioVoiceRoutes:
         self.on_call = on_call
         self.reports = reports
         self.connect = connect
+        #: Streams waiting for Twilio's ``start`` (see ``ServerConfig.max_pre_start``).
+        self.limits = PreStartLimits(config.max_pre_start, config.max_pre_start_per_client)
         if prefix is None:
             prefix = urlsplit(config.public_url).path
         self.prefix = "/" + prefix.strip("/") if prefix.strip("/") else ""
@@ -298,7 +301,12 @@ class TwilioVoiceRoutes:
         sock = StarletteSocket(websocket, max_message=self.config.bridge.max_twilio_message)
         try:
             await bridge_call(
-                self.config, sock, self.reports, self._guarded_on_call(), connect=self.connect
+                self.config,
+                sock,
+                self.reports,
+                self._guarded_on_call(),
+                connect=self.connect,
+                limits=self.limits,
             )
         finally:
             await sock.close()

@@ -78,7 +78,10 @@ class CallBridge(Outbox):
         clock: Callable[[], float] = time.monotonic,
         on_undelivered: Callable[[tuple[str, ...]], None] | None = None,
         reconnect: Connector | None = None,
+        on_start: Callable[[], None] | None = None,
     ) -> None:
+        """``on_start``: called once when the stream has started, or ended without starting
+        (a server's pre-start bounds release the stream's slot with it)."""
         if openai is None and reconnect is None:
             raise ValueError("CallBridge needs an OpenAI socket or a connector to open one")
         self.twilio = twilio
@@ -86,6 +89,7 @@ class CallBridge(Outbox):
         self.clock = clock
         self.on_undelivered = on_undelivered
         self.reconnect = reconnect
+        self._on_start = on_start
         #: The telephony peer's address, when the socket knows it (our server's does).
         peer = getattr(getattr(twilio, "request", None), "client", None)
         self.session = CallSession(
@@ -150,7 +154,10 @@ class CallBridge(Outbox):
         """Serve the call; returns when it ends.  Never raises for peer behaviour."""
         session = self.session
         try:
-            await self._await_start()
+            try:
+                await self._await_start()
+            finally:
+                self._started()
             if session.call_state is RUNNING and self.openai is None:
                 await self._open_first_session()
             if session.call_state is RUNNING:
@@ -161,6 +168,14 @@ class CallBridge(Outbox):
             self._after()
             self._cancel_tools()
         return self.report
+
+    def _started(self) -> None:
+        on_start, self._on_start = self._on_start, None
+        if on_start is not None:
+            try:
+                on_start()
+            except Exception:  # the server's bookkeeping: never the call's end
+                log.exception("call=%s on_start failed", self.session.call_label)
 
     def send_user_text(self, text: str, source: str = "app") -> None:
         """User text from elsewhere (a chat box, an SMS): delivered exactly once, barge-in safe.

@@ -30,6 +30,7 @@ from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
 from .errors import UpstreamUnreachable
 from .logsafe import safe
 from .openai_realtime import Dialect
+from .prestart import PreStartLimits
 from .trace import MAX_TRACE_BYTES, start_trace
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
 
@@ -101,6 +102,11 @@ class ServerConfig:
     #: application see them.  The stream URL can carry no query string: this is the way to
     #: pass per-call data.  ``None``: none.
     stream_parameters: Callable[[Mapping[str, str]], Mapping[str, str]] | None = None
+    #: Media streams waiting for Twilio's ``start`` at once, in total and from one address
+    #: (``realtime_fsm.prestart``); more are closed with 1013.  Twilio sends many calls from
+    #: few addresses: the per-address bound is for a flood, not for a burst of real calls.
+    max_pre_start: int = attrs.field(default=200, validator=_positive_int)
+    max_pre_start_per_client: int = attrs.field(default=50, validator=_positive_int)
 
     def parameters_for(self, webhook: Mapping[str, str]) -> Mapping[str, str]:
         """``stream_parameters`` applied to a webhook's parameters; a function that raises
@@ -259,52 +265,78 @@ async def bridge_call(
     on_bridge: Callable[[CallBridge], object] | None = None,
     *,
     connect: Callable[[], Awaitable[MessageSocket]] | None = None,
+    limits: PreStartLimits | None = None,
 ) -> None:
-    """Serve one accepted media stream: run the bridge, which opens the OpenAI socket after
+    """``limits``: the server's bounds on streams not started yet (a refused one is closed
+    with 1013 and one log line, before anything else is done for it).
+
+    Serve one accepted media stream: run the bridge, which opens the OpenAI socket after
     Twilio's ``start`` (``connect``, by default :func:`connect_realtime`; reconnects too), and
     append its report.  Shared by
     this server and :mod:`realtime_fsm.asgi`, so both treat a call the same way."""
-    trace = start_trace(
-        config.trace_dir,
-        config.bridge,
-        secrets=(config.api_key, config.twilio_auth_token),
-        max_trace_bytes=config.max_trace_bytes,
-    )
+    client = getattr(getattr(twilio_ws, "request", None), "client", None)
+    client = client if isinstance(client, str) else "-"
+    if limits is not None:
+        refused = limits.enter(client)
+        if refused is not None:
+            log.warning("refusing media stream from %s: %s", safe(client), refused)
+            await twilio_ws.close(1013, "try again later")
+            return
+    released = limits is None
 
-    async def open_openai() -> MessageSocket:
-        """The one place an OpenAI socket is opened, for the first session and reconnects."""
-        try:
-            sock = await (connect() if connect is not None else connect_realtime(config))
-        except asyncio.CancelledError:
-            raise
-        except Exception as exc:
-            # Never the exception's text: some clients put the URL (and so tokens in a query
-            # string) into it.  The type and the host are enough to act on.
-            host = urlsplit(config.realtime_url).netloc
-            unreachable = UpstreamUnreachable(
-                f"cannot reach the realtime server at {host}: {type(exc).__name__}"
-            )
-            unreachable.response = getattr(exc, "response", None)  # type: ignore[attr-defined]
-            raise unreachable from None
-        if trace is not None:
-            sock = trace.wrap(sock, "openai")
-        return sock
+    def release() -> None:
+        """The stream's place among those waiting for start: freed once, whatever happens."""
+        nonlocal released
+        if not released and limits is not None:
+            released = True
+            limits.leave(client)
 
-    twilio_sock: MessageSocket = twilio_ws
-    if trace is not None:
-        twilio_sock = trace.wrap(twilio_ws, "twilio")
-    # The OpenAI session opens once Twilio's ``start`` arrived: a stream that never starts
-    # costs no paid session.  Unreachable, the call ends with 1011 and one log line.
-    bridge = CallBridge(twilio_sock, None, config.bridge, reconnect=open_openai)
-    if on_bridge is not None:
-        on_bridge(bridge)
     try:
-        report = await bridge.run()
-    finally:
+        trace = start_trace(
+            config.trace_dir,
+            config.bridge,
+            secrets=(config.api_key, config.twilio_auth_token),
+            max_trace_bytes=config.max_trace_bytes,
+        )
+
+        async def open_openai() -> MessageSocket:
+            """The one place an OpenAI socket is opened, for the first session and reconnects."""
+            try:
+                sock = await (connect() if connect is not None else connect_realtime(config))
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                # Never the exception's text: some clients put the URL (and so tokens in a query
+                # string) into it.  The type and the host are enough to act on.
+                host = urlsplit(config.realtime_url).netloc
+                unreachable = UpstreamUnreachable(
+                    f"cannot reach the realtime server at {host}: {type(exc).__name__}"
+                )
+                unreachable.response = getattr(exc, "response", None)  # type: ignore[attr-defined]
+                raise unreachable from None
+            if trace is not None:
+                sock = trace.wrap(sock, "openai")
+            return sock
+
+        twilio_sock: MessageSocket = twilio_ws
         if trace is not None:
-            trace.finish(bridge.report)
-    if reports is not None:
-        reports.append(report)
+            twilio_sock = trace.wrap(twilio_ws, "twilio")
+        # The OpenAI session opens once Twilio's ``start`` arrived: a stream that never starts
+        # costs no paid session.  Unreachable, the call ends with 1011 and one log line.
+        bridge = CallBridge(
+            twilio_sock, None, config.bridge, reconnect=open_openai, on_start=release
+        )
+        if on_bridge is not None:
+            on_bridge(bridge)
+        try:
+            report = await bridge.run()
+        finally:
+            if trace is not None:
+                trace.finish(bridge.report)
+        if reports is not None:
+            reports.append(report)
+    finally:
+        release()
 
 
 async def start_server(
@@ -325,8 +357,10 @@ async def start_server(
     async def incoming(request: HttpRequest) -> HttpResponse:
         return await _incoming_call(config, request, check)
 
+    limits = PreStartLimits(config.max_pre_start, config.max_pre_start_per_client)
+
     async def media(ws: WebSocket) -> None:
-        await bridge_call(config, ws, reports, on_bridge)
+        await bridge_call(config, ws, reports, on_bridge, limits=limits)
 
     routes = Routes(
         http={"/incoming-call": incoming},

@@ -35,6 +35,7 @@ LAYERS: list[set[str]] = [
     {"call"},
     {
         "bounded",
+        "prestart",
         "webserver",
         "sockets",
         "tool_runner",
