@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 try:
@@ -42,7 +41,15 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 from .bridge import CallBridge, CallReport, MessageSocket
 from .logsafe import safe
 from .prestart import PreStartLimits
-from .server import ServerConfig, SignatureValidator, bridge_call, signature_validator, twiml
+from .server import (
+    ServerConfig,
+    SignatureValidator,
+    bridge_call,
+    signature_refusal,
+    signature_validator,
+    signed_url,
+    twiml,
+)
 from .webserver import MAX_BODY_BYTES
 
 __all__ = ["StarletteSocket", "TelephonyDisconnected", "TwilioVoiceRoutes"]
@@ -181,10 +188,6 @@ class StarletteSocket:
             log.debug("close of media stream from %s: %r", self.request.client, exc)
 
 
-def _signed_url(url: str, query: str) -> str:
-    return f"{url}?{query}" if query else url
-
-
 class TwilioVoiceRoutes:
     """``/incoming-call`` (TwiML) and ``/media-stream`` (the call) as Starlette routes.
 
@@ -259,8 +262,9 @@ class TwilioVoiceRoutes:
         if body and content_type == _FORM_TYPE:
             form = MultiDict(parse_qsl(body.decode("utf-8", "replace"), keep_blank_values=True))
         if self._validator is not None:
-            url = _signed_url(self.webhook_url, request.url.query)
-            reason = self._bad_signature(request.headers.get("x-twilio-signature", ""), url, form)
+            url = signed_url(self.webhook_url, request.url.query)
+            signature = request.headers.get("x-twilio-signature", "")
+            reason = signature_refusal(self._validator, signature, url, form)
             if reason is not None:
                 log.warning("refusing webhook from %s: %s", _client(request), safe(reason))
                 return PlainTextResponse(f"forbidden: {reason}\n", status_code=403)
@@ -269,16 +273,6 @@ class TwilioVoiceRoutes:
         log.info("call=%s incoming call; streaming to %s", safe(call, 64), self.stream_url)
         body = twiml(self.stream_url, self.config.parameters_for(webhook))
         return Response(body, media_type=_TWIML_TYPE)
-
-    def _bad_signature(self, signature: str, url: str, params: Any) -> str | None:
-        """Why the signature is refused, or None.  ``params`` is a ``MultiDict``: the
-        validator signs every value of a repeated form field."""
-        assert self._validator is not None
-        if not signature:
-            return "missing X-Twilio-Signature"
-        if not self._validator.validate(url, params, signature):
-            return "invalid X-Twilio-Signature"
-        return None
 
     # ------------------------------------------------------------------------ the call
 
@@ -315,8 +309,9 @@ class TwilioVoiceRoutes:
         """Why the upgrade is refused (as ``server.signature_gate`` decides), or None."""
         if websocket.url.query:
             return "query string on the stream URL"
+        assert self._validator is not None
         signature = websocket.headers.get("x-twilio-signature", "")
-        return self._bad_signature(signature, self.stream_url, {})
+        return signature_refusal(self._validator, signature, self.stream_url, {})
 
     def _guarded_on_call(self) -> Callable[[CallBridge], None] | None:
         on_call = self.on_call

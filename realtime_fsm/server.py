@@ -19,7 +19,7 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol
 from urllib.parse import urlsplit, urlunsplit
 from xml.sax.saxutils import quoteattr
 
@@ -171,6 +171,25 @@ def signature_validator(token: str) -> SignatureValidator:
     return validator
 
 
+def signed_url(url: str, query: str) -> str:
+    """The URL Twilio signed: the configured one plus the request's raw query string."""
+    return f"{url}?{query}" if query else url
+
+
+def signature_refusal(
+    validator: SignatureValidator, signature: str, url: str, params: Any
+) -> str | None:
+    """Why a request's ``X-Twilio-Signature`` over ``url`` and ``params`` is refused, or
+    ``None``: the one decision both servers make for the webhook and the media upgrade.
+    ``params`` answers ``getall`` (a ``MultiDict``, :class:`_SignedParams`) when a form field
+    may repeat: the validator then signs every value, as Twilio does."""
+    if not signature:
+        return "missing X-Twilio-Signature"
+    if not validator.validate(url, params, signature):
+        return "invalid X-Twilio-Signature"
+    return None
+
+
 def signature_gate(config: ServerConfig) -> WebSocketGate | None:
     """The upgrade check for ``/media-stream``, or ``None`` when no token is configured."""
     token = config.twilio_auth_token
@@ -182,12 +201,10 @@ def signature_gate(config: ServerConfig) -> WebSocketGate | None:
     async def gate(request: HttpRequest) -> HttpResponse | None:
         signature = request.headers.get("x-twilio-signature", "")
         if "?" in request.target:
-            reason = "query string on the stream URL"
-        elif not signature:
-            reason = "missing X-Twilio-Signature"
-        elif not validator.validate(expected_url, {}, signature):
-            reason = "invalid X-Twilio-Signature"
+            reason: str | None = "query string on the stream URL"
         else:
+            reason = signature_refusal(validator, signature, expected_url, {})
+        if reason is None:
             return None
         log.warning("refusing media stream from %s: %s", request.client, reason)
         return HttpResponse(403, f"forbidden: {reason}\n".encode())
@@ -210,14 +227,12 @@ def webhook_check(config: ServerConfig) -> Callable[[HttpRequest], str | None] |
     webhook_url = config.webhook_url
 
     def check(request: HttpRequest) -> str | None:
-        signature = request.headers.get("x-twilio-signature", "")
-        if not signature:
-            return "missing X-Twilio-Signature"
-        query = request.query_string
-        url = f"{webhook_url}?{query}" if query else webhook_url
-        if not validator.validate(url, _SignedParams(request.form_fields()), signature):
-            return "invalid X-Twilio-Signature"
-        return None
+        return signature_refusal(
+            validator,
+            request.headers.get("x-twilio-signature", ""),
+            signed_url(webhook_url, request.query_string),
+            _SignedParams(request.form_fields()),
+        )
 
     return check
 
