@@ -39,7 +39,7 @@ def _close_late_socket(task: asyncio.Future[Any]) -> None:
     result = task.result()
     if hasattr(result, "close") and hasattr(result, "recv"):
         with contextlib.suppress(RuntimeError):
-            closer = asyncio.ensure_future(_close_quietly(result))
+            closer = asyncio.ensure_future(close_quietly(result))
             _LATE_CLOSERS.add(closer)
             closer.add_done_callback(_LATE_CLOSERS.discard)
 
@@ -47,7 +47,9 @@ def _close_late_socket(task: asyncio.Future[Any]) -> None:
 _LATE_CLOSERS: set[asyncio.Future[None]] = set()
 
 
-async def _close_quietly(sock: Any) -> None:
+async def close_quietly(sock: Any) -> None:
+    """Close a socket nobody serves any more (a replaced session, a late connection),
+    bounded, whatever it raises: it is being thrown away."""
     with contextlib.suppress(Exception):
         await bounded(sock.close(1000, "session replaced"), 3.0)
 

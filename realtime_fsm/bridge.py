@@ -25,7 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
-from .bounded import bounded, wait_event
+from .bounded import bounded, close_quietly, wait_event
 from .call import (
     DEFAULT_MARK_EVERY_MS,
     FATAL_ERROR_CODES,
@@ -49,7 +49,6 @@ from .sockets import (
     Connector,
     MessageSocket,
     Outbound,
-    close_quietly,
     direct_probe,
     drain,
     handshake_status,

@@ -1,22 +1,18 @@
-"""The asyncio drivers' socket helpers: the WebSocket protocol they need, bounded waits that
-never swallow a cancellation, the test of whether a frame may skip the writer queue, and closing
-sockets nobody serves any more."""
+"""The asyncio drivers' socket helpers: the WebSocket protocol they need, what a peer closing
+looks like, the test of whether a frame may skip the writer queue, and a refused handshake's
+status.  Bounded waits and closing sockets nobody serves are in :mod:`realtime_fsm.bounded`."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 from collections.abc import Awaitable, Callable
-from typing import Any, Final, Protocol, TypeVar, cast
+from typing import Any, Final, Protocol, cast
 
 from websockets.exceptions import ConnectionClosed as WsConnectionClosed
 from websockets.protocol import State as WsState
 
-from .bounded import bounded
 from .call import TextFrame
 from .webserver import WebSocket, WebSocketClosed
-
-_T = TypeVar("_T")
 
 #: What a peer closing looks like from ``recv``/``send``, whatever the socket's library.
 CLOSED: Final = (WsConnectionClosed, WebSocketClosed, ConnectionError, OSError, EOFError)
@@ -92,8 +88,3 @@ def handshake_status(exc: BaseException) -> int | None:
     response = getattr(exc, "response", None)
     status = getattr(response, "status_code", None)
     return status if isinstance(status, int) else None
-
-
-async def close_quietly(sock: MessageSocket) -> None:
-    with contextlib.suppress(Exception):
-        await bounded(sock.close(1000, "session replaced"), 3.0)

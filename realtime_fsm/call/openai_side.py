@@ -8,6 +8,7 @@ through the machines.
 from __future__ import annotations
 
 from .. import events as ev
+from ..commands import META_REASON
 from ..errors import RemoteProtocolError
 from ..logsafe import caller_text, safe
 from ..openai_realtime import (
@@ -208,7 +209,7 @@ class OpenAISide(TwilioSide):
         if self.emit_events:
             machine = self.machine
             assert machine is not None
-            reason = event.metadata.get("rtfsm_reason")
+            reason = event.metadata.get(META_REASON)
             reasons = tuple(reason.split("+")) if reason is not None else ()
             self.events.append(ae.ResponseStarted(event.response_id, reason is not None, reasons))
         if event.out_of_band:

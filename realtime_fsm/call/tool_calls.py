@@ -23,6 +23,7 @@ import json
 from typing import Final
 
 from .. import events as ev
+from ..commands import META_REASON
 from ..errors import LocalProtocolError
 from ..logsafe import safe
 from ..openai_realtime import dumps, render_function_call_output
@@ -156,7 +157,7 @@ class ToolCalls(OpenAISide):
 
     def _response_created(self, event: ev.ResponseCreated) -> None:
         super()._response_created(event)
-        reasons = event.metadata.get("rtfsm_reason")
+        reasons = event.metadata.get(META_REASON)
         if reasons is None:
             if not event.out_of_band:
                 self._server_response_began()
