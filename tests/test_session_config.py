@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any
 
 import attrs
-import openai.types.beta.realtime as beta_types
 import openai.types.realtime as ga_types
 import pytest
 from openai.types.beta.realtime.session_update_event import Session as BetaSession
@@ -25,8 +24,8 @@ from openai.types.realtime.realtime_audio_config_input import (
 )
 from openai.types.realtime.realtime_audio_config_output import RealtimeAudioConfigOutput
 from openai.types.realtime.realtime_audio_input_turn_detection import SemanticVad, ServerVad
-from pydantic import BaseModel, TypeAdapter
-from test_openai_realtime import _no_extra
+from pydantic import BaseModel
+from test_openai_realtime import CLIENT, _no_extra
 
 from realtime_fsm.openai_realtime import (
     Dialect,
@@ -35,17 +34,6 @@ from realtime_fsm.openai_realtime import (
     render_session_update,
 )
 from realtime_fsm.tools import Tool
-
-CLIENT: dict[Dialect, tuple[TypeAdapter[Any], TypeAdapter[Any]]] = {
-    Dialect.GA: (
-        TypeAdapter(ga_types.RealtimeClientEventParam),
-        TypeAdapter(ga_types.RealtimeClientEvent),
-    ),
-    Dialect.BETA: (
-        TypeAdapter(beta_types.RealtimeClientEventParam),
-        TypeAdapter(beta_types.RealtimeClientEvent),
-    ),
-}
 
 
 def rendered(config: SessionConfig, dialect: Dialect = Dialect.GA) -> tuple[dict[str, Any], Any]:
