@@ -48,7 +48,6 @@ from .server import (
     signature_refusal,
     signature_validator,
     signed_url,
-    twiml,
 )
 from .webserver import MAX_BODY_BYTES
 
@@ -229,6 +228,9 @@ class TwilioVoiceRoutes:
         #: What Twilio requests and signs: the configured public URLs (no query string).
         self.webhook_url = config.public_url.rstrip("/") + "/incoming-call"
         self.stream_url = config.stream_url
+        #: Per-call stream credentials (with a token; see ``ServerConfig.stream_credentials``):
+        #: minted by the webhook, checked at ``start``; any worker with the token verifies.
+        self.credentials = config.credentials()
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -271,7 +273,7 @@ class TwilioVoiceRoutes:
         webhook = {**dict(request.query_params), **dict(form)}
         call = webhook.get("CallSid") or "-"
         log.info("call=%s incoming call; streaming to %s", safe(call, 64), self.stream_url)
-        body = twiml(self.stream_url, self.config.parameters_for(webhook))
+        body = self.config.stream_twiml(webhook, self.credentials)
         return Response(body, media_type=_TWIML_TYPE)
 
     # ------------------------------------------------------------------------ the call
@@ -301,6 +303,7 @@ class TwilioVoiceRoutes:
                 self._guarded_on_call(),
                 connect=self.connect,
                 limits=self.limits,
+                credentials=self.credentials,
             )
         finally:
             await sock.close()

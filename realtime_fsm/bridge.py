@@ -38,6 +38,7 @@ from .call import (
     CallSession,
     ToolSpec,
 )
+from .credentials import StreamCredentials
 from .errors import UpstreamUnreachable
 from .history import ConversationHistory
 from .lifecycle import ResponseLifecycle
@@ -78,9 +79,12 @@ class CallBridge(Outbox):
         on_undelivered: Callable[[tuple[str, ...]], None] | None = None,
         reconnect: Connector | None = None,
         on_start: Callable[[], None] | None = None,
+        credentials: StreamCredentials | None = None,
     ) -> None:
         """``on_start``: called once when the stream has started, or ended without starting
-        (a server's pre-start bounds release the stream's slot with it)."""
+        (a server's pre-start bounds release the stream's slot with it).  ``credentials``: the
+        server's per-call stream credentials (:mod:`realtime_fsm.credentials`); a ``start``
+        without a valid one ends the call with 1008 before any OpenAI session is opened."""
         if openai is None and reconnect is None:
             raise ValueError("CallBridge needs an OpenAI socket or a connector to open one")
         self.twilio = twilio
@@ -96,6 +100,8 @@ class CallBridge(Outbox):
             now=clock(),
             peer=peer if isinstance(peer, str) else "",
             can_reconnect=reconnect is not None,
+            credentials=credentials,
+            wall_offset=time.time() - clock(),
         )
         self.report: CallReport = self.session.report
         self._to_openai: asyncio.Queue[Outbound] = asyncio.Queue(self.config.max_queue)

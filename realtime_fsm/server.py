@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,6 +28,7 @@ import attrs
 from websockets.asyncio.client import connect
 
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
+from .credentials import CREDENTIAL_PARAMETER, StreamCredentials
 from .errors import UpstreamUnreachable
 from .logsafe import safe
 from .openai_realtime import Dialect
@@ -107,6 +109,38 @@ class ServerConfig:
     #: few addresses: the per-address bound is for a flood, not for a burst of real calls.
     max_pre_start: int = attrs.field(default=200, validator=_positive_int)
     max_pre_start_per_client: int = attrs.field(default=50, validator=_positive_int)
+    #: With a Twilio auth token: the signed webhook mints a per-call stream credential
+    #: (``realtime_fsm.credentials``), and a stream whose ``start`` lacks a valid one for its
+    #: call is closed with 1008 before any OpenAI session.  Turn off only when another
+    #: application answers the webhook and does not put :meth:`StreamCredentials.mint`'s
+    #: credential in its TwiML (the upgrade signature is then the only check).
+    stream_credentials: bool = True
+    #: Seconds a minted credential admits its stream (Twilio connects within a second or two).
+    stream_credential_ttl: float = 60.0
+
+    def credentials(self) -> StreamCredentials | None:
+        """The per-call stream credentials these settings ask for (one per server process: it
+        remembers which credentials were used), or ``None``."""
+        token = self.twilio_auth_token
+        if not token or not self.stream_credentials:
+            return None
+        return StreamCredentials.from_auth_token(token, self.stream_credential_ttl)
+
+    def stream_twiml(
+        self, webhook: Mapping[str, str], credentials: StreamCredentials | None
+    ) -> bytes:
+        """The webhook's answer: ``<Connect><Stream>`` with the call's parameters and, with
+        ``credentials``, the credential minted for this call (``AccountSid`` and ``CallSid``
+        of the signed webhook; the stream's ``start`` must name the same)."""
+        params = dict(self.parameters_for(webhook))
+        if CREDENTIAL_PARAMETER in params:
+            log.warning("stream_parameters: %r is reserved, replaced", CREDENTIAL_PARAMETER)
+            del params[CREDENTIAL_PARAMETER]
+        if credentials is not None:
+            params[CREDENTIAL_PARAMETER] = credentials.mint(
+                webhook.get("AccountSid", ""), webhook.get("CallSid", ""), time.time()
+            )
+        return twiml(self.stream_url, params)
 
     def parameters_for(self, webhook: Mapping[str, str]) -> Mapping[str, str]:
         """``stream_parameters`` applied to a webhook's parameters; a function that raises
@@ -241,6 +275,7 @@ async def _incoming_call(
     config: ServerConfig,
     request: HttpRequest,
     check: Callable[[HttpRequest], str | None] | None = None,
+    credentials: StreamCredentials | None = None,
 ) -> HttpResponse:
     if request.method not in ("GET", "POST"):
         return HttpResponse(405, b"method not allowed\n")
@@ -252,8 +287,7 @@ async def _incoming_call(
     webhook = {**request.query, **dict(request.form_fields()[::-1])}
     call = webhook.get("CallSid") or "-"
     log.info("call=%s incoming call; streaming to %s", safe(call, 64), config.stream_url)
-    body = twiml(config.stream_url, config.parameters_for(webhook))
-    return HttpResponse(200, body, "text/xml; charset=utf-8")
+    return HttpResponse(200, config.stream_twiml(webhook, credentials), "text/xml; charset=utf-8")
 
 
 async def connect_realtime(config: ServerConfig) -> MessageSocket:
@@ -281,9 +315,11 @@ async def bridge_call(
     *,
     connect: Callable[[], Awaitable[MessageSocket]] | None = None,
     limits: PreStartLimits | None = None,
+    credentials: StreamCredentials | None = None,
 ) -> None:
     """``limits``: the server's bounds on streams not started yet (a refused one is closed
-    with 1013 and one log line, before anything else is done for it).
+    with 1013 and one log line, before anything else is done for it).  ``credentials``: the
+    server's stream credentials (:meth:`ServerConfig.credentials`), checked at ``start``.
 
     Serve one accepted media stream: run the bridge, which opens the OpenAI socket after
     Twilio's ``start`` (``connect``, by default :func:`connect_realtime`; reconnects too), and
@@ -339,7 +375,12 @@ async def bridge_call(
         # The OpenAI session opens once Twilio's ``start`` arrived: a stream that never starts
         # costs no paid session.  Unreachable, the call ends with 1011 and one log line.
         bridge = CallBridge(
-            twilio_sock, None, config.bridge, reconnect=open_openai, on_start=release
+            twilio_sock,
+            None,
+            config.bridge,
+            reconnect=open_openai,
+            on_start=release,
+            credentials=credentials,
         )
         if on_bridge is not None:
             on_bridge(bridge)
@@ -368,14 +409,15 @@ async def start_server(
     dashboard can watch live calls (their machine state) rather than only finished reports."""
 
     check = webhook_check(config)
+    credentials = config.credentials()
 
     async def incoming(request: HttpRequest) -> HttpResponse:
-        return await _incoming_call(config, request, check)
+        return await _incoming_call(config, request, check, credentials)
 
     limits = PreStartLimits(config.max_pre_start, config.max_pre_start_per_client)
 
     async def media(ws: WebSocket) -> None:
-        await bridge_call(config, ws, reports, on_bridge, limits=limits)
+        await bridge_call(config, ws, reports, on_bridge, limits=limits, credentials=credentials)
 
     routes = Routes(
         http={"/incoming-call": incoming},

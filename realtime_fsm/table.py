@@ -425,6 +425,10 @@ LIVE = [AWAITING_START, RUNNING, RECONNECTING]
 # data (the event being handled), like the response machine's ``_ev``.
 # fmt: off
 CALL_TRANSITIONS: list[Row] = [
+    # A stream must prove it is for the call the signed webhook answered (realtime_fsm.
+    # credentials) before anything is opened for it: refused, it ends with 1008, no upstream.
+    _row("start", AWAITING_START, ENDING, when=("credential_refused",),
+         do=("end_bad_credential",)),
     _row("start", AWAITING_START, ENDING, when=("bad_media_format",), do=("end_bad_format",)),
     _row("start", AWAITING_START, RUNNING, do=("begin_call",)),
     _row("start", [RUNNING, RECONNECTING], None, do=("count_duplicate_start",)),

@@ -18,6 +18,7 @@ import json
 import logging
 import socket
 import sys
+import time
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Coroutine, MutableMapping
@@ -41,6 +42,7 @@ from websockets.protocol import State
 
 from realtime_fsm.asgi import StarletteSocket, TelephonyDisconnected, TwilioVoiceRoutes
 from realtime_fsm.bridge import BridgeConfig, CallBridge, CallReport
+from realtime_fsm.credentials import CREDENTIAL_PARAMETER, StreamCredentials
 from realtime_fsm.server import ServerConfig, twiml
 from realtime_fsm.testing import (
     FakeCallerConfig,
@@ -48,6 +50,8 @@ from realtime_fsm.testing import (
     FakeRealtimeServer,
     FakeTwilioCaller,
     ScriptedReply,
+    dial,
+    parse_twiml,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -339,7 +343,15 @@ def test_twiml_route_checks_the_webhook_signature(caplog: pytest.LogCaptureFixtu
             query = "?" + urlencode(form)
             good_get = {"X-Twilio-Signature": sign(WEBHOOK_URL + query)}
             status, _, body = await ahttp(port, "/incoming-call" + query, headers=good_get)
-            assert (status, body) == (200, twiml(STREAM_URL))
+            assert status == 200
+            # The TwiML streams to the public URL with a credential for this very call.
+            stream_url, params = parse_twiml(body)
+            assert stream_url == STREAM_URL and list(params) == [CREDENTIAL_PARAMETER]
+            check = StreamCredentials.from_auth_token(TOKEN)
+            credential = params[CREDENTIAL_PARAMETER]
+            assert check.refusal(credential, None, form["CallSid"], time.time()) is None
+            other_call = "CA" + "2" * 32
+            assert check.refusal(credential, None, other_call, time.time()) is not None
 
             tampered = {**form, "From": "+15550000000"}
             refused = [
@@ -401,11 +413,22 @@ def test_media_route_refuses_a_bad_upgrade_signature(
                     assert refused.value.response.status_code == 403
                 assert ai.connections == []  # nothing reached OpenAI
 
+                # Signed, but no credential from the webhook: refused at start, 1008.
                 signed = FakeCallerConfig(speed=4.0, auth_token=TOKEN, signature_url=STREAM_URL)
-                async with FakeTwilioCaller(url, signed) as caller:
+                async with FakeTwilioCaller(url, signed) as stray:
+                    await stray.wait_until(lambda: stray.close_code is not None, 10, "refusal")
+                assert stray.close_code == 1008
+                assert ai.connections == []  # still nothing reached OpenAI
+
+                dialed = await dial(
+                    f"http://{HOST}:{port}", public_url=PUBLIC_URL, auth_token=TOKEN
+                )
+                assert dialed.stream_url == STREAM_URL
+                async with FakeTwilioCaller(url, dialed.caller_config(speed=4.0)) as caller:
                     await caller.wait_for_audio(100, timeout=10)
                 await finished(ai, reports)
-        assert reports[0].end_reason == "telephony stop"
+        assert reports[0].end_reason == "bad stream credential: missing"
+        assert reports[1].end_reason == "telephony stop"
 
     run(scenario())
     refusals = [
@@ -530,12 +553,11 @@ def test_fastapi_example_end_to_end(
                 status, _, body = await ahttp(port, "/healthz")
                 assert status == 200 and json.loads(body)["calls_started"] == 0
 
-                form = {"CallSid": "CA" + "1" * 32}
-                headers = {"X-Twilio-Signature": sign(WEBHOOK_URL, form)}
-                status, _, body = await ahttp(port, "/incoming-call", data=form, headers=headers)
-                assert (status, body) == (200, twiml(STREAM_URL))
-
-                signed = FakeCallerConfig(speed=4.0, auth_token=TOKEN, signature_url=STREAM_URL)
+                dialed = await dial(
+                    f"http://{HOST}:{port}", public_url=PUBLIC_URL, auth_token=TOKEN
+                )
+                assert dialed.stream_url == STREAM_URL
+                signed = dialed.caller_config(speed=4.0)
                 async with FakeTwilioCaller(f"ws://{HOST}:{port}/media-stream", signed) as caller:
                     await caller.wait_for_audio(100, timeout=10)
                 await finished(ai, example.app.state.reports)

@@ -28,6 +28,7 @@ LAYERS: list[set[str]] = [
         "tools",
         "malloc_tuning",
         "logsafe",
+        "credentials",
     },
     {"engine", "table", "diagram"},
     {"lifecycle"},

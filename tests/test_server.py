@@ -39,6 +39,7 @@ from realtime_fsm import webserver
 from realtime_fsm.bridge import BridgeConfig, CallReport
 from realtime_fsm.openai_realtime import Dialect
 from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server, twiml
+from realtime_fsm.testing import dial
 
 ROOT = Path(__file__).resolve().parents[1]
 PUBLIC_URL = "https://example.ngrok.app"
@@ -141,7 +142,25 @@ def http(
         return exc.code, exc.headers.get("Content-Type", ""), exc.read()
 
 
-def twilio_start() -> list[str]:
+ACCOUNT = "AC0123456789abcdef0123456789abcdef"
+
+
+async def credential_params(port: int, token: str | None) -> dict[str, str]:
+    """The ``<Parameter>``s the signed webhook answers for call ``CALL`` (with a token: the
+    per-call stream credential), as Twilio would pass them on in ``start``."""
+    if token is None:
+        return {}
+    dialed = await dial(
+        f"http://127.0.0.1:{port}",
+        public_url=PUBLIC_URL,
+        auth_token=token,
+        call_sid=CALL,
+        account_sid=ACCOUNT,
+    )
+    return dict(dialed.parameters)
+
+
+def twilio_start(params: dict[str, str] | None = None) -> list[str]:
     return [
         json.dumps({"event": "connected", "protocol": "Call", "version": "1.0.0"}),
         json.dumps(
@@ -152,9 +171,9 @@ def twilio_start() -> list[str]:
                 "start": {
                     "streamSid": STREAM,
                     "callSid": CALL,
-                    "accountSid": "AC0123456789abcdef0123456789abcdef",
+                    "accountSid": ACCOUNT,
                     "tracks": ["inbound"],
-                    "customParameters": {},
+                    "customParameters": params or {},
                     "mediaFormat": {
                         "encoding": "audio/x-mulaw",
                         "sampleRate": 8000,
@@ -262,8 +281,9 @@ def test_valid_signature_is_accepted_and_the_call_is_bridged(
             async with bridge_server(config, reports) as port:
                 headers = {"X-Twilio-Signature": sign(STREAM_URL)}
                 url = f"ws://127.0.0.1:{port}/media-stream"
+                params = await credential_params(port, TOKEN)
                 async with connect(url, additional_headers=headers) as twilio:
-                    for frame in twilio_start():
+                    for frame in twilio_start(params):
                         await twilio.send(frame)
                     media = {"event": "media", "streamSid": STREAM, "media": {"payload": PAYLOAD}}
                     await twilio.send(json.dumps(media))
@@ -406,9 +426,10 @@ def test_unreachable_realtime_server_closes_the_stream_and_logs_no_secret(
         async with bridge_server(config) as port:
             headers = {"X-Twilio-Signature": sign(STREAM_URL)} if token else {}
             url = f"ws://127.0.0.1:{port}/media-stream"
+            params = await credential_params(port, token)
             async with connect(url, additional_headers=headers) as twilio:
                 # No OpenAI session is opened before Twilio's start names the call.
-                connected, start = twilio_start()
+                connected, start = twilio_start(params)
                 await twilio.send(connected)
                 await asyncio.sleep(0.05)
                 assert twilio.state is State.OPEN

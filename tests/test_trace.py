@@ -46,7 +46,7 @@ from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.openai_realtime import Dialect
 from realtime_fsm.replay import TraceFormatError, Violation, check_file, check_lines
 from realtime_fsm.server import ServerConfig, start_server
-from realtime_fsm.testing import FakeTwilioCaller
+from realtime_fsm.testing import FakeTwilioCaller, dial
 from realtime_fsm.trace import (
     MAX_TRACE_BYTES,
     REDACTED,
@@ -567,11 +567,9 @@ def test_secrets_never_appear_in_traces_logs_or_errors(tmp_path: Path) -> None:
         )
         server = await start_server(config, e2e.HOST, 0, reports=reports)
         port = server.sockets[0].getsockname()[1]
-        caller_config = attrs.evolve(
-            e2e.CALLER,
-            auth_token=TWILIO_TOKEN,
-            signature_url="wss://example.ngrok.app/media-stream",
-        )
+        dialed = await dial(f"http://{e2e.HOST}:{port}", public_url=PUBLIC, auth_token=TWILIO_TOKEN)
+        assert dialed.stream_url == "wss://example.ngrok.app/media-stream"
+        caller_config = dialed.caller_config(e2e.CALLER)
         try:
             async with FakeTwilioCaller(f"ws://{e2e.HOST}:{port}/media-stream", caller_config) as c:
                 if sim is None:

@@ -21,6 +21,7 @@ from ..commands import (
     ReturnUndeliveredText,
     SendUserText,
 )
+from ..credentials import CREDENTIAL_PARAMETER
 from ..errors import CallNotActive
 from ..lifecycle import USER_TEXT_REASON, ResponseLifecycle
 from ..logsafe import caller_params, safe
@@ -81,6 +82,22 @@ class CallActions(CallFields):
         fmt = start.media_format if start is not None else None
         return fmt is not None and not fmt.is_mulaw_8k_mono
 
+    def credential_refused(self) -> bool:
+        return self._credential_refusal() is not None
+
+    def _credential_refusal(self) -> str | None:
+        """Why the ``start`` being handled does not carry a valid credential for its call, or
+        ``None`` (also when the server checks none)."""
+        credentials, start = self.credentials, self._start
+        if credentials is None or start is None:
+            return None
+        return credentials.refusal(
+            start.custom_parameters.get(CREDENTIAL_PARAMETER),
+            start.account_sid,
+            start.call_sid,
+            self._now + self.wall_offset,
+        )
+
     def can_reconnect(self) -> bool:
         return self.can_reconnect_sessions
 
@@ -107,6 +124,20 @@ class CallActions(CallFields):
         self._reason = f"bad media format {start.media_format}"
         self.note_end()
 
+    def end_bad_credential(self) -> None:
+        start = self._start
+        assert start is not None
+        refusal = self._credential_refusal()
+        # Twilio's ids are untrusted, and this call never got a label of its own: made safe here.
+        log.warning(
+            "call=%s stream refused: credential %s (peer=%s)",
+            safe(start.call_sid or start.stream_sid, 64),
+            refusal,
+            safe(self.peer or "-", 64),
+        )
+        self._reason = f"bad stream credential: {refusal}"
+        self.note_end()
+
     def end_reconnects_exhausted(self) -> None:
         self._reason = (
             f"openai session lost ({self._reason}) after {self.report.reconnects} reconnects"
@@ -126,6 +157,14 @@ class CallActions(CallFields):
     def begin_call(self) -> None:
         start = self._start
         assert start is not None
+        if CREDENTIAL_PARAMETER in start.custom_parameters:
+            # The credential is the server's, not the application's: spent, then out of sight
+            # (the report, ``CallStarted``, the greeting function and the logs never see it).
+            credential = start.custom_parameters[CREDENTIAL_PARAMETER]
+            if self.credentials is not None:
+                self.credentials.spend(credential, self._now + self.wall_offset)
+            params = {k: v for k, v in start.custom_parameters.items() if k != CREDENTIAL_PARAMETER}
+            start = self._start = attrs.evolve(start, custom_parameters=params)
         self.stream_sid = start.stream_sid
         # Twilio's ids are untrusted: the label is in every log line, so made safe once here.
         self.call_label = safe(start.call_sid or start.stream_sid, 64)

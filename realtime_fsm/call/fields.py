@@ -12,6 +12,7 @@ import logging
 from typing import Final
 
 from .. import events as ev
+from ..credentials import StreamCredentials
 from ..history import ConversationHistory
 from ..lifecycle import ResponseLifecycle
 from ..openai_realtime import OpenAIRealtimeCodec
@@ -69,7 +70,16 @@ class OpenCall:
 class CallFields:
     """The data of one call; :class:`~realtime_fsm.call.CallSession` is the behaviour."""
 
-    def __init__(self, config: BridgeConfig, *, now: float, peer: str, can_reconnect: bool) -> None:
+    def __init__(
+        self,
+        config: BridgeConfig,
+        *,
+        now: float,
+        peer: str,
+        can_reconnect: bool,
+        credentials: StreamCredentials | None = None,
+        wall_offset: float = 0.0,
+    ) -> None:
         # --- The call machine.
         self.call_state: CallState = AWAITING_START
         # --- Settings.  ``can_reconnect`` is read by the guard of the same name.
@@ -90,6 +100,12 @@ class CallFields:
         self._reason = ""
         #: A refused reconnect's HTTP status (the guard ``connect_refused`` reads it).
         self._failed_status: int | None = None
+        #: The server's stream credentials: ``start`` must carry one for this call (the guard
+        #: ``credential_refused`` asks them); ``None``: the server checks none.
+        self.credentials = credentials
+        #: Wall-clock (Unix) time minus ``now``'s clock: credentials expire in wall time, which
+        #: every worker shares, and the call is given no clock of its own.
+        self.wall_offset = float(wall_offset)
         #: Twilio's ``start`` is due by then (the call machine's deadline in awaiting_start).
         self._start_deadline = self._now + config.start_timeout
         # --- Outputs, drained by the driver after every input.

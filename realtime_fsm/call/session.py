@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from .. import events as ev
+from ..credentials import StreamCredentials
 from ..errors import LocalProtocolError
 from ..logsafe import safe
 from ..openai_realtime import SessionConfig
@@ -48,12 +49,19 @@ class CallSession(ToolCalls):
         now: float,
         peer: str = "",
         can_reconnect: bool = False,
+        credentials: StreamCredentials | None = None,
+        wall_offset: float = 0.0,
     ) -> None:
+        """``credentials``: the server's :class:`~realtime_fsm.credentials.StreamCredentials`;
+        a ``start`` without a valid one for its call ends the call (1008) before any OpenAI
+        session.  ``wall_offset``: Unix time minus the ``now`` clock, for their expiry."""
         super().__init__(
             config if config is not None else BridgeConfig(),
             now=now,
             peer=peer,
             can_reconnect=can_reconnect,
+            credentials=credentials,
+            wall_offset=wall_offset,
         )
         self.report.undelivered_texts = self.custody.returned
 

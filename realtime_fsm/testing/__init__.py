@@ -111,6 +111,7 @@ from .fake_twilio import (
     TypeText,
     twilio_signature,
 )
+from .fake_webhook import DialedCall, WebhookRefused, dial, parse_twiml
 
 __all__ = [
     "LIFECYCLE_EVENT_TYPES",
@@ -118,6 +119,7 @@ __all__ = [
     "TAG_SIZE",
     "AudioTag",
     "ClearRecord",
+    "DialedCall",
     "FakeCallerConfig",
     "FakeRealtimeConfig",
     "FakeRealtimeConnection",
@@ -144,12 +146,15 @@ __all__ = [
     "ToolCallRule",
     "ToolOutput",
     "TypeText",
+    "WebhookRefused",
     "beta_event_name",
     "bytes_per_ms",
+    "dial",
     "find_audio_tags",
     "make_audio_tag",
     "mulaw_decode",
     "mulaw_encode",
+    "parse_twiml",
     "rms_level",
     "silence",
     "tone",
