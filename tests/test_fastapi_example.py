@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import xml.etree.ElementTree as ET
 from types import ModuleType
 from typing import Any
 
@@ -17,18 +16,17 @@ import attrs
 import pytest
 from test_asgi import (
     HOST,
+    PUBLIC_URL,
     STREAM_URL,
     TOKEN,
-    WEBHOOK_URL,
-    ahttp,
     finished,
     load_example,
     run,
     serving,
-    sign,
 )
 
 from realtime_fsm import function_tool
+from realtime_fsm.credentials import CREDENTIAL_PARAMETER
 from realtime_fsm.server import ServerConfig
 from realtime_fsm.testing import (
     FakeCallerConfig,
@@ -37,6 +35,7 @@ from realtime_fsm.testing import (
     FakeTwilioCaller,
     ScriptedReply,
 )
+from realtime_fsm.testing import dial as dial_webhook
 
 BUSY = "conversation_already_has_active_response"
 
@@ -53,21 +52,19 @@ def simulator() -> FakeRealtimeServer:
 
 
 async def dial(port: int, number: str) -> FakeCallerConfig:
-    """Twilio's webhook for a call from ``number``; the caller the TwiML's stream describes."""
-    form = {"CallSid": "CA" + "2" * 32, "From": number}
-    headers = {"X-Twilio-Signature": sign(WEBHOOK_URL, form)}
-    status, _, body = await ahttp(port, "/incoming-call", data=form, headers=headers)
-    assert status == 200
-    stream = ET.fromstring(body).find("./Connect/Stream")
-    assert stream is not None and stream.get("url") == STREAM_URL
-    params = {p.get("name", ""): p.get("value", "") for p in stream.findall("Parameter")}
-    return FakeCallerConfig(
-        speed=4.0,
-        seed=4,
-        auth_token=TOKEN,
-        signature_url=STREAM_URL,
-        custom_parameters=params,
+    """Twilio's signed webhook for a call from ``number``; the caller the TwiML's stream
+    describes (its parameters, the stream credential among them)."""
+    dialed = await dial_webhook(
+        f"http://{HOST}:{port}", public_url=PUBLIC_URL, auth_token=TOKEN, caller=number
     )
+    assert dialed.stream_url == STREAM_URL
+    assert CREDENTIAL_PARAMETER in dialed.parameters
+    return dialed.caller_config(speed=4.0, seed=4)
+
+
+def app_parameters(config: FakeCallerConfig) -> dict[str, str]:
+    """The parameters the application put in the TwiML (the server's credential aside)."""
+    return {k: v for k, v in config.custom_parameters.items() if k != CREDENTIAL_PARAMETER}
 
 
 def answers(ai: FakeRealtimeServer, prefix: str) -> list[Any]:
@@ -88,7 +85,7 @@ def test_a_known_caller_is_greeted_by_name_and_hears_the_tool_s_answer(
             )
             async with serving(app) as port:
                 caller_config = await dial(port, "+15550100")
-                assert caller_config.custom_parameters == {"name": "Ada"}
+                assert app_parameters(caller_config) == {"name": "Ada"}
                 async with FakeTwilioCaller(
                     f"ws://{HOST}:{port}/media-stream", caller_config
                 ) as caller:
