@@ -431,11 +431,11 @@ async def bridge_call(
                 # Never the exception's text: some clients put the URL (and so tokens in a query
                 # string) into it.  The type and the host are enough to act on.
                 host = urlsplit(config.connect_url).netloc
-                refused = handshake_status(exc) in FATAL_HANDSHAKE_STATUSES
-                what = "refused the credentials" if refused else "cannot be reached"
-                unreachable = UpstreamUnreachable(
-                    f"the realtime server at {host} {what}: {type(exc).__name__}"
-                )
+                if handshake_status(exc) in FATAL_HANDSHAKE_STATUSES:
+                    what = f"the realtime server at {host} refused the credentials"
+                else:
+                    what = f"cannot reach the realtime server at {host}"
+                unreachable = UpstreamUnreachable(f"{what}: {type(exc).__name__}")
                 unreachable.response = getattr(exc, "response", None)  # type: ignore[attr-defined]
                 raise unreachable from None
             if trace is not None:
