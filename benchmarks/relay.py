@@ -37,6 +37,7 @@ from realtime_fsm.openai_realtime import (
     SessionConfig,
     input_audio_append_json,
 )
+from realtime_fsm.server import DEFAULT_REALTIME_URL
 from realtime_fsm.twilio_media import (
     DEFAULT_MAX_MESSAGE_SIZE,
     Media,
@@ -55,7 +56,6 @@ from realtime_fsm.webserver import (
 )
 
 log = logging.getLogger("realtime_fsm.bench.relay")
-DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
 _CLOSED = (ConnectionClosed, WebSocketClosed, ConnectionError, OSError)
 
 

@@ -8,8 +8,12 @@ read by the app.
 
 Point the Twilio number's voice webhook (GET or POST) at ``$PUBLIC_URL/incoming-call``.
 ``TWILIO_AUTH_TOKEN`` turns on the ``X-Twilio-Signature`` checks of both routes;
-``REALTIME_URL`` (or ``OPENAI_REALTIME_URL``) points the bridge at any compatible server, such
-as the simulator in ``realtime_fsm.testing``.  ``GREETING`` and ``INSTRUCTIONS`` set what the
+``OPENAI_REALTIME_MODEL`` picks the model (default ``gpt-realtime-2.1``);
+``REALTIME_PROVIDER=azure`` with ``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_DEPLOYMENT``,
+``AZURE_OPENAI_API_KEY`` and ``TRANSCRIPTION_MODEL`` (your transcription deployment) uses Azure
+OpenAI (``realtime_fsm.server.ENV_SETTINGS`` lists them all); ``REALTIME_URL`` (or
+``OPENAI_REALTIME_URL``) points the bridge at any compatible server, such as the simulator in
+``realtime_fsm.testing``.  ``GREETING`` and ``INSTRUCTIONS`` set what the
 agent says first and how it behaves.  ``--ws-max-size`` keeps uvicorn from reading a media
 message larger than the bridge accepts (64 KiB; the routes refuse bigger ones anyway).
 """
@@ -28,7 +32,7 @@ from realtime_fsm import CallerTranscript, ToolCall, ToolResult, function_tool
 from realtime_fsm.asgi import TwilioVoiceRoutes
 from realtime_fsm.bridge import BridgeConfig, CallBridge, CallReport
 from realtime_fsm.openai_realtime import SessionConfig
-from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig
+from realtime_fsm.server import ServerConfig, realtime_settings_from_env
 
 GREETING = "Greet the caller briefly and ask how you can help."
 INSTRUCTIONS = (
@@ -70,14 +74,18 @@ def config_from_env() -> ServerConfig:
     """The call's settings from the environment (``PUBLIC_URL`` is required: it is what TwiML
     sends Twilio to and what signatures are checked against)."""
     env = os.environ
-    realtime_url = env.get("REALTIME_URL") or env.get("OPENAI_REALTIME_URL")
+    realtime = realtime_settings_from_env(env)
+    if env.get("REALTIME_URL"):
+        realtime["realtime_url"] = env["REALTIME_URL"]
     return ServerConfig(
         public_url=env["PUBLIC_URL"],
-        realtime_url=realtime_url or DEFAULT_REALTIME_URL,
-        api_key=env.get("OPENAI_API_KEY", ""),
+        **realtime,  # type: ignore[arg-type]
         twilio_auth_token=env.get("TWILIO_AUTH_TOKEN") or None,
         bridge=BridgeConfig(
-            session=SessionConfig(instructions=env.get("INSTRUCTIONS", INSTRUCTIONS)),
+            session=SessionConfig(
+                instructions=env.get("INSTRUCTIONS", INSTRUCTIONS),
+                transcription_model=env.get("TRANSCRIPTION_MODEL") or None,
+            ),
             greeting=env.get("GREETING") or greeting,
             tools=(lookup_order,),
         ),

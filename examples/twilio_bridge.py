@@ -6,7 +6,11 @@
 
 Point the Twilio number's voice webhook (GET or POST) at ``https://<public host>/incoming-call``.
 Set ``TWILIO_AUTH_TOKEN`` to refuse webhooks and media streams without a valid
-``X-Twilio-Signature`` (needs ``pip install 'realtime-fsm[twilio]'``).  ``--realtime-url`` (or
+``X-Twilio-Signature`` (needs ``pip install 'realtime-fsm[twilio]'``).  ``--model`` (or
+``OPENAI_REALTIME_MODEL``) picks the Realtime model (default ``gpt-realtime-2.1``).
+``--provider azure`` with ``--azure-endpoint`` and ``--azure-deployment`` (or
+``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_DEPLOYMENT``; the key from
+``AZURE_OPENAI_API_KEY``) uses Azure OpenAI instead.  ``--realtime-url`` (or
 ``OPENAI_REALTIME_URL``) points the bridge at any compatible server, such as the simulator in
 ``realtime_fsm.testing``.
 Any client that speaks the Media Streams protocol can connect to ``/media-stream``: no Twilio
@@ -29,7 +33,14 @@ from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.config import LifecycleConfig
 from realtime_fsm.malloc_tuning import tune_malloc_for_sockets
 from realtime_fsm.openai_realtime import Dialect, SessionConfig
-from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server
+from realtime_fsm.openai_realtime.models import DEFAULT_REALTIME_MODEL
+from realtime_fsm.server import (
+    API_KEY_ENV,
+    ENV_SETTINGS,
+    ServerConfig,
+    realtime_settings_from_env,
+    start_server,
+)
 from realtime_fsm.trace import MAX_TRACE_BYTES
 from realtime_fsm.webserver import serve_until_signalled
 
@@ -66,10 +77,58 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=8080)
     p.add_argument("--public-url", required=True, help="https://your-public-host (for TwiML)")
+    env_of = {field: name for name, field in ENV_SETTINGS.items()}
+    # Defaults are None: the environment (read in build_config) fills what no flag sets.
+    p.add_argument(
+        "--provider",
+        choices=["openai", "azure"],
+        default=None,
+        help=f"Realtime provider (env {env_of['provider']}; default openai)",
+    )
+    p.add_argument(
+        "--model",
+        default=None,
+        help=(
+            f"Realtime model (env {env_of['model']}; default {DEFAULT_REALTIME_MODEL}); a"
+            " deprecated one is logged once with its shutdown date"
+        ),
+    )
     p.add_argument(
         "--realtime-url",
-        default=os.environ.get("OPENAI_REALTIME_URL", DEFAULT_REALTIME_URL),
-        help="Realtime WebSocket URL (env OPENAI_REALTIME_URL)",
+        default=None,
+        help=f"whole Realtime WebSocket URL, used as written (env {env_of['realtime_url']})",
+    )
+    p.add_argument(
+        "--azure-endpoint",
+        default=None,
+        help=(
+            "Azure resource endpoint, https://<resource>.openai.azure.com"
+            f" (env {env_of['azure_endpoint']})"
+        ),
+    )
+    p.add_argument(
+        "--azure-deployment",
+        default=None,
+        help=f"Azure deployment name (env {env_of['azure_deployment']}; default: --model)",
+    )
+    p.add_argument(
+        "--api-version",
+        default=None,
+        help=(
+            f"Azure preview API version (env {env_of['api_version']}); unset: the GA"
+            " /openai/v1/realtime form"
+        ),
+    )
+    p.add_argument(
+        "--transcription-model",
+        default=None,
+        help="input transcription model (Azure: your transcription deployment's name)",
+    )
+    p.add_argument(
+        "--reasoning-effort",
+        choices=["minimal", "low", "medium", "high", "xhigh"],
+        default=None,
+        help="reasoning models (gpt-realtime-2.1...) only; not sent to others",
     )
     p.add_argument("--dialect", choices=["ga", "beta"], default="ga")
     p.add_argument("--voice", default=None)
@@ -154,6 +213,8 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
     session = SessionConfig(
         instructions=args.instructions,
         voice=args.voice,
+        transcription_model=args.transcription_model,
+        reasoning_effort=args.reasoning_effort,
         turn_detection=turn,
         create_response=args.create_response,
         interrupt_response=args.interrupt_response,
@@ -172,10 +233,20 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         mark_every_ms=args.mark_every_ms,
         **{field: getattr(args, field) for field, _, _ in _RECONNECT_FIELDS},
     )
+    realtime: dict[str, str] = realtime_settings_from_env(os.environ)
+    for field in ("provider", "model", "realtime_url", "azure_endpoint", "azure_deployment"):
+        if getattr(args, field) is not None:  # a flag wins over the environment
+            realtime[field] = getattr(args, field)
+    if args.api_version is not None:
+        realtime["api_version"] = args.api_version
+    if args.provider is not None:  # the key of the provider the flag chose
+        key = os.environ.get(API_KEY_ENV[args.provider], "")
+        realtime.pop("api_key", None)
+        if key:
+            realtime["api_key"] = key
     return ServerConfig(
         public_url=args.public_url,
-        realtime_url=args.realtime_url,
-        api_key=os.environ.get("OPENAI_API_KEY", ""),
+        **realtime,  # type: ignore[arg-type]
         twilio_auth_token=os.environ.get("TWILIO_AUTH_TOKEN") or None,
         bridge=bridge,
         trace_dir=args.trace_dir,
@@ -195,8 +266,9 @@ def main(argv: list[str] | None = None) -> int:
     config = build_config(args)
     if args.tune_malloc and not tune_malloc_for_sockets():
         logging.getLogger("realtime_fsm").info("malloc not tuned: not glibc, or glibc refused")
-    if not config.api_key and config.realtime_url.startswith("wss://api.openai.com"):
-        logging.getLogger("realtime_fsm").warning("OPENAI_API_KEY is not set")
+    if not config.api_key and config.realtime_url is None and config.azure_ad_token is None:
+        key_name = API_KEY_ENV[config.provider]
+        logging.getLogger("realtime_fsm").warning("%s is not set", key_name)
     asyncio.run(serve_forever(config, args.host, args.port))
     return 0
 

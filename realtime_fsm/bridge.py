@@ -38,6 +38,7 @@ from .call import (
     CallSession,
     ToolSpec,
 )
+from .call.fields import FATAL_HANDSHAKE_STATUSES
 from .credentials import StreamCredentials
 from .errors import UpstreamUnreachable
 from .history import ConversationHistory
@@ -59,6 +60,13 @@ from .table import ENDING, RECONNECTING, RUNNING
 from .twilio_media import PlaybackTracker
 
 log = logging.getLogger("realtime_fsm.bridge")
+
+
+def _status_note(status: int | None) -> str:
+    """What a refused handshake's HTTP status says, for the log line."""
+    if status in FATAL_HANDSHAKE_STATUSES:
+        return f" (HTTP {status}: the API key or token was refused; check the provider's key)"
+    return f" (HTTP {status})" if status is not None else ""
 
 
 class CallBridge(Outbox):
@@ -290,9 +298,9 @@ class CallBridge(Outbox):
                 "call=%s cannot open the openai session: %s%s",
                 self.session.call_label,
                 safe(what),
-                f" (HTTP {status})" if status is not None else "",
+                _status_note(status),
             )
-            self.session.upstream_unreachable(self.clock())
+            self.session.upstream_unreachable(self.clock(), status=status)
             return
         self._use_openai(sock)
 

@@ -24,6 +24,7 @@ import attrs
 from .bridge import BridgeConfig
 from .config import LifecycleConfig
 from .openai_realtime import SessionConfig
+from .openai_realtime.models import DEFAULT_REALTIME_MODEL
 from .replay import add_parser as add_replay_parser
 from .server import ServerConfig, start_server
 from .testing import (
@@ -95,7 +96,11 @@ class DemoResult:
         )
 
 
-async def run_demo(*, echo: bool = True, verbose: bool = False) -> DemoResult:
+async def run_demo(
+    *, echo: bool = True, verbose: bool = False, model: str = DEFAULT_REALTIME_MODEL
+) -> DemoResult:
+    """Run both scenarios; ``model`` is named in the session URL as against OpenAI (the
+    simulator echoes it in ``session.created``; a deprecated one is warned about)."""
     started = time.monotonic()
     result = DemoResult()
     flows = _FlowLines(echo)
@@ -123,7 +128,8 @@ async def run_demo(*, echo: bool = True, verbose: bool = False) -> DemoResult:
         reports: list[object] = []
         config = ServerConfig(
             public_url="http://127.0.0.1",
-            realtime_url=sim.url,
+            base_url=sim.url,
+            model=model,
             bridge=BridgeConfig(
                 session=SessionConfig(instructions="You are a friendly receptionist."),
                 # A simulated caller: its words are no one's personal data, and the demo
@@ -181,7 +187,8 @@ def _demo(args: argparse.Namespace) -> int:
         format="%(levelname)s %(name)s %(message)s",
     )
     logging.getLogger("websockets").setLevel(logging.WARNING)
-    result = asyncio.run(asyncio.wait_for(run_demo(echo=True, verbose=args.verbose), 60))
+    demo = run_demo(echo=True, verbose=args.verbose, model=args.model)
+    result = asyncio.run(asyncio.wait_for(demo, 60))
     print("\n=== Summary ===")
     print(f"  text barge-in flow complete : {'yes' if result.text_flow else 'NO'}")
     print(f"  watchdog recovery           : {result.recovery or 'NO'}")
@@ -199,6 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     sub = parser.add_subparsers(dest="command", required=True)
     demo = sub.add_parser("demo", help="run the two seed scenarios offline, end to end")
     demo.add_argument("-v", "--verbose", action="store_true", help="log every transition")
+    demo.add_argument(
+        "--model",
+        default=DEFAULT_REALTIME_MODEL,
+        help=f"the Realtime model the sessions ask for (default {DEFAULT_REALTIME_MODEL})",
+    )
     demo.set_defaults(func=_demo)
     add_replay_parser(sub)
     add_soak_parser(sub)

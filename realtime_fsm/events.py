@@ -191,6 +191,10 @@ class ServerError:
     code: str | None = attrs.field(default=None, validator=_opt_str)
     message: str = attrs.field(default="", validator=_str)
     event_id: str | None = attrs.field(default=None, validator=_opt_str)
+    #: ``error.type`` (``invalid_request_error``, ``server_error``...).  Read with ``code`` for
+    #: the errors no new session can cure: OpenAI has changed such a code while keeping the
+    #: type (livekit-agents matches both for that reason).
+    error_type: str | None = attrs.field(default=None, validator=_opt_str)
 
 
 # -------------------------------------------------------------------------------- telephony side

@@ -8,8 +8,9 @@ checked with the ``twilio`` package's ``RequestValidator``, always against the *
 public URLs (never ones rebuilt from proxied request headers): the webhook's
 ``X-Twilio-Signature`` over ``https://<public>/incoming-call`` plus its query string and form
 fields, the WebSocket upgrade's over the ``wss://`` stream URL.  A bad or missing signature is
-refused with HTTP 403 and one log line, before any TwiML or audio.  The API key and the token
-are never logged, and what a caller controls (a ``CallSid``, a path) is logged escaped
+refused with HTTP 403 and one log line, before any TwiML or audio.  The API key (OpenAI's
+``Authorization``, Azure's ``api-key`` header), an Entra ID token and the Twilio token are never
+logged, and what a caller controls (a ``CallSid``, a path) is logged escaped
 (:func:`~realtime_fsm.http_head.printable`), so it cannot forge a log line.
 """
 
@@ -28,12 +29,21 @@ import attrs
 from websockets.asyncio.client import connect
 
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
+from .call.fields import FATAL_HANDSHAKE_STATUSES
 from .credentials import CREDENTIAL_PARAMETER, StreamCredentials
 from .errors import UpstreamUnreachable
 from .logsafe import safe
 from .openai_realtime import Dialect
+from .openai_realtime.endpoint import SECRET_HEADERS
+from .openai_realtime.models import realtime_deprecation, transcription_deprecation
 from .prestart import PreStartLimits
+from .sockets import handshake_status
 from .trace import MAX_TRACE_BYTES, start_trace
+from .upstream import API_KEY_ENV as API_KEY_ENV
+from .upstream import DEFAULT_REALTIME_URL as DEFAULT_REALTIME_URL
+from .upstream import ENV_SETTINGS as ENV_SETTINGS
+from .upstream import RealtimeSettings
+from .upstream import realtime_settings_from_env as realtime_settings_from_env
 from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
 
 log = logging.getLogger("realtime_fsm.server")
@@ -41,11 +51,12 @@ log = logging.getLogger("realtime_fsm.server")
 
 class _RedactAuthorization(logging.Filter):
     """At DEBUG, ``websockets`` logs every handshake header as ``("> %s: %s", name, value)``;
-    the ``Authorization`` header of the OpenAI connection carries the API key."""
+    the ``Authorization`` header (OpenAI's key, an Entra token) and Azure's ``api-key`` header
+    of the Realtime connection carry secrets."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         args = record.args
-        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() == "authorization":
+        if isinstance(args, tuple) and len(args) == 2 and str(args[0]).lower() in SECRET_HEADERS:
             record.args = (args[0], "[redacted]")
         return True
 
@@ -54,8 +65,6 @@ class _RedactAuthorization(logging.Filter):
 #: but the API key is redacted from the handshake it logs.
 _openai_ws_log = logging.getLogger("websockets.client.realtime_fsm")
 _openai_ws_log.addFilter(_RedactAuthorization())
-
-DEFAULT_REALTIME_URL = "wss://api.openai.com/v1/realtime?model=gpt-realtime"
 
 
 class SignatureValidator(Protocol):
@@ -84,13 +93,14 @@ def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) ->
 
 
 @attrs.frozen
-class ServerConfig:
-    """Where to listen is given to :func:`start_server`; this is what to do with a call."""
+class ServerConfig(RealtimeSettings):
+    """Where to listen is given to :func:`start_server`; this is what to do with a call.
+
+    Where sessions connect and how they authenticate (the model, OpenAI or Azure, the key)
+    are the keyword-only fields of :class:`~realtime_fsm.upstream.RealtimeSettings`."""
 
     #: The public base URL Twilio reaches this server at (``https://example.ngrok.app``).
     public_url: str
-    realtime_url: str = DEFAULT_REALTIME_URL
-    api_key: str = attrs.field(default="", repr=False)
     twilio_auth_token: str | None = attrs.field(default=None, repr=False)
     bridge: BridgeConfig = attrs.field(factory=BridgeConfig)
     #: Record one JSONL trace per call here (``docs/traces.md``); ``None``: no traces.
@@ -141,6 +151,51 @@ class ServerConfig:
                 webhook.get("AccountSid", ""), webhook.get("CallSid", ""), time.time()
             )
         return twiml(self.stream_url, params)
+
+    def __attrs_post_init__(self) -> None:
+        self.check_realtime()
+        session = self.bridge.session
+        # Azure deviation (its Realtime API reference): the transcription ``model`` must name
+        # a deployment of the resource, so no default name can be right.
+        azure = self.provider == "azure"
+        if azure and session.input_transcription and session.transcription_model is None:
+            raise ValueError(
+                "Azure takes the input transcription model as a deployment name: set"
+                " SessionConfig(transcription_model='<your transcription deployment>')"
+                " or input_transcription=False"
+            )
+
+    def call_bridge(self) -> tuple[BridgeConfig, tuple[str, ...]]:
+        """The :class:`BridgeConfig` each call runs with, and the session fields left out of
+        it because :attr:`session_model` cannot take them
+        (:meth:`~realtime_fsm.openai_realtime.SessionConfig.for_model`)."""
+        session, dropped = self.bridge.session.for_model(self.session_model)
+        if not dropped:
+            return self.bridge, ()
+        return attrs.evolve(self.bridge, session=session), dropped
+
+    def model_warnings(self) -> list[str]:
+        """What this config's models deserve a warning for: an announced shutdown (OpenAI
+        only: for Azure the names are deployments, on Azure's own retirement schedule), and
+        reasoning settings a non-reasoning model will not be sent."""
+        warnings: list[str] = []
+        model = self.session_model
+        if self.provider == "openai":
+            dialect = self.bridge.dialect
+            names = (
+                realtime_deprecation(model) if model is not None else None,
+                transcription_deprecation(
+                    self.bridge.session.transcription_model_for(dialect) or ""
+                ),
+            )
+            warnings.extend(found.describe() for found in names if found is not None)
+        _, dropped = self.call_bridge()
+        if dropped:
+            warnings.append(
+                f"model {model!r} does not reason: {' and '.join(dropped)} not sent"
+                " (only reasoning models such as gpt-realtime-2.1 take them)"
+            )
+        return warnings
 
     def parameters_for(self, webhook: Mapping[str, str]) -> Mapping[str, str]:
         """``stream_parameters`` applied to a webhook's parameters; a function that raises
@@ -290,14 +345,28 @@ async def _incoming_call(
     return HttpResponse(200, config.stream_twiml(webhook, credentials), "text/xml; charset=utf-8")
 
 
+#: Warnings already logged by this process (:func:`log_model_warnings`): one per model.
+_warned: set[str] = set()
+
+
+def log_model_warnings(config: ServerConfig) -> None:
+    """Log each of :meth:`ServerConfig.model_warnings` once per process: a server starting
+    with a deprecated model says so at start-up, and not again for every call."""
+    for warning in config.model_warnings():
+        if warning not in _warned:
+            _warned.add(warning)
+            log.warning("%s", warning)
+
+
 async def connect_realtime(config: ServerConfig) -> MessageSocket:
     """Open one OpenAI Realtime WebSocket: the call's first session and every reconnect (same
-    URL, headers and limits).  Raises whatever ``websockets.connect`` raises."""
-    headers = {"Authorization": f"Bearer {config.api_key}"} if config.api_key else {}
+    URL, headers and limits; an Entra token function is asked again each time).  Raises
+    whatever ``websockets.connect`` (or the token function) raises."""
+    headers = await config.auth_headers()
     if config.bridge.dialect is Dialect.BETA:
         headers["OpenAI-Beta"] = "realtime=v1"
     sock: MessageSocket = await connect(
-        config.realtime_url,
+        config.connect_url,
         additional_headers=headers,
         max_size=config.bridge.max_openai_frame,
         open_timeout=10,
@@ -343,10 +412,12 @@ async def bridge_call(
             limits.leave(client)
 
     try:
+        log_model_warnings(config)
+        bridge_config, _ = config.call_bridge()
         trace = start_trace(
             config.trace_dir,
-            config.bridge,
-            secrets=(config.api_key, config.twilio_auth_token),
+            bridge_config,
+            secrets=(*config.secrets, config.twilio_auth_token),
             max_trace_bytes=config.max_trace_bytes,
         )
 
@@ -359,10 +430,12 @@ async def bridge_call(
             except Exception as exc:
                 # Never the exception's text: some clients put the URL (and so tokens in a query
                 # string) into it.  The type and the host are enough to act on.
-                host = urlsplit(config.realtime_url).netloc
-                unreachable = UpstreamUnreachable(
-                    f"cannot reach the realtime server at {host}: {type(exc).__name__}"
-                )
+                host = urlsplit(config.connect_url).netloc
+                if handshake_status(exc) in FATAL_HANDSHAKE_STATUSES:
+                    what = f"the realtime server at {host} refused the credentials"
+                else:
+                    what = f"cannot reach the realtime server at {host}"
+                unreachable = UpstreamUnreachable(f"{what}: {type(exc).__name__}")
                 unreachable.response = getattr(exc, "response", None)  # type: ignore[attr-defined]
                 raise unreachable from None
             if trace is not None:
@@ -377,7 +450,7 @@ async def bridge_call(
         bridge = CallBridge(
             twilio_sock,
             None,
-            config.bridge,
+            bridge_config,
             reconnect=open_openai,
             on_start=release,
             credentials=credentials,
@@ -408,6 +481,7 @@ async def start_server(
     ``on_bridge`` sees each call's :class:`CallBridge` before it runs, so a soak or a
     dashboard can watch live calls (their machine state) rather than only finished reports."""
 
+    log_model_warnings(config)
     check = webhook_check(config)
     credentials = config.credentials()
 

@@ -45,6 +45,7 @@ LAYERS: list[set[str]] = [
         "core_driver",
         "bridge",
         "trace",
+        "upstream",
         "server",
         "asgi",
     },

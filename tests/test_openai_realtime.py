@@ -344,6 +344,7 @@ def test_error_event_carries_the_client_event_id(beta: bool) -> None:
         code="conversation_already_has_active_response",
         message="Conversation already has an active response in progress: resp_C4I.",
         event_id="rtfsm_create_3",
+        error_type="invalid_request_error",
     )
 
 
@@ -355,8 +356,10 @@ def test_error_event_with_nulls() -> None:
             "error": {"type": "invalid_request_error", "code": None, "message": "x"},
         }
     )
-    assert parse_server_event(frame) == ServerError(code=None, message="x", event_id=None)
-    # Tolerated, so a rejection is not lost: a missing message and a numeric code.
+    assert parse_server_event(frame) == ServerError(
+        code=None, message="x", event_id=None, error_type="invalid_request_error"
+    )
+    # Tolerated, so a rejection is not lost: a missing message and type, a numeric code.
     frame = json.dumps({"type": "error", "error": {"code": 500}})
     assert parse_server_event(frame) == ServerError(code="500", message="", event_id=None)
 
@@ -424,7 +427,7 @@ def _ga_session(turn_detection: Any, **extra: Any) -> dict[str, Any]:
         "audio": {
             "input": {
                 "format": {"type": "audio/pcmu"},
-                "transcription": {"model": "gpt-4o-transcribe"},
+                "transcription": {"model": "gpt-transcribe"},
                 "turn_detection": turn_detection,
             },
             "output": {"format": {"type": "audio/pcmu"}, "voice": "marin"},
@@ -1053,7 +1056,7 @@ def test_session_update_ga_shape() -> None:
             "audio": {
                 "input": {
                     "format": {"type": "audio/pcmu"},
-                    "transcription": {"model": "gpt-4o-transcribe"},
+                    "transcription": {"model": "gpt-transcribe"},
                     "turn_detection": {
                         "type": "server_vad",
                         "create_response": True,
@@ -1099,7 +1102,7 @@ def test_session_update_turn_detection_none_is_an_explicit_null() -> None:
 
 def test_transcription_model_defaults_per_dialect() -> None:
     assert DEFAULT_TRANSCRIPTION_MODEL == {
-        Dialect.GA: "gpt-4o-transcribe",
+        Dialect.GA: "gpt-transcribe",
         Dialect.BETA: "whisper-1",
     }
     custom = SessionConfig(transcription_model="gpt-4o-mini-transcribe")

@@ -38,7 +38,13 @@ from websockets.uri import parse_uri
 from realtime_fsm import webserver
 from realtime_fsm.bridge import BridgeConfig, CallReport
 from realtime_fsm.openai_realtime import Dialect
-from realtime_fsm.server import DEFAULT_REALTIME_URL, ServerConfig, start_server, twiml
+from realtime_fsm.server import (
+    DEFAULT_REALTIME_URL,
+    ENV_SETTINGS,
+    ServerConfig,
+    start_server,
+    twiml,
+)
 from realtime_fsm.testing import dial
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -540,7 +546,7 @@ def _example() -> ModuleType:
 
 @pytest.fixture
 def example(monkeypatch: pytest.MonkeyPatch) -> ModuleType:
-    for name in ("OPENAI_API_KEY", "OPENAI_REALTIME_URL", "TWILIO_AUTH_TOKEN"):
+    for name in ("OPENAI_API_KEY", "AZURE_OPENAI_API_KEY", "TWILIO_AUTH_TOKEN", *ENV_SETTINGS):
         monkeypatch.delenv(name, raising=False)
     return _example()
 
@@ -551,7 +557,8 @@ def test_example_defaults(example: ModuleType) -> None:
     config = example.build_config(args)
     assert isinstance(config, ServerConfig)
     assert config.public_url == PUBLIC_URL and config.stream_url == STREAM_URL
-    assert config.realtime_url == DEFAULT_REALTIME_URL
+    assert config.realtime_url is None and config.connect_url == DEFAULT_REALTIME_URL
+    assert config.provider == "openai" and config.model == "gpt-realtime-2.1"
     assert config.api_key == "" and config.twilio_auth_token is None
     bridge = config.bridge
     assert bridge.dialect is Dialect.GA

@@ -278,7 +278,7 @@ def test_extra_deep_merges_with_what_is_rendered() -> None:
     audio_in = event["session"]["audio"]["input"]
     assert audio_in["noise_reduction"] == {"type": "far_field", "strength": 0.5}
     assert audio_in["transcription"] == {
-        "model": "gpt-4o-transcribe",
+        "model": "gpt-transcribe",
         "language": "en",
         "prompt": "Expect street names.",
     }

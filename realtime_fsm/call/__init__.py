@@ -28,6 +28,7 @@ from .config import (
     BridgeConfig,
     CallReport,
     ToolSpec,
+    fatal_error,
 )
 from .handover import RETELLING_REASON
 from .session import CallSession
@@ -57,4 +58,5 @@ __all__ = [
     "ToolResult",
     "ToolSpec",
     "WatchdogFired",
+    "fatal_error",
 ]

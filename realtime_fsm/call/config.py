@@ -14,16 +14,32 @@ from ..config import LifecycleConfig
 from ..openai_realtime import DEFAULT_MAX_FRAME_SIZE, Dialect, SessionConfig
 from ..twilio_media import DEFAULT_MAX_MESSAGE_SIZE, check_mark_every_ms
 
-#: Server error codes no new session can cure (livekit's list): the call is ended with the code
-#: as its reason, never retried.
+#: Server errors no new session can cure: a bad key, an account out of quota or credit, a
+#: deactivated account (livekit-agents' ``_FATAL_ERROR_CODES``, reference section 4).  Matched
+#: against ``error.code`` *or* ``error.type``, since OpenAI has changed such a code while keeping
+#: the type.  The call ends with ``openai error <value>`` as its reason and one log line; it is
+#: never reconnected (a new session would be refused the same way, and retrying a billing
+#: failure for every live call is a storm).
 FATAL_ERROR_CODES: Final = frozenset(
     {
         "invalid_api_key",
         "insufficient_quota",
-        "account_deactivated",
+        "credit_balance_exhausted",
         "billing_hard_limit_reached",
+        "account_deactivated",
     }
 )
+
+
+def fatal_error(code: str | None, error_type: str | None) -> str | None:
+    """Which of :data:`FATAL_ERROR_CODES` an ``error`` event carries (its code first, then its
+    type), or ``None``."""
+    for value in (code, error_type):
+        if value is not None and value in FATAL_ERROR_CODES:
+            return value
+    return None
+
+
 #: Server error codes that end the *session*, not the call (the 60-minute cap): with a
 #: ``reconnect`` connector the call goes on with a new session; without one the call ends
 #: with the code as its reason.

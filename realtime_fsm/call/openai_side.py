@@ -24,7 +24,7 @@ from ..openai_realtime import (
 from ..table import RUNNING
 from ..twilio_media import mark_message, media_message
 from . import app_events as ae
-from .config import FATAL_ERROR_CODES, SESSION_LOST_ERROR_CODES
+from .config import SESSION_LOST_ERROR_CODES, fatal_error
 from .fields import MAX_PARTIALS, MAX_TRANSCRIBED, Transcript, log
 from .twilio_side import TwilioSide
 
@@ -182,8 +182,15 @@ class OpenAISide(TwilioSide):
         report.server_errors[code] = report.server_errors.get(code, 0) + 1
         if self.emit_events:
             self.events.append(ae.ProtocolError("openai", message.message[:200], code))
-        if code in FATAL_ERROR_CODES:
-            self.end(f"openai error {code}", self._now)
+        fatal = fatal_error(message.code, message.error_type)
+        if fatal is not None:
+            log.error(
+                "call=%s openai error %s: no new session can cure it, ending the call: %s",
+                self.call_label,
+                safe(fatal, 64),
+                safe(message.message),
+            )
+            self.end(f"openai error {fatal}", self._now)
             return False
         event_id = message.event_id
         if event_id is not None and event_id in self._commits:

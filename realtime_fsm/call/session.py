@@ -34,7 +34,7 @@ from ..logsafe import safe
 from ..openai_realtime import SessionConfig
 from ..table import AWAITING_START, ENDED, ENDING, RECONNECTING, RUNNING
 from .config import BridgeConfig, ToolSpec
-from .fields import log
+from .fields import FATAL_HANDSHAKE_STATUSES, log
 from .texts import TextFrame
 from .tool_calls import ToolCalls
 
@@ -129,11 +129,18 @@ class CallSession(ToolCalls):
             self._reason = f"openai reconnect refused (HTTP {status})"
         self._fire_call("connect_failed")
 
-    def upstream_unreachable(self, now: float) -> None:
+    def upstream_unreachable(self, now: float, *, status: int | None = None) -> None:
         """The call's first OpenAI socket could not be opened: the call ends, and the
-        telephony side is told it was a server error (1011), not a normal end."""
-        self.end("realtime server unreachable", now)
-        if self.end_reason == "realtime server unreachable":
+        telephony side is told it was a server error (1011), not a normal end.  ``status``:
+        the HTTP status of a refused handshake; a 401/403 is named in the reason (the key or
+        token was refused: a configuration error, not an outage)."""
+        reason = (
+            f"realtime server refused the credentials (HTTP {status})"
+            if status in FATAL_HANDSHAKE_STATUSES
+            else "realtime server unreachable"
+        )
+        self.end(reason, now)
+        if self.end_reason == reason:
             self.close_code = 1011
 
     def session_opened(self, now: float) -> None:

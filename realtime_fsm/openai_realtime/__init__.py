@@ -27,7 +27,11 @@ The adapter is a package by what each part holds:
 * :mod:`~realtime_fsm.openai_realtime.session`: :class:`SessionConfig` and ``session.update``;
 * :mod:`~realtime_fsm.openai_realtime.session_fields`: checks and shapes of its pass-through
   settings (tools, ``tool_choice``, truncation, ``extra``...);
-* :mod:`~realtime_fsm.openai_realtime.codec`: :class:`OpenAIRealtimeCodec`.
+* :mod:`~realtime_fsm.openai_realtime.codec`: :class:`OpenAIRealtimeCodec`;
+* :mod:`~realtime_fsm.openai_realtime.models`: the default model, announced shutdowns
+  (:func:`realtime_deprecation`), which models reason (:func:`takes_reasoning`);
+* :mod:`~realtime_fsm.openai_realtime.endpoint`: session URLs and auth headers for OpenAI and
+  Azure OpenAI (:func:`openai_url`, :func:`azure_url`, :func:`auth_headers`).
 
 Every public name is importable from here, as it was from the single module this replaced.
 """
@@ -36,6 +40,13 @@ from __future__ import annotations
 
 from .codec import MAX_UNKNOWN_TYPES, OTHER_UNKNOWN, OpenAIRealtimeCodec
 from .codec import log as log
+from .endpoint import (
+    OPENAI_REALTIME_BASE_URL,
+    Provider,
+    auth_headers,
+    azure_url,
+    openai_url,
+)
 from .messages import (
     ACTIVITY_TYPES,
     AUDIO_DELTA_TYPES,
@@ -54,6 +65,13 @@ from .messages import (
     OutputTranscriptDelta,
     ResponseActivity,
     ServerMessage,
+)
+from .models import (
+    DEFAULT_REALTIME_MODEL,
+    Deprecation,
+    realtime_deprecation,
+    takes_reasoning,
+    transcription_deprecation,
 )
 from .parsing import (
     DEFAULT_MAX_FRAME_SIZE,
@@ -85,13 +103,16 @@ __all__ = [
     "AUDIO_DELTA_TYPES",
     "CLIENT_COMMANDS",
     "DEFAULT_MAX_FRAME_SIZE",
+    "DEFAULT_REALTIME_MODEL",
     "DEFAULT_TRANSCRIPTION_MODEL",
     "IGNORED_TYPES",
     "KNOWN_TYPES",
     "MAX_UNKNOWN_TYPES",
+    "OPENAI_REALTIME_BASE_URL",
     "OTHER_UNKNOWN",
     "TRANSCRIPT_DELTA_TYPES",
     "ClientCommand",
+    "Deprecation",
     "Dialect",
     "Eagerness",
     "FunctionCallDone",
@@ -104,20 +125,27 @@ __all__ = [
     "OpenAIRealtimeCodec",
     "OutputAudioDelta",
     "OutputTranscriptDelta",
+    "Provider",
     "ReasoningEffort",
     "ResponseActivity",
     "ServerMessage",
     "SessionConfig",
     "TurnDetection",
+    "auth_headers",
+    "azure_url",
     "base64_decoded_size",
     "dumps",
     "input_audio_append_json",
     "is_client_command",
+    "openai_url",
     "parse_server_event",
+    "realtime_deprecation",
     "render_command",
     "render_function_call_output",
     "render_input_audio_append",
     "render_input_audio_commit",
     "render_message_item",
     "render_session_update",
+    "takes_reasoning",
+    "transcription_deprecation",
 ]

@@ -178,7 +178,15 @@ def _error(data: dict[str, Any]) -> ev.ServerError:
         message = ""
     elif type(message) is not str:
         raise bad_field(where, "message", "a string", error)
-    return ev.ServerError(code=code, message=message, event_id=opt_str(error, "event_id", where))
+    # ``type`` is tolerated when missing or not a string, like ``message``: it only refines
+    # what ``code`` says, and the error must still reach the lifecycle.
+    error_type = error.get("type")
+    return ev.ServerError(
+        code=code,
+        message=message,
+        event_id=opt_str(error, "event_id", where),
+        error_type=error_type if type(error_type) is str else None,
+    )
 
 
 def _session(data: dict[str, Any]) -> ev.SessionConfigured:

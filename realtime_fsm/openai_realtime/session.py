@@ -15,15 +15,17 @@ from typing import Any, Final, Literal
 import attrs
 
 from .. import events as ev
+from . import models
 from . import session_fields as sf
 from .messages import Dialect
 from .rendering import _modalities
 from .session_fields import NoiseReduction, ReasoningEffort
 
-#: Transcription model used when :attr:`SessionConfig.transcription_model` is ``None``.
+#: Transcription model used when :attr:`SessionConfig.transcription_model` is ``None``
+#: (:mod:`~.models`: GA's is current; beta lists no current one).
 DEFAULT_TRANSCRIPTION_MODEL: Final[Mapping[Dialect, str]] = {
-    Dialect.GA: "gpt-4o-transcribe",
-    Dialect.BETA: "whisper-1",
+    Dialect.GA: models.DEFAULT_GA_TRANSCRIPTION_MODEL,
+    Dialect.BETA: models.DEFAULT_BETA_TRANSCRIPTION_MODEL,
 }
 
 
@@ -148,11 +150,14 @@ class SessionConfig:
     prompt: Mapping[str, Any] | None = attrs.field(
         default=None, converter=sf.prompt_json, validator=sf.check_prompt, hash=False
     )
-    #: GA only, reasoning models (``gpt-realtime-2``...): ``reasoning.effort``.
+    #: GA only, reasoning models (``gpt-realtime-2``, ``gpt-realtime-2.1``...):
+    #: ``reasoning.effort``.  The server calls :meth:`for_model`, which leaves it out for a
+    #: model known not to reason.
     reasoning_effort: ReasoningEffort | None = attrs.field(
         default=None, validator=_opt_choice("minimal", "low", "medium", "high", "xhigh")
     )
-    #: GA only, reasoning models: whether one response may carry several function calls.
+    #: GA only, reasoning models: whether one response may carry several function calls
+    #: (left out for a model known not to reason, like :attr:`reasoning_effort`).
     parallel_tool_calls: bool | None = attrs.field(default=None, validator=sf.check_opt_bool)
     #: Any other session field, deep-merged last into the rendered ``session`` object (nested
     #: mappings merge, so ``{"audio": {"input": {"noise_reduction": {"strength": 0.5}}}}`` keeps
@@ -177,6 +182,32 @@ class SessionConfig:
             name = self.tool_choice["name"]
             if name not in sf.function_names(self.tools):
                 raise ValueError(f"tool_choice names function {name!r}, which is not in tools")
+
+    def transcription_model_for(self, dialect: Dialect) -> str | None:
+        """The input transcription model a session in ``dialect`` is asked for (``None``:
+        transcription off)."""
+        if not self.input_transcription:
+            return None
+        return self.transcription_model or DEFAULT_TRANSCRIPTION_MODEL[dialect]
+
+    def for_model(self, model: str | None) -> tuple[SessionConfig, tuple[str, ...]]:
+        """This config as sent to a session on ``model``, and the fields left out for it.
+
+        ``reasoning_effort`` and ``parallel_tool_calls`` are left out for a model the SDK lists
+        as non-reasoning (:func:`~.models.takes_reasoning`).  Why: the SDK documents both as
+        for "reasoning-capable Realtime models such as ``gpt-realtime-2``"; whether the server
+        *rejects* them for other models is unverified, and if it does it rejects the whole
+        ``session.update``, which ends the call.  Leaving out a setting the model cannot use
+        costs nothing; sending it risks every call.  pipecat 1.14 strips ``reasoning`` the
+        same way.  A model the table does not know keeps them (it may be a newer reasoning
+        model, or an Azure deployment named otherwise).  ``extra`` is never touched: what is
+        put there is sent as written."""
+        if models.takes_reasoning(model):
+            return self, ()
+        dropped = tuple(f for f in models.REASONING_ONLY_FIELDS if getattr(self, f) is not None)
+        if not dropped:
+            return self, ()
+        return attrs.evolve(self, reasoning_effort=None, parallel_tool_calls=None), dropped
 
     def expected_session(self) -> ev.SessionConfigured:
         """What the lifecycle should assume *if the server applies this config as sent*.
@@ -219,8 +250,7 @@ class SessionConfig:
         return turn
 
     def _transcription(self, dialect: Dialect) -> dict[str, Any]:
-        model = self.transcription_model or DEFAULT_TRANSCRIPTION_MODEL[dialect]
-        transcription: dict[str, Any] = {"model": model}
+        transcription: dict[str, Any] = {"model": self.transcription_model_for(dialect)}
         if self.transcription_language is not None:
             transcription["language"] = self.transcription_language
         return transcription

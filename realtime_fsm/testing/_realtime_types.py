@@ -180,7 +180,7 @@ class FakeRealtimeConfig:
     port: int = attrs.field(default=0, validator=_non_negative)
     #: ``auto``: beta names when the client sends ``OpenAI-Beta: realtime=v1``, GA otherwise.
     api: Literal["auto", "ga", "beta"] = "auto"
-    model: str = "gpt-realtime"
+    model: str = "gpt-realtime-2.1"
     #: Generation speed relative to real time (the real server is faster than real time too).
     #: ``math.inf`` = no pacing at all.
     realtime_factor: float = attrs.field(default=5.0, validator=_positive)

@@ -53,6 +53,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.http11 import Request, Response
 
 from ._conversation import JSON
+from ._realtime_auth import RequiredAuth, auth_refusal
 from ._realtime_base import SESSION_EXPIRED_MESSAGE
 from ._realtime_connection import FakeRealtimeConnection
 from ._realtime_types import (
@@ -79,6 +80,7 @@ __all__ = [
     "ReceivedEvent",
     "ReplyContext",
     "ReplySource",
+    "RequiredAuth",
     "ResponseFaults",
     "ResponseRecord",
     "ScriptedError",
@@ -156,6 +158,9 @@ class FakeRealtimeServer(ToolScripting):
         self.messages_sent = 0
         self.messages_received = 0
         self._refuse = 0
+        self._auth: RequiredAuth | None = None
+        #: Handshakes refused for their credentials or path (see :meth:`require_auth`).
+        self.auth_refused = 0
 
     # -- start / stop ------------------------------------------------------------------------
 
@@ -200,7 +205,23 @@ class FakeRealtimeServer(ToolScripting):
         """``ws://127.0.0.1:<port>/v1/realtime`` (any path and query are accepted)."""
         return f"ws://{LOOPBACK_HOST}:{self.port}/v1/realtime"
 
-    def _process_request(self, ws: ServerConnection, _request: Request) -> Response | None:
+    def require_auth(self, auth: RequiredAuth | None) -> None:
+        """Refuse handshakes that do not meet ``auth`` (``None``: accept any), as the real
+        services do: HTTP 401 for a missing or wrong key, 404 for a path or deployment Azure
+        does not serve, with the service's JSON error body.  Open connections are kept."""
+        self._auth = auth
+
+    def _process_request(self, ws: ServerConnection, request: Request) -> Response | None:
+        auth = self._auth
+        refusal = auth_refusal(auth, request) if auth is not None else None
+        if refusal is not None:
+            self.auth_refused += 1
+            self._notifier.notify()
+            status, body = refusal
+            response = ws.respond(status, body)
+            del response.headers["Content-Type"]  # text/plain by default; the services send JSON
+            response.headers["Content-Type"] = "application/json"
+            return response
         refuse = self._refuse  # -1: refuse all, n > 0: the next n, 0: accept
         if refuse == 0:
             return None
