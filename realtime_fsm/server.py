@@ -33,8 +33,17 @@ from .errors import UpstreamUnreachable
 from .logsafe import safe
 from .openai_realtime import Dialect
 from .prestart import PreStartLimits
+from .telemetry import Telemetry, model_of
 from .trace import MAX_TRACE_BYTES, start_trace
-from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
+from .webserver import (
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    Routes,
+    WebSocket,
+    WebSocketGate,
+    serve,
+)
 
 log = logging.getLogger("realtime_fsm.server")
 
@@ -117,6 +126,9 @@ class ServerConfig:
     stream_credentials: bool = True
     #: Seconds a minted credential admits its stream (Twilio connects within a second or two).
     stream_credential_ttl: float = 60.0
+    #: Spans and metrics of every call, and ``/metrics`` (``docs/observability.md``);
+    #: ``None``: off, at no cost.
+    telemetry: Telemetry | None = None
 
     def credentials(self) -> StreamCredentials | None:
         """The per-call stream credentials these settings ask for (one per server process: it
@@ -382,6 +394,8 @@ async def bridge_call(
             on_start=release,
             credentials=credentials,
         )
+        if config.telemetry is not None:
+            config.telemetry.attach(bridge, model=model_of(config.realtime_url))
         if on_bridge is not None:
             on_bridge(bridge)
         try:
@@ -419,8 +433,12 @@ async def start_server(
     async def media(ws: WebSocket) -> None:
         await bridge_call(config, ws, reports, on_bridge, limits=limits, credentials=credentials)
 
+    http: dict[str, HttpHandler] = {"/incoming-call": incoming}
+    telemetry = config.telemetry
+    if telemetry is not None and telemetry.metrics_path:
+        http[telemetry.metrics_path] = telemetry.http_handler()
     routes = Routes(
-        http={"/incoming-call": incoming},
+        http=http,
         websocket={"/media-stream": media},
         gate=signature_gate(config),
         max_message_bytes=config.bridge.max_twilio_message,

@@ -47,6 +47,7 @@ LAYERS: list[set[str]] = [
         "trace",
         "server",
         "asgi",
+        "telemetry",
     },
     {"replay", "testing", "cli", "__main__", "__init__"},
 ]

@@ -121,8 +121,10 @@ class WatchdogFired:
 
 @attrs.frozen
 class ResponseCancelling:
-    """A ``response.cancel`` for this response was handed to the driver (a barge-in, the
-    watchdog, a response nobody asked for); its ``response.done`` follows."""
+    """The response is being stopped (the response machine entered ``cancelling``): a
+    barge-in, the watchdog, a response nobody asked for; by our ``response.cancel`` or the
+    server's own interruption.  Its ``response.done`` follows.  ``response_id`` is ``None``
+    for a response not yet created (cancelled as soon as it is)."""
 
     response_id: str | None
     at: float = attrs.field(default=0.0, eq=False, kw_only=True)

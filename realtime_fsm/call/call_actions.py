@@ -522,6 +522,7 @@ class CallActions(Observations):
             elif isinstance(command, ReturnUndeliveredText):
                 self._return(self.custody.give_back(command.texts))
         if self.emit_events:
+            self._note_cancelling()
             self._note_watchdog()
 
     def _note_watchdog(self) -> None:

@@ -197,3 +197,5 @@ class CallFields:
         self._awaiting_play: dict[str, tuple[str, float]] = {}
         #: Item -> its response, for the truncates of a barge-in.
         self._item_response: dict[str, str] = {}
+        #: The response machine's current stay in ``cancelling`` was told.
+        self._cancel_told = False

@@ -15,11 +15,11 @@ from ..commands import (
     Command,
     RequestGivenUp,
     SendItemDelete,
-    SendResponseCancel,
     SendResponseCreate,
     SendTruncate,
 )
 from ..events import PlaybackProgress
+from ..table import CANCELLING
 from . import app_events as ae
 from .fields import MAX_PARTIALS, CallFields
 
@@ -48,9 +48,6 @@ class Observations(CallFields):
         if kind is SendResponseCreate:
             assert isinstance(command, SendResponseCreate)
             _put(self._asked_at, command.event_id, now, MAX_PARTIALS)
-        elif kind is SendResponseCancel:
-            assert isinstance(command, SendResponseCancel)
-            self.events.append(ae.ResponseCancelling(command.response_id, at=now))
         elif kind is SendTruncate or kind is SendItemDelete:
             assert isinstance(command, (SendTruncate, SendItemDelete))
             end = command.audio_end_ms if isinstance(command, SendTruncate) else 0
@@ -64,6 +61,18 @@ class Observations(CallFields):
                     at=now,
                 )
             )
+
+    def _note_cancelling(self) -> None:
+        """Tell the response machine's entry into ``cancelling`` once (a barge-in, the
+        watchdog, a response nobody asked for: by our ``response.cancel`` or the server's own
+        interruption)."""
+        machine = self.machine
+        if machine is not None and machine.state is CANCELLING:
+            if not self._cancel_told:
+                self._cancel_told = True
+                self.events.append(ae.ResponseCancelling(machine.response_id, at=self._now))
+        else:
+            self._cancel_told = False
 
     def _requested_at(self, ours: bool, event_id: str | None) -> float | None:
         """When the response now created was asked for (see ``ResponseStarted``)."""
