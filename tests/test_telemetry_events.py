@@ -23,6 +23,7 @@ from test_call_session import (
     tw_mark,
 )
 
+from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.call import (
     AudioTruncated,
     BargeIn,
@@ -33,7 +34,6 @@ from realtime_fsm.call import (
     ResponseRequestGivenUp,
     ResponseStarted,
 )
-from realtime_fsm.bridge import BridgeConfig
 from realtime_fsm.config import LifecycleConfig
 
 
