@@ -522,8 +522,8 @@ class CallActions(Observations):
             elif isinstance(command, ReturnUndeliveredText):
                 self._return(self.custody.give_back(command.texts))
         if self.emit_events:
+            self._note_watchdog()  # a fire first: it is why the response is being cancelled
             self._note_cancelling()
-            self._note_watchdog()
 
     def _note_watchdog(self) -> None:
         machine = self.machine

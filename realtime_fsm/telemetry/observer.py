@@ -40,7 +40,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("realtime_fsm.telemetry")
 
-#: Responses whose request time is remembered until their first audio is heard.
+#: Responses whose origin and request time are remembered (for their done and their first
+#: audio heard, which comes before or after it), newest kept.
 MAX_TRACKED: Final = 16
 
 
@@ -52,7 +53,7 @@ class CallTelemetry:
         self._spans = spans
         self._label = label
         self._started_at: float | None = None
-        #: Per response not yet heard: (origin, when it was asked for).
+        #: Per recent response: (origin, when it was asked for).
         self._requests: dict[str, tuple[str, float]] = {}
         #: A barge-in waiting for its clear to be written: (when, source); or a clear written
         #: before its barge-in was handed out (the driver writes frames, then events).
@@ -113,8 +114,6 @@ class CallTelemetry:
                 event.first_audio_at - request[1],
                 origin=origin,
             )
-        if event.first_audio_at is None:
-            self._requests.pop(event.response_id, None)  # nothing of it will be heard
         if event.input_tokens:
             self._m.add("realtime_fsm.tokens", event.input_tokens, type="input")
         if event.output_tokens:
@@ -123,7 +122,7 @@ class CallTelemetry:
             self._spans.response_finished(event)
 
     def _playback_started(self, event: PlaybackStarted) -> None:
-        request = self._requests.pop(event.response_id, None)
+        request = self._requests.get(event.response_id)
         if request is not None:
             self._m.record(
                 "realtime_fsm.response.time_to_first_playback",

@@ -113,7 +113,10 @@ class CallSpans:
             name,
             context=self._context,
             kind=SpanKind.CLIENT,
-            start_time=self.ns(event.at),
+            # From the request: the operation as the caller lives it (the wait for the
+            # server's ``response.created`` included), as GenAI spans cover an operation from
+            # when it is initiated.
+            start_time=self.ns(event.requested_at if event.requested_at is not None else event.at),
             attributes=attributes,
         )
         if event.requested_at is not None:
