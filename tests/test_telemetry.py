@@ -17,6 +17,7 @@ import urllib.error
 import urllib.request
 from collections import Counter
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -471,3 +472,11 @@ def test_labels_are_a_few_words_never_free_text() -> None:
         if s.name == "realtime_fsm_protocol_errors_total"
     }
     assert len(codes) == 33 and "other" in codes
+
+
+def test_every_metric_is_documented() -> None:
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "observability.md").read_text()
+    for metric in METRICS.values():
+        suffix = "_total" if metric.kind == "counter" else ""
+        assert f"`{metric.prometheus}{suffix}`" in doc, metric.prometheus
+        assert f"`{metric.otel}`" in doc, metric.otel
