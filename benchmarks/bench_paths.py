@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import statistics
 import sys
@@ -232,6 +233,11 @@ def counting(event: str) -> Runner:
                 frame.f_trace_lines = False
             return trace
 
+        # No garbage collection while counting: a collection runs whatever finalizers the
+        # process's earlier garbage has (a test suite's closed loops and sockets), which are
+        # not this path's work and would make the count depend on what ran before.
+        gc.collect()
+        gc.disable()
         sys.settrace(trace)
         try:
             loop.run_until_complete(coro)
@@ -240,6 +246,7 @@ def counting(event: str) -> Runner:
                 raise
         finally:
             sys.settrace(None)
+            gc.enable()
         return float(count)
 
     return run
