@@ -15,6 +15,11 @@ decision to send directly or through the writer queue.  No socket I/O, no event-
 those are the same per frame for both servers and are what the load benchmark adds.
 
 Times are the thread's CPU time, rounds interleaved with a rotating order, median (min-max).
+
+Each bridge path also runs with telemetry on (``+telemetry``: a
+:class:`~realtime_fsm.telemetry.Telemetry` attached as the built-in server attaches it, recording
+OpenTelemetry spans and metrics through the SDK, in memory, and Prometheus metrics), in the same
+rounds, so that the cost of turning it on is one ratio of the same run (``docs/observability.md``).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import base64
+import gc
 import json
 import statistics
 import sys
@@ -41,6 +47,7 @@ from realtime_fsm import events as ev
 from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig, CallBridge
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.outbox import SessionGone
+from realtime_fsm.telemetry import Telemetry
 from realtime_fsm.twilio_media import MarkName
 from realtime_fsm.webserver import WebSocketClosed
 
@@ -147,10 +154,27 @@ class InterleavedSocket(MemorySocket):
         return await super().recv()
 
 
+def make_telemetry() -> Telemetry:
+    """Telemetry as a deployment turns it on, with the SDK recording in memory (spans to an
+    in-memory exporter, metrics read on demand) and the Prometheus registry: the whole of what
+    an observed call records."""
+    from opentelemetry.sdk.metrics import MeterProvider
+    from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    tracers = TracerProvider()
+    tracers.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    meters = MeterProvider(metric_readers=[InMemoryMetricReader()])
+    return Telemetry(tracer_provider=tracers, meter_provider=meters)
+
+
 def new_bridge(
-    socket: type[MemorySocket] = MemorySocket,
+    socket: type[MemorySocket] = MemorySocket, telemetry: Telemetry | None = None
 ) -> tuple[CallBridge, MemorySocket, MemorySocket]:
-    """A bridge mid-call: its greeting is playing (response active), queues empty."""
+    """A bridge mid-call: its greeting is playing (response active), queues empty.  With
+    ``telemetry``, observed from its start, as the server does it."""
     twilio, openai = socket(), socket(websockets_client=True)
     config = BridgeConfig(
         session=SessionConfig(turn_detection="server_vad"),
@@ -159,6 +183,8 @@ def new_bridge(
         mark_every_ms=MARK_EVERY_MS,
     )
     bridge = CallBridge(twilio, openai, config)
+    if telemetry is not None:
+        telemetry.attach(bridge)
     session = bridge.session
     start = {"event": "start", "streamSid": SID, "start": {"streamSid": SID, "callSid": CALL}}
     session.twilio_frame(json.dumps(start), 0.0)
@@ -170,6 +196,7 @@ def new_bridge(
     assert machine.response_id == RESPONSE
     session.out_openai.clear()
     session.out_twilio.clear()
+    bridge._after()  # the start's and the response's events to the observer, if any
     return bridge, twilio, openai
 
 
@@ -206,6 +233,11 @@ def counting(event: str) -> Runner:
                 frame.f_trace_lines = False
             return trace
 
+        # No garbage collection while counting: a collection runs whatever finalizers the
+        # process's earlier garbage has (a test suite's closed loops and sockets), which are
+        # not this path's work and would make the count depend on what ran before.
+        gc.collect()
+        gc.disable()
         sys.settrace(trace)
         try:
             loop.run_until_complete(coro)
@@ -214,6 +246,7 @@ def counting(event: str) -> Runner:
                 raise
         finally:
             sys.settrace(None)
+            gc.enable()
         return float(count)
 
     return run
@@ -254,9 +287,10 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
     down = [audio_delta(i) for i in range(frames)]
     relay = _relay()
     loop = asyncio.new_event_loop()
+    telemetry = make_telemetry()
 
-    def bridge_up() -> float:
-        bridge, twilio, openai = new_bridge()
+    def bridge_up(observed: Telemetry | None = None) -> float:
+        bridge, twilio, openai = new_bridge(telemetry=observed)
         twilio.feed(up)
         took = run(bridge._twilio_reader(), loop)
         assert len(openai.sent) == frames and bridge.report.media_in == frames
@@ -268,8 +302,8 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
         assert len(openai.sent) == frames
         return took
 
-    def bridge_down() -> float:
-        bridge, _twilio, openai = new_bridge()
+    def bridge_down(observed: Telemetry | None = None) -> float:
+        bridge, _twilio, openai = new_bridge(telemetry=observed)
         openai.feed(down)
         took = run(bridge._openai_reader(openai), loop)
         assert bridge.report.media_out == frames
@@ -281,9 +315,11 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
         assert len(twilio.sent) == frames
         return took
 
-    def bridge_echo() -> float:
-        """The echoes of the marks the down path sent, read back (the relay sends none)."""
-        bridge, twilio, openai = new_bridge()
+    def bridge_echo(observed: Telemetry | None = None) -> float:
+        """The echoes of the marks the down path sent, read back (the relay sends none).  The
+        first echo proves the answer heard: with telemetry, its time to first playback is
+        recorded then (once per response, averaged over its echoes)."""
+        bridge, twilio, openai = new_bridge(telemetry=observed)
         openai.feed(down)
         run(bridge._openai_reader(openai), loop)
         names = [m for m in twilio.sent if '"event":"mark"' in m]
@@ -292,6 +328,8 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
         twilio.feed(echoes)
         took = run(bridge._twilio_reader(), loop)
         assert bridge.tracker.pending_marks == 0
+        if observed is not None:
+            assert bridge.session.events == []  # handed out: PlaybackStarted was recorded
         return took * frames / len(echoes)  # so that the per-frame division gives per echo
 
     runners: dict[str, Callable[[], float]] = {
@@ -300,6 +338,9 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
         "down: bridge": bridge_down,
         "down: relay": relay_down,
         "mark echo: bridge": bridge_echo,
+        "up: bridge+telemetry": lambda: bridge_up(telemetry),
+        "down: bridge+telemetry": lambda: bridge_down(telemetry),
+        "mark echo: bridge+telemetry": lambda: bridge_echo(telemetry),
     }
     assert tuple(runners) == PATHS
     try:
@@ -308,7 +349,16 @@ def measure(frames: int, rounds: int, run: Runner = _timed) -> dict[str, list[fl
         loop.close()
 
 
-PATHS = ("up: bridge", "up: relay", "down: bridge", "down: relay", "mark echo: bridge")
+PATHS = (
+    "up: bridge",
+    "up: relay",
+    "down: bridge",
+    "down: relay",
+    "mark echo: bridge",
+    "up: bridge+telemetry",
+    "down: bridge+telemetry",
+    "mark echo: bridge+telemetry",
+)
 INTERLEAVED = ("up: bridge", "up: relay", "down: bridge", "down: relay")
 
 
@@ -445,6 +495,36 @@ def report(results: dict[str, list[float]], down_per_up: float) -> str:
     return "\n".join(lines) + "\n"
 
 
+def telemetry_report(
+    results: dict[str, list[float]], down_per_up: float, unit: str = "us/frame"
+) -> str:
+    """Telemetry on against off, per path and for the mix: the same rounds of one run."""
+
+    echo_per_down = 20 / MARK_EVERY_MS
+    weights = (("up", 1.0), ("down", down_per_up), ("mark echo", down_per_up * echo_per_down))
+    lines = [
+        f"| path | off {unit} (median) | on | on / off | off (best round) | on | on / off |",
+        "|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    mix = dict.fromkeys(("off", "on", "off_min", "on_min"), 0.0)
+    for side, weight in weights:
+        off_runs, on_runs = results[f"{side}: bridge"], results[f"{side}: bridge+telemetry"]
+        off, on = statistics.median(off_runs), statistics.median(on_runs)
+        off_min, on_min = min(off_runs), min(on_runs)
+        for key, figure in (("off", off), ("on", on), ("off_min", off_min), ("on_min", on_min)):
+            mix[key] += weight * figure
+        lines.append(
+            f"| {side} | {off:.2f} | {on:.2f} | {on / off:.4f} |"
+            f" {off_min:.2f} | {on_min:.2f} | {on_min / off_min:.4f} |"
+        )
+    lines.append(
+        f"| mix: 1 up + {down_per_up:.2f} down (+ their echoes) | {mix['off']:.2f} |"
+        f" {mix['on']:.2f} | {mix['on'] / mix['off']:.4f} | {mix['off_min']:.2f} |"
+        f" {mix['on_min']:.2f} | {mix['on_min'] / mix['off_min']:.4f} |"
+    )
+    return "\n".join(lines) + "\n"
+
+
 def count_report(bytecodes: dict[str, list[float]], calls: dict[str, list[float]]) -> str:
     """Bytecodes and Python calls per frame of each path (one run each: they do not vary)."""
     lines = [
@@ -489,12 +569,16 @@ def main(argv: list[str] | None = None) -> int:
     results = measure(frames, rounds)
     print(f"{frames} frames per path and round, {rounds} rounds; thread CPU time per frame\n")
     print(report(results, args.down_per_up))
+    print("Telemetry on / off (thread CPU time, medians of the same rounds):\n")
+    print(telemetry_report(results, args.down_per_up))
     if args.count:
         counted = min(frames, 5_000)
         bytecodes = measure(counted, 1, counting("opcode"))
         calls = measure(counted, 1, counting("call"))
         print(f"Bytecodes and Python calls per frame ({counted} frames; exact, no timing):\n")
         print(count_report(bytecodes, calls))
+        print("Telemetry on / off, bytecodes per frame (exact):\n")
+        print(telemetry_report(bytecodes, args.down_per_up, "bytecodes"))
     if args.calls:
         counts = [int(x) for x in args.calls.split(",") if x.strip()]
         # At least 100 frames per call, so that each call's first frames weigh little.

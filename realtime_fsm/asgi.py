@@ -246,7 +246,28 @@ class TwilioVoiceRoutes:
             WebSocketRoute(
                 f"{self.prefix}/media-stream", self.media_stream, name="realtime_fsm_media_stream"
             ),
+            *self.metrics_routes,
         ]
+
+    @property
+    def metrics_routes(self) -> list[BaseRoute]:
+        """``GET {metrics_path}`` (Prometheus text) when ``config.telemetry`` serves one (its
+        path as given, not under ``prefix``); included in :attr:`routes`."""
+        telemetry = self.config.telemetry
+        if telemetry is None or not telemetry.metrics_path:
+            return []
+        return [
+            Route(
+                telemetry.metrics_path, self.metrics, methods=["GET"], name="realtime_fsm_metrics"
+            )
+        ]
+
+    async def metrics(self, request: Request) -> Response:
+        """A Prometheus scrape of ``config.telemetry`` (501 without ``prometheus_client``)."""
+        telemetry = self.config.telemetry
+        assert telemetry is not None
+        status, body, content_type = telemetry.exposition()
+        return Response(body, status_code=status, headers={"content-type": content_type})
 
     # ------------------------------------------------------------------------- the webhook
 

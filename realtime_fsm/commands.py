@@ -57,6 +57,9 @@ class SendTruncate:
     event_id: str
     item_id: str
     audio_end_ms: int
+    #: How much of the item's audio the machine had received: what the truncate cuts is the
+    #: difference.  For observers only (not rendered, not compared).
+    received_ms: int = attrs.field(default=0, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -66,6 +69,8 @@ class SendItemDelete:
 
     event_id: str
     item_id: str
+    #: How much of the item's audio the machine had received (for observers only).
+    received_ms: int = attrs.field(default=0, eq=False, kw_only=True)
 
 
 @attrs.frozen

@@ -181,6 +181,10 @@ class ResponseDone:
     response_id: str = attrs.field(validator=_non_empty_text)
     status: str = attrs.field(default="completed", validator=_str)
     reason: str | None = attrs.field(default=None, validator=_opt_str)
+    #: The response's ``usage.input_tokens`` / ``output_tokens``, when the server said: for
+    #: observers (spans, metrics); no transition reads them, and they are not compared.
+    input_tokens: int | None = attrs.field(default=None, eq=False, kw_only=True)
+    output_tokens: int | None = attrs.field(default=None, eq=False, kw_only=True)
 
 
 @attrs.frozen

@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol
 
 from .call import AppEvent, CallEnded, CallReport, CallSession, TextFrame
 from .call.texts import UrgentFrame
@@ -29,6 +30,17 @@ class SessionGone(Exception):
     def __init__(self, reason: str) -> None:
         super().__init__(reason)
         self.reason = reason
+
+
+class CallObserver(Protocol):
+    """What watches a call from its driver (``realtime_fsm.telemetry``): every application
+    event, as it is handed out, and the moment an urgent frame (the barge-in's ``clear``) is
+    written to the telephony socket.  Called on the call's own task: it must be quick and
+    must not raise."""
+
+    def events(self, events: Sequence[AppEvent]) -> None: ...
+
+    def clear_written(self, now: float) -> None: ...
 
 
 class Outbox(ToolDriver):
@@ -48,6 +60,14 @@ class Outbox(ToolDriver):
     _stop: asyncio.Event
     _wake: asyncio.Event
     _sleeping_until: float | None
+    #: Set by :meth:`observe`; ``None``: nobody watches, and nothing here costs anything.
+    _observer: CallObserver | None = None
+
+    def observe(self, observer: CallObserver) -> None:
+        """Hand every application event and urgent-frame write of this call to ``observer``
+        too (telemetry).  Call it before :meth:`run`, to see the call from its start."""
+        self._observer = observer
+        self.session.emit_events = True
 
     async def _twilio_now(self, frames: list[str]) -> None:
         """Playback marks right behind their audio: sent from the reading task when the socket
@@ -72,13 +92,16 @@ class Outbox(ToolDriver):
             if message is None:
                 return
             try:
-                if type(message) is not TextFrame:
-                    await sock.send(message)  # type: ignore[arg-type]
-                else:
+                if type(message) is str:
+                    await sock.send(message)
+                elif type(message) is TextFrame:
                     await sock.send(message.json)
                     # Counted once written, not when queued: a queued text can still be handed
                     # back, or re-sent on a new session.
                     session.text_written(message)
+                else:  # an urgent frame (a str subclass): someone waits for it
+                    await sock.send(message)  # type: ignore[arg-type]
+                    self._urgent_written()
             except CLOSED:
                 if up:
                     raise SessionGone("openai closed") from None
@@ -120,6 +143,9 @@ class Outbox(ToolDriver):
             self._stop.set()
 
     def _hand_out(self, events: list[AppEvent]) -> None:
+        observer = self._observer
+        if observer is not None:
+            observer.events(events)
         queue = self._events
         if queue is not None:
             for event in events:
@@ -164,6 +190,7 @@ class Outbox(ToolDriver):
         if nowait is not None and type(message) is UrgentFrame and self._to_twilio.empty():
             try:
                 if nowait(message):
+                    self._urgent_written()
                     return
             except CLOSED:
                 pass  # the writer meets the closed socket and reports it the usual way
@@ -172,6 +199,11 @@ class Outbox(ToolDriver):
         except asyncio.QueueFull:
             self.session.end("telephony socket not keeping up (queue full)", self.clock())
             self._stop.set()
+
+    def _urgent_written(self) -> None:
+        observer = self._observer
+        if observer is not None:
+            observer.clear_written(self.clock())
 
     def _send_failed(self, sock: MessageSocket, message: str) -> None:
         """Caller audio sent straight from the reading task met a closed socket: queue it, so

@@ -38,13 +38,22 @@ from .openai_realtime.endpoint import SECRET_HEADERS
 from .openai_realtime.models import realtime_deprecation, transcription_deprecation
 from .prestart import PreStartLimits
 from .sockets import handshake_status
+from .telemetry import Telemetry
 from .trace import MAX_TRACE_BYTES, start_trace
 from .upstream import API_KEY_ENV as API_KEY_ENV
 from .upstream import DEFAULT_REALTIME_URL as DEFAULT_REALTIME_URL
 from .upstream import ENV_SETTINGS as ENV_SETTINGS
 from .upstream import RealtimeSettings
 from .upstream import realtime_settings_from_env as realtime_settings_from_env
-from .webserver import HttpRequest, HttpResponse, Routes, WebSocket, WebSocketGate, serve
+from .webserver import (
+    HttpHandler,
+    HttpRequest,
+    HttpResponse,
+    Routes,
+    WebSocket,
+    WebSocketGate,
+    serve,
+)
 
 log = logging.getLogger("realtime_fsm.server")
 
@@ -127,6 +136,9 @@ class ServerConfig(RealtimeSettings):
     stream_credentials: bool = True
     #: Seconds a minted credential admits its stream (Twilio connects within a second or two).
     stream_credential_ttl: float = 60.0
+    #: Spans and metrics of every call, and ``/metrics`` (``docs/observability.md``);
+    #: ``None``: off, at no cost.
+    telemetry: Telemetry | None = None
 
     def credentials(self) -> StreamCredentials | None:
         """The per-call stream credentials these settings ask for (one per server process: it
@@ -455,6 +467,8 @@ async def bridge_call(
             on_start=release,
             credentials=credentials,
         )
+        if config.telemetry is not None:
+            config.telemetry.attach(bridge, model=config.session_model)
         if on_bridge is not None:
             on_bridge(bridge)
         try:
@@ -493,8 +507,12 @@ async def start_server(
     async def media(ws: WebSocket) -> None:
         await bridge_call(config, ws, reports, on_bridge, limits=limits, credentials=credentials)
 
+    http: dict[str, HttpHandler] = {"/incoming-call": incoming}
+    telemetry = config.telemetry
+    if telemetry is not None and telemetry.metrics_path:
+        http[telemetry.metrics_path] = telemetry.http_handler()
     routes = Routes(
-        http={"/incoming-call": incoming},
+        http=http,
         websocket={"/media-stream": media},
         gate=signature_gate(config),
         max_message_bytes=config.bridge.max_twilio_message,

@@ -19,6 +19,7 @@ from pydantic import TypeAdapter
 
 from realtime_fsm.call import (
     AssistantTranscript,
+    AudioTruncated,
     BargeIn,
     BridgeConfig,
     CallEnded,
@@ -1117,6 +1118,7 @@ def test_app_events_of_a_simple_call() -> None:
         AssistantTranscript,
         ResponseFinished,
         BargeIn,
+        AudioTruncated,
         CallEnded,
     ]
     started = c.events[0]
@@ -1130,6 +1132,8 @@ def test_app_events_of_a_simple_call() -> None:
     ]
     assert c.events[5].response_id == "resp_1" and c.events[5].status == "completed"
     assert c.events[6].source == "speech"
+    # Nothing of item_1 was heard (no mark echo): deleted, all its audio unheard.
+    assert c.events[7] == AudioTruncated("item_1", 0, 20, "resp_1")
     assert {"event": "clear", "streamSid": STREAM} in c.twilio
     assert c.events[-1].reason == "bye" and c.events[-1].report is c.s.report
 

@@ -48,6 +48,7 @@ LAYERS: list[set[str]] = [
         "upstream",
         "server",
         "asgi",
+        "telemetry",
     },
     {"replay", "testing", "cli", "__main__", "__init__"},
 ]

@@ -7,6 +7,11 @@ here is read back by the call: these values cannot change a transition.
 
 Caller content (transcripts, typed text, custom parameters) is in these values as it came: the
 application decides what to log or keep.  The library's own log lines keep redacting it.
+
+Times (``at``, ``requested_at``, ...) are the call's clock: the ``now`` its driver passed in
+with the input that caused the event (``time.monotonic()`` for the bundled drivers), so
+durations are differences of two of them.  They are keyword-only and left out of equality: two
+events that say the same thing compare equal whatever their times.
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class CallStarted:
     encoding: str | None = None
     sample_rate: int | None = None
     channels: int | None = None
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -66,6 +72,11 @@ class ResponseStarted:
     response_id: str
     ours: bool
     reasons: tuple[str, ...] = ()
+    #: When ``response.created`` arrived.
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+    #: When the response was asked for: our ``response.create`` handed to the driver, or, for
+    #: one the server created, the caller's turn it answers committed; ``None``: not known.
+    requested_at: float | None = attrs.field(default=None, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -78,6 +89,13 @@ class ResponseFinished:
     status: str
     reason: str | None
     heard_ms: int
+    #: When ``response.done`` arrived.
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+    #: When its first audio was handed to the telephony side; ``None``: it had none.
+    first_audio_at: float | None = attrs.field(default=None, eq=False, kw_only=True)
+    #: The server's ``usage`` of the response, when it said.
+    input_tokens: int | None = attrs.field(default=None, eq=False, kw_only=True)
+    output_tokens: int | None = attrs.field(default=None, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -87,6 +105,8 @@ class BargeIn:
 
     source: str
     response_id: str | None
+    #: When the caller's speech (or text) that interrupted arrived.
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -96,6 +116,56 @@ class WatchdogFired:
 
     response_id: str | None
     outcome: str
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+
+
+@attrs.frozen
+class ResponseCancelling:
+    """The response is being stopped (the response machine entered ``cancelling``): a
+    barge-in, the watchdog, a response nobody asked for; by our ``response.cancel`` or the
+    server's own interruption.  Its ``response.done`` follows.  ``response_id`` is ``None``
+    for a response not yet created (cancelled as soon as it is)."""
+
+    response_id: str | None
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+
+
+@attrs.frozen
+class AudioTruncated:
+    """Assistant audio the caller did not hear was cut from the conversation: the item is
+    truncated at ``audio_end_ms`` (0: deleted, not a millisecond of it heard), and
+    ``unheard_ms`` of its audio, received but not heard, is gone from what the model
+    remembers saying."""
+
+    item_id: str
+    audio_end_ms: int
+    unheard_ms: int
+    #: The response the item belongs to, when the call still knows it.
+    response_id: str | None
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+
+
+@attrs.frozen
+class ResponseRequestGivenUp:
+    """A request for a response will not be served: ``reason`` is the machine's
+    (``create_timeout``, ``rejected:<code>``, ``interrupted``, ``closed:<why>``, ...), and
+    ``request_reasons`` what it asked for (``greeting``, ``user_text``, ...).  The same value
+    is in :attr:`CallReport.given_up <realtime_fsm.call.CallReport.given_up>`."""
+
+    reason: str
+    request_reasons: tuple[str, ...]
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+
+
+@attrs.frozen
+class PlaybackStarted:
+    """The caller began to hear this response: from the first Twilio ``mark`` echo of its
+    first audio item, dated back by the audio that echo confirms played (Twilio plays what it
+    has buffered continuously), and never before the audio was sent."""
+
+    response_id: str
+    item_id: str
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -126,6 +196,7 @@ class SessionLost:
     """The OpenAI session is gone; the call goes on while another is opened."""
 
     reason: str
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -135,6 +206,7 @@ class SessionRestored:
     took: float
     history_items: int
     texts_delivered: int
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
 
 
 @attrs.frozen
@@ -153,6 +225,7 @@ class CallEnded:
 
     reason: str
     report: CallReport
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
 
 
 AppEvent = (
@@ -163,6 +236,10 @@ AppEvent = (
     | ResponseFinished
     | BargeIn
     | WatchdogFired
+    | ResponseCancelling
+    | AudioTruncated
+    | ResponseRequestGivenUp
+    | PlaybackStarted
     | ToolCall
     | ToolResult
     | SessionLost
@@ -174,12 +251,16 @@ AppEvent = (
 __all__ = [
     "AppEvent",
     "AssistantTranscript",
+    "AudioTruncated",
     "BargeIn",
     "CallEnded",
     "CallStarted",
     "CallerTranscript",
+    "PlaybackStarted",
     "ProtocolError",
+    "ResponseCancelling",
     "ResponseFinished",
+    "ResponseRequestGivenUp",
     "ResponseStarted",
     "SessionLost",
     "SessionRestored",

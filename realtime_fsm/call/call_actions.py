@@ -41,8 +41,9 @@ from ..table import (
 )
 from ..twilio_media import LedgerPlaybackTracker, Start, clear_message
 from . import app_events as ae
-from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, CallFields, log
+from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, log
 from .handover import carried_requests, merged, split_first
+from .observations import Observations
 from .texts import UrgentFrame
 
 _CALL_TRIGGERS = {name: event.trigger for name, event in CALL_ENGINE.events.items()}
@@ -51,7 +52,7 @@ _CALL_DEFINED = frozenset(
 )
 
 
-class CallActions(CallFields):
+class CallActions(Observations):
     """Guards and actions of the call machine; the response machine's command executor."""
 
     # ---------------------------------------------------------------- driving the machine
@@ -203,6 +204,7 @@ class CallActions(CallFields):
                     encoding=fmt.encoding if fmt else None,
                     sample_rate=fmt.sample_rate if fmt else None,
                     channels=fmt.channels if fmt else None,
+                    at=self._now,
                 )
             )
         self.send_session_update()
@@ -271,6 +273,7 @@ class CallActions(CallFields):
             # finished answer the caller is still hearing plays out: nothing replaces it.)
             self.out_twilio.append(clear_message(self.stream_sid))
             self.tracker.clear()
+            self._awaiting_play.clear()
         log.warning(
             "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
             self.call_label,
@@ -279,7 +282,7 @@ class CallActions(CallFields):
             len(self._held_requests),
         )
         if self.emit_events:
-            self.events.append(ae.SessionLost(reason))
+            self.events.append(ae.SessionLost(reason, at=self._now))
 
     def plan_reconnect(self) -> None:
         """The first attempt goes at once, unless sessions keep dying young."""
@@ -367,7 +370,7 @@ class CallActions(CallFields):
             delivered,
         )
         if self.emit_events:
-            self.events.append(ae.SessionRestored(took, len(items), delivered))
+            self.events.append(ae.SessionRestored(took, len(items), delivered, at=self._now))
 
     def finish(self) -> None:
         """Both sockets are closed: settle the report.  Texts never written go back."""
@@ -389,7 +392,7 @@ class CallActions(CallFields):
             report.lifecycle_stats = merged(self._stats_before, stats)
         # A session lost and not replaced: what waited for the next one goes back to the app.
         if self._held_requests:
-            report.given_up.append(
+            self._given_up(
                 RequestGivenUp(
                     reason=f"closed:{reason}",
                     request_reasons=tuple(r.reason for r in self._held_requests),
@@ -416,7 +419,7 @@ class CallActions(CallFields):
             report.reconnects,
         )
         if self.emit_events:
-            self.events.append(ae.CallEnded(reason, report))
+            self.events.append(ae.CallEnded(reason, report, at=self._now))
 
     # ------------------------------------------------------------------------ the machine
 
@@ -479,7 +482,7 @@ class CallActions(CallFields):
             if len(self._held_requests) < self.config.max_queue:
                 self._held_requests.append(event)
             else:
-                self.report.given_up.append(
+                self._given_up(
                     RequestGivenUp(reason="reconnecting: too many", request_reasons=(event.reason,))
                 )
 
@@ -495,18 +498,21 @@ class CallActions(CallFields):
                     out.append(frame)
                 else:
                     out.append(codec.render_json(command))
+                if self.emit_events:
+                    self._observe_command(command)
             elif isinstance(command, ClearPlayback):
                 self.out_twilio.append(UrgentFrame(clear_message(self.stream_sid)))
                 self.tracker.clear()
+                self._awaiting_play.clear()
                 if self.emit_events and command.reason == "barge_in":
                     source = "text" if type(event) is ev.UserText else "speech"
                     machine = self.machine
                     rid = machine.response_id if machine is not None else None
-                    self.events.append(ae.BargeIn(source, rid))
+                    self.events.append(ae.BargeIn(source, rid, at=self._now))
             elif isinstance(command, DropResponseAudio):
                 pass  # the machine filters that response's deltas from now on
             elif isinstance(command, RequestGivenUp):
-                self.report.given_up.append(command)
+                self._given_up(command)
                 log.warning(
                     "call=%s response request given up: %s (%s)",
                     self.call_label,
@@ -516,7 +522,8 @@ class CallActions(CallFields):
             elif isinstance(command, ReturnUndeliveredText):
                 self._return(self.custody.give_back(command.texts))
         if self.emit_events:
-            self._note_watchdog()
+            self._note_watchdog()  # a fire first: it is why the response is being cancelled
+            self._note_cancelling()
 
     def _note_watchdog(self) -> None:
         machine = self.machine
@@ -528,7 +535,7 @@ class CallActions(CallFields):
             fired = self._watchdog_seen[0]
             self._watchdog_seen = seen
             outcome = "retried" if seen[0] > fired else "suppressed"
-            self.events.append(ae.WatchdogFired(machine.response_id, outcome))
+            self.events.append(ae.WatchdogFired(machine.response_id, outcome, at=self._now))
 
     def _return(self, texts: tuple[str, ...]) -> None:
         if texts:

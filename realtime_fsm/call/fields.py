@@ -183,3 +183,19 @@ class CallFields:
         self._response_items: dict[str, list[str]] = {}
         #: Watchdog counters last seen, to tell the application when it fires.
         self._watchdog_seen = (0, 0)
+        # --- Observation only (``observations.py``), kept while ``emit_events``: the times and
+        # details application events and telemetry report.  No guard reads them.
+        #: When each of our ``response.create`` was handed out, by its event id.
+        self._asked_at: dict[str, float] = {}
+        #: When the server last committed a caller turn (what its own response answers).
+        self._turn_at: float | None = None
+        #: When each response's first audio was handed out, by response id.
+        self._first_audio: dict[str, float] = {}
+        #: The first audio item of each response not yet heard: item -> (response, sent at).
+        #: Emptied by every ``clear`` (what was pending then is never heard), so a mark echo
+        #: costs one truthiness test while no response waits to be heard.
+        self._awaiting_play: dict[str, tuple[str, float]] = {}
+        #: Item -> its response, for the truncates of a barge-in.
+        self._item_response: dict[str, str] = {}
+        #: The response machine's current stay in ``cancelling`` was told.
+        self._cancel_told = False

@@ -8,7 +8,7 @@ through the machines.
 from __future__ import annotations
 
 from .. import events as ev
-from ..commands import META_REASON
+from ..commands import META_EVENT_ID, META_REASON
 from ..errors import RemoteProtocolError
 from ..logsafe import caller_text, safe
 from ..openai_realtime import (
@@ -55,7 +55,7 @@ class OpenAISide(TwilioSide):
             if machine.audio_delta(message.response_id, item, message.byte_count, now):  # type: ignore[union-attr]
                 self.report.media_out += 1
                 if self.emit_events and item != self._last_audio_item:
-                    self._new_audio_item(message.response_id, item)
+                    self._new_audio_item(message.response_id, item, now)
                 name = self.tracker.audio_sent(item, message.byte_count)
                 if name is not None:
                     self.out_twilio.append(mark_message(self.stream_sid, name))
@@ -119,8 +119,9 @@ class OpenAISide(TwilioSide):
     def output_item_added(self, call_id: str) -> None:
         """The server added our ``function_call_output`` (see ``tool_calls``)."""
 
-    def _new_audio_item(self, response_id: str, item: str) -> None:
+    def _new_audio_item(self, response_id: str, item: str, now: float) -> None:
         self._last_audio_item = item
+        self._first_audio_of(response_id, item, now)
         items = self._response_items.get(response_id)
         if items is None:
             if len(self._response_items) >= MAX_PARTIALS:
@@ -153,6 +154,7 @@ class OpenAISide(TwilioSide):
             assert isinstance(message, ev.UserTurnCommitted)
             # No id: its transcript cannot be matched, so its words count as unknown.
             self._turn_item = message.item_id or ""
+            self._turn_at = self._now  # what a response the server creates answers
             if self._commits:  # ours (push-to-talk: no turn detection commits)
                 del self._commits[0]
         elif kind is ev.ResponseCreated:
@@ -218,7 +220,16 @@ class OpenAISide(TwilioSide):
             assert machine is not None
             reason = event.metadata.get(META_REASON)
             reasons = tuple(reason.split("+")) if reason is not None else ()
-            self.events.append(ae.ResponseStarted(event.response_id, reason is not None, reasons))
+            ours = reason is not None
+            self.events.append(
+                ae.ResponseStarted(
+                    event.response_id,
+                    ours,
+                    reasons,
+                    at=self._now,
+                    requested_at=self._requested_at(ours, event.metadata.get(META_EVENT_ID)),
+                )
+            )
         if event.out_of_band:
             return  # not part of the conversation: never restored
         partials = self._partials
@@ -239,7 +250,16 @@ class OpenAISide(TwilioSide):
             if transcript is not None:
                 self.events.append(ae.AssistantTranscript(event.response_id, text, final=True))
             self.events.append(
-                ae.ResponseFinished(event.response_id, event.status, event.reason, heard)
+                ae.ResponseFinished(
+                    event.response_id,
+                    event.status,
+                    event.reason,
+                    heard,
+                    at=self._now,
+                    first_audio_at=self._first_audio_at(event.response_id),
+                    input_tokens=event.input_tokens,
+                    output_tokens=event.output_tokens,
+                )
             )
 
 

@@ -81,8 +81,11 @@ class TwilioSide(CallActions):
             if self.call_state is RUNNING:
                 machine = self.machine
                 assert machine is not None
-                for progress in self.tracker.mark_received(message.name, now):
+                proved = self.tracker.mark_received(message.name, now)
+                for progress in proved:
                     machine.playback_progress(progress.item_id, progress.played_ms)
+                if self._awaiting_play and self._playback_started(proved, now):
+                    return None  # an application event to hand out
                 # Playback progress moves no deadline and says nothing: no outputs to look at.
                 return NOTHING
         elif kind is Dtmf:

@@ -116,19 +116,31 @@ class StoppingActions(LifecycleGuards):
         bpm = self._cfg.audio_bytes_per_ms
         live_item = next(reversed(play)) if live and play else None
         for item_id, end_ms in cut_plan(play, bpm, live_item):
+            received_ms = play[item_id][0] // bpm
             if end_ms > 0:
                 event_id = self._mint("truncate")
-                self._emit(SendTruncate(event_id=event_id, item_id=item_id, audio_end_ms=end_ms))
+                self._emit(
+                    SendTruncate(
+                        event_id=event_id,
+                        item_id=item_id,
+                        audio_end_ms=end_ms,
+                        received_ms=received_ms,
+                    )
+                )
                 log.info(
                     "call=%s %s truncate item=%s audio_end_ms=%d (received %d ms)",
                     call,
                     tag,
                     safe(item_id),
                     end_ms,
-                    play[item_id][0] // bpm,
+                    received_ms,
                 )
             else:
-                self._emit(SendItemDelete(event_id=self._mint("delete"), item_id=item_id))
+                self._emit(
+                    SendItemDelete(
+                        event_id=self._mint("delete"), item_id=item_id, received_ms=received_ms
+                    )
+                )
                 log.info("call=%s %s delete unheard item=%s", call, tag, safe(item_id))
         play.clear()
 

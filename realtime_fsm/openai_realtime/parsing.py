@@ -159,7 +159,23 @@ def _response_done(data: dict[str, Any]) -> ev.ResponseDone:
             reason = opt_str(error, "code", "response.done status_details.error") or opt_str(
                 error, "type", "response.done status_details.error"
             )
-    return ev.ResponseDone(response_id=response_id, status=status, reason=reason)
+    usage = response.get("usage")
+    tokens_in = tokens_out = None
+    if type(usage) is dict:  # informational: a usage we cannot read is left out, never refused
+        tokens_in = _count(usage.get("input_tokens"))
+        tokens_out = _count(usage.get("output_tokens"))
+    return ev.ResponseDone(
+        response_id=response_id,
+        status=status,
+        reason=reason,
+        input_tokens=tokens_in,
+        output_tokens=tokens_out,
+    )
+
+
+def _count(value: object) -> int | None:
+    """A token count as the server wrote it, or ``None`` for anything but an int >= 0."""
+    return value if type(value) is int and value >= 0 else None
 
 
 def _error(data: dict[str, Any]) -> ev.ServerError:
