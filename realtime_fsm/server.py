@@ -142,7 +142,6 @@ class ServerConfig(RealtimeSettings):
     #: credential in its TwiML (the upgrade signature is then the only check).
     stream_credentials: bool = True
     #: Seconds a minted credential admits its stream (Twilio connects within a second or two).
-    #: Also how long an admitted webhook holds its place for its stream (``max_calls``).
     stream_credential_ttl: float = 60.0
     #: Spans and metrics of every call, and ``/metrics`` (``docs/observability.md``);
     #: ``None``: off, at no cost.
@@ -153,6 +152,11 @@ class ServerConfig(RealtimeSettings):
     max_calls: int | None = attrs.field(
         default=None, validator=attrs.validators.optional(_positive_int)
     )
+    #: Seconds an admitted webhook holds its place for its stream (Twilio connects within a
+    #: second or two).  A drain waits for held places too, so that a call admitted just before
+    #: it is served; with several workers the stream may be served by another one, and the
+    #: place here is given back only when this passes: short, but well above Twilio's delay.
+    admission_hold: float = attrs.field(default=10.0, validator=_positive_number)
     #: Seconds calls in progress get to end by themselves once a drain begins (SIGTERM to the
     #: ``serve`` command, ``TwilioVoiceRoutes.drain``); then they end with 1001.
     drain_timeout: float = attrs.field(default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_number)
@@ -164,7 +168,7 @@ class ServerConfig(RealtimeSettings):
 
     def admission(self) -> Admission:
         """The call capacity these settings ask for (one per server process)."""
-        return Admission(self.max_calls, hold=self.stream_credential_ttl)
+        return Admission(self.max_calls, hold=self.admission_hold)
 
     def credentials(self) -> StreamCredentials | None:
         """The per-call stream credentials these settings ask for (one per server process: it

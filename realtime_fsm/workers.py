@@ -192,6 +192,27 @@ def _ids(slot: _Slot) -> tuple[int, int]:
     return slot.index, slot.process.pid if slot.process is not None else -1
 
 
+#: Linux (5.14 and later): whether a closing listener's queued connections move to another
+#: socket of its ``SO_REUSEPORT`` group instead of being reset.
+_MIGRATE_REQ = "/proc/sys/net/ipv4/tcp_migrate_req"
+
+
+def _check_migrate_req() -> None:
+    """Warn when a worker that stops listening may reset connections queued for it: a
+    connection the kernel gave a worker in the instant it closes its socket (the end of its
+    drain) is reset unless ``net.ipv4.tcp_migrate_req`` is 1 (``docs/deploying.md``)."""
+    try:
+        with open(_MIGRATE_REQ) as f:
+            value = f.read().strip()
+    except OSError:
+        return
+    if value == "0":
+        log.warning(
+            "net.ipv4.tcp_migrate_req is 0: a connection arriving in the instant a worker"
+            " stops listening is reset rather than handed to another worker; set it to 1"
+        )
+
+
 def run_workers(argv: Sequence[str], args: argparse.Namespace) -> int:
     """The ``--workers`` parent: ``argv`` are the ``serve`` flags as given."""
     import os
@@ -199,6 +220,7 @@ def run_workers(argv: Sequence[str], args: argparse.Namespace) -> int:
     if args.port == 0:
         log.error("--workers needs a fixed --port: with port 0 each worker would get its own")
         return 2
+    _check_migrate_req()
     supervisor = Supervisor(argv, args.workers, args.drain_timeout, parent_pid=os.getpid())
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, supervisor.on_signal)

@@ -207,7 +207,7 @@ def test_health_readiness_and_a_full_server_failing_the_webhook_over() -> None:
 
     async def body() -> None:
         async with simulator() as ai, builtin(ai, reports, max_calls=1) as (port, _):
-            status, headers, data = await http_get(port, "/healthz")
+            status, _, data = await http_get(port, "/healthz")
             assert status == 200 and json.loads(data)["status"] == "alive"
             status, _, data = await http_get(port, "/readyz")
             assert status == 200 and json.loads(data)["ready"] is True
@@ -220,6 +220,8 @@ def test_health_readiness_and_a_full_server_failing_the_webhook_over() -> None:
             with pytest.raises(WebhookRefused) as refused:
                 await dial(f"http://{HOST}:{port}", public_url=PUBLIC_URL)
             assert refused.value.status == 503
+            status, headers, _ = await http_get(port, "/incoming-call?CallSid=CA2")  # a GET hook
+            assert status == 503 and headers["retry-after"] == "5"
             url = f"ws://{HOST}:{port}/media-stream"
             async with FakeTwilioCaller(url, dialed.caller_config(CALLER)) as caller:
                 await caller.wait_for_audio(100, timeout=15)
