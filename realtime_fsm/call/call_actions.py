@@ -13,7 +13,6 @@ import attrs
 from transitions.core import MachineError
 
 from .. import events as ev
-from ..admission import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from ..commands import (
     ClearPlayback,
     Command,
@@ -112,20 +111,6 @@ class CallActions(Observations):
     def attempts_exhausted(self) -> bool:
         return self._unproven_attempts >= self.config.reconnect_attempts
 
-    def not_admitted(self) -> bool:
-        return self._admission_refusal() is not None
-
-    def _admission_refusal(self) -> str | None:
-        """Why the server does not serve the ``start`` being handled (draining, or full and
-        no place held for this call), or ``None``.  A stream that passed the credential row
-        proved a webhook admitted it, somewhere: it is always served."""
-        admission, start = self.admission, self._start
-        if admission is None or start is None:
-            return None
-        return admission.stream_refusal(
-            start.call_sid or "", self.credentials is not None, self._now + self.wall_offset
-        )
-
     # -------------------------------------------------------------------------- actions
 
     def note_end(self) -> None:
@@ -165,32 +150,6 @@ class CallActions(Observations):
         log.error("call=%s openai reconnect failed after %d attempts", self.call_label, attempts)
         self._reason = f"openai reconnect failed after {attempts} attempts"
         self.note_end()
-
-    def end_not_admitted(self) -> None:
-        start = self._start
-        assert start is not None and self.admission is not None
-        refusal = self._admission_refusal()
-        self.admission.refused_stream()
-        log.warning(
-            "call=%s stream refused: not admitted (%s; peer=%s)",
-            safe(start.call_sid or start.stream_sid, 64),
-            refusal,
-            safe(self.peer or "-", 64),
-        )
-        self._reason = f"not admitted: {refusal}"
-        self.note_end()
-        self.close_code = CLOSE_TRY_AGAIN_LATER
-
-    def take_place(self) -> None:
-        """The call is served: it holds a place in the server's admission until closed."""
-        start = self._start
-        if self.admission is not None and start is not None:
-            self.admission.enter(start.call_sid or "", self._now + self.wall_offset)
-            self._admitted = True
-
-    def end_going_away(self) -> None:
-        self.note_end()
-        self.close_code = CLOSE_GOING_AWAY
 
     def count_duplicate_start(self) -> None:
         self.count_bad("twilio", "duplicate_start")
