@@ -19,10 +19,11 @@ FROM python:3.12-slim
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
-# The wheel with the `twilio` extra: X-Twilio-Signature checks and per-call stream credentials
-# need it whenever TWILIO_AUTH_TOKEN is set (the server refuses to start without it then).
+# The wheel with the `twilio` extra (X-Twilio-Signature checks and per-call stream credentials
+# need it whenever TWILIO_AUTH_TOKEN is set: the server refuses to start without it then) and
+# the `prometheus` extra (/metrics, whose active-calls gauge the autoscaler reads).
 COPY --from=build /wheels /wheels
-RUN pip install "$(ls /wheels/realtime_fsm-*.whl)[twilio]" && rm -rf /wheels
+RUN pip install "$(ls /wheels/realtime_fsm-*.whl)[twilio,prometheus]" && rm -rf /wheels
 # Not root: the server binds 8080 and writes nothing but optional traces (--trace-dir).
 RUN useradd --uid 10001 --no-create-home --shell /usr/sbin/nologin realtime
 USER 10001
@@ -35,4 +36,4 @@ STOPSIGNAL SIGTERM
 HEALTHCHECK --interval=15s --timeout=3s --start-period=10s --retries=3 \
     CMD ["python", "-c", "import urllib.request; urllib.request.urlopen('http://127.0.0.1:8080/healthz', timeout=2)"]
 ENTRYPOINT ["realtime-fsm"]
-CMD ["serve", "--host", "0.0.0.0", "--port", "8080", "--drain-timeout", "30"]
+CMD ["serve", "--host", "0.0.0.0", "--port", "8080", "--drain-timeout", "30", "--metrics-path", "/metrics"]

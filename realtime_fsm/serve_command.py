@@ -39,6 +39,7 @@ from .server import (
     realtime_settings_from_env,
     start_server,
 )
+from .telemetry import Telemetry
 from .trace import MAX_TRACE_BYTES
 
 log = logging.getLogger("realtime_fsm.serve")
@@ -230,6 +231,15 @@ def _add_process_arguments(p: argparse.ArgumentParser) -> None:
         ),
     )
     p.add_argument(
+        "--metrics-path",
+        default=None,
+        metavar="PATH",
+        help=(
+            "serve Prometheus metrics here, e.g. /metrics (needs the prometheus extra; the"
+            " realtime_fsm_calls_active gauge is what docs/deploying.md scales on); default: none"
+        ),
+    )
+    p.add_argument(
         "--workers",
         type=_count(1),
         default=1,
@@ -312,7 +322,16 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         max_calls=args.max_calls,
         drain_timeout=args.drain_timeout,
         when_unavailable=args.when_unavailable,
+        telemetry=_telemetry(args.metrics_path),
     )
+
+
+def _telemetry(metrics_path: str | None) -> Telemetry | None:
+    """Prometheus metrics at ``metrics_path`` (no OpenTelemetry: a program that wants spans
+    sets up an SDK and builds its own :class:`Telemetry`), or ``None``."""
+    if not metrics_path:
+        return None
+    return Telemetry(opentelemetry=False, metrics_path=metrics_path)
 
 
 async def serve_process(

@@ -131,6 +131,12 @@ def test_the_service_and_the_autoscaler_point_at_the_deployment() -> None:
     assert service["spec"]["selector"].items() <= labels.items()
     [port] = service["spec"]["ports"]
     assert port["targetPort"] in ("http", container()["ports"][0]["containerPort"])
+    # The gauge the autoscaler reads is served: /metrics is on, in the pod and the image.
+    assert serve_flags(container()["args"][1:]).metrics_path == "/metrics"
+    assert serve_flags(docker_command()[2:]).metrics_path == "/metrics"
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert annotations["prometheus.io/path"] == "/metrics"
+    assert int(annotations["prometheus.io/port"]) == container()["ports"][0]["containerPort"]
     hpa = kube("hpa.yaml")
     assert hpa["spec"]["scaleTargetRef"]["name"] == deployment["metadata"]["name"]
     [metric] = hpa["spec"]["metrics"]

@@ -112,6 +112,16 @@ async def http_get(port: int, path: str) -> tuple[int, dict[str, Any]]:
     return int(head.split()[1]), json.loads(body)
 
 
+async def http_text(port: int, path: str) -> str:
+    reader, writer = await asyncio.open_connection(HOST, port)
+    try:
+        writer.write(f"GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n".encode())
+        raw = await reader.read()
+    finally:
+        writer.close()
+    return raw.partition(b"\r\n\r\n")[2].decode()
+
+
 async def answers(port: int, path: str) -> tuple[int, dict[str, Any]] | None:
     try:
         return await http_get(port, path)
@@ -143,7 +153,7 @@ def test_sigterm_drains_the_calls_in_progress_to_their_normal_end(tmp_path: Path
 
     async def body() -> None:
         async with simulator() as ai:
-            proc = start_serve(port, ai.url, log)
+            proc = start_serve(port, ai.url, log, "--metrics-path", "/metrics")
             try:
                 await wait_up(proc, port)
                 callers = []
@@ -154,6 +164,9 @@ def test_sigterm_drains_the_calls_in_progress_to_their_normal_end(tmp_path: Path
                     callers.append(caller)
                 for caller in callers:
                     await caller.wait_for_audio(100, timeout=30)
+                # The gauge the autoscaler reads (docs/deploying.md), from the same process.
+                metrics = await http_text(port, "/metrics")
+                assert re.search(r"^realtime_fsm_calls_active(\{[^}]*\})? 3(\.0)?$", metrics, re.M)
                 signalled_at = time.monotonic()
                 proc.send_signal(signal.SIGTERM)
                 _, figures = await wait_for_answer(port, "/readyz", 503)
