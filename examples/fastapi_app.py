@@ -16,6 +16,11 @@ OpenAI (``realtime_fsm.server.ENV_SETTINGS`` lists them all); ``REALTIME_URL`` (
 ``realtime_fsm.testing``.  ``GREETING`` and ``INSTRUCTIONS`` set what the
 agent says first and how it behaves.  ``--ws-max-size`` keeps uvicorn from reading a media
 message larger than the bridge accepts (64 KiB; the routes refuse bigger ones anyway).
+
+In production run it as ``python examples/fastapi_app.py`` (``HOST``, ``PORT``): uvicorn under
+:class:`~realtime_fsm.asgi_drain.DrainingServer`, whose SIGTERM lets calls in progress finish
+(plain ``uvicorn`` cuts them with 1012 before the lifespan shutdown runs; see
+``docs/deploying.md``).  ``MAX_CALLS`` bounds the calls taken at once (``/readyz``).
 """
 
 from __future__ import annotations
@@ -23,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI
+from fastapi.responses import JSONResponse
 
 from realtime_fsm import CallerTranscript, ToolCall, ToolResult, function_tool
 from realtime_fsm.asgi import TwilioVoiceRoutes
@@ -91,6 +98,7 @@ def config_from_env() -> ServerConfig:
         ),
         trace_dir=env.get("TRACE_DIR") or None,
         stream_parameters=stream_parameters,
+        max_calls=int(env["MAX_CALLS"]) if env.get("MAX_CALLS") else None,
     )
 
 
@@ -119,9 +127,25 @@ def create_app(config: ServerConfig) -> FastAPI:
         task.add_done_callback(watchers.discard)
 
     voice = TwilioVoiceRoutes(config, on_call=on_call, reports=reports)
-    app = FastAPI(title="voice agent")
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        # Under DrainingServer the drain is done by now; under another server this at least
+        # stops new calls before the process goes.
+        await voice.drain()
+
+    app = FastAPI(title="voice agent", lifespan=lifespan)
     app.router.routes.extend(voice.routes)
     app.state.reports = reports
+    app.state.voice = voice
+
+    @app.get("/readyz")
+    async def readyz() -> Any:
+        """Takes new calls: 200, or 503 while draining or full (``voice.health_routes`` has
+        this and a ``/healthz`` ready-made; this app keeps its own ``/healthz``)."""
+        status, body = voice.readiness()
+        return JSONResponse(body, status_code=status)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -141,3 +165,22 @@ logging.basicConfig(
     format="%(asctime)s %(levelname)s %(name)s %(message)s",
 )
 app = create_app(config_from_env())
+
+
+def main() -> None:
+    """Serve ``app`` with uvicorn, drained on SIGTERM (``realtime_fsm.asgi_drain``)."""
+    import uvicorn
+
+    from realtime_fsm.asgi_drain import DrainingServer
+
+    config = uvicorn.Config(
+        app,
+        host=os.environ.get("HOST", "127.0.0.1"),
+        port=int(os.environ.get("PORT", "8080")),
+        ws_max_size=65536,
+    )
+    asyncio.run(DrainingServer(config, app.state.voice).serve())
+
+
+if __name__ == "__main__":
+    main()

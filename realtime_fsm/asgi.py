@@ -30,7 +30,7 @@ from urllib.parse import parse_qsl, urlsplit
 try:
     from starlette.datastructures import MultiDict
     from starlette.requests import Request
-    from starlette.responses import PlainTextResponse, Response
+    from starlette.responses import JSONResponse, PlainTextResponse, Response
     from starlette.routing import BaseRoute, Route, WebSocketRoute
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides starlette
@@ -39,6 +39,7 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
     ) from exc
 
 from .bridge import CallBridge, CallReport, MessageSocket
+from .drain import HEALTH_PATH, READY_PATH, CallTracker, DrainReport, admit_webhook
 from .logsafe import safe
 from .prestart import PreStartLimits
 from .server import (
@@ -231,6 +232,8 @@ class TwilioVoiceRoutes:
         #: Per-call stream credentials (with a token; see ``ServerConfig.stream_credentials``):
         #: minted by the webhook, checked at ``start``; any worker with the token verifies.
         self.credentials = config.credentials()
+        #: This process's calls: capacity (``ServerConfig.max_calls``), health, the drain.
+        self.tracker = CallTracker(config.admission())
 
     @property
     def routes(self) -> list[BaseRoute]:
@@ -269,6 +272,45 @@ class TwilioVoiceRoutes:
         status, body, content_type = telemetry.exposition()
         return Response(body, status_code=status, headers={"content-type": content_type})
 
+    # ---------------------------------------------------------------- health and the drain
+
+    @property
+    def health_routes(self) -> list[BaseRoute]:
+        """``GET /healthz`` (alive) and ``GET /readyz`` (takes new calls: not draining, under
+        ``config.max_calls``; 503 otherwise), JSON: for the app's routes, at the root (not
+        under ``prefix``: probes are the deployment's, not Twilio's).  Not in :attr:`routes`,
+        so an app that has its own health checks can fold :meth:`readiness` into them."""
+        return [
+            Route(HEALTH_PATH, self._health, methods=["GET"], name="realtime_fsm_healthz"),
+            Route(READY_PATH, self._ready, methods=["GET"], name="realtime_fsm_readyz"),
+        ]
+
+    async def _health(self, request: Request) -> Response:
+        status, body = self.tracker.health()
+        return JSONResponse(body, status_code=status)
+
+    async def _ready(self, request: Request) -> Response:
+        status, body = self.tracker.readiness()
+        return JSONResponse(body, status_code=status)
+
+    def readiness(self) -> tuple[int, dict[str, object]]:
+        """What ``/readyz`` answers: 200 or 503, and the figures (calls, places held, ...)."""
+        return self.tracker.readiness()
+
+    async def drain(self, timeout: float | None = None) -> DrainReport:
+        """Drain: readiness false and new calls refused at once, calls in progress go on
+        until they end or ``timeout`` (default ``config.drain_timeout``) passes, then end with
+        1001 ("going away").  Call it from the app's shutdown (the lifespan), which uvicorn
+        runs on SIGTERM after it stopped accepting connections::
+
+            @asynccontextmanager
+            async def lifespan(app):
+                yield
+                await voice.drain()
+
+        Calling it again waits for the same drain."""
+        return await self.tracker.drain(self.config.drain_timeout if timeout is None else timeout)
+
     # ------------------------------------------------------------------------- the webhook
 
     async def incoming_call(self, request: Request) -> Response:
@@ -292,6 +334,14 @@ class TwilioVoiceRoutes:
                 log.warning("refusing webhook from %s: %s", _client(request), safe(reason))
                 return PlainTextResponse(f"forbidden: {reason}\n", status_code=403)
         webhook = {**dict(request.query_params), **dict(form)}
+        refused = admit_webhook(self.config.when_unavailable, self.tracker.admission, webhook)
+        if refused is not None:
+            return Response(
+                refused.body,
+                status_code=refused.status,
+                headers=dict(refused.headers),
+                media_type=refused.content_type,
+            )
         call = webhook.get("CallSid") or "-"
         log.info("call=%s incoming call; streaming to %s", safe(call, 64), self.stream_url)
         body = self.config.stream_twiml(webhook, self.credentials)
@@ -321,10 +371,11 @@ class TwilioVoiceRoutes:
                 self.config,
                 sock,
                 self.reports,
-                self._guarded_on_call(),
+                self.tracker.watching(self._guarded_on_call()),
                 connect=self.connect,
                 limits=self.limits,
                 credentials=self.credentials,
+                admission=self.tracker.admission,
             )
         finally:
             await sock.close()

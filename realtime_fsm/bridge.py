@@ -25,6 +25,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
+from .admission import Admission
 from .bounded import bounded, close_quietly, wait_event
 from .call import (
     DEFAULT_MARK_EVERY_MS,
@@ -88,11 +89,14 @@ class CallBridge(Outbox):
         reconnect: Connector | None = None,
         on_start: Callable[[], None] | None = None,
         credentials: StreamCredentials | None = None,
+        admission: Admission | None = None,
     ) -> None:
         """``on_start``: called once when the stream has started, or ended without starting
         (a server's pre-start bounds release the stream's slot with it).  ``credentials``: the
         server's per-call stream credentials (:mod:`realtime_fsm.credentials`); a ``start``
-        without a valid one ends the call with 1008 before any OpenAI session is opened."""
+        without a valid one ends the call with 1008 before any OpenAI session is opened.
+        ``admission``: the server process's call capacity (:mod:`realtime_fsm.admission`); a
+        ``start`` it does not admit ends the call with 1013, before any OpenAI session."""
         if openai is None and reconnect is None:
             raise ValueError("CallBridge needs an OpenAI socket or a connector to open one")
         self.twilio = twilio
@@ -110,6 +114,7 @@ class CallBridge(Outbox):
             can_reconnect=reconnect is not None,
             credentials=credentials,
             wall_offset=time.time() - clock(),
+            admission=admission,
         )
         self.report: CallReport = self.session.report
         self._to_openai: asyncio.Queue[Outbound] = asyncio.Queue(self.config.max_queue)
@@ -239,6 +244,12 @@ class CallBridge(Outbox):
     def end_call(self, reason: str = "ended by the application") -> None:
         """End the call: both sockets are closed, the report says ``reason``."""
         self.session.end_call(reason, self.clock())
+        self._after()
+
+    def go_away(self) -> None:
+        """End the call because the server is going away (its drain deadline passed): both
+        sockets are closed with 1001, the report says ``"server draining"``."""
+        self.session.go_away(self.clock())
         self._after()
 
     def events(self) -> AsyncIterator[AppEvent]:

@@ -1,5 +1,8 @@
 """``realtime-fsm`` command line: ``demo`` runs a whole call offline, on 127.0.0.1.
 
+``serve`` runs the Twilio bridge server (:mod:`realtime_fsm.serve_command`), ``replay`` checks
+a call's trace, ``soak`` runs many simulated calls.
+
 The demo starts the simulator (a fake OpenAI Realtime server), the example bridge's server
 (:mod:`realtime_fsm.server`, exactly what ``examples/twilio_bridge.py`` runs) and a fake Twilio
 caller, then plays the seed design note's two scenarios:
@@ -26,6 +29,7 @@ from .config import LifecycleConfig
 from .openai_realtime import SessionConfig
 from .openai_realtime.models import DEFAULT_REALTIME_MODEL
 from .replay import add_parser as add_replay_parser
+from .serve_command import add_serve_parser
 from .server import ServerConfig, start_server
 from .testing import (
     FakeCallerConfig,
@@ -214,7 +218,11 @@ def main(argv: list[str] | None = None) -> int:
     demo.set_defaults(func=_demo)
     add_replay_parser(sub)
     add_soak_parser(sub)
-    args = parser.parse_args(argv)
+    add_serve_parser(sub)
+    raw = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(raw)
+    if args.command == "serve":
+        args.serve_argv = raw[raw.index("serve") + 1 :]
     code: int = args.func(args)
     return code
 

@@ -38,6 +38,7 @@ REASONS: Mapping[int, str] = MappingProxyType(
         413: "Content Too Large",
         431: "Request Header Fields Too Large",
         501: "Not Implemented",
+        503: "Service Unavailable",
     }
 )
 
@@ -95,6 +96,8 @@ class HttpResponse:
     status: int
     body: bytes = b""
     content_type: str = "text/plain; charset=utf-8"
+    #: More header lines (``Retry-After`` on a 503), as ``(name, value)``; ours, never a peer's.
+    headers: tuple[tuple[str, str], ...] = ()
 
 
 def parse_head(head: bytes, client: str) -> HttpRequest:
@@ -163,6 +166,7 @@ def http_bytes(response: HttpResponse) -> bytes:
         f"HTTP/1.1 {response.status} {reason}\r\n"
         f"Content-Type: {response.content_type}\r\n"
         f"Content-Length: {len(response.body)}\r\n"
-        "Connection: close\r\n\r\n"
+        + "".join(f"{name}: {value}\r\n" for name, value in response.headers)
+        + "Connection: close\r\n\r\n"
     )
     return head.encode("latin-1") + response.body

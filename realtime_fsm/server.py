@@ -28,9 +28,11 @@ from xml.sax.saxutils import quoteattr
 import attrs
 from websockets.asyncio.client import connect
 
+from .admission import Admission
 from .bridge import BridgeConfig, CallBridge, CallReport, MessageSocket
 from .call.fields import FATAL_HANDSHAKE_STATUSES
 from .credentials import CREDENTIAL_PARAMETER, StreamCredentials
+from .drain import DEFAULT_DRAIN_TIMEOUT, WHEN_UNAVAILABLE, CallTracker, admit_webhook
 from .errors import UpstreamUnreachable
 from .logsafe import safe
 from .openai_realtime import Dialect
@@ -101,6 +103,11 @@ def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) ->
         raise ValueError(f"{attribute.name} must be an int > 0, got {value!r}")
 
 
+def _positive_number(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
+    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
+        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
+
+
 @attrs.frozen
 class ServerConfig(RealtimeSettings):
     """Where to listen is given to :func:`start_server`; this is what to do with a call.
@@ -139,6 +146,29 @@ class ServerConfig(RealtimeSettings):
     #: Spans and metrics of every call, and ``/metrics`` (``docs/observability.md``);
     #: ``None``: off, at no cost.
     telemetry: Telemetry | None = None
+    #: Calls this process takes at once (``realtime_fsm.admission``), counted at the webhook:
+    #: past it the webhook is refused (``when_unavailable``) and ``/readyz`` answers 503.
+    #: ``None``: no bound.
+    max_calls: int | None = attrs.field(
+        default=None, validator=attrs.validators.optional(_positive_int)
+    )
+    #: Seconds an admitted webhook holds its place for its stream (Twilio connects within a
+    #: second or two).  A drain waits for held places too, so that a call admitted just before
+    #: it is served; with several workers the stream may be served by another one, and the
+    #: place here is given back only when this passes: short, but well above Twilio's delay.
+    admission_hold: float = attrs.field(default=10.0, validator=_positive_number)
+    #: Seconds calls in progress get to end by themselves once a drain begins (SIGTERM to the
+    #: ``serve`` command, ``TwilioVoiceRoutes.drain``); then they end with 1001.
+    drain_timeout: float = attrs.field(default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_number)
+    #: How a webhook is refused when this process is full or draining: one of
+    #: :data:`WHEN_UNAVAILABLE`.
+    when_unavailable: str = attrs.field(
+        default="fail-over", validator=attrs.validators.in_(WHEN_UNAVAILABLE)
+    )
+
+    def admission(self) -> Admission:
+        """The call capacity these settings ask for (one per server process)."""
+        return Admission(self.max_calls, hold=self.admission_hold)
 
     def credentials(self) -> StreamCredentials | None:
         """The per-call stream credentials these settings ask for (one per server process: it
@@ -343,6 +373,7 @@ async def _incoming_call(
     request: HttpRequest,
     check: Callable[[HttpRequest], str | None] | None = None,
     credentials: StreamCredentials | None = None,
+    admission: Admission | None = None,
 ) -> HttpResponse:
     if request.method not in ("GET", "POST"):
         return HttpResponse(405, b"method not allowed\n")
@@ -352,6 +383,9 @@ async def _incoming_call(
             log.warning("refusing webhook from %s: %s", request.client, reason)
             return HttpResponse(403, f"forbidden: {reason}\n".encode())
     webhook = {**request.query, **dict(request.form_fields()[::-1])}
+    refused = admit_webhook(config.when_unavailable, admission, webhook)
+    if refused is not None:
+        return refused
     call = webhook.get("CallSid") or "-"
     log.info("call=%s incoming call; streaming to %s", safe(call, 64), config.stream_url)
     return HttpResponse(200, config.stream_twiml(webhook, credentials), "text/xml; charset=utf-8")
@@ -397,10 +431,13 @@ async def bridge_call(
     connect: Callable[[], Awaitable[MessageSocket]] | None = None,
     limits: PreStartLimits | None = None,
     credentials: StreamCredentials | None = None,
+    admission: Admission | None = None,
 ) -> None:
     """``limits``: the server's bounds on streams not started yet (a refused one is closed
     with 1013 and one log line, before anything else is done for it).  ``credentials``: the
     server's stream credentials (:meth:`ServerConfig.credentials`), checked at ``start``.
+    ``admission``: the server's call capacity (:meth:`ServerConfig.admission`): a ``start``
+    whose call it does not admit is closed with 1013, a served call holds a place in it.
 
     Serve one accepted media stream: run the bridge, which opens the OpenAI socket after
     Twilio's ``start`` (``connect``, by default :func:`connect_realtime`; reconnects too), and
@@ -466,6 +503,7 @@ async def bridge_call(
             reconnect=open_openai,
             on_start=release,
             credentials=credentials,
+            admission=admission,
         )
         if config.telemetry is not None:
             config.telemetry.attach(bridge, model=config.session_model)
@@ -489,35 +527,47 @@ async def start_server(
     *,
     reports: list[CallReport] | None = None,
     on_bridge: Callable[[CallBridge], None] | None = None,
+    tracker: CallTracker | None = None,
+    reuse_port: bool = False,
 ) -> asyncio.Server:
     """Start the bridge server; every finished call's report is appended to ``reports``.
 
     ``on_bridge`` sees each call's :class:`CallBridge` before it runs, so a soak or a
-    dashboard can watch live calls (their machine state) rather than only finished reports."""
+    dashboard can watch live calls (their machine state) rather than only finished reports.
+    ``tracker``: the process's :class:`~realtime_fsm.drain.CallTracker` (``/healthz``,
+    ``/readyz``, the drain), by default a new one over :meth:`ServerConfig.admission`.
+    ``reuse_port``: bind with ``SO_REUSEPORT``, so that several worker processes share the
+    port (the ``serve --workers`` command)."""
 
     log_model_warnings(config)
     check = webhook_check(config)
     credentials = config.credentials()
+    if tracker is None:
+        tracker = CallTracker(config.admission())
+    admission = tracker.admission
 
     async def incoming(request: HttpRequest) -> HttpResponse:
-        return await _incoming_call(config, request, check, credentials)
+        return await _incoming_call(config, request, check, credentials, admission)
 
     limits = PreStartLimits(config.max_pre_start, config.max_pre_start_per_client)
+    watch = tracker.watching(on_bridge)
 
     async def media(ws: WebSocket) -> None:
-        await bridge_call(config, ws, reports, on_bridge, limits=limits, credentials=credentials)
+        await bridge_call(
+            config, ws, reports, watch, limits=limits, credentials=credentials, admission=admission
+        )
 
     http: dict[str, HttpHandler] = {"/incoming-call": incoming}
     telemetry = config.telemetry
     if telemetry is not None and telemetry.metrics_path:
         http[telemetry.metrics_path] = telemetry.http_handler()
     routes = Routes(
-        http=http,
+        http={**http, **tracker.http_routes()},
         websocket={"/media-stream": media},
         gate=signature_gate(config),
         max_message_bytes=config.bridge.max_twilio_message,
     )
-    server = await serve(routes, host, port)
+    server = await serve(routes, host, port, reuse_port=reuse_port)
     log.info(
         "listening on %s:%d; TwiML at /incoming-call streams to %s",
         host,

@@ -430,7 +430,11 @@ CALL_TRANSITIONS: list[Row] = [
     _row("start", AWAITING_START, ENDING, when=("credential_refused",),
          do=("end_bad_credential",)),
     _row("start", AWAITING_START, ENDING, when=("bad_media_format",), do=("end_bad_format",)),
-    _row("start", AWAITING_START, RUNNING, do=("begin_call",)),
+    # Capacity is decided at the webhook (realtime_fsm.admission); a stream whose call no
+    # webhook admitted is refused here while the server drains or is full (1013), before any
+    # OpenAI session.  A served call holds its place until it is closed.
+    _row("start", AWAITING_START, ENDING, when=("not_admitted",), do=("end_not_admitted",)),
+    _row("start", AWAITING_START, RUNNING, do=("take_place", "begin_call")),
     _row("start", [RUNNING, RECONNECTING], None, do=("count_duplicate_start",)),
     _row("start", ENDING, None),
     # A lost session ends the call when nothing can open another, or after too many; its
@@ -449,6 +453,9 @@ CALL_TRANSITIONS: list[Row] = [
     _row("session_opened", RECONNECTING, RUNNING, do=("restore_session",)),
     _row("end", LIVE, ENDING, do=("note_end",)),
     _row("end", ENDING, None),
+    # The server's drain deadline passed: the call ends, its peers told "going away" (1001).
+    _row("going_away", LIVE, ENDING, do=("end_going_away",)),
+    _row("going_away", ENDING, None),
     _row("closed", [*LIVE, ENDING], ENDED, do=("finish",)),
     _row("closed", ENDED, None),
 ]

@@ -463,13 +463,19 @@ async def _upgrade(
         await ws.close()
 
 
-async def serve(routes: Routes, host: str, port: int) -> asyncio.Server:
-    """Start listening; ``server.sockets[0].getsockname()`` tells the port when ``port`` is 0."""
+async def serve(
+    routes: Routes, host: str, port: int, *, reuse_port: bool = False
+) -> asyncio.Server:
+    """Start listening; ``server.sockets[0].getsockname()`` tells the port when ``port`` is 0.
+    ``reuse_port``: ``SO_REUSEPORT``, for several processes accepting on one port (the
+    kernel spreads new connections over them)."""
 
     async def on_connect(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         await _handle_connection(routes, reader, writer)
 
-    return await asyncio.start_server(on_connect, host, port, limit=MAX_HEAD_BYTES)
+    return await asyncio.start_server(
+        on_connect, host, port, limit=MAX_HEAD_BYTES, reuse_port=reuse_port or None
+    )
 
 
 async def serve_until_signalled(server: asyncio.Server) -> None:

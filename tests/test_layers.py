@@ -29,6 +29,7 @@ LAYERS: list[set[str]] = [
         "malloc_tuning",
         "logsafe",
         "credentials",
+        "admission",
     },
     {"engine", "table", "diagram"},
     {"lifecycle"},
@@ -46,11 +47,13 @@ LAYERS: list[set[str]] = [
         "bridge",
         "trace",
         "upstream",
+        "drain",
         "server",
         "asgi",
         "telemetry",
+        "asgi_drain",
     },
-    {"replay", "testing", "cli", "__main__", "__init__"},
+    {"replay", "testing", "cli", "serve_command", "workers", "__main__", "__init__"},
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 #: The layer of the asyncio drivers: everything below it is sans-IO.

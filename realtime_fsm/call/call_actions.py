@@ -374,6 +374,9 @@ class CallActions(Observations):
 
     def finish(self) -> None:
         """Both sockets are closed: settle the report.  Texts never written go back."""
+        if self._admitted and self.admission is not None:
+            self._admitted = False
+            self.admission.leave()
         reason = self.end_reason or self._reason or "ended"
         self.end_reason = reason
         report = self.report

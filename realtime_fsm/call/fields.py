@@ -12,6 +12,7 @@ import logging
 from typing import Final
 
 from .. import events as ev
+from ..admission import Admission
 from ..credentials import StreamCredentials
 from ..history import ConversationHistory
 from ..lifecycle import ResponseLifecycle
@@ -79,6 +80,7 @@ class CallFields:
         can_reconnect: bool,
         credentials: StreamCredentials | None = None,
         wall_offset: float = 0.0,
+        admission: Admission | None = None,
     ) -> None:
         # --- The call machine.
         self.call_state: CallState = AWAITING_START
@@ -103,6 +105,12 @@ class CallFields:
         #: The server's stream credentials: ``start`` must carry one for this call (the guard
         #: ``credential_refused`` asks them); ``None``: the server checks none.
         self.credentials = credentials
+        #: The server process's call capacity (``realtime_fsm.admission``): the guard
+        #: ``not_admitted`` asks it whether this call's ``start`` is served; ``None``: no bound.
+        self.admission = admission
+        #: This call took a place in ``admission`` (given back once, when the call is closed);
+        #: no guard reads it.
+        self._admitted = False
         #: Wall-clock (Unix) time minus ``now``'s clock: credentials expire in wall time, which
         #: every worker shares, and the call is given no clock of its own.
         self.wall_offset = float(wall_offset)

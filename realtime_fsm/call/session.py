@@ -28,6 +28,7 @@ from typing import Any
 import attrs
 
 from .. import events as ev
+from ..admission import DRAIN_REASON, Admission
 from ..credentials import StreamCredentials
 from ..errors import LocalProtocolError
 from ..logsafe import safe
@@ -51,10 +52,14 @@ class CallSession(ToolCalls):
         can_reconnect: bool = False,
         credentials: StreamCredentials | None = None,
         wall_offset: float = 0.0,
+        admission: Admission | None = None,
     ) -> None:
         """``credentials``: the server's :class:`~realtime_fsm.credentials.StreamCredentials`;
         a ``start`` without a valid one for its call ends the call (1008) before any OpenAI
-        session.  ``wall_offset``: Unix time minus the ``now`` clock, for their expiry."""
+        session.  ``wall_offset``: Unix time minus the ``now`` clock, for their expiry.
+        ``admission``: the server process's :class:`~realtime_fsm.admission.Admission`; a
+        ``start`` it does not admit ends the call (1013, try again later) before any OpenAI
+        session, and a started call holds a place in it until it is closed."""
         super().__init__(
             config if config is not None else BridgeConfig(),
             now=now,
@@ -62,6 +67,7 @@ class CallSession(ToolCalls):
             can_reconnect=can_reconnect,
             credentials=credentials,
             wall_offset=wall_offset,
+            admission=admission,
         )
         self.report.undelivered_texts = self.custody.returned
 
@@ -218,6 +224,14 @@ class CallSession(ToolCalls):
         self.config = attrs.evolve(self.config, **changes)
         if self.call_state is RUNNING:
             self.send_session_update()
+
+    def go_away(self, now: float) -> None:
+        """The server is going away (its drain deadline passed): end the call now, with the
+        report's reason :data:`DRAIN_REASON` and close code 1001 ("going away", RFC 6455) to
+        both peers.  Nothing after a call that has ended already."""
+        self._advance(now)
+        self._reason = DRAIN_REASON
+        self._fire_call("going_away")
 
     def end_call(self, reason: str, now: float) -> None:
         """End the call (the application's reason is the report's)."""

@@ -27,7 +27,7 @@ from ..twilio_media import (
     UnknownMessage,
     parse_message,
 )
-from .call_actions import CallActions
+from .admitting import Admitting
 from .fields import log
 
 #: :meth:`TwilioSide.twilio_frame`'s answer for a frame that needs nothing done after it.
@@ -39,7 +39,7 @@ _b64 = re.compile(r"[A-Za-z0-9+/]+={0,2}").fullmatch
 MAX_MEDIA_CHARS: Final = 4 * ((8000 + 2) // 3)
 
 
-class TwilioSide(CallActions):
+class TwilioSide(Admitting):
     """Twilio frames in."""
 
     def twilio_frame(self, frame: str | bytes, now: float) -> str | None:
