@@ -37,3 +37,5 @@ class Item:
     bytes_per_ms: int = 8
     #: Model output audio: the only kind of item ``conversation.item.truncate`` accepts.
     assistant_audio: bool = False
+    #: Caller audio committed into a user item (its input tokens, see ``_realtime_usage``).
+    input_audio_ms: int = 0

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 from ._conversation import JSON
 from ._realtime_session import _Session
 from ._realtime_types import _GA_ONLY, Api, ResponseRecord, ScriptedError, beta_event_name
+from ._realtime_usage import InputTokens, output_audio_tokens
 
 if TYPE_CHECKING:
     from .fake_realtime import FakeRealtimeServer
@@ -17,7 +18,7 @@ import asyncio
 import json
 import re
 import time
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import attrs
@@ -25,7 +26,6 @@ from websockets.asyncio.server import ServerConnection
 from websockets.exceptions import ConnectionClosed
 
 from ._conversation import Item as _Item
-from ._conversation import ProtocolError as _ProtocolError
 from ._support import openai_id
 from .fake_tools import (
     ToolPlan,
@@ -50,28 +50,54 @@ SESSION_EXPIRED_MESSAGE = "Your session hit the maximum duration of 60 minutes."
 
 
 @attrs.define(eq=False)
+class _Message:
+    """One assistant message item a response says (one per ``ScriptedReply.items`` entry)."""
+
+    text: str
+    #: Spoken (``output_audio``) or written (``output_text``).
+    audio: bool
+    audio_ms: int
+    item: _Item | None = None
+    output_index: int = 0
+    previous_item_id: str | None = None
+    transcript_sent: str = ""
+    #: Its done events were sent.
+    finished: bool = False
+
+
+@attrs.define(eq=False)
 class _Live:
     """Runtime state of a response that has not finished yet."""
 
     record: ResponseRecord
-    text: str
-    audio_ms: int
     output_format: str
-    voice: str
+    voice: Any
     max_output_tokens: int | str
+    #: The message items it will say, in order (they are added one after the other).
+    messages: list[_Message]
+    #: Its context (input tokens), counted when it was created.
+    context: InputTokens
+    #: The silent "thinking" before the first output item (reasoning models).
+    reasoning_delay_s: float = 0.0
     cancel_event: asyncio.Event = attrs.field(factory=asyncio.Event)
     cancel_reason: str | None = None
-    item: _Item | None = None
-    transcript_sent: str = ""
     task: asyncio.Task[None] | None = None
     done_event: JSON | None = None
     #: The pause in progress (see ``_pause``): resolved True by a cancel, False by its timer.
     pause_waiter: asyncio.Future[bool] | None = None
-    #: Tool calls of this response (see :mod:`.fake_tools`); their items follow ``item``.
+    #: Tool calls of this response (see :mod:`.fake_tools`); their items follow the messages.
     tools: ToolPlan | None = None
-    extra_output: list[JSON] = attrs.field(factory=list)
-    #: The message item's done events were sent (before the calls that follow it).
-    item_finished: bool = False
+    #: Every output item added so far, in output order (``response.done``'s ``output``).
+    output: list[JSON] = attrs.field(factory=list)
+    #: Output tokens so far (see :mod:`._realtime_usage`): text, and the audio's milliseconds.
+    text_tokens: int = 0
+    audio_ms_sent: int = 0
+    #: ``max_output_tokens`` ran out: the response ends ``incomplete``.
+    out_of_tokens: bool = False
+
+    @property
+    def audio_tokens(self) -> int:
+        return output_audio_tokens(self.audio_ms_sent)
 
 
 # --- connection -----------------------------------------------------------------------------
@@ -107,6 +133,13 @@ class _ConnectionBase:
         self._server_create_pending = False
         self._pending_late: list[tuple[JSON, bool]] = []
         self._last_user_text: str | None = None
+        #: Assistant audio has been sent: the session's voice can no longer change.
+        self._voice_locked = False
+        #: The context of the latest default-conversation response (its prefix is cached).
+        self._last_context: InputTokens | None = None
+        #: Idle timeout: the input-audio position where the last response's playback is
+        #: estimated to end (``response.done`` plus its audio), or None when not armed.
+        self._idle_from_ms: int | None = None
         # VAD, on the audio timeline.
         self._audio_ms = 0
         self._uncommitted_ms = 0
@@ -295,13 +328,6 @@ class _ConnectionBase:
     def _emit_for(self, live: _Live, event: JSON, *, injected: bool = False) -> None:
         twice = event.get("type") in live.record.faults.duplicate_events
         self._emit(event, injected=injected, twice=twice)
-
-    def _reject_keys(self, raw: Mapping[str, Any], keys: Iterable[str], prefix: str) -> None:
-        for key in raw:
-            if key in keys:
-                raise _ProtocolError(
-                    "unknown_parameter", f"Unknown parameter: '{prefix}.{key}'.", f"{prefix}.{key}"
-                )
 
     def _on_message(self, message: str | bytes) -> None:
         raise NotImplementedError  # FakeRealtimeConnection handles client events

@@ -1,47 +1,52 @@
-"""Responses of a fake Realtime connection: the single-active-response rule, cancels and the
-streaming of each response's events (tool calls are delegated to :mod:`.fake_tools`)."""
+"""Responses of a fake Realtime connection: the single-active-response rule, cancels, how each
+response starts (its reply, context and limits) and how it ends (status, ``usage``).  What it
+says while it runs is streamed by :mod:`._realtime_streaming`; tool calls by
+:mod:`.fake_tools`.
+
+``max_output_tokens`` (session, or per ``response.create``) is enforced on the token model of
+:mod:`._realtime_usage`: the delta that would pass the limit is not sent, the item being said
+ends ``incomplete`` with the audio and transcript sent so far, no later item is added, and
+``response.done`` says ``incomplete`` / ``max_output_tokens``.
+
+Reasoning models (``gpt-realtime-2*``) "think before they speak": with
+``FakeRealtimeConfig.reasoning_delay_s`` set, a response stays silent that long (scaled by its
+``reasoning.effort``) between ``response.created`` and its first output item; a cancel in the
+gap ends it ``cancelled`` with no output, as when the caller interrupts mid-thought.
+"""
 
 from __future__ import annotations
 
 import asyncio
-import base64
-import math
-import re
 import time
-from typing import Literal
+from collections.abc import Iterable
 
 from ._conversation import JSON
 from ._conversation import Item as _Item
 from ._conversation import ProtocolError as _ProtocolError
-from ._realtime_base import _ConnectionBase, _Live
+from ._realtime_base import _Live, _Message
+from ._realtime_params import BETA_RESPONSE, GA_RESPONSE, check_keys, check_max_output_tokens
 from ._realtime_session import (
-    _BETA_ONLY_RESPONSE_KEYS,
-    _GA_ONLY_RESPONSE_KEYS,
+    REASONING_MODEL_PREFIX,
     _ga_format,
     _parse_beta_format,
     _parse_ga_format,
     _validate_metadata,
 )
-from ._realtime_types import ReplyContext, ResponseRecord, ScriptedReply
+from ._realtime_streaming import _ItemStreaming
+from ._realtime_types import Origin, ReplyContext, ResponseRecord, ScriptedReply
+from ._realtime_usage import InputTokens, context_tokens, render_usage
 from ._support import openai_id, settle
-from .audio import (
-    STAMP_SIZE,
-    TAG_SIZE,
-    bytes_per_ms,
-    make_audio_tag,
-    make_time_stamp,
-    tone,
-)
-from .fake_tools import (
-    before_client_create,
-    stream_calls,
-)
+from .audio import bytes_per_ms
+from .fake_tools import before_client_create
 
-_WORD_RE = re.compile(r"\S+\s*|\s+")
+#: ``reasoning.effort`` -> multiple of ``FakeRealtimeConfig.reasoning_delay_s`` (``medium``).
+EFFORT_SCALE = {"minimal": 0.25, "low": 0.5, "medium": 1.0, "high": 2.0, "xhigh": 4.0}
+#: The effort assumed when none is set (third-party pages say ``low``; the types state none).
+DEFAULT_EFFORT = "low"
 
 
-class _ResponseHandling(_ConnectionBase):
-    """``response.create`` / ``response.cancel`` and the streaming of each response."""
+class _ResponseHandling(_ItemStreaming):
+    """``response.create`` / ``response.cancel``, and the start and end of each response."""
 
     def _on_response_create(self, event: JSON, client_event_id: str | None) -> None:
         params = event.get("response") or {}
@@ -49,18 +54,8 @@ class _ResponseHandling(_ConnectionBase):
             raise _ProtocolError(
                 "invalid_type", "Invalid type for 'response': expected an object.", "response"
             )
-        if self.api == "ga":
-            self._reject_keys(params, _BETA_ONLY_RESPONSE_KEYS, "response")
-        else:
-            self._reject_keys(params, _GA_ONLY_RESPONSE_KEYS, "response")
+        self._check_response_params(params)
         conversation = params.get("conversation", "auto")
-        if conversation not in ("auto", "none"):
-            raise _ProtocolError(
-                "invalid_value",
-                f"Invalid value: '{conversation}'. Supported values are: 'auto' and 'none'.",
-                "response.conversation",
-            )
-        _validate_metadata(params.get("metadata"))
         if conversation == "auto":
             before_client_create(self)
         if conversation == "auto" and self._active is not None:
@@ -71,6 +66,32 @@ class _ResponseHandling(_ConnectionBase):
                 "creating a new one.",
             )
         self._start_response(origin="client", params=params, client_event_id=client_event_id)
+
+    def _check_response_params(self, params: JSON) -> None:
+        """The real server's checks of ``response.create``'s ``response``, before anything."""
+        if self.api == "ga":
+            check_keys(params, GA_RESPONSE, "response")
+            audio_out = (params.get("audio") or {}).get("output") or {}
+            if "format" in audio_out:
+                _parse_ga_format(audio_out["format"], "response.audio.output.format")
+            if "max_output_tokens" in params:
+                check_max_output_tokens(params["max_output_tokens"], "response.max_output_tokens")
+        else:
+            check_keys(params, BETA_RESPONSE, "response")
+            if "output_audio_format" in params:
+                _parse_beta_format(params["output_audio_format"], "response.output_audio_format")
+            if "max_response_output_tokens" in params:
+                check_max_output_tokens(
+                    params["max_response_output_tokens"], "response.max_response_output_tokens"
+                )
+        conversation = params.get("conversation", "auto")
+        if conversation not in ("auto", "none"):
+            raise _ProtocolError(
+                "invalid_value",
+                f"Invalid value: '{conversation}'. Supported values are: 'auto' and 'none'.",
+                "response.conversation",
+            )
+        _validate_metadata(params.get("metadata"))
 
     def _on_response_cancel(self, event: JSON, _eid: str | None) -> None:
         response_id = event.get("response_id")
@@ -90,15 +111,14 @@ class _ResponseHandling(_ConnectionBase):
         if live.pause_waiter is not None:
             settle(live.pause_waiter, True)
 
-    def _start_response(
-        self, *, origin: Literal["client", "server_vad"], params: JSON, client_event_id: str | None
-    ) -> None:
+    def _start_response(self, *, origin: Origin, params: JSON, client_event_id: str | None) -> None:
         server = self._server
         config = server.config
         out_of_band = params.get("conversation") == "none"
         response_id = openai_id("resp", server.rng)
         session = self._session
         instructions = params.get("instructions")
+        instructions = instructions if isinstance(instructions, str) else session.instructions
         metadata = _validate_metadata(params.get("metadata"))
         number = server._response_number + 1
         ctx = ReplyContext(
@@ -107,7 +127,7 @@ class _ResponseHandling(_ConnectionBase):
             number=number,
             origin=origin,
             out_of_band=out_of_band,
-            instructions=instructions if isinstance(instructions, str) else session.instructions,
+            instructions=instructions,
             metadata=metadata,
             last_user_text=self._last_user_text,
         )
@@ -137,11 +157,6 @@ class _ResponseHandling(_ConnectionBase):
             )
             voice = params.get("voice", session.voice)
             max_tokens = params.get("max_response_output_tokens", session.max_output_tokens)
-        audio_ms = (
-            reply.audio_ms
-            if reply.audio_ms is not None
-            else max(config.audio_delta_ms, len(reply.text) * config.ms_per_char)
-        )
         record = ResponseRecord(
             id=response_id,
             connection=self.index,
@@ -156,19 +171,25 @@ class _ResponseHandling(_ConnectionBase):
             created_at=time.monotonic(),
             audio_bytes_per_ms=bytes_per_ms(output_format),
         )
+        tools = plan if plan is not None and plan.calls else None
+        messages = [] if tools is not None and not tools.preamble else self._messages(reply, record)
+        context = self._context(params, instructions)
         live = _Live(
             record=record,
-            text=reply.text,
-            audio_ms=audio_ms,
             output_format=output_format,
-            voice=str(voice),
+            voice=voice,
             max_output_tokens=max_tokens,
-            tools=plan if plan is not None and plan.calls else None,
+            messages=messages,
+            context=context.after(None if out_of_band else self._last_context),
+            reasoning_delay_s=self._reasoning_delay(params),
+            tools=tools,
         )
         server.responses.append(record)
         self._live[response_id] = live
         if not out_of_band:
             self._active = live
+            self._last_context = context
+            self._idle_from_ms = None  # a new response: the idle timer restarts at its end
         self._emit_for(live, {"type": "response.created", "response": self._render(live)})
         late, self._pending_late = self._pending_late, []
         for late_event, _ in late:
@@ -201,12 +222,57 @@ class _ResponseHandling(_ConnectionBase):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
+    def _messages(self, reply: ScriptedReply, record: ResponseRecord) -> list[_Message]:
+        """The message items ``reply`` is said as (one, or ``reply.items``)."""
+        config = self._server.config
+        audio_mode = "audio" in record.modalities
+
+        def length(text: str, audio_ms: int | None) -> int:
+            if audio_ms is not None:
+                return audio_ms
+            return max(config.audio_delta_ms, len(text) * config.ms_per_char)
+
+        if not reply.items:
+            return [_Message(reply.text, audio_mode, length(reply.text, reply.audio_ms))]
+        return [
+            _Message(i.text, audio_mode and i.modality == "audio", length(i.text, i.audio_ms))
+            for i in reply.items
+        ]
+
+    def _context(self, params: JSON, instructions: str) -> InputTokens:
+        """The input of a response: the conversation, or ``response.input`` when given."""
+        raw_input = params.get("input")
+        items: Iterable[_Item]
+        if isinstance(raw_input, list):
+            picked: list[_Item] = []
+            for entry in raw_input:
+                if not isinstance(entry, dict):
+                    continue
+                if entry.get("type") == "item_reference":
+                    found = self._items.get(str(entry.get("id")))
+                    if found is not None:
+                        picked.append(found)
+                else:
+                    picked.append(_Item(id=str(entry.get("id", "")), item=entry))
+            items = picked
+        else:
+            items = self._items.values()
+        return context_tokens(instructions, self._session.tools, items)
+
+    def _reasoning_delay(self, params: JSON) -> float:
+        """The silent gap before the first output item (reasoning models only)."""
+        base = self._server.config.reasoning_delay_s
+        if base <= 0 or not self._session.model.startswith(REASONING_MODEL_PREFIX):
+            return 0.0
+        reasoning = params.get("reasoning")
+        effort = reasoning.get("effort") if isinstance(reasoning, dict) else None
+        effort = effort or self._session.reasoning_effort or DEFAULT_EFFORT
+        return base * EFFORT_SCALE.get(str(effort), 1.0)
+
     def _render(
         self, live: _Live, *, status: str = "in_progress", reason: str | None = None
     ) -> JSON:
         record = live.record
-        output: list[JSON] = [live.item.item] if live.item is not None else []
-        output += live.extra_output
         details: JSON | None = None
         if status == "cancelled":
             details = {"type": "cancelled", "reason": reason}
@@ -221,18 +287,14 @@ class _ResponseHandling(_ConnectionBase):
                     "message": "The server had an error while processing your request.",
                 },
             }
-        usage: JSON | None = None
-        if status != "in_progress":
-            out_tokens = len(live.transcript_sent.split()) * 2
-            usage = {"total_tokens": out_tokens, "input_tokens": 0, "output_tokens": out_tokens}
         body: JSON = {
             "object": "realtime.response",
             "id": record.id,
             "status": status,
             "status_details": details,
-            "output": output,
+            "output": list(live.output),
             "conversation_id": None if record.out_of_band else self._conversation_id,
-            "usage": usage,
+            "usage": record.usage if status != "in_progress" else None,
             "metadata": record.metadata,
         }
         if self.api == "ga":
@@ -249,163 +311,6 @@ class _ResponseHandling(_ConnectionBase):
             body["temperature"] = self._session.temperature
         return body
 
-    async def _pause(self, live: _Live, seconds: float) -> bool:
-        """Sleep ``seconds`` unless a cancel arrives first; True if cancelled."""
-        if live.cancel_event.is_set():
-            await asyncio.sleep(0)
-            return True
-        if seconds <= 0:
-            await asyncio.sleep(0)
-            return live.cancel_event.is_set()
-        # A timer and a future rather than wait_for, which wraps the wait in a task: this runs
-        # between every two audio deltas of every response.
-        loop = asyncio.get_running_loop()
-        waiter: asyncio.Future[bool] = loop.create_future()
-        live.pause_waiter = waiter
-        timer = loop.call_later(seconds, settle, waiter, False)
-        try:
-            return await waiter
-        finally:
-            timer.cancel()
-            live.pause_waiter = None
-
-    def _content_type(self, audio: bool) -> str:
-        if self.api == "ga":
-            return "output_audio" if audio else "output_text"
-        return "audio" if audio else "text"
-
-    async def _stream(self, live: _Live) -> None:
-        """Generate one response's events; ends with :meth:`_finish` unless the socket drops."""
-        config = self._server.config
-        record = live.record
-        faults = record.faults
-        audio_mode = "audio" in record.modalities
-        send_audio = audio_mode and not faults.silent
-        chunk_ms = config.audio_delta_ms
-        n_chunks = max(1, math.ceil(live.audio_ms / chunk_ms))
-        words = _WORD_RE.findall(live.text)
-        per_chunk: list[list[str]] = [[] for _ in range(n_chunks)]
-        for j, word in enumerate(words):
-            per_chunk[min(n_chunks - 1, j * n_chunks // max(1, len(words)))].append(word)
-        interval = chunk_ms / 1000 / config.realtime_factor
-        frame = tone(chunk_ms, audio_format=live.output_format)
-        stop_at = n_chunks if faults.outcome == "completed" else max(1, n_chunks // 2)
-
-        if await self._pause(live, config.first_delta_delay_s) and faults.deltas_after_cancel == 0:
-            await self._finish(live)
-            return
-        if live.tools is not None and not live.tools.preamble:  # calls only, no message item
-            await stream_calls(self, live, 0)
-            await self._finish(live)
-            return
-        item_id = openai_id("item", self._server.rng)
-        record.item_id = item_id
-        item_json: JSON = {
-            "id": item_id,
-            "object": "realtime.item",
-            "type": "message",
-            "role": "assistant",
-            "status": "in_progress",
-            "content": [],
-        }
-        live.item = _Item(
-            id=item_id,
-            item=item_json,
-            bytes_per_ms=bytes_per_ms(live.output_format),
-            assistant_audio=audio_mode,
-        )
-        previous = next(reversed(self._items), None)
-        if record.out_of_band:
-            self._oob_items[item_id] = live.item
-        else:
-            self._items[item_id] = live.item
-        ids = {"response_id": record.id, "item_id": item_id, "output_index": 0, "content_index": 0}
-        self._emit_for(
-            live,
-            {
-                "type": "response.output_item.added",
-                "response_id": record.id,
-                "output_index": 0,
-                "item": dict(item_json),
-            },
-        )
-        if not record.out_of_band:
-            self._emit_for(
-                live,
-                {
-                    "type": "conversation.item.added",
-                    "previous_item_id": previous,
-                    "item": dict(item_json),
-                },
-            )
-        part_type = "audio" if audio_mode else "text"
-        part: JSON = (
-            {"type": part_type, "transcript": ""} if audio_mode else {"type": "text", "text": ""}
-        )
-        self._emit_for(live, {"type": "response.content_part.added", **ids, "part": part})
-        item_json["content"] = [
-            {"type": self._content_type(audio_mode), ("transcript" if audio_mode else "text"): ""}
-        ]
-
-        after_cancel_budget = faults.deltas_after_cancel
-        ended_early = False
-        for index in range(n_chunks):
-            if live.cancel_event.is_set():
-                if after_cancel_budget <= 0:
-                    break
-                after_cancel_budget -= 1
-            if index >= stop_at:
-                ended_early = True
-                break
-            if faults.stall_after_deltas is not None and index >= faults.stall_after_deltas:
-                await live.cancel_event.wait()
-                break
-            for word in per_chunk[index]:
-                live.transcript_sent += word
-                record.text_deltas += 1
-                text_type = (
-                    "response.output_audio_transcript.delta"
-                    if audio_mode
-                    else "response.output_text.delta"
-                )
-                self._emit_for(live, {"type": text_type, **ids, "delta": word})
-            if send_audio:
-                chunk = make_audio_tag(record.tag, index) + frame[TAG_SIZE:]
-                if config.stamp_audio:
-                    stamp = make_time_stamp(self.index, time.monotonic_ns())
-                    chunk = chunk[:TAG_SIZE] + stamp + chunk[TAG_SIZE + STAMP_SIZE :]
-                self._emit_for(
-                    live,
-                    {
-                        "type": "response.output_audio.delta",
-                        **ids,
-                        "delta": base64.b64encode(chunk).decode("ascii"),
-                    },
-                )
-                record.audio_bytes += len(chunk)
-                record.audio_deltas += 1
-                record.last_audio_at = time.monotonic()
-                if record.first_audio_at is None:
-                    record.first_audio_at = record.last_audio_at
-                live.item.audio_bytes += len(chunk)
-            self._server._notifier.notify()
-            if (
-                faults.drop_socket_after_deltas is not None
-                and index + 1 >= faults.drop_socket_after_deltas
-            ):
-                self.drop()
-                return
-            await self._pause(live, interval)
-        else:
-            if faults.hold_open_s is None:
-                await live.cancel_event.wait()
-            elif faults.hold_open_s > 0:
-                await self._pause(live, faults.hold_open_s)
-        if live.tools is not None and not ended_early and not live.cancel_event.is_set():
-            self._finish_item(live, "completed")  # the preamble, then the calls
-            await stream_calls(self, live, 1)
-        await self._finish(live, ended_early=ended_early)
-
     async def _finish(self, live: _Live, *, ended_early: bool = False) -> None:
         record = live.record
         faults = record.faults
@@ -413,17 +318,18 @@ class _ResponseHandling(_ConnectionBase):
             status, reason = "cancelled", live.cancel_reason
             if faults.cancel_ack_delay_s > 0:
                 await asyncio.sleep(faults.cancel_ack_delay_s)
-        elif ended_early and faults.outcome == "incomplete":
+        elif ended_early and (live.out_of_tokens or faults.outcome == "incomplete"):
             status, reason = "incomplete", "max_output_tokens"
         elif ended_early and faults.outcome == "failed":
             status, reason = "failed", None
         else:
             status, reason = "completed", None
-        if live.item is not None and not live.item_finished:
-            self._finish_item(live, "completed" if status == "completed" else "incomplete")
+        for message in live.messages:
+            self._finish_item(live, message, "completed" if status == "completed" else "incomplete")
         record.status = status
         record.reason = reason
         record.done_at = time.monotonic()
+        record.usage = render_usage(live.context, live.text_tokens, live.audio_tokens)
         done: JSON = {
             "type": "response.done",
             "response": self._render(live, status=status, reason=reason),
@@ -431,6 +337,9 @@ class _ResponseHandling(_ConnectionBase):
         live.done_event = done
         if self._active is live:
             self._active = None
+            if not self._speaking:
+                # Idle timeout: playback is estimated to end this response's audio later.
+                self._idle_from_ms = self._audio_ms + live.audio_ms_sent
         self._live.pop(record.id, None)
         if not faults.drop_done:
             record.done_sent = True
@@ -441,84 +350,3 @@ class _ResponseHandling(_ConnectionBase):
         if self._server_create_pending and self._active is None:
             self._server_create_pending = False
             self._start_response(origin="server_vad", params={}, client_event_id=None)
-
-    def _finish_item(self, live: _Live, status: str) -> None:
-        """The done events of the response's message item, which end with ``status``."""
-        item = live.item
-        if item is None:
-            return
-        live.item_finished = True
-        record = live.record
-        audio_mode = "audio" in record.modalities
-        ids = {
-            "response_id": record.id,
-            "item_id": item.id,
-            "output_index": 0,
-            "content_index": 0,
-        }
-        text = live.transcript_sent
-        if audio_mode:
-            self._emit_for(live, {"type": "response.output_audio.done", **ids})
-            self._emit_for(
-                live,
-                {"type": "response.output_audio_transcript.done", **ids, "transcript": text},
-            )
-            part: JSON = {"type": "audio", "transcript": text}
-        else:
-            self._emit_for(live, {"type": "response.output_text.done", **ids, "text": text})
-            part = {"type": "text", "text": text}
-        self._emit_for(live, {"type": "response.content_part.done", **ids, "part": part})
-        key = "transcript" if audio_mode else "text"
-        item.item["status"] = status
-        item.item["content"] = [{"type": self._content_type(audio_mode), key: text}]
-        self._emit_for(
-            live,
-            {
-                "type": "response.output_item.done",
-                "response_id": record.id,
-                "output_index": 0,
-                "item": dict(item.item),
-            },
-        )
-        if not record.out_of_band:
-            self._emit_for(
-                live,
-                {
-                    "type": "conversation.item.done",
-                    "previous_item_id": None,
-                    "item": dict(item.item),
-                },
-            )
-
-    def _schedule_late(self, live: _Live) -> None:
-        record = live.record
-        item_id = record.item_id or openai_id("item", self._server.rng)
-        ids = {"response_id": record.id, "item_id": item_id, "output_index": 0, "content_index": 0}
-        chunk_ms = self._server.config.audio_delta_ms
-        frame = tone(chunk_ms, audio_format=live.output_format)
-        chunk = make_audio_tag(record.tag, 0xFFFF) + frame[TAG_SIZE:]
-        # GA names: _emit renames them for beta sessions.  Fresh event ids: these are late
-        # events, not duplicates of earlier ones.
-        events: list[JSON] = [
-            {
-                "type": "response.output_audio.delta",
-                **ids,
-                "delta": base64.b64encode(chunk).decode("ascii"),
-            },
-            {"type": "response.output_audio_transcript.delta", **ids, "delta": " (late)"},
-        ]
-        if live.done_event is not None:
-            stale_done = {k: v for k, v in live.done_event.items() if k != "event_id"}
-            events.append(stale_done)
-        delay = record.faults.late_events_delay_s
-        if delay is None:
-            self._pending_late.extend((event, True) for event in events)
-            return
-
-        async def later() -> None:
-            await asyncio.sleep(delay)
-            for event in events:
-                self._emit(event, injected=True)
-            self._server._notifier.notify()
-
-        self._spawn(later())

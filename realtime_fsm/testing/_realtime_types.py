@@ -11,6 +11,9 @@ import attrs
 from ._conversation import JSON
 
 Api = Literal["ga", "beta"]
+#: Who created a response: the client's ``response.create``, server VAD at the end of a turn,
+#: or ``idle_timeout_ms`` (server VAD's idle timeout) after a silence.
+Origin = Literal["client", "server_vad", "idle_timeout"]
 
 # --- event names --------------------------------------------------------------------------------
 
@@ -128,13 +131,49 @@ class ResponseFaults:
 
 
 @attrs.frozen
+class ReplyItem:
+    """One assistant message item of a multi-item reply (reference 10.2: reasoning models
+    speak a long reply as ``[message, message]``, or write a preamble before speaking)."""
+
+    text: str
+    #: ``audio``: spoken (``output_audio`` content: audio and transcript deltas) when the
+    #: response's modalities include audio; ``text``: a text-only item (``output_text``
+    #: content, ``response.output_text.*`` events) even in an audio response.
+    modality: Literal["audio", "text"] = "audio"
+    #: Defaults to ``len(text) * config.ms_per_char``.
+    audio_ms: int | None = attrs.field(default=None, validator=_non_negative)
+
+
+def _reply_items(value: Iterable[ReplyItem | str]) -> tuple[ReplyItem, ...]:
+    return tuple(ReplyItem(v) if isinstance(v, str) else v for v in value)
+
+
+@attrs.frozen
 class ScriptedReply:
-    """What one response says.  ``audio_ms`` defaults to ``len(text) * config.ms_per_char``."""
+    """What one response says.  ``audio_ms`` defaults to ``len(text) * config.ms_per_char``.
+
+    By default a reply is one assistant message item.  With ``items`` (build it with
+    :meth:`of_items`) the response carries one message item per entry, in order, each with its
+    own ``output_index``, content part, deltas and done events; ``response.done`` lists them
+    all.  A cancel mid item 2 of 3 ends item 2 ``incomplete`` and never adds item 3.
+    """
 
     text: str
     audio_ms: int | None = attrs.field(default=None, validator=_non_negative)
     #: Faults for this response (overridden by :meth:`FakeRealtimeServer.fault_next_response`).
     faults: ResponseFaults | None = None
+    #: Several message items (``text`` and ``audio_ms`` are then only the record's summary).
+    items: tuple[ReplyItem, ...] = attrs.field(default=(), converter=_reply_items)
+
+    @classmethod
+    def of_items(
+        cls, *items: ReplyItem | str, faults: ResponseFaults | None = None
+    ) -> ScriptedReply:
+        """A reply spoken as several message items (a string is a spoken item)."""
+        parsed = _reply_items(items)
+        if not parsed:
+            raise ValueError("of_items needs at least one item")
+        return cls(" ".join(i.text for i in parsed), faults=faults, items=parsed)
 
 
 @attrs.frozen
@@ -145,7 +184,7 @@ class ReplyContext:
     connection: int
     #: 1-based count of responses created by this server (all connections).
     number: int
-    origin: Literal["client", "server_vad"]
+    origin: Origin
     out_of_band: bool
     instructions: str
     metadata: Mapping[str, str] | None
@@ -193,11 +232,18 @@ class FakeRealtimeConfig:
     default_reply: str = "This is a simulated reply."
     #: Input transcript used when no scripted transcript is queued.
     default_transcript: str = "hello"
-    #: Delay of ``conversation.item.input_audio_transcription.completed`` after the commit.
+    #: Delay of ``conversation.item.input_audio_transcription.completed`` after the commit
+    #: (a streaming transcription model spreads its deltas over it).
     transcription_delay_s: float = attrs.field(default=0.05, validator=_non_negative)
-    #: Normalised RMS level (full scale = 1.0) above which a 10 ms frame counts as speech.
-    #: The session's ``threshold`` (a probability on the real server) is echoed but not used.
+    #: Normalised RMS level (full scale = 1.0) above which a 10 ms frame counts as speech at
+    #: the session's default ``threshold`` (0.5); a session ``threshold`` moves it (see
+    #: ``_Session.speech_level``: 0.8 needs about 0.21, 0.3 about 0.0096).
     vad_energy_threshold: float = attrs.field(default=0.02, validator=_positive)
+    #: Reasoning models (``gpt-realtime-2*``): the silent gap between ``response.created`` and
+    #: the first output item at ``reasoning.effort`` ``medium``, scaled by the effort
+    #: (``minimal`` x0.25, ``low`` x0.5, ``high`` x2, ``xhigh`` x4; ``low`` when neither the
+    #: response nor the session sets one).  Added to ``first_delta_delay_s``.  ``0``: off.
+    reasoning_delay_s: float = attrs.field(default=0.0, validator=_non_negative)
     #: Faults applied to every response unless a reply or ``fault_next_response`` says otherwise.
     faults: ResponseFaults = ResponseFaults()
     scripted_errors: tuple[ScriptedError, ...] = attrs.field(default=(), converter=_errors)
@@ -251,7 +297,7 @@ class ResponseRecord:
     id: str
     connection: int
     tag: int
-    origin: Literal["client", "server_vad"]
+    origin: Origin
     out_of_band: bool
     metadata: dict[str, str] | None
     client_event_id: str | None
@@ -261,7 +307,12 @@ class ResponseRecord:
     created_at: float
     status: str = "in_progress"
     reason: str | None = None
+    #: The first message item (``None`` for a response of tool calls only or none at all).
     item_id: str | None = None
+    #: Every message item of the response, in output order (several: ``ScriptedReply.items``).
+    item_ids: list[str] = attrs.field(factory=list)
+    #: ``response.done``'s ``usage`` (set when the response finishes).
+    usage: JSON | None = None
     audio_bytes: int = 0
     audio_bytes_per_ms: int = 8
     audio_deltas: int = 0

@@ -45,6 +45,7 @@ from ._support import openai_id
 if TYPE_CHECKING:
     from ._realtime_base import _Live
     from ._realtime_responses import _ResponseHandling
+    from ._realtime_streaming import _ItemStreaming
 
 __all__ = [
     "ToolCallRecord",
@@ -273,7 +274,7 @@ def before_client_create(conn: _ResponseHandling) -> None:
     conn._start_response(origin="server_vad", params={}, client_event_id=None)
 
 
-async def stream_calls(conn: _ResponseHandling, live: _Live, first_index: int) -> None:
+async def stream_calls(conn: _ItemStreaming, live: _Live, first_index: int) -> None:
     """Stream the planned calls of ``live`` as ``function_call`` items from ``first_index``."""
     plan = live.tools
     if plan is None:
@@ -290,7 +291,7 @@ async def stream_calls(conn: _ResponseHandling, live: _Live, first_index: int) -
 
 
 async def _stream_call(
-    conn: _ResponseHandling,
+    conn: _ItemStreaming,
     live: _Live,
     index: int,
     name: str,
@@ -314,7 +315,7 @@ async def _stream_call(
     server._tools.calls.append(record)
     previous = next(reversed(conn._items), None)
     conn._items[item_id] = Item(id=item_id, item=item)
-    live.extra_output.append(item)
+    live.output.append(item)
     conn._emit_for(
         live,
         {
