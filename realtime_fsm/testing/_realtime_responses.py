@@ -184,6 +184,7 @@ class _ResponseHandling(_ItemStreaming):
             reasoning_delay_s=self._reasoning_delay(params),
             tools=tools,
         )
+        record.reasoning_delay_s = live.reasoning_delay_s
         server.responses.append(record)
         self._live[response_id] = live
         if not out_of_band:

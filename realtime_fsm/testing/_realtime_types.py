@@ -313,6 +313,9 @@ class ResponseRecord:
     item_ids: list[str] = attrs.field(factory=list)
     #: ``response.done``'s ``usage`` (set when the response finishes).
     usage: JSON | None = None
+    #: The silent "thinking" gap it was given before its first output item (reasoning
+    #: models, ``FakeRealtimeConfig.reasoning_delay_s``); 0 for the others.
+    reasoning_delay_s: float = 0.0
     audio_bytes: int = 0
     audio_bytes_per_ms: int = 8
     audio_deltas: int = 0
