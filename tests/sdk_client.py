@@ -20,7 +20,7 @@ import json
 import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 import openai
 from openai.resources.realtime.realtime import AsyncRealtimeConnection
@@ -140,7 +140,14 @@ class SdkClient:
 
     async def send_raw(self, event: JSON) -> None:
         """Send ``event`` as is (for parameters the SDK's types do not have)."""
-        await self.conn.send(event)  # type: ignore[arg-type]
+        await self.conn.send(cast(Any, event))
+
+    async def update(self, session: JSON, event_id: str | None = None) -> None:
+        """``session.update`` through the SDK's method (``session`` built as a plain dict)."""
+        if event_id is None:
+            await self.conn.session.update(session=cast(Any, session))
+        else:
+            await self.conn.session.update(session=cast(Any, session), event_id=event_id)
 
     async def append(self, audio: bytes) -> None:
         await self.conn.input_audio_buffer.append(audio=b64(audio))
@@ -164,7 +171,7 @@ async def connected(
                 sdk = SdkClient(conn)
                 await sdk.until("session.created")
                 if session is not None:
-                    await conn.session.update(session=session, event_id="evt_session")  # type: ignore[arg-type]
+                    await sdk.update(session, event_id="evt_session")
                     await sdk.until("session.updated")
                 yield server, sdk
         finally:

@@ -505,7 +505,7 @@ def test_e_prefix_padding_and_silence_duration_shape_the_turn() -> None:
             assert len(sdk.of("input_audio_buffer.speech_started")) == 1
             # A zero prefix is zero (not the 300 ms default).
             td_zero = {**td, "prefix_padding_ms": 0}
-            await sdk.conn.session.update(session=with_input(turn_detection=td_zero))  # type: ignore[arg-type]
+            await sdk.update(with_input(turn_detection=td_zero))
             await sdk.until("session.updated")
             await sdk.append(silence(200) + tone(200) + silence(400))
             started = await sdk.until("input_audio_buffer.speech_started")
@@ -532,9 +532,7 @@ def test_e_threshold_decides_what_counts_as_speech() -> None:
             started = await sdk.until("input_audio_buffer.speech_started")
             assert started["audio_start_ms"] == 600 - 300
             # At the default threshold the quiet tone is speech.
-            await sdk.conn.session.update(
-                session=with_input(turn_detection={**td, "threshold": 0.5})
-            )  # type: ignore[arg-type]
+            await sdk.update(with_input(turn_detection={**td, "threshold": 0.5}))
             await sdk.until("session.updated")
             await sdk.append(quiet + silence(300))
             await sdk.until("input_audio_buffer.speech_started")

@@ -62,6 +62,9 @@ Things worth knowing:
   opt-in channel (``FakeCallerConfig(text_event="text")`` and/or ``on_text=``).
 * Server VAD works on the audio timeline: a test can append a second of speech at once.
   Set ``silence_duration_ms`` low in ``session.update`` to make turns end quickly.
+* The ``openai`` SDK's own client connects to it too:
+  ``AsyncOpenAI(api_key="test", websocket_base_url=f"ws://127.0.0.1:{server.port}/v1")
+  .realtime.connect(model=...)``; the model in the URL is the session's model.
 """
 
 from __future__ import annotations

@@ -8,33 +8,61 @@ names, shapes, error codes and messages, and that can be made to misbehave on pu
 speaks raw protocol JSON over a real websocket, so it tests a bridge exactly as it runs in
 production, without an account or a network.
 
-What it enforces (see ``/work/shared/reference/openai-realtime.md``):
+What it enforces (see ``/work/shared/reference/openai-realtime.md``; every event it sends
+parses with the ``openai`` 3.63.0 types, checked through the real SDK client in
+``tests/test_simulator_sdk.py``):
 
 * ``session.created`` on connect; ``session.update`` -> ``session.updated`` with the effective
-  configuration, in the GA nested shape or the beta flat shape.  A GA session given beta keys
-  (or the reverse) gets the real ``unknown_parameter`` error instead of being silently accepted.
+  configuration, in the GA nested shape or the beta flat shape.  An update is applied whole or
+  refused whole: a key the SDK's request types lack, at any depth (a beta key in a GA session,
+  ``rate`` on ``audio/pcmu``, ``eagerness`` on ``server_vad``...), gets ``unknown_parameter``
+  naming its path; values out of the documented ranges get the matching ``*_above_max_value``
+  / ``*_below_min_value`` errors; a voice change once assistant audio has been sent gets
+  ``cannot_update_voice`` ("Voice cannot be changed during the session once the model has
+  responded with audio at least once").  ``response.create`` parameters likewise.
 * Exactly one default-conversation response at a time: a second ``response.create`` gets
   ``conversation_already_has_active_response`` (``error.event_id`` = the client's ``event_id``)
   and no response.  The slot is busy until ``response.done`` has been sent, so a create sent
   after ``response.cancel`` but before that response's ``response.done`` is rejected too.
   Out-of-band responses (``conversation: "none"``) run in parallel and never hold the slot.
 * Streaming: ``response.created`` (metadata echoed, ``conversation_id`` null for OOB),
-  ``rate_limits.updated``, ``response.output_item.added``, ``conversation.item.added`` (GA) /
-  ``.created`` (beta), ``response.content_part.added``, paced audio and transcript deltas, the
-  done events and ``response.done`` with ``status`` and ``status_details.reason``.
+  ``rate_limits.updated``, per message item ``response.output_item.added``,
+  ``conversation.item.added`` (GA, with ``previous_item_id``) / ``.created`` (beta),
+  ``response.content_part.added``, paced audio and transcript deltas, the done events
+  (``conversation.item.done`` with the same ``previous_item_id``) and ``response.done`` with
+  ``status``, ``status_details.reason`` and ``usage`` (input and output token details, cached
+  tokens: :mod:`._realtime_usage`).
+* ``max_output_tokens`` (session or ``response.create``): the response ends ``incomplete`` /
+  ``max_output_tokens`` with its audio cut where the tokens ran out.
 * ``response.cancel``: the remaining done events and ``response.done`` cancelled /
   ``client_cancelled``; nothing to cancel -> ``response_cancel_not_active``.
 * ``conversation.item.truncate`` checked against the audio bytes actually sent for the item.
-* Server VAD from the energy of the appended audio, honouring ``create_response`` and
-  ``interrupt_response``; input transcription events with scripted text.
+* Server VAD from the energy of the appended audio, honouring ``threshold``,
+  ``prefix_padding_ms``, ``silence_duration_ms``, ``create_response``, ``interrupt_response``
+  and ``idle_timeout_ms`` (``input_audio_buffer.timeout_triggered`` and a response of the
+  server's own); input transcription with scripted text, streamed as deltas by the models that
+  stream (:mod:`._realtime_vad`).
+
+Opt-in model behaviours (defaults off, so a plain reply is one spoken message item at once):
+
+* ``FakeRealtimeConfig.reasoning_delay_s``: a reasoning model (``gpt-realtime-2*``, from the
+  URL's ``model``) is silent that long after ``response.created``, scaled by
+  ``reasoning.effort``, before its first output item.
+* ``ScriptedReply.of_items(...)`` (a queued reply or a reply source's answer): several message
+  items in one response, spoken (:class:`ReplyItem` ``modality="audio"``) or text-only
+  (``"text"``, e.g. a written preamble); truncate and delete work per item, and a cancel
+  completes the items already said and never adds the later ones.
 
 Timing is on the audio timeline for VAD (milliseconds of audio appended, like the real server)
 and on the event loop's clock for generation (``realtime_factor`` times faster than real time).
 
 Layout: this module holds the server and re-exports the public names; configuration and
-records are in ``_realtime_types``, session parsing in ``_realtime_session``, a connection in
-``_realtime_base`` (state, sending) < ``_realtime_responses`` < ``_realtime_connection``, tool
-calls in :mod:`.fake_tools`.
+records are in ``_realtime_types``, session state and ``session.update`` in
+``_realtime_session`` (the accepted keys in ``_realtime_params``), token counts in
+``_realtime_usage``; a connection is ``_realtime_base`` (state, sending) <
+``_realtime_streaming`` (output items) < ``_realtime_responses`` (create, cancel, end) <
+``_realtime_vad`` (input audio, VAD, idle timeout, transcription) < ``_realtime_connection``
+(receiving, ``session.update``, items); tool calls are in :mod:`.fake_tools`.
 
 Every client event received and every server event sent is recorded (at the moment it is queued
 for the socket, so the record order is the wire order); every error sent is counted by code.
