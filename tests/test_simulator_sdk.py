@@ -241,6 +241,7 @@ def test_a_text_only_response_does_not_lock_the_voice() -> None:
 @pytest.mark.parametrize(
     ("session", "param"),
     [
+        ({"type": "realtime", "colour": "blue"}, "session.colour"),
         ({"type": "realtime", "voice": "alloy"}, "session.voice"),
         ({"type": "realtime", "temperature": 0.7}, "session.temperature"),
         ({"type": "realtime", "audio": {"inputs": {}}}, "session.audio.inputs"),

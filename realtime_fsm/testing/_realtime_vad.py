@@ -97,7 +97,7 @@ class _InputAudio(_ResponseHandling):
             self._silence_ms += 10
             if self._silence_ms >= self._session.vad_silence_ms:
                 self._speech_stopped()
-        else:
+        elif self._idle_from_ms is not None:
             self._check_idle()
 
     def _speech_started(self, frame_start: int) -> None:
