@@ -41,6 +41,7 @@ from ..table import (
 )
 from ..twilio_media import LedgerPlaybackTracker, Start, clear_message
 from . import app_events as ae
+from .config import BridgeConfig
 from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, log
 from .handover import carried_requests, merged, split_first
 from .observations import Observations
@@ -175,6 +176,7 @@ class CallActions(Observations):
         report.custom_parameters = dict(start.custom_parameters)
         self.machine = self._new_machine()
         self._session_started_at = self._now
+        self._media_out_at_session = report.media_out
         self.codec = OpenAIRealtimeCodec(
             dialect=self.config.dialect,
             max_frame_size=self.config.max_openai_frame,
@@ -324,6 +326,7 @@ class CallActions(Observations):
         self._turn_item = None  # item ids are per session
         self._transcribed.clear()
         self._session_started_at = self._now
+        self._media_out_at_session = self.report.media_out
         previous = self.machine
         self.machine = machine = self._new_machine()
         self.tracker.follow(machine.playback)
@@ -436,11 +439,15 @@ class CallActions(Observations):
         )
         return ResponseLifecycle(lifecycle_cfg, now=self._now)
 
-    def send_session_update(self) -> None:
+    def send_session_update(self, before: BridgeConfig | None = None) -> None:
         """The session's config, with an event id of its own: an ``error`` naming it means the
-        server refused the whole update and the session runs on its defaults."""
+        server refused the whole update.  ``before``: the settings a mid-call update replaces
+        (they stay if it is refused); ``None``: the session's first update (refused, the
+        session runs on the server's defaults)."""
         event_id = self.mint_id("session")
-        self._session_update_id = event_id
+        if before is None:
+            self._pending_updates.clear()  # a new session: the old one's answers never come
+        self._pending_updates.append((event_id, before))
         update = self.codec.session_update(self.config.effective_session(), event_id=event_id)
         self.out_openai.append(json.dumps(update))
 

@@ -170,7 +170,15 @@ class CallFields:
         #: input transcript arrived (bounded): whether a turn's words can be restored.
         self._turn_item: str | None = None
         self._transcribed: dict[str, None] = {}
-        self._session_update_id: str | None = None
+        #: This session's ``session.update``s not yet answered, oldest first (the server
+        #: answers them in order, with ``session.updated`` or an ``error`` naming the id): each
+        #: with the settings in force before it, which stay if the server refuses it; ``None``
+        #: for the session's first, whose refusal leaves the server's defaults and ends the
+        #: call.
+        self._pending_updates: list[tuple[str, BridgeConfig | None]] = []
+        #: ``report.media_out`` when the current session began: audio sent since means the
+        #: assistant has spoken on it, after which the server refuses a voice change.
+        self._media_out_at_session = 0
         # --- Tools: calls of this session not yet answered, by call id.
         self._open_calls: dict[str, OpenCall] = {}
         #: Calls of this session already answered (bounded): a duplicate done is not a call.

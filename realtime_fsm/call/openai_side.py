@@ -24,7 +24,7 @@ from ..openai_realtime import (
 from ..table import RUNNING
 from ..twilio_media import mark_message, media_message
 from . import app_events as ae
-from .config import SESSION_LOST_ERROR_CODES, fatal_error
+from .config import SESSION_LOST_ERROR_CODES, BridgeConfig, fatal_error
 from .fields import MAX_PARTIALS, MAX_TRANSCRIBED, Transcript, log
 from .twilio_side import TwilioSide
 
@@ -166,6 +166,8 @@ class OpenAISide(TwilioSide):
         elif kind is ev.SessionConfigured:
             assert isinstance(message, ev.SessionConfigured)
             self._unproven_attempts = 0  # the server took this session: it is real
+            if message.updated and self._pending_updates:
+                del self._pending_updates[0]  # the oldest update in flight was applied
             problem = audio_format_problem(message) if message.updated else None
             if problem is not None:
                 log.error("call=%s %s: ending the call", self.call_label, safe(problem))
@@ -198,7 +200,22 @@ class OpenAISide(TwilioSide):
         if event_id is not None and event_id in self._commits:
             # Refused (input_audio_buffer_commit_empty): no turn to answer.
             self._commits.remove(event_id)
-        if event_id is not None and event_id == self._session_update_id:
+        refused = self._refused_update(event_id)
+        if refused:
+            before = refused[0]
+            if before is not None:
+                # A mid-call update, refused whole: the server kept the settings it had, and
+                # so does the call (a new session gets them too); the application hears of it
+                # as a ProtocolError naming the code.
+                self.config = before
+                log.warning(
+                    "call=%s openai refused a mid-call session.update (%s), the previous"
+                    " settings stay: %s",
+                    self.call_label,
+                    safe(code, 64),
+                    safe(message.message),
+                )
+                return True
             # Refused whole: the session is on the server's defaults (24 kHz PCM, its own turn
             # detection), which would be noise both ways.
             log.error(
@@ -213,6 +230,15 @@ class OpenAISide(TwilioSide):
             self.lost_reason = f"openai error {code}"
             return False
         return True
+
+    def _refused_update(self, event_id: str | None) -> tuple[BridgeConfig | None, ...]:
+        """The settings before the ``session.update`` an error names (taken off the pending
+        list), in a 1-tuple; ``()`` when the error names none of ours."""
+        for index, (update_id, before) in enumerate(self._pending_updates):
+            if update_id == event_id:
+                del self._pending_updates[index]
+                return (before,)
+        return ()
 
     def _response_created(self, event: ev.ResponseCreated) -> None:
         if self.emit_events:

@@ -211,9 +211,23 @@ class CallSession(ToolCalls):
         """Change the session mid-call (instructions, voice, tools, ...): sent now as a
         ``session.update``, and kept for any session that replaces this one.  The response
         machine learns what the server applied from its ``session.updated``.  ``ValueError``
-        for a combination the call refuses (as at start); the call is unchanged then."""
+        for a combination the call refuses (as at start), and for a new voice once the
+        assistant has spoken on this session (the server refuses that: ``cannot_update_voice``);
+        the call is unchanged then.  An update the server refuses leaves the previous settings
+        in force (a ``ProtocolError`` event names the code); the call goes on."""
         self._check_active()
         self._advance(now)
+        if (
+            session is not None
+            and session.voice is not None
+            and session.voice != self.config.session.voice
+            and self.report.media_out > self._media_out_at_session
+        ):
+            raise ValueError(
+                "the voice cannot change once the assistant has spoken in this session"
+                " (the Realtime API refuses it: cannot_update_voice)"
+            )
+        previous = self.config
         changes: dict[str, Any] = {}
         if session is not None:
             changes["session"] = session
@@ -223,7 +237,7 @@ class CallSession(ToolCalls):
             changes["tool_choice"] = tool_choice
         self.config = attrs.evolve(self.config, **changes)
         if self.call_state is RUNNING:
-            self.send_session_update()
+            self.send_session_update(before=previous)
 
     def go_away(self, now: float) -> None:
         """The server is going away (its drain deadline passed): end the call now, with the
