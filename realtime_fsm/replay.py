@@ -12,7 +12,9 @@ and reports, with the line that shows it:
     a ``response.create`` sent while an earlier one is still unanswered and not given up;
 ``create_races_server_response``
     a ``response.create`` sent after ``input_audio_buffer.committed`` while the session's turn
-    detection creates responses itself, before that response came or was overdue;
+    detection creates responses itself, before that response came or was overdue (the
+    machine's deadline: ``create_timeout`` after a commit on a free slot, ``server_turn_grace``
+    after the slot frees for a turn committed while it was busy);
 ``busy_error``
     a ``conversation_already_has_active_response`` error no legitimate race explains;
 ``cancel_without_active``
@@ -109,6 +111,7 @@ class TraceConfig:
     no_audio_timeout: float = _LIFECYCLE_DEFAULTS.no_audio_timeout
     watchdog_cooldown: float = _LIFECYCLE_DEFAULTS.watchdog_cooldown
     stall_timeout: float = _LIFECYCLE_DEFAULTS.stall_timeout
+    server_turn_grace: float = _LIFECYCLE_DEFAULTS.server_turn_grace
     dtmf_as_text: bool = True
     #: The key that ends a turn instead of being sent as text (``BridgeConfig.commit_on_dtmf``).
     commit_on_dtmf: str | None = None
@@ -135,6 +138,7 @@ class TraceConfig:
             no_audio_timeout=num("no_audio_timeout"),
             watchdog_cooldown=num("watchdog_cooldown"),
             stall_timeout=num("stall_timeout"),
+            server_turn_grace=num("server_turn_grace"),
             dtmf_as_text=flag("dtmf_as_text"),
             commit_on_dtmf=_str(config.get("commit_on_dtmf")),
             accept_text_messages=flag("accept_text_messages"),
@@ -250,6 +254,10 @@ class Checker:
         self.server_interrupts = False
         self.awaiting_server_since: float | None = None
         self.awaiting_line = 0
+        #: The turn awaited was committed while the slot was busy: the server may skip it, and
+        #: the client answers it ``server_turn_grace`` after the slot frees (not
+        #: ``create_timeout`` after the commit).
+        self.awaiting_busy = False
         self.slot_free_at = 0.0
 
     # ----------------------------------------------------------------------------- helpers
@@ -393,7 +401,7 @@ class Checker:
             since is not None
             and not create.flagged
             and since <= now - self.crossing
-            and now < max(since, self.slot_free_at) + self.cfg.create_timeout - self.slack
+            and now < self._turn_overdue_at(since) - self.slack
         ):
             create.flagged = True
             self._flag(
@@ -403,6 +411,16 @@ class Checker:
                 f" the turn committed on line {self.awaiting_line}",
             )
         self.creates.append(create)
+
+    def _turn_overdue_at(self, since: float) -> float:
+        """When the server's answer to the turn committed at ``since`` is overdue and the
+        client answers it itself (the ``turn`` machine): ``create_timeout`` after a commit on a
+        free slot; for one committed while the slot was busy (the server may skip it: "may
+        fail to create a response if the model is already responding"), ``server_turn_grace``
+        after the slot frees (never before the commit)."""
+        if self.awaiting_busy:
+            return max(since, self.slot_free_at) + self.cfg.server_turn_grace
+        return since + self.cfg.create_timeout
 
     def _cancel(self, number: int, now: float, frame: dict[str, Any]) -> None:
         rid = _str(frame.get("response_id"))
@@ -490,6 +508,8 @@ class Checker:
             if self.server_creates:
                 self.awaiting_server_since = now
                 self.awaiting_line = number
+                busy = any(not r.oob for r in self.active.values()) or bool(self._pending())
+                self.awaiting_busy = busy
         elif kind.startswith("response."):
             rid = _str(frame.get("response_id"))
             response = self.responses.get(rid) if rid is not None else None

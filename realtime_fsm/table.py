@@ -353,7 +353,14 @@ TRANSITIONS: list[Row] = [
          do=("abandon_cancel", "recovery.cancel_abandoned", "create.timeout")),
     _row("tick", IDLE, None, when=("turn_overdue",), do=("turn.overdue",)),
 
-    # --- Session settings and teardown.
+    # --- Session settings and teardown.  The server's first event on a connection is
+    # session.created, so no answer to a create can come before it: a create sent before it
+    # (the greeting goes out with Twilio's start, while the OpenAI socket is still being
+    # opened) waits for its answer from there, not from before the connect.
+    _row("configure", CREATING, None, when=("session_created",),
+         do=("apply_session", "restart_create_clock")),
+    _row("configure", CANCELLING, None, when=("session_created", "awaiting_created"),
+         unless=("create_idle",), do=("apply_session", "restart_create_clock")),
     _row("configure", OPEN, None, do=("apply_session",)),
     _row("close", OPEN, CLOSED,
          do=("close_out", "create.closed", "turn.closed", "recovery.closed")),

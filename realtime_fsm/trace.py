@@ -116,6 +116,7 @@ def lifecycle_header(lifecycle: LifecycleConfig) -> dict[str, Any]:
         "no_audio_timeout": lifecycle.no_audio_timeout,
         "watchdog_cooldown": lifecycle.watchdog_cooldown,
         "stall_timeout": lifecycle.stall_timeout,
+        "server_turn_grace": lifecycle.server_turn_grace,
     }
 
 

@@ -198,9 +198,13 @@ def resolve(step: Step, m: Machine, now: float, ids: Ids) -> Callable[[Machine],
     elif kind == "turn":
         event = UserTurnCommitted(item_id="item_user")
     elif kind == "session":
-        _, detection, create, interrupt = step
+        # session.created unless a fifth item says session.updated (the answer to our update)
+        _, detection, create, interrupt, *updated = step
         event = SessionConfigured(
-            turn_detection=detection, create_response=create, interrupt_response=interrupt
+            turn_detection=detection,
+            create_response=create,
+            interrupt_response=interrupt,
+            updated=bool(updated and updated[0]),
         )
     elif kind == "speech_started":
         event = SpeechStarted(item_id="item_user", audio_start_ms=10)
@@ -304,7 +308,11 @@ _STEPS: dict[str, st.SearchStrategy[Step]] = {
     "user_text": st.tuples(st.just("user_text"), st.sampled_from(["hi", "stop", "book it"])),
     "turn": st.tuples(st.just("turn")),
     "session": st.tuples(
-        st.just("session"), st.sampled_from([None, "server_vad"]), st.booleans(), st.booleans()
+        st.just("session"),
+        st.sampled_from([None, "server_vad"]),
+        st.booleans(),
+        st.booleans(),
+        st.booleans(),
     ),
     "speech_started": st.tuples(st.just("speech_started")),
     "speech_stopped": st.tuples(st.just("speech_stopped")),
@@ -662,6 +670,7 @@ PROBES: list[Step] = [
     ("turn",),
     ("session", "server_vad", True, True),
     ("session", None, False, False),
+    ("session", "server_vad", True, True, True),  # session.updated
     _SPEECH,
     ("speech_stopped",),
     _OURS,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+import attrs
 import pytest
 
 from realtime_fsm import (
@@ -39,6 +40,7 @@ from realtime_fsm import (
     UserTurnCommitted,
 )
 from realtime_fsm.events import Event
+from realtime_fsm.table import CreateState
 
 IDLE = ResponseState.IDLE
 CREATING = ResponseState.CREATING
@@ -426,6 +428,37 @@ def test_create_timeout_retries_once_then_returns_to_idle_and_reports() -> None:
     given_up = only(out, RequestGivenUp)
     assert given_up.reason == "create_timeout" and given_up.request_reasons == ("greeting",)
     assert given_up.event_id == again.event_id
+
+
+SESSION_CREATED = SessionConfigured("server_vad", create_response=False, interrupt_response=False)
+
+
+def test_a_create_sent_while_the_socket_opens_is_timed_from_session_created() -> None:
+    """The greeting goes out with Twilio's ``start``, before the OpenAI socket is open: no
+    answer can come before ``session.created``, the server's first event, so the create's wait
+    counts from there.  Found by the soak on a loaded machine: the connect took most of
+    ``create_timeout``, the caller typed over the greeting, and the machine gave the
+    greeting up at once (its deadline had passed while connecting), sent the text's create
+    and hit the greeting's response, answered 0.7 s after session.created, in the slot."""
+    d = Driver(create_timeout=1.0, cancel_timeout=1.0)
+    greeting = only(d.at(0.0, RequestResponse(reason="greeting")), SendResponseCreate)
+    assert d.at(0.9, SESSION_CREATED) == []  # the socket took 0.9 s to open
+    assert d.m.next_deadline == pytest.approx(1.9)
+    assert d.at(1.0, Tick()) == [] and d.m.create_state is CreateState.SENT  # not resent
+    d.at(1.2, UserText("hello?"))  # typed over the greeting not answered yet: held
+    assert d.m.state is CANCELLING and d.m.next_deadline == pytest.approx(1.9)
+    assert d.at(1.3, Tick()) == [] and d.m.state is CANCELLING  # not abandoned
+    out = d.at(1.6, ResponseCreated("resp_1", metadata={META_EVENT_ID: greeting.event_id}))
+    assert only(out, SendResponseCancel).response_id == "resp_1"  # never heard
+    assert not of(out, SendResponseCreate)  # the slot is the greeting's until its done
+    out = d.at(1.7, ResponseDone("resp_1", status="cancelled"))
+    assert [type(c) for c in out] == [SendUserText, SendResponseCreate]
+    # Only session.created restarts the wait: session.updated answers our update on a session
+    # that was already reading.
+    d = Driver(create_timeout=1.0)
+    d.at(0.0, RequestResponse(reason="greeting"))
+    d.at(0.9, attrs.evolve(SESSION_CREATED, updated=True))
+    assert d.m.next_deadline == pytest.approx(1.0)
 
 
 def test_cancel_timeout_returns_to_idle_and_delivers_held_text() -> None:

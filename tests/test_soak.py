@@ -8,8 +8,11 @@ reports "0 violations" is known to be able to report some.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections import Counter
+from pathlib import Path
+from typing import Any
 
 import attrs
 import pytest
@@ -25,6 +28,7 @@ from realtime_fsm.testing import (
     FakeTwilioCaller,
     ResponseFaults,
 )
+from realtime_fsm.testing._soak_trace import busy_errors_on_the_wire
 from realtime_fsm.testing.soak import (
     BUSY,
     FAULTS,
@@ -168,3 +172,54 @@ def test_watchdog_cooldown_survives_a_reconnect(caplog: pytest.LogCaptureFixture
 
     with caplog.at_level(logging.INFO, logger="realtime_fsm"):
         asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def _trace(path: Path, resend_at: float) -> Path:
+    """A create the server answers at once, read by the bridge 1.2 s later (a loaded loop):
+    at ``create_timeout`` (1 s) the bridge sent it once more, and the resend is busy."""
+    metadata = {"rtfsm_event_id": "rtfsm_create_1", "rtfsm_reason": "user_text"}
+
+    def line(t: float, side: str, direction: str, frame: dict[str, Any]) -> str:
+        kind = frame.get("type") or frame.get("event")
+        return json.dumps({"t": t, "side": side, "dir": direction, "type": kind, "frame": frame})
+
+    def create(t: float, n: int) -> str:
+        meta = {**metadata, "rtfsm_event_id": f"rtfsm_create_{n}"}
+        frame = {"type": "response.create", "event_id": meta["rtfsm_event_id"]}
+        return line(t, "openai", "out", {**frame, "response": {"metadata": meta}})
+
+    busy = {
+        "type": "invalid_request_error",
+        "code": BUSY,
+        "message": "Conversation already has an active response in progress: resp_A.",
+        "event_id": "rtfsm_create_2",
+    }
+    config = {"create_timeout": 1.0, "cancel_timeout": 1.0, "event_id_prefix": "rtfsm"}
+    header = {"kind": "header", "format": "realtime-fsm-trace", "version": 1, "config": config}
+    start = {"event": "start", "start": {"streamSid": "MZ1", "callSid": "CA1"}}
+    lines = [
+        json.dumps(header),
+        line(0.01, "twilio", "in", start),
+        create(1.0, 1),
+        create(resend_at, 2),
+        line(2.2, "openai", "in", {"type": "response.created", "response": {"id": "resp_A"}}),
+        line(2.2, "openai", "out", {"type": "response.cancel", "response_id": "resp_A"}),
+        line(2.3, "openai", "in", {"type": "error", "event_id": "evt_busy", "error": busy}),
+        json.dumps({"kind": "end", "t": 3.0, "end_reason": "telephony stop"}),
+    ]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def test_busy_errors_are_judged_on_the_bridges_clock(tmp_path: Path) -> None:
+    """The soak's third explanation of a busy error, read from the call's trace: the create
+    went out after the bridge, on its own clock, had given up what held the slot (here the
+    first create, resent at ``create_timeout``, whose answer crossed the resend).  A create
+    sent before that (the first one not yet overdue) stays unexplained, and so do the hand-made
+    bad trace's two busy errors (a create racing the server's VAD answer, and one into a slot
+    held by a response the client knew of)."""
+    assert busy_errors_on_the_wire(_trace(tmp_path / "late.jsonl", 2.1)) == {"evt_busy": True}
+    assert busy_errors_on_the_wire(_trace(tmp_path / "early.jsonl", 1.5)) == {"evt_busy": False}
+    bad = Path(__file__).parent / "traces" / "bad-busy-errors.jsonl"
+    assert busy_errors_on_the_wire(bad) == {"evt_srv_2.010": False, "evt_srv_4.100": False}
+    assert busy_errors_on_the_wire(tmp_path / "missing.jsonl") is None

@@ -750,6 +750,51 @@ def test_watchdog_cooldown_carries_over_a_reconnect() -> None:
     assert _rules(lines) == [(expected[0][0] + 1, "watchdog_in_cooldown")]
 
 
+def _create(t: float, n: int, reason: str) -> str:
+    event_id = f"rtfsm_create_{n}"
+    metadata = {"rtfsm_event_id": event_id, "rtfsm_reason": reason}
+    frame = {"type": "response.create", "event_id": event_id, "response": {"metadata": metadata}}
+    return _line(t, side="openai", dir="out", type="response.create", frame=frame)
+
+
+def _server(t: float, kind: str, **fields: Any) -> str:
+    return _line(t, side="openai", dir="in", type=kind, frame={"type": kind, **fields})
+
+
+def test_a_turn_committed_while_busy_is_overdue_server_turn_grace_after_the_slot_frees() -> None:
+    """The ``turn`` machine's two deadlines (docs/design.md, rule 5): a turn committed on a free
+    slot is the server's for ``create_timeout``; one committed while the slot was busy (the
+    server may skip it) only for ``server_turn_grace`` after the slot frees, and then the
+    bridge answers it.  Found on a loaded machine: speech committed while the answer to typed
+    text played, the server skipped it, and the bridge's answer 1 s after that response's
+    done was reported as racing the server."""
+    head = _lines("bad-busy-errors.jsonl")[:3]  # server VAD creates; create_timeout 5 s
+    ours = {"rtfsm_event_id": "rtfsm_create_1", "rtfsm_reason": "user_text"}
+    busy = [
+        _create(1.0, 1, "user_text"),
+        _server(1.1, "response.created", response={"id": "resp_A", "metadata": ours}),
+        _server(1.5, "input_audio_buffer.committed", item_id="item_u1"),
+        _server(2.0, "response.done", response={"id": "resp_A", "status": "cancelled"}),
+    ]
+    # server_turn_grace (1 s, the default, as the header does not say) after the slot freed.
+    assert _rules([*head, *busy, _create(3.1, 2, "user_turn")]) == []
+    assert _rules([*head, *busy, _create(2.5, 2, "user_turn")]) == [
+        (8, "create_races_server_response")
+    ]
+    header = json.loads(head[0])
+    header["config"]["server_turn_grace"] = 2.0
+    slower = [json.dumps(header) + "\n", *head[1:]]
+    assert _rules([*slower, *busy, _create(3.1, 2, "user_turn")]) == [
+        (8, "create_races_server_response")
+    ]
+    # Committed on a free slot: the server's for create_timeout after the commit.
+    free = [_server(2.5, "input_audio_buffer.committed", item_id="item_u2")]
+    assert _rules([*head, *busy[:2], busy[3], *free, _create(3.6, 2, "user_turn")]) == [
+        (8, "create_races_server_response")
+    ]
+    assert _rules([*head, *busy[:2], busy[3], *free, _create(7.6, 2, "user_turn")]) == []
+
+
 # --- never raising: the recorder on hostile frames, the checker on hostile traces ---------------
 
 

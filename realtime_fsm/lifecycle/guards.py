@@ -230,6 +230,15 @@ class LifecycleGuards(LifecycleFields):
             return None
         return first + self._cfg.no_audio_timeout
 
+    # ------------------------------------------------------------------------------ session
+
+    def session_created(self) -> bool:
+        """``session.created``, the server's first event on a connection (not the
+        ``session.updated`` answering our update)."""
+        event = self._ev
+        assert isinstance(event, ev.SessionConfigured)
+        return not event.updated
+
     # ------------------------------------------------------------------ the other machines
 
     def slot_idle(self) -> bool:

@@ -355,6 +355,17 @@ class SlotActions(StoppingActions):
             self._server_interrupts,
         )
 
+    def restart_create_clock(self) -> None:
+        """``session.created``: our create went out before the server had a session (the
+        socket was still opening), and its answer cannot come before this event.  Its wait, the
+        ``creating`` deadline (or, interrupted, the ``cancelling`` one), counts from here: a
+        slow connect must not use up ``create_timeout`` and make the machine give the create
+        up, or resend it, while the server has barely read it."""
+        inflight = self.inflight
+        assert inflight is not None
+        inflight.sent_at = max(inflight.sent_at, self._now)
+        self._state_deadline = inflight.sent_at + self._cfg.create_timeout
+
     def close_out(self) -> None:
         """No ``response.done`` will ever come: give up what is queued or in flight (an
         interrupted create's requests were given up already) and hand back held text."""

@@ -202,6 +202,12 @@ class _ItemStreaming(_ConnectionBase):
             "response.output_audio_transcript.delta" if audio else "response.output_text.delta"
         )
         limit = live.max_output_tokens
+        # Chunks are paced against a schedule, not by a sleep after each: on a loaded event
+        # loop every wake-up comes late, and a sleep per chunk stretched a 2.6 s answer at x10
+        # (0.26 s) to 12 s.  Behind schedule, the next chunk follows at once, as audio a real
+        # server generates faster than it plays does.
+        loop = asyncio.get_running_loop()
+        due = loop.time()
         for index in range(n_chunks):
             if live.cancel_event.is_set():
                 if progress.after_cancel <= 0:
@@ -237,7 +243,10 @@ class _ItemStreaming(_ConnectionBase):
             ):
                 self.drop()
                 return "dropped"
-            await self._pause(live, interval)
+            due += interval
+            ahead = due - loop.time()
+            if ahead > 0:
+                await self._pause(live, ahead)
         if last:
             if faults.hold_open_s is None:
                 await live.cancel_event.wait()

@@ -14,7 +14,10 @@ errors, socket drops and callers hanging up mid-response.  What the soak checks,
 
 * protocol errors the simulator's rules produced, by code: no
   ``conversation_already_has_active_response`` except one answering a create that raced a
-  response the server's VAD had created, on a call that then recovered;
+  response the server's VAD had created, on a call that then recovered, one probing a cancel
+  the server acknowledges after ``cancel_timeout``, or one the call's trace (recorded at the
+  bridge's sockets, judged by :mod:`realtime_fsm.replay`) shows the bridge could not avoid: its
+  create went out after it had given up, on its own clock, what held the slot;
 * every typed text and DTMF key reaches the model exactly once, or is reported undelivered in
   the :class:`~realtime_fsm.bridge.CallReport` (never both, never neither); a text the bridge
   sent on a socket that died before the server read it is a lost text;
@@ -42,9 +45,11 @@ import logging
 import random
 import re
 import sys
+import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any, Final
 
 import attrs
@@ -55,6 +60,7 @@ from ..lifecycle import ResponseLifecycle
 from ..openai_realtime import SessionConfig
 from ..server import ServerConfig, start_server
 from ..table import CLOSED, IDLE, RECONNECTING
+from ._soak_trace import busy_errors_on_the_wire
 from .fake_realtime import (
     LIFECYCLE_EVENT_TYPES,
     FakeRealtimeConfig,
@@ -157,6 +163,9 @@ class CallOutcome:
     protocol_errors: Counter[str] = attrs.field(factory=Counter)
     busy_races: int = 0
     busy_probes: int = 0
+    #: Busy answers to a create the bridge sent after it had given up, at a timeout on its own
+    #: clock, what held the slot (the trace shows it): a loaded loop reads answers late.
+    busy_late: int = 0
     busy_errors: int = 0
     injected_errors: int = 0
     watchdog_fires: int = 0
@@ -243,7 +252,8 @@ class SoakResult:
             f"    {BUSY}: {sum(o.busy_errors for o in outs)} unexplained,"
             f" {sum(o.busy_races for o in outs)} server-VAD races (recovered),"
             f" {sum(o.busy_probes for o in outs)} probes of a cancel acknowledged after"
-            f" cancel_timeout",
+            f" cancel_timeout, {sum(o.busy_late for o in outs)} after the bridge's own timeout"
+            " (its trace)",
             f"  user texts: {sum(o.texts_typed for o in outs)} typed,"
             f" {sum(o.texts_delivered for o in outs)} delivered once,"
             f" {sum(o.texts_undelivered for o in outs)} reported undelivered,"
@@ -368,13 +378,18 @@ def _user_items(sim: FakeRealtimeServer) -> dict[int, Counter[str]]:
     return texts
 
 
-def _busy_split(sim: FakeRealtimeServer, cancel_timeout: float) -> tuple[int, int, int]:
-    """``(races, probes, unexplained)``: a busy error is a race when the response holding the
-    slot at that moment was created by the server's VAD (the create crossed it on the wire),
-    and a probe when the holder is a response whose cancel the server acknowledges only after
-    the machine's ``cancel_timeout`` (the machine cannot tell a lost acknowledgement from a slow
-    one; its next create finds out, and the busy answer makes it cancel again and wait)."""
-    races = probes = unexplained = 0
+def _busy_split(
+    sim: FakeRealtimeServer, cancel_timeout: float, wire: dict[str, bool] | None = None
+) -> tuple[int, int, int, int]:
+    """``(races, probes, late, unexplained)``: a busy error is a race when the response holding
+    the slot at that moment was created by the server's VAD (the create crossed it on the
+    wire), and a probe when the holder is a response whose cancel the server acknowledges only
+    after the machine's ``cancel_timeout`` (the machine cannot tell a lost acknowledgement from
+    a slow one; its next create finds out, and the busy answer makes it cancel again and
+    wait).  It is late when ``wire`` (:func:`busy_errors_on_the_wire`, by the error's event
+    id) accepts it: the server was quick enough, but the bridge read its answer after its own
+    timeout (a loaded loop)."""
+    races = probes = late = unexplained = 0
     for sent in sim.sent:
         event = sent.event
         if event.get("type") != "error" or sent.injected:
@@ -400,9 +415,11 @@ def _busy_split(sim: FakeRealtimeServer, cancel_timeout: float) -> tuple[int, in
             and holder.faults.cancel_ack_delay_s >= cancel_timeout
         ):
             probes += 1
+        elif wire is not None and wire.get(str(event.get("event_id")), False):
+            late += 1
         else:
             unexplained += 1
-    return races, probes, unexplained
+    return races, probes, late, unexplained
 
 
 async def _until(
@@ -428,8 +445,10 @@ async def _until(
 class _Call:
     """One soak call: its simulator, its listener of the bridge server, its caller, its script."""
 
-    def __init__(self, cfg: SoakConfig, index: int, watch: _LogWatch) -> None:
+    def __init__(self, cfg: SoakConfig, index: int, watch: _LogWatch, trace_dir: Path) -> None:
         self.cfg = cfg
+        #: The server records the call's trace here (read, then removed, by ``_collect``).
+        self.trace_dir = trace_dir
         self.rng = random.Random(f"{cfg.seed}:{index}")
         rng = self.rng
         self.watch = watch
@@ -497,7 +516,10 @@ class _Call:
         )
         async with FakeRealtimeServer(sim_cfg, replies=self.reply) as sim:
             server_cfg = ServerConfig(
-                public_url=f"http://{HOST}", realtime_url=sim.url, bridge=self.bridge_config()
+                public_url=f"http://{HOST}",
+                realtime_url=sim.url,
+                bridge=self.bridge_config(),
+                trace_dir=self.trace_dir,
             )
             server = await start_server(
                 server_cfg, HOST, 0, reports=self.reports, on_bridge=self.bridges.append
@@ -650,13 +672,17 @@ class _Call:
         out.sessions = len(sim.connections)
         out.protocol_errors = Counter(sim.error_counts)
         out.injected_errors = sum(sim.injected_error_counts.values())
-        out.busy_races, out.busy_probes, out.busy_errors = _busy_split(
-            sim, self.cfg.lifecycle.cancel_timeout
-        )
+        cancel_timeout = self.cfg.lifecycle.cancel_timeout
+        trace = self.trace_dir / f"{self.call_sid}.jsonl"
+        split = _busy_split(sim, cancel_timeout)
+        if split[-1]:  # what the simulator cannot explain, the bridge's clock may
+            split = _busy_split(sim, cancel_timeout, busy_errors_on_the_wire(trace))
+        trace.unlink(missing_ok=True)
+        out.busy_races, out.busy_probes, out.busy_late, out.busy_errors = split
         recovered = out.not_idle is None and not out.lost_texts
-        if out.busy_races and not recovered:
-            out.busy_errors += out.busy_races
-            out.busy_races = 0
+        if (out.busy_races or out.busy_late) and not recovered:
+            out.busy_errors += out.busy_races + out.busy_late
+            out.busy_races = out.busy_late = 0
         fires = self.watch.fires.pop(self.call_sid, [])
         out.watchdog_fires = len(fires)
         cooldown = self.cfg.lifecycle.watchdog_cooldown
@@ -688,14 +714,15 @@ async def run_soak(
     outcomes: list[CallOutcome] = []
     started = time.monotonic()
     next_index = 0
-    with _watch_logs() as watch:
+    traces = tempfile.TemporaryDirectory(prefix="rtfsm-soak-")
+    with _watch_logs() as watch, traces:
 
         async def worker() -> None:
             nonlocal next_index
             while next_index < cfg.calls:
                 index = next_index
                 next_index += 1
-                call = _Call(cfg, index, watch)
+                call = _Call(cfg, index, watch, Path(traces.name))
                 try:
                     outcome = await asyncio.wait_for(call.run(), cfg.call_timeout)
                 except asyncio.TimeoutError:
