@@ -12,7 +12,8 @@ and reports, with the line that shows it:
     a ``response.create`` sent while an earlier one is still unanswered and not given up;
 ``create_races_server_response``
     a ``response.create`` sent after ``input_audio_buffer.committed`` while the session's turn
-    detection creates responses itself, before that response came or was overdue;
+    detection creates responses itself, or after ``input_audio_buffer.timeout_triggered`` (the
+    server answers its idle timeout itself), before that response came or was overdue;
 ``busy_error``
     a ``conversation_already_has_active_response`` error no legitimate race explains;
 ``cancel_without_active``
@@ -490,6 +491,10 @@ class Checker:
             if self.server_creates:
                 self.awaiting_server_since = now
                 self.awaiting_line = number
+        elif kind == "input_audio_buffer.timeout_triggered":
+            # The server answers its own idle timeout, whatever create_response says.
+            self.awaiting_server_since = now
+            self.awaiting_line = number
         elif kind.startswith("response."):
             rid = _str(frame.get("response_id"))
             response = self.responses.get(rid) if rid is not None else None
