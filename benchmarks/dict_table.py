@@ -216,6 +216,7 @@ class PlainCallState:
         self._cfg = cfg
         self._server_creates = cfg.server_creates_response
         self._server_interrupts = cfg.server_interrupts_response
+        self._think_limit = cfg.stall_timeout
         self._now = float(now)
         self._ev: object = None
         self._state_deadline: float | None = None
@@ -231,6 +232,12 @@ class PlainCallState:
         self._first_transcript_at: float | None = None
         self._last_activity = self._now
         self._watchdog_skipped = False
+        self._items: dict[str, int] = {}
+        self._open_items = 0
+        self._open_calls = 0
+        self._cut_response: str | None = None
+        self._cut_items: dict[str, bool] | None = None
+        self._idle_timeout_item: str | None = None
         self.inflight: Inflight | None = None
         self._given_up: dict[str, bool] = {}
         self.pending: list[ev.RequestResponse] = []

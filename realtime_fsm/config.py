@@ -6,7 +6,8 @@ seed design note was written against (a 12 s watchdog cooldown).
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, Final
 
 import attrs
 
@@ -18,6 +19,37 @@ def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> Non
         raise TypeError(f"{attribute.name} must be a number")
     if value <= 0:
         raise ValueError(f"{attribute.name} must be > 0, got {value}")
+
+
+#: How many times ``stall_timeout`` a reasoning model may think in silence (before its first
+#: output item, or between two), per ``reasoning.effort``.  No event marks the thinking
+#: (``openai-realtime.md`` §10.3 item 4): a response that thinks is indistinguishable on the
+#: wire from a hung one until its next item, and "higher reasoning effort can increase
+#: latency" (the gpt-realtime-2.1 model page).  The factors are ours, not OpenAI's: generous,
+#: because cancelling a response that was about to speak is worse than waiting for a hung one
+#: (a lost ``response.done`` is rare, and a caller's barge-in or the next response frees the
+#: slot anyway).  An effort not listed here (a newer one) gets the largest factor.
+THINKING_SCALE: Final[Mapping[str, float]] = {
+    "minimal": 1.0,
+    "low": 1.5,
+    "medium": 2.0,
+    "high": 3.0,
+    "xhigh": 4.0,
+}
+
+
+def thinking_scale(effort: str | None) -> float:
+    """The factor of :data:`THINKING_SCALE` for ``effort``; 1 without reasoning (``None``)."""
+    if effort is None:
+        return 1.0
+    return THINKING_SCALE.get(effort, max(THINKING_SCALE.values()))
+
+
+def _effort(_inst: object, attribute: attrs.Attribute[Any], value: object) -> None:
+    if value is not None and value not in THINKING_SCALE:
+        raise ValueError(
+            f"{attribute.name} must be one of {tuple(THINKING_SCALE)} or None, got {value!r}"
+        )
 
 
 def _log_id(value: object) -> object:
@@ -44,8 +76,14 @@ class LifecycleConfig:
     #: Minimum time between two no-audio watchdog fires, so recovery can never loop.
     watchdog_cooldown: float = attrs.field(default=12.0, validator=_positive)
     #: An active response with no sign of life (no delta, no item event) for this long is hung:
-    #: it is cancelled, so a lost ``response.done`` can never hold the slot forever.
+    #: it is cancelled, so a lost ``response.done`` can never hold the slot forever.  While it
+    #: has no output item open (a reasoning model thinking, before its first item or between
+    #: two) the limit is this times :data:`THINKING_SCALE` of :attr:`reasoning_effort`; while a
+    #: ``function_call`` item is open there is none (the call is being generated).
     stall_timeout: float = attrs.field(default=20.0, validator=_positive)
+    #: The session's ``reasoning.effort`` assumed until a
+    #: :class:`~realtime_fsm.events.SessionConfigured` states one; ``None``: no reasoning model.
+    reasoning_effort: str | None = attrs.field(default=None, validator=_effort)
     #: A caller turn the server's VAD committed while the slot was busy: once the slot frees,
     #: how long to wait for the server's own answer (it creates at once, or never: "may fail to
     #: create a response if the model is already responding") before answering it ourselves.

@@ -163,6 +163,24 @@ class LifecycleDriver:
         if deadline is not None and deadline < self._armed_for:
             self._arm(deadline)
 
+    def item_added(self, response_id: str, item_id: str, item_type: str) -> None:
+        """:meth:`ResponseLifecycle.item_added` now.  A function call opening takes the
+        response's timers off; the deadline is re-read."""
+        machine = self._machine
+        machine.item_added(response_id, item_id, item_type, self._clock())
+        deadline = machine.next_deadline
+        if deadline is not None and deadline < self._armed_for:
+            self._arm(deadline)
+
+    def item_done(self, response_id: str, item_id: str) -> None:
+        """:meth:`ResponseLifecycle.item_done` now.  A function call closing puts the
+        response's timers back, possibly already due."""
+        machine = self._machine
+        machine.item_done(response_id, item_id, self._clock())
+        deadline = machine.next_deadline
+        if deadline is not None and deadline < self._armed_for:
+            self._arm(deadline)
+
     def playback_progress(self, item_id: str, played_ms: int) -> None:
         """:meth:`ResponseLifecycle.playback_progress` (from telephony marks)."""
         machine = self._machine

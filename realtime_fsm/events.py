@@ -108,7 +108,10 @@ class SessionConfigured:
     for a committed user turn (``create_response``).  The audio formats are not the core's
     business: a bridge checks them (``pcmu``, ``pcma``, ``pcm``, whatever the dialect calls
     them; ``None`` where the server did not say).  ``updated`` tells an answer to our
-    ``session.update`` from ``session.created``, which shows the defaults before it applies."""
+    ``session.update`` from ``session.created``, which shows the defaults before it applies.
+    ``reasoning_effort`` is the session's ``reasoning.effort`` (reasoning models): how long a
+    response may think in silence before it counts as hung; ``None`` where the server did not
+    say (the effort assumed so far stands)."""
 
     turn_detection: str | None = attrs.field(default=None, validator=_opt_str)
     create_response: bool = attrs.field(default=False, validator=_bool)
@@ -116,6 +119,7 @@ class SessionConfigured:
     input_audio_format: str | None = attrs.field(default=None, validator=_opt_str)
     output_audio_format: str | None = attrs.field(default=None, validator=_opt_str)
     updated: bool = attrs.field(default=False, validator=_bool)
+    reasoning_effort: str | None = attrs.field(default=None, validator=_opt_str)
 
 
 # ---------------------------------------------------------------------------------- server side
@@ -134,6 +138,18 @@ class SpeechStopped:
     """``input_audio_buffer.speech_stopped``: informational; server VAD may now create."""
 
     item_id: str | None = attrs.field(default=None, validator=_opt_str)
+    audio_end_ms: int = attrs.field(default=0, validator=_non_negative_int)
+
+
+@attrs.frozen
+class IdleTimeoutTriggered:
+    """``input_audio_buffer.timeout_triggered``: the server VAD's ``idle_timeout_ms`` passed
+    with no caller speech.  The server commits the silence as a user item (its
+    ``input_audio_buffer.committed`` names the same ``item_id``) and creates a response itself,
+    whatever ``create_response`` says: "a model response will be generated" (GA docstring)."""
+
+    item_id: str | None = attrs.field(default=None, validator=_opt_str)
+    audio_start_ms: int = attrs.field(default=0, validator=_non_negative_int)
     audio_end_ms: int = attrs.field(default=0, validator=_non_negative_int)
 
 
@@ -236,6 +252,7 @@ Event = (
     | SessionConfigured
     | SpeechStarted
     | SpeechStopped
+    | IdleTimeoutTriggered
     | ResponseCreated
     | AudioDelta
     | TranscriptDelta
@@ -250,6 +267,7 @@ __all__ = [
     "AudioDelta",
     "ConnectionClosed",
     "Event",
+    "IdleTimeoutTriggered",
     "PlaybackProgress",
     "RequestResponse",
     "ResponseCreated",

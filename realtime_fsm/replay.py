@@ -12,7 +12,8 @@ and reports, with the line that shows it:
     a ``response.create`` sent while an earlier one is still unanswered and not given up;
 ``create_races_server_response``
     a ``response.create`` sent after ``input_audio_buffer.committed`` while the session's turn
-    detection creates responses itself, before that response came or was overdue (the
+    detection creates responses itself, or after ``input_audio_buffer.timeout_triggered`` (the
+    server answers its idle timeout itself), before that response came or was overdue (the
     machine's deadline: ``create_timeout`` after a commit on a free slot, ``server_turn_grace``
     after the slot frees for a turn committed while it was busy);
 ``busy_error``
@@ -510,6 +511,12 @@ class Checker:
                 self.awaiting_line = number
                 busy = any(not r.oob for r in self.active.values()) or bool(self._pending())
                 self.awaiting_busy = busy
+        elif kind == "input_audio_buffer.timeout_triggered":
+            # The server answers its own idle timeout, whatever create_response says.
+            self.awaiting_server_since = now
+            self.awaiting_line = number
+            busy = any(not r.oob for r in self.active.values()) or bool(self._pending())
+            self.awaiting_busy = busy
         elif kind.startswith("response."):
             rid = _str(frame.get("response_id"))
             response = self.responses.get(rid) if rid is not None else None

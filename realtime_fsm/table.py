@@ -217,6 +217,13 @@ TRANSITIONS: list[Row] = [
     _row("request", OPEN, None, when=("is_oob_request",), do=("send_oob_create",)),
     _row("request", IDLE, CREATING, unless=("turn_owed",), do=("enqueue_request", "create.send")),
     _row("request", OPEN, None, do=("queue_request",)),
+    # The server's idle timeout (server VAD ``idle_timeout_ms``) commits the caller's silence
+    # and creates the response itself, whatever ``create_response`` says: a turn the server
+    # owes, like a VAD one, so our requests wait for it (a create would only race it).  Its
+    # commit, which follows, asks nothing more of us.
+    _row("idle_timeout", OPEN, None, do=("note_idle_timeout", "turn.committed")),
+    _row("turn_committed", OPEN, None, when=("commit_of_idle_timeout",),
+         do=("settle_idle_timeout",)),
     _row("turn_committed", IDLE, CREATING, unless=("server_creates",),
          do=("enqueue_turn", "create.send")),
     _row("turn_committed", BUSY, None, unless=("server_creates",), do=("enqueue_turn",)),
@@ -340,10 +347,18 @@ TRANSITIONS: list[Row] = [
     # --- Rule 3 and rule 4: the clock.  Every timer re-checks elapsed time in its guard, so an
     # early or duplicate tick changes nothing.  A create that got no answer is sent once more
     # before it is given up; a cancel that got no answer is abandoned.
-    _row("tick", ACTIVE, CANCELLING, when=("watchdog_due",),
+    # Nothing cancels a response while one of its function calls is being generated (a
+    # cut-off call is never run); a silent one is still caught at its response.done.  With no
+    # output item open the response is thinking (reasoning models: no event marks it) and gets
+    # the longer allowance before it counts as hung.
+    _row("tick", ACTIVE, CANCELLING, when=("watchdog_due",), unless=("function_call_open",),
          do=("cancel_silent", "recovery.fired")),
-    _row("tick", ACTIVE, None, when=("watchdog_in_cooldown",), do=("suppress_watchdog",)),
-    _row("tick", ACTIVE, CANCELLING, when=("stalled",), do=("cancel_stalled",)),
+    _row("tick", ACTIVE, None, when=("watchdog_in_cooldown",), unless=("function_call_open",),
+         do=("suppress_watchdog",)),
+    _row("tick", ACTIVE, CANCELLING, when=("thinking", "thought_too_long"),
+         do=("cancel_thinking_stall",)),
+    _row("tick", ACTIVE, CANCELLING, when=("stalled",), unless=("thinking", "function_call_open"),
+         do=("cancel_stalled",)),
     _row("tick", CREATING, CREATING, when=("deadline_passed", "create_first_attempt"),
          do=("create.timeout",)),
     _row("tick", CREATING, IDLE, when=("deadline_passed",), do=("create.timeout",)),

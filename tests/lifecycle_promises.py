@@ -55,8 +55,13 @@ class WorldPromises:
         truncated = {c.item_id: c.audio_end_ms for c in commands if isinstance(c, SendTruncate)}
         deleted = {c.item_id for c in commands if isinstance(c, SendItemDelete)}
         if not any(isinstance(c, ClearPlayback) for c in commands):
-            if truncated or deleted:
-                self._fail(f"truncate or delete without a clear: {commands}")
+            if truncated:
+                self._fail(f"truncate without a clear: {commands}")
+            for item in deleted:
+                # At the done of a response stopped unheard (a barge-in, a cancel of a response
+                # nobody may hear): only an item none of whose audio reached the caller.
+                if item in self.forwarded or self.item_response.get(item) not in self.dropped:
+                    self._fail(f"delete of {item} without a clear: {commands}")
             return
         bpm = self.cfg.audio_bytes_per_ms
         unheard = self._unheard()

@@ -147,6 +147,7 @@ class World(WorldPromises):
         # --- audio and the watchdog
         self.dropped: set[str] = set()
         self.forwarded: dict[str, int] = {}  # item -> bytes forwarded to the caller
+        self.item_response: dict[str, str] = {}  # item -> its response (every delta seen)
         self.played: dict[str, int] = {}
         self.cleared: set[str] = set()
         self.fires: list[tuple[float, str | None]] = []
@@ -406,6 +407,7 @@ class World(WorldPromises):
         self.trace.append(f"receive({_describe(event)})")
         m = self.m
         if isinstance(event, AudioDelta):
+            self.item_response.setdefault(event.item_id, event.response_id)
             forward = m.audio_delta(event.response_id, event.item_id, event.byte_count, self.now)
             if forward:
                 self._check_audio(event)

@@ -42,6 +42,7 @@ from realtime_fsm import (
     META_EVENT_ID,
     AudioDelta,
     ConnectionClosed,
+    IdleTimeoutTriggered,
     LifecycleConfig,
     PlaybackProgress,
     RequestResponse,
@@ -196,15 +197,19 @@ def resolve(step: Step, m: Machine, now: float, ids: Ids) -> Callable[[Machine],
     elif kind == "user_text":
         event = UserText(text=step[1])
     elif kind == "turn":
-        event = UserTurnCommitted(item_id="item_user")
+        event = UserTurnCommitted(item_id=step[1] if len(step) > 1 else "item_user")
+    elif kind == "idle_timeout":
+        event = IdleTimeoutTriggered(item_id="item_idle", audio_start_ms=100, audio_end_ms=6100)
     elif kind == "session":
-        # session.created unless a fifth item says session.updated (the answer to our update)
-        _, detection, create, interrupt, *updated = step
+        # session.created unless a fifth item says session.updated (the answer to our update);
+        # a sixth is the reasoning effort the server reports
+        _, detection, create, interrupt, *rest = step
         event = SessionConfigured(
             turn_detection=detection,
             create_response=create,
             interrupt_response=interrupt,
-            updated=bool(updated and updated[0]),
+            updated=bool(rest and rest[0]),
+            reasoning_effort=rest[1] if len(rest) > 1 else None,
         )
     elif kind == "speech_started":
         event = SpeechStarted(item_id="item_user", audio_start_ms=10)
@@ -249,6 +254,14 @@ def resolve(step: Step, m: Machine, now: float, ids: Ids) -> Callable[[Machine],
     elif kind == "touch":
         rid_value = ids.rid(m, step[1])
         return lambda x: x.touch(rid_value, now)
+    elif kind == "item_added":
+        _, rid, item, item_type = step
+        rid_value, item_id = ids.rid(m, rid), ITEMS[item]
+        return lambda x: x.item_added(rid_value, item_id, item_type, now)
+    elif kind == "item_done":
+        _, rid, item = step
+        rid_value, item_id = ids.rid(m, rid), ITEMS[item]
+        return lambda x: x.item_done(rid_value, item_id, now)
     elif kind == "playback":
         _, item, played_ms, via_handle = step
         if not via_handle:
@@ -306,13 +319,15 @@ _STEPS: dict[str, st.SearchStrategy[Step]] = {
         st.sampled_from([False, False, False, True]),
     ),
     "user_text": st.tuples(st.just("user_text"), st.sampled_from(["hi", "stop", "book it"])),
-    "turn": st.tuples(st.just("turn")),
+    "turn": st.one_of(st.tuples(st.just("turn")), st.tuples(st.just("turn"), st.just("item_idle"))),
+    "idle_timeout": st.tuples(st.just("idle_timeout")),
     "session": st.tuples(
         st.just("session"),
         st.sampled_from([None, "server_vad"]),
         st.booleans(),
         st.booleans(),
         st.booleans(),
+        st.sampled_from([None, None, "low", "xhigh"]),
     ),
     "speech_started": st.tuples(st.just("speech_started")),
     "speech_stopped": st.tuples(st.just("speech_stopped")),
@@ -339,6 +354,10 @@ _STEPS: dict[str, st.SearchStrategy[Step]] = {
     ),
     "transcript": st.tuples(st.just("transcript"), _rid, st.booleans()),
     "touch": st.tuples(st.just("touch"), _rid),
+    "item_added": st.tuples(
+        st.just("item_added"), _rid, _item, st.sampled_from(["message", "function_call"])
+    ),
+    "item_done": st.tuples(st.just("item_done"), _rid, _item),
     "playback": st.tuples(
         st.just("playback"), _item, st.sampled_from([0, 10, 20, 100, 1000]), st.booleans()
     ),
@@ -351,6 +370,7 @@ _WEIGHTS = {
     "request": 4,
     "user_text": 2,
     "turn": 1,
+    "idle_timeout": 1,
     "session": 1,
     "speech_started": 2,
     "speech_stopped": 1,
@@ -360,6 +380,8 @@ _WEIGHTS = {
     "audio": 4,
     "transcript": 3,
     "touch": 1,
+    "item_added": 2,
+    "item_done": 2,
     "playback": 2,
     "tick": 3,
     "close": 1,
@@ -376,6 +398,7 @@ CONFIG = st.builds(
     no_audio_timeout=st.sampled_from([0.5, 3.0]),
     watchdog_cooldown=st.sampled_from([2.0, 12.0]),
     stall_timeout=st.sampled_from([4.0, 20.0]),
+    reasoning_effort=st.sampled_from([None, "high"]),
     server_creates_response=st.booleans(),
     server_interrupts_response=st.booleans(),
 )
@@ -592,6 +615,48 @@ SCENARIOS: dict[str, list[Step]] = {
         ("turn",),
         ("done", 0, "cancelled"),
     ],
+    # the server's idle timeout, and its commit, in every state of the slot.
+    **{
+        f"idle_timeout_commit_while_{where}": [
+            *prefix,
+            ("idle_timeout",),
+            ("turn", "item_idle"),
+        ]
+        for where, prefix in (
+            ("idle", []),
+            ("creating", [_REQ]),
+            ("active", [_REQ, _OURS]),
+            ("cancelling", [_REQ, _OURS, _SPEECH]),
+        )
+    },
+    # a reasoning response thinking past its allowance, one stalled with an item open, one
+    # whose function call holds every timer off, and a silent preamble before a call.
+    "thinking_too_long": [("session", "server_vad", True, True, "high"), _REQ, _OURS, _DEADLINE],
+    "stalled_mid_item": [_REQ, _OURS, ("item_added", 0, 0, "message"), _DEADLINE],
+    "function_call_open_then_done": [
+        _REQ,
+        _OURS,
+        ("transcript", 0, False),
+        ("item_added", 0, 1, "function_call"),
+        ("wait", 30.0),
+        ("tick", False),
+        ("item_done", 0, 1),
+        _DEADLINE,
+    ],
+    # a barge-in mid item 1 of 2: item 2 (no audio yet) and item 3 (audio after the barge-in)
+    # are deleted at the response's done.
+    "barge_in_cuts_later_items": [
+        _REQ,
+        _OURS,
+        ("item_added", 0, 0, "message"),
+        _AUDIO,
+        ("item_added", 0, 1, "message"),
+        _SPEECH,
+        ("item_added", 0, 2, "message"),
+        ("audio", 0, 2, 160, False),
+        ("item_done", 0, 2),
+        ("done", 0, "cancelled"),
+    ],
     # the recovery machine: fires, silent ends and give-ups while it cancels or retries.
     "watchdog_fires_again_while_cancelling": [
         _REQ,
@@ -668,7 +733,10 @@ PROBES: list[Step] = [
     ("request", None, True),
     ("user_text", "hi"),
     ("turn",),
+    ("turn", "item_idle"),
+    ("idle_timeout",),
     ("session", "server_vad", True, True),
+    ("session", "server_vad", False, True, False, "medium"),
     ("session", None, False, False),
     ("session", "server_vad", True, True, True),  # session.updated
     _SPEECH,
@@ -693,6 +761,9 @@ PROBES: list[Step] = [
     ("audio", 1, 1, 160, True),
     ("transcript", 0, True),
     ("touch", 0),
+    ("item_added", 0, 0, "message"),
+    ("item_added", 0, 1, "function_call"),
+    ("item_done", 0, 1),
     ("playback", 0, 50, True),
     ("close",),
     ("back_in_time",),

@@ -77,10 +77,12 @@ def test_one_mark_per_interval_and_the_tail_on_flush() -> None:
     tracker = PlaybackTracker(mark_every_ms=100)
     names = [tracker.audio_sent("item_a", CHUNK) for _ in range(12)]  # 240 ms
     marks = [MarkName.parse(n) for n in names if n is not None]
-    assert [m.end_ms for m in marks if m is not None] == [100, 200]
-    assert names[4] is not None and names[9] is not None  # right after the 100 ms chunks
+    # The item's first chunk is marked at once (its echo says when the item began to play),
+    # then one mark per 100 ms from there.
+    assert [m.end_ms for m in marks if m is not None] == [20, 120, 220]
+    assert all(names[i] is not None for i in (0, 5, 10))
     tail = tracker.flush_mark()
-    assert tail is not None and MarkName.parse(tail) == MarkName(0, 3, 240, "item_a")
+    assert tail is not None and MarkName.parse(tail) == MarkName(0, 4, 240, "item_a")
     assert tracker.flush_mark() is None
     progress = tracker.mark_received(tail)  # echoes in order prove the earlier marks too
     assert [(p.item_id, p.played_ms) for p in progress] == [("item_a", 240)]
@@ -89,11 +91,14 @@ def test_one_mark_per_interval_and_the_tail_on_flush() -> None:
 
 def test_a_new_item_starts_its_own_interval_and_clear_drops_the_tail() -> None:
     tracker = PlaybackTracker(mark_every_ms=100)
-    for _ in range(3):
+    start = tracker.audio_sent("item_a", CHUNK)
+    assert start is not None and MarkName.parse(start) == MarkName(0, 1, 20, "item_a")
+    for _ in range(2):
         assert tracker.audio_sent("item_a", CHUNK) is None
     first = tracker.flush_mark()
-    assert first is not None and MarkName.parse(first) == MarkName(0, 1, 60, "item_a")
-    assert [tracker.audio_sent("item_b", CHUNK) is None for _ in range(5)] == [True] * 4 + [False]
+    assert first is not None and MarkName.parse(first) == MarkName(0, 2, 60, "item_a")
+    unmarked = [tracker.audio_sent("item_b", CHUNK) is None for _ in range(6)]
+    assert unmarked == [False] + [True] * 4 + [False]  # its start, then 100 ms on
     tracker.audio_sent("item_b", CHUNK)
     tracker.clear()  # a barge-in: the unmarked rest was never heard
     assert tracker.flush_mark() is None
@@ -118,10 +123,11 @@ def test_bridge_with_coalesced_marks_hears_every_item_to_its_end() -> None:
             )
             assert caller.played_ms >= record.audio_ms
             ends = [MarkName.parse(name) for _at, name in caller.marks_received]
-        # One mark per 100 ms whatever the transcript deltas in between, and the last 40 ms
-        # marked when the audio ended (response.output_audio.done), before response.done.
+        # The first chunk marked, then one mark per 100 ms whatever the transcript deltas in
+        # between, and the last 20 ms marked when the audio ended (response.output_audio.done),
+        # before response.done.
         assert record.status == "completed" and record.audio_deltas == 52
-        assert [m.end_ms for m in ends if m is not None] == [*range(100, 1001, 100), 1040]
+        assert [m.end_ms for m in ends if m is not None] == [20, *range(120, 1021, 100), 1040]
         assert not any(echo.cleared for echo in caller.marks_echoed)
         assert caller.violations == []
 
@@ -143,7 +149,7 @@ def test_the_default_is_a_mark_per_500_ms_and_the_greeting_ends_with_its_tail() 
                 "the greeting's end mark, echoed",
             )
             ends = [MarkName.parse(name) for _at, name in caller.marks_received]
-        assert [m.end_ms for m in ends if m is not None] == [500, 1000, 1040]
+        assert [m.end_ms for m in ends if m is not None] == [20, 520, 1020, 1040]
         assert caller.violations == []
 
     asyncio.run(asyncio.wait_for(scenario(), 30))
@@ -161,15 +167,17 @@ def test_a_bad_mark_interval_is_refused_when_the_config_is_built(bad: object) ->
 def test_estimate_runs_on_from_the_last_echo_up_to_the_next_mark() -> None:
     tracker = PlaybackTracker(mark_every_ms=100)
     assert tracker.estimate(5.0) is None  # no echo yet: nothing is known to be playing
-    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(15)]  # 300 ms, marks at 100..300
-    first, second, third = (n for n in names if n is not None)
-    tracker.mark_received(first)  # no time given: proves 100 ms, anchors nothing
+    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(15)]  # 300 ms, marks 20..220
+    _start, first, second = (n for n in names if n is not None)
+    third = tracker.flush_mark()  # the last 80 ms, marked at 300
+    assert third is not None
+    tracker.mark_received(first)  # no time given: proves 120 ms, anchors nothing
     assert tracker.estimate(5.0) is None
     tracker.mark_received(second, now=10.0)
-    assert tracker.played_ms("item_a") == 200
+    assert tracker.played_ms("item_a") == 220
     assert tracker.estimate(10.0) is None  # exactly the echo: nothing beyond it
     est = tracker.estimate(10.037)
-    assert est is not None and (est.item_id, est.played_ms) == ("item_a", 237)
+    assert est is not None and (est.item_id, est.played_ms) == ("item_a", 257)
     est = tracker.estimate(11.0)  # the 300 ms mark has not come back: not all of it was heard
     assert est is not None and est.played_ms == 299
     assert tracker.estimate(9.0) is None  # a clock that went back proves nothing
@@ -192,10 +200,10 @@ def test_estimate_never_runs_into_audio_sent_after_the_echo() -> None:
 
 def test_estimate_counts_the_unmarked_tail_sent_before_the_echo() -> None:
     tracker = PlaybackTracker(mark_every_ms=100)
-    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(7)]  # 140 ms, one mark at 100
-    [name] = [n for n in names if n is not None]
-    tracker.mark_received(name, now=0.0)  # 40 ms more already at Twilio, unmarked
-    est = tracker.estimate(0.03)
+    names = [tracker.audio_sent("item_a", CHUNK) for _ in range(7)]  # 140 ms, marks at 20, 120
+    [_start, name] = [n for n in names if n is not None]
+    tracker.mark_received(name, now=0.0)  # 20 ms more already at Twilio, unmarked
+    est = tracker.estimate(0.01)
     assert est is not None and est.played_ms == 130
     est = tracker.estimate(1.0)
     assert est is not None and est.played_ms == 140  # all of it: no mark is still due
@@ -233,7 +241,8 @@ def test_sparse_marks_still_truncate_a_barge_in_at_what_the_caller_heard(estimat
         # 20 ms piece playing when the clear came).
         assert heard_ms - 120 <= end_ms <= heard_ms + 20
     else:
-        assert end_ms % 500 == 0 and end_ms <= heard_ms - 100  # the last echoed mark
+        # The last echoed mark: the item's start mark at 20 ms, then every 500 ms.
+        assert (end_ms - 20) % 500 == 0 and end_ms <= heard_ms - 100
 
 
 # -------------------------------------------------- the per-frame shortcut of audio_sent
@@ -345,5 +354,6 @@ def test_audio_sent_takes_the_shortcut_between_marks() -> None:
 
     tracker = Counting(mark_every_ms=100)
     names = [tracker.audio_sent("item_a", CHUNK) for _ in range(50)]  # 1 s of 20 ms frames
-    assert [n is not None for n in names].count(True) == 10  # one mark per 100 ms
-    assert calls == 10 + 1  # each mark, and the first frame (nothing armed yet)
+    # The start mark, then one per 100 ms (120 ... 920); the last 80 ms are flushed later.
+    assert [n is not None for n in names].count(True) == 10
+    assert calls == 10  # each mark only (the first frame is the start mark, armed from there)

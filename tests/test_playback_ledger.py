@@ -79,8 +79,8 @@ def test_the_call_s_tracker_reads_the_machine_s_ledger() -> None:
         if name is not None:
             names.append(name)
     assert machine.playback["item_a"][0] == 3040
-    assert [n.split(":")[2] for n in names] == ["100", "200", "300"]
-    assert tracker.flush_mark() == "g0:4:380:item_a"
+    assert [n.split(":")[2] for n in names] == ["20", "120", "220", "320"]
+    assert tracker.flush_mark() == "g0:5:380:item_a"
     # A new machine (a new session): the tracker follows its ledger.
     fresh = ResponseLifecycle(LifecycleConfig(call_id="ledger"), now=1.0)
     tracker.clear()

@@ -80,12 +80,14 @@ def test_an_answer_heard_carries_when_it_was_asked_sent_and_heard() -> None:
     assert finished.first_audio_at == 1.501  # the first delta, not the response's creation
     assert (finished.input_tokens, finished.output_tokens) == (12, 45)
 
-    # The first echo (500 ms of item_1 played) comes back at 2.6: playback began at 2.1.
-    first, tail = marks(c)
-    assert c.at(2.6).tw(tw_mark(first)) is None  # an event to hand out, not NOTHING
+    # The first echo (the item's start mark: 20 ms of item_1 played) comes back at 2.12:
+    # playback began at 2.1.
+    start, regular, tail = marks(c)
+    assert c.at(2.12).tw(tw_mark(start)) is None  # an event to hand out, not NOTHING
     assert of(c, PlaybackStarted) == [PlaybackStarted("resp_1", "item_1")]
-    assert of(c, PlaybackStarted)[0].at == 2.1
-    assert c.at(2.7).tw(tw_mark(tail)) == ""  # told once: the tail's echo is plain again
+    assert abs(of(c, PlaybackStarted)[0].at - 2.1) < 1e-9
+    assert c.at(2.62).tw(tw_mark(regular)) == ""  # told once: later echoes are plain again
+    assert c.at(2.7).tw(tw_mark(tail)) == ""
     assert len(of(c, PlaybackStarted)) == 1
 
 
@@ -94,9 +96,9 @@ def test_playback_start_is_never_before_the_audio_went_out() -> None:
     c.oa(oa_created("resp_vad"))
     c.at(5.0)
     playing(c, "resp_vad", "item_1", 30, dt=0.0)
-    # An echo only 0.1 s after the audio went out, confirming 500 ms (Twilio's clock ran
-    # ahead of ours): dated at the send, not 0.4 s before it.
-    c.at(5.1).tw(tw_mark(marks(c)[0]))
+    # An echo only 0.1 s after the audio went out, confirming 520 ms (Twilio's clock ran
+    # ahead of ours): dated at the send, not 0.42 s before it.
+    c.at(5.1).tw(tw_mark(marks(c)[1]))
     assert [e.at for e in of(c, PlaybackStarted)] == [5.0]
 
 
@@ -120,17 +122,17 @@ def test_a_barge_in_tells_when_what_it_cancelled_and_what_it_cut() -> None:
     c.drain()
     c.answer(c.creates()[-1], "resp_1")
     playing(c, "resp_1", "item_1", 50)  # 1000 ms sent
-    c.at(2.0).tw(tw_mark(marks(c)[0]))  # 500 ms heard
+    c.at(2.0).tw(tw_mark(marks(c)[1]))  # 520 ms heard (the item's start mark at 20, then 520)
     c.at(2.2).oa(oa_speech_started("u1"))
     barge = of(c, BargeIn)[0]
     assert (barge.source, barge.response_id, barge.at) == ("speech", "resp_1", 2.2)
     cancelling = of(c, ResponseCancelling)
     assert cancelling == [ResponseCancelling("resp_1")] and cancelling[0].at == 2.2
     (cut,) = of(c, AudioTruncated)
-    # Heard: 500 ms echoed + 200 ms estimated since the echo (playback runs on); the
+    # Heard: 520 ms echoed + 200 ms estimated since the echo (playback runs on); the
     # response is live, so the rest of what was received is cut.
     assert (cut.item_id, cut.response_id, cut.at) == ("item_1", "resp_1", 2.2)
-    assert cut.audio_end_ms == 700 and cut.unheard_ms == 300
+    assert cut.audio_end_ms == 720 and cut.unheard_ms == 280
     c.oa(oa_done("resp_1", "cancelled", "client_cancelled"))
     assert of(c, ResponseFinished)[0].status == "cancelled"
 

@@ -726,6 +726,24 @@ def test_same_text_typed_on_both_sides_of_a_reconnect() -> None:
     assert _rules([*head, *before, reconnect, again, *after]) == [(9, "user_text_duplicated")]
 
 
+def test_a_create_right_after_the_servers_idle_timeout_races_its_response() -> None:
+    """``create_response`` is off in this trace's session, but the server answers its idle
+    timeout itself: a create before that response came is a race, like one after a VAD commit."""
+    lines = _lines("bad-create-never-answered.jsonl")[:3]
+    timeout = {
+        "type": "input_audio_buffer.timeout_triggered",
+        "audio_start_ms": 0,
+        "audio_end_ms": 6000,
+        "item_id": "item_idle_1",
+    }
+    create = {"type": "response.create", "event_id": "rtfsm_create_1", "response": {}}
+    lines += [
+        _line(6.0, side="openai", dir="in", type=timeout["type"], frame=timeout),
+        _line(6.1, side="openai", dir="out", type="response.create", frame=create),
+    ]
+    assert _rules(lines) == [(5, "create_races_server_response")]
+
+
 def test_history_ids_follow_the_headers_event_id_prefix() -> None:
     lines = _lines("bad-create-never-answered.jsonl")[:3]
     header = json.loads(lines[0])

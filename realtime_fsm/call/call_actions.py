@@ -436,6 +436,7 @@ class CallActions(Observations):
             call_id=self.call_label,
             server_creates_response=expected.create_response,
             server_interrupts_response=expected.interrupt_response,
+            reasoning_effort=expected.reasoning_effort or self.config.lifecycle.reasoning_effort,
         )
         return ResponseLifecycle(lifecycle_cfg, now=self._now)
 

@@ -18,6 +18,8 @@ from ..openai_realtime import (
     InputTranscriptDelta,
     ItemAdded,
     OutputAudioDelta,
+    OutputItemAdded,
+    OutputItemDone,
     OutputTranscriptDelta,
     ResponseActivity,
 )
@@ -63,7 +65,10 @@ class OpenAISide(TwilioSide):
             return None
         self._advance(now)
         kind = type(message)
-        if kind is not OutputTranscriptDelta:  # the item's audio ended (or something else)
+        # The item's audio ended (or something else came): mark its tail.  Not on the caller's
+        # speech: a barge-in clears what plays, and a tail mark minted now, after the audio
+        # played, would read as not yet heard and cap the estimate of what the caller heard.
+        if kind is not OutputTranscriptDelta and kind is not ev.SpeechStarted:
             tail = self.tracker.flush_mark()
             if tail is not None:
                 self.out_twilio.append(mark_message(self.stream_sid, tail))
@@ -87,9 +92,18 @@ class OpenAISide(TwilioSide):
         elif kind is InputTranscript:
             assert isinstance(message, InputTranscript)
             self._input_transcript(message)
+        elif kind is OutputItemAdded:
+            assert isinstance(message, OutputItemAdded)
+            machine.item_added(message.response_id, message.item_id, message.item_type, now)
+        elif kind is OutputItemDone:
+            assert isinstance(message, OutputItemDone)
+            machine.item_done(message.response_id, message.item_id, now)
         elif kind is FunctionCallDone:
             assert isinstance(message, FunctionCallDone)
-            machine.touch(message.response_id, now)
+            if message.item_id:
+                machine.item_done(message.response_id, message.item_id, now)
+            else:
+                machine.touch(message.response_id, now)
             self.function_call_done(
                 message.response_id,
                 message.call_id,

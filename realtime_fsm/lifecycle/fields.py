@@ -13,8 +13,9 @@ from typing import Final
 
 from .. import events as ev
 from ..commands import Command, DropResponseAudio, SendResponseCancel
-from ..config import LifecycleConfig
+from ..config import LifecycleConfig, thinking_scale
 from ..table import (
+    ACTIVE,
     C_NONE,
     IDLE,
     R_NONE,
@@ -24,7 +25,19 @@ from ..table import (
     ResponseState,
     TurnState,
 )
-from .ledgers import GIVEN_UP_MAX, NO_RECENT_IDS, PLAYBACK_MAX, RETIRED_MAX, Inflight, RecentIds
+from .ledgers import (
+    GIVEN_UP_MAX,
+    ITEM_AUDIO,
+    ITEM_CALL,
+    ITEM_DONE,
+    ITEM_MESSAGE,
+    ITEMS_MAX,
+    NO_RECENT_IDS,
+    PLAYBACK_MAX,
+    RETIRED_MAX,
+    Inflight,
+    RecentIds,
+)
 
 log = logging.getLogger("realtime_fsm.lifecycle")
 
@@ -38,12 +51,18 @@ class LifecycleFields:
     __slots__ = (
         "_cfg",
         "_current_unseen",
+        "_cut_items",
+        "_cut_response",
         "_ev",
         "_first_transcript_at",
         "_flow",
         "_given_up",
+        "_idle_timeout_item",
+        "_items",
         "_last_activity",
         "_now",
+        "_open_calls",
+        "_open_items",
         "_out",
         "_play",
         "_retired",
@@ -51,6 +70,7 @@ class LifecycleFields:
         "_server_creates",
         "_server_interrupts",
         "_state_deadline",
+        "_think_limit",
         "_turn_deadline",
         "_watchdog_skipped",
         "audio_deltas",
@@ -84,6 +104,10 @@ class LifecycleFields:
         #: ``server_creates`` and ``server_interrupts`` read them.
         self._server_creates = cfg.server_creates_response
         self._server_interrupts = cfg.server_interrupts_response
+        #: How long a response with no output item open may stay silent (``stall_timeout``
+        #: scaled by the session's reasoning effort), written only by ``configure``; the guard
+        #: ``thought_too_long`` compares with it.
+        self._think_limit = cfg.stall_timeout * thinking_scale(cfg.reasoning_effort)
         #: The time and the event being handled: every guard reads its inputs from these two.
         self._now = float(now)
         self._ev: object = None
@@ -118,6 +142,23 @@ class LifecycleFields:
         self._last_activity = self._now
         #: A silent response the watchdog let pass (cooldown) is not judged again.
         self._watchdog_skipped = False
+        #: The current response's output items, in output order: ``item_id -> ITEM_*`` flags
+        #: (ledgers.py), and how many are open (added, not done) and of those how many are
+        #: function calls.  The guards ``thinking`` (nothing open) and ``function_call_open``
+        #: read the counts; the barge-in reads the flags (which items are still generating,
+        #: which got audio).
+        self._items: dict[str, int] = {}
+        self._open_items = 0
+        self._open_calls = 0
+        #: The response a barge-in stopped (or one cancelled unheard), until its done: its
+        #: message items the caller heard nothing of, by id, are deleted then (``True``), those
+        #: already cut by the barge-in are not (``False``).  ``None`` until first needed.  No
+        #: guard reads them: they only become ``SendItemDelete`` commands.
+        self._cut_response: str | None = None
+        self._cut_items: dict[str, bool] | None = None
+        #: The user item of the server's last idle timeout, until its commit arrives (the guard
+        #: ``commit_of_idle_timeout``: that commit is answered by the server, not by us).
+        self._idle_timeout_item: str | None = None
         # --- The create machine's data.
         self.inflight: Inflight | None = None
         #: Creates given up (timeout, busy rejection) by event id, oldest first, and whether an
@@ -180,12 +221,51 @@ class LifecycleFields:
         self._last_activity = self._now
 
     def _track_item(self, item_id: str) -> list[int]:
+        """The first audio of an item of the current response (once per item, not per delta)."""
         play = self._play
         if len(play) >= PLAYBACK_MAX:
             del play[next(iter(play))]
         entry = [0, 0]
         play[item_id] = entry
+        items = self._items
+        flags = items.get(item_id)
+        if flags is None:  # audio before (or without) its output_item.added
+            self._note_item(item_id, ITEM_AUDIO | ITEM_MESSAGE)
+        else:
+            items[item_id] = flags | ITEM_AUDIO
         return entry
+
+    def _note_item(self, item_id: str, flags: int) -> None:
+        """A new output item of the current response (bounded: the oldest is forgotten)."""
+        items = self._items
+        if len(items) >= ITEMS_MAX:
+            oldest = next(iter(items))
+            self._close_item(oldest, items.pop(oldest))
+        items[item_id] = flags
+        if not flags & ITEM_DONE:
+            self._open_items += 1
+            if flags & ITEM_CALL:
+                self._open_calls += 1
+
+    def _close_item(self, item_id: str, flags: int) -> int:
+        """The counts without an open item; returns its flags marked done."""
+        if not flags & ITEM_DONE:
+            self._open_items -= 1
+            if flags & ITEM_CALL:
+                self._open_calls -= 1
+        return flags | ITEM_DONE
+
+    def _open_audio_item(self) -> str | None:
+        """The newest item with audio while the current response still adds to it (active,
+        its ``output_item.done`` not seen): the server may have more of it than reached us.
+        An item heard in full that is finished, or is an earlier response's, is no such item:
+        truncating it would only drop its transcript from the model's context."""
+        play = self._play
+        if self.state is not ACTIVE or not play:
+            return None
+        newest = next(reversed(play))
+        flags = self._items.get(newest)
+        return newest if flags is not None and not flags & ITEM_DONE else None
 
     def _flow_step(self, step: str) -> None:
         if self._flow is not None:
@@ -201,6 +281,12 @@ class LifecycleFields:
         self.transcript_deltas = 0
         self._first_transcript_at = None
         self._watchdog_skipped = False
+        if self._items:
+            self._items.clear()
+        self._open_items = 0
+        self._open_calls = 0
+        self._cut_response = None
+        self._cut_items = None
 
     def _send_cancel(self, response_id: str | None) -> None:
         self._emit(SendResponseCancel(event_id=self._mint("cancel"), response_id=response_id))
@@ -214,6 +300,29 @@ class LifecycleFields:
         """Cancel a response by id and drop its audio: the caller must never hear it."""
         self._send_cancel(response_id)
         self._drop(response_id)
+        self._start_cut(response_id)
+
+    def _start_cut(self, response_id: str) -> None:
+        """The caller hears nothing more of this response: each of its message items that got
+        no audio to the caller (known now, added later, or whose audio only arrives now) is
+        deleted at the response's done, when the server has stopped writing to it.  Items with
+        audio are the playback ledger's (cut now, or heard in full)."""
+        cut = dict.fromkeys(self._play, False)
+        for item_id, flags in self._items.items():
+            if flags & ITEM_AUDIO:
+                cut.setdefault(item_id, False)
+            elif flags & ITEM_MESSAGE:
+                cut[item_id] = True
+        self._cut_response = response_id
+        self._cut_items = cut
+
+    def _cut_later(self, item_id: str) -> None:
+        """An item of the cut response shows up (added, or its audio) after the cut."""
+        cut = self._cut_items
+        if cut is None:
+            cut = self._cut_items = {}
+        if item_id not in cut and len(cut) < ITEMS_MAX:
+            cut[item_id] = True
 
     def _call(self) -> str:
         return self._cfg.call_id

@@ -40,6 +40,13 @@ class LifecycleGuards(LifecycleFields):
     def has_pending(self) -> bool:
         return bool(self.pending)
 
+    def commit_of_idle_timeout(self) -> bool:
+        """The commit of the silence the server's idle timeout just committed (same item)."""
+        event = self._ev
+        assert isinstance(event, ev.UserTurnCommitted)
+        pending = self._idle_timeout_item
+        return pending is not None and event.item_id == pending
+
     # ----------------------------------------------------------------------- response.created
 
     def is_oob_created(self) -> bool:
@@ -200,6 +207,20 @@ class LifecycleGuards(LifecycleFields):
         """Silent, but the last fire is too recent (``watchdog_due`` is tried first)."""
         silent_at = self._silent_since()
         return silent_at is not None and self._now >= silent_at
+
+    def function_call_open(self) -> bool:
+        """A ``function_call`` item of the response is being generated: no timer cancels it
+        (a cancel would cut the call off, and a cut-off call is never run)."""
+        return self._open_calls > 0
+
+    def thinking(self) -> bool:
+        """No output item of the response is open: before its first item or between two, the
+        silence of a reasoning model thinking (no event marks it)."""
+        return not self._open_items
+
+    def thought_too_long(self) -> bool:
+        """Silent past the thinking allowance (``stall_timeout`` x the effort's scale)."""
+        return self._now >= self._last_activity + self._think_limit
 
     def stalled(self) -> bool:
         return self._now >= self._last_activity + self._cfg.stall_timeout

@@ -16,6 +16,15 @@ from .. import events as ev
 RETIRED_MAX: Final = 64
 #: How many assistant audio items with unheard audio are tracked (oldest are forgotten).
 PLAYBACK_MAX: Final = 16
+#: How many output items of one response are tracked (oldest are forgotten).
+ITEMS_MAX: Final = 64
+#: Flags of an output item of the current response (``LifecycleFields._items``): it got audio
+#: (the caller may have heard some), its ``response.output_item.done`` came, it is a
+#: ``function_call``, it is an assistant ``message``.
+ITEM_AUDIO: Final = 1
+ITEM_DONE: Final = 2
+ITEM_CALL: Final = 4
+ITEM_MESSAGE: Final = 8
 #: How many given-up creates are remembered (to cancel a late response to one of them).
 GIVEN_UP_MAX: Final = 64
 #: The request reason of the one retry the no-audio watchdog makes.

@@ -47,6 +47,7 @@ from ..table import (
 )
 from .fields import NO_OUTBOX
 from .handover import Handover
+from .ledgers import ITEM_CALL, ITEM_DONE, ITEM_MESSAGE
 from .machine_actions import MachineActions
 
 log = logging.getLogger("realtime_fsm.lifecycle")
@@ -82,6 +83,7 @@ _TRIGGER_OF: dict[type, str] = {
     ev.UserTurnCommitted: "turn_committed",
     ev.SessionConfigured: "configure",
     ev.SpeechStarted: "speech_started",
+    ev.IdleTimeoutTriggered: "idle_timeout",
     ev.ResponseCreated: "created",
     ev.ResponseDone: "done",
     ev.ServerError: "error",
@@ -120,7 +122,12 @@ class ResponseLifecycle(MachineActions):
         if state is CREATING or state is CANCELLING:
             return self._state_deadline
         if state is ACTIVE:
-            deadline = self._last_activity + self._cfg.stall_timeout
+            # Mirrors the tick rows: nothing fires while a function call is open; with no item
+            # open the response is thinking and gets the longer limit.
+            if self._open_calls:
+                return None
+            limit = self._cfg.stall_timeout if self._open_items else self._think_limit
+            deadline = self._last_activity + limit
             silent_at = self._silent_since()
             if silent_at is not None:
                 deadline = min(deadline, silent_at)
@@ -281,8 +288,42 @@ class ResponseLifecycle(MachineActions):
         if entry is None or played_ms <= entry[1]:
             return
         entry[1] = played_ms
-        if played_ms * self._cfg.audio_bytes_per_ms >= entry[0] and item_id != self._live_item():
+        if (
+            played_ms * self._cfg.audio_bytes_per_ms >= entry[0]
+            and item_id != self._open_audio_item()
+        ):
             del self._play[item_id]
+
+    def item_added(self, response_id: str, item_id: str, item_type: str, now: float) -> None:
+        """``response.output_item.added``: the response opened an output item.  A sign of life
+        too.  Not a transition: it feeds the ledger the guards ``thinking`` and
+        ``function_call_open`` read (a reasoning model's response can open several)."""
+        if response_id == self.response_id and self.state is ACTIVE:
+            if now > self._last_activity:
+                self._last_activity = now
+            items = self._items
+            if item_id in items:
+                return  # a duplicate
+            flags = ITEM_CALL if item_type == "function_call" else 0
+            if item_type == "message":
+                flags = ITEM_MESSAGE
+            self._note_item(item_id, flags)
+        elif response_id == self._cut_response and item_type == "message":
+            self._cut_later(item_id)
+
+    def item_done(self, response_id: str, item_id: str, now: float) -> None:
+        """``response.output_item.done``: the item is complete (or was cut off).  A sign of life
+        too; a function call's done closes it, and the stall timer runs again."""
+        if response_id != self.response_id:
+            return
+        if now > self._last_activity:
+            self._last_activity = now
+        items = self._items
+        flags = items.get(item_id)
+        if flags is None:
+            self._note_item(item_id, ITEM_DONE)
+        elif not flags & ITEM_DONE:
+            items[item_id] = self._close_item(item_id, flags)
 
     def check_invariants(self) -> list[str]:
         """Rule 4 as code: what must hold in the current states.  Empty when all is well."""
@@ -402,12 +443,6 @@ class ResponseLifecycle(MachineActions):
 
     # -------------------------------------------------------------------------- fast paths
 
-    def _live_item(self) -> str | None:
-        """The newest tracked item while a response still adds audio to it."""
-        if self.state is ACTIVE and self._play:
-            return next(reversed(self._play))
-        return None
-
     def _audio_slow(self, response_id: str, item_id: str, byte_count: int, now: float) -> bool:
         if self.state is CLOSED:
             return False
@@ -419,6 +454,8 @@ class ResponseLifecycle(MachineActions):
             return self.audio_delta(response_id, item_id, byte_count, now)
         if response_id in self._retired or response_id == self.response_id:
             self._count("dropped_audio_deltas")
+            if response_id == self._cut_response:
+                self._cut_later(item_id)
         else:
             self._count("unknown_audio_deltas")
         return False

@@ -15,9 +15,11 @@ from ..commands import (
     META_REASON,
     RequestGivenUp,
     ReturnUndeliveredText,
+    SendItemDelete,
     SendResponseCreate,
     SendUserText,
 )
+from ..config import thinking_scale
 from ..logsafe import safe
 from .ledgers import USER_TEXT_REASON, USER_TURN_REASON
 from .stopping import StoppingActions
@@ -231,6 +233,25 @@ class SlotActions(StoppingActions):
             )
         if event.status in ("failed", "incomplete"):
             self._count(f"responses_{event.status}")
+        cut = self._cut_items
+        if cut and event.response_id == self._cut_response:
+            self._delete_unheard(cut)
+
+    def _delete_unheard(self, cut: dict[str, bool]) -> None:
+        """The stopped response is over: delete its items the caller heard nothing of (a
+        truncate at 0 ms is rejected; an item left in place would hold words never heard)."""
+        call = self._call()
+        for item_id, unheard in cut.items():
+            if unheard:
+                self._emit(SendItemDelete(event_id=self._mint("delete"), item_id=item_id))
+                self._count("unheard_items_deleted")
+                log.info(
+                    "call=%s delete unheard item=%s of stopped response %s",
+                    call,
+                    safe(item_id),
+                    safe(self._cut_response),
+                )
+        self._cut_items = None
 
     def forget_response(self) -> None:
         """The response is over but the slot stays busy (an interrupted create of ours is still
@@ -347,12 +368,38 @@ class SlotActions(StoppingActions):
         vad = event.turn_detection is not None
         self._server_creates = vad and event.create_response
         self._server_interrupts = vad and event.interrupt_response
+        if event.reasoning_effort is not None:
+            self._think_limit = self._cfg.stall_timeout * thinking_scale(event.reasoning_effort)
         log.info(
-            "call=%s session turn_detection=%s create_response=%s interrupt_response=%s",
+            "call=%s session turn_detection=%s create_response=%s interrupt_response=%s"
+            " reasoning_effort=%s thinking_allowance=%gs",
             self._call(),
             safe(event.turn_detection),
             self._server_creates,
             self._server_interrupts,
+            safe(event.reasoning_effort),
+            self._think_limit,
+        )
+
+    def note_idle_timeout(self) -> None:
+        """The server's VAD idle timeout fired: it commits the silence and answers it itself."""
+        event = self._ev
+        assert isinstance(event, ev.IdleTimeoutTriggered)
+        self._idle_timeout_item = event.item_id
+        self._count("idle_timeouts")
+        log.info(
+            "call=%s [IDLE_TIMEOUT] no caller speech for %d ms (item=%s): the server creates"
+            " the response; our requests wait for it",
+            self._call(),
+            event.audio_end_ms - event.audio_start_ms,
+            safe(event.item_id),
+        )
+
+    def settle_idle_timeout(self) -> None:
+        """The idle timeout's commit: already owed by the server, nothing of ours to ask."""
+        self._idle_timeout_item = None
+        log.info(
+            "call=%s [IDLE_TIMEOUT] silence committed; the server's response is due", self._call()
         )
 
     def restart_create_clock(self) -> None:
@@ -392,6 +439,7 @@ class SlotActions(StoppingActions):
         self._state_deadline = None
         self._play.clear()
         self._flow = None
+        self._idle_timeout_item = None
 
     # ---------------------------------------------------------------------- state entry hooks
 

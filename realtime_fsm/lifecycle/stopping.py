@@ -107,14 +107,19 @@ class StoppingActions(LifecycleGuards):
 
     def _interrupt(self, tag: str, *, live: bool = False) -> None:
         """Clear what plays, and cut from the conversation what the caller did not hear.
-        ``live``: the response being stopped is still adding audio to the newest item."""
+        ``live``: a response is being stopped: the item it is still adding audio to (if any) is
+        cut at what reached us, and its items the caller heard nothing of, now or later, are
+        deleted at its done (``_start_cut``)."""
         self._emit(ClearPlayback(reason="barge_in"))
         self._flow_step("twilio_clear")
         call = self._call()
         log.info("call=%s %s twilio_clear sent", call, tag)
         play = self._play
         bpm = self._cfg.audio_bytes_per_ms
-        live_item = next(reversed(play)) if live and play else None
+        live_item = self._open_audio_item() if live else None
+        rid = self.response_id
+        if live and rid is not None:
+            self._start_cut(rid)
         for item_id, end_ms in cut_plan(play, bpm, live_item):
             received_ms = play[item_id][0] // bpm
             if end_ms > 0:
@@ -187,6 +192,22 @@ class StoppingActions(LifecycleGuards):
             self._call(),
             safe(rid),
             self._cfg.stall_timeout,
+        )
+        self._send_cancel(rid)
+        if rid is not None:
+            self._drop(rid)
+
+    def cancel_thinking_stall(self) -> None:
+        """No output item open and no sign of life for the thinking allowance (``stall_timeout``
+        scaled by the reasoning effort): past any thinking, the response is hung."""
+        rid = self.response_id
+        self._count("stalled_responses")
+        log.warning(
+            "call=%s [STALL] response %s had no output item open and no sign of life for %gs"
+            " (the thinking allowance); cancelling",
+            self._call(),
+            safe(rid),
+            self._think_limit,
         )
         self._send_cancel(rid)
         if rid is not None:

@@ -120,6 +120,28 @@ class FunctionCallDone:
 
 
 @attrs.frozen
+class OutputItemAdded:
+    """``response.output_item.added``: a response opened an output item (``item_type``
+    ``message``, ``function_call``, ...).  A reasoning model's response can hold several, in
+    ``output_index`` order (a spoken preamble, then a call or a second message): the lifecycle
+    tracks each one (``ResponseLifecycle.item_added``) to know which item is still being
+    generated, whether a function call is open, and what a barge-in leaves unheard."""
+
+    response_id: str
+    item_id: str
+    item_type: str
+
+
+@attrs.frozen
+class OutputItemDone:
+    """``response.output_item.done`` of an item that is not a function call (those are
+    :class:`FunctionCallDone`): the item is complete, or was cut off by a cancel."""
+
+    response_id: str
+    item_id: str
+
+
+@attrs.frozen
 class ItemAdded:
     """``conversation.item.added`` (beta ``conversation.item.created``) of an item the call
     cares about: a ``function_call_output`` (``call_id``), now in the conversation, so a
@@ -150,6 +172,7 @@ LifecycleEvent = (
     | ev.SpeechStarted
     | ev.SpeechStopped
     | ev.UserTurnCommitted
+    | ev.IdleTimeoutTriggered
 )
 #: Everything :func:`parse_server_event` can return: the per-frame results take the lifecycle's
 #: fast paths (``audio_delta``, ``transcript_delta``, ``touch``) instead of ``handle``.
@@ -161,6 +184,8 @@ ServerMessage = (
     | InputTranscript
     | InputTranscriptDelta
     | FunctionCallDone
+    | OutputItemAdded
+    | OutputItemDone
     | ItemAdded
     | Ignored
 )
@@ -198,7 +223,6 @@ ACTIVITY_TYPES: Final = frozenset(
         "response.audio_transcript.done",
         "response.function_call_arguments.delta",
         "response.function_call_arguments.done",
-        "response.output_item.added",
         "response.content_part.added",
         "response.content_part.done",
         "response.mcp_call_arguments.delta",
@@ -207,8 +231,7 @@ ACTIVITY_TYPES: Final = frozenset(
 )
 #: Event types of the GA and beta server unions that carry nothing the lifecycle needs.
 #: ``conversation.item.*`` events name no response; MCP call progress names no response;
-#: ``output_audio_buffer.*`` is WebRTC/SIP only; ``timeout_triggered`` is followed by the
-#: ``response.created`` of the response the server makes itself, which is what matters.
+#: ``output_audio_buffer.*`` is WebRTC/SIP only.
 IGNORED_TYPES: Final = frozenset(
     {
         "conversation.created",
@@ -219,7 +242,6 @@ IGNORED_TYPES: Final = frozenset(
         "conversation.item.input_audio_transcription.failed",
         "conversation.item.input_audio_transcription.segment",
         "input_audio_buffer.cleared",
-        "input_audio_buffer.timeout_triggered",
         "input_audio_buffer.dtmf_event_received",
         "output_audio_buffer.started",
         "output_audio_buffer.stopped",

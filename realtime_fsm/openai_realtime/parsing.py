@@ -33,6 +33,8 @@ from .messages import (
     InputTranscriptDelta,
     ItemAdded,
     OutputAudioDelta,
+    OutputItemAdded,
+    OutputItemDone,
     OutputTranscriptDelta,
     ResponseActivity,
     ServerMessage,
@@ -228,6 +230,7 @@ def _session(data: dict[str, Any]) -> ev.SessionConfigured:
             _format_name(session.get("input_audio_format")),
             _format_name(session.get("output_audio_format")),
         )
+    effort = _reasoning_effort(session)
     turn = opt_obj(holder, "turn_detection", holder_where) if holder is not None else None
     if turn is None:
         return ev.SessionConfigured(
@@ -235,6 +238,7 @@ def _session(data: dict[str, Any]) -> ev.SessionConfigured:
             input_audio_format=formats[0],
             output_audio_format=formats[1],
             updated=updated,
+            reasoning_effort=effort,
         )
     turn_where = f"{holder_where}.turn_detection"
     kind = req_str(turn, "type", turn_where)
@@ -248,7 +252,16 @@ def _session(data: dict[str, Any]) -> ev.SessionConfigured:
         input_audio_format=formats[0],
         output_audio_format=formats[1],
         updated=updated,
+        reasoning_effort=effort,
     )
+
+
+def _reasoning_effort(session: dict[str, Any]) -> str | None:
+    """GA ``session.reasoning.effort`` (reasoning models; beta has none).  Read leniently, like
+    the formats: an odd shape is ``None`` (not stated), never the frame's turn-taking lost."""
+    reasoning = session.get("reasoning")
+    effort = reasoning.get("effort") if type(reasoning) is dict else None
+    return effort[:32] if type(effort) is str and effort else None
 
 
 #: Both dialects' audio format names, as one short name each (GA ``audio/pcmu``, beta
@@ -296,6 +309,15 @@ def _committed(data: dict[str, Any]) -> ev.UserTurnCommitted:
     return ev.UserTurnCommitted(item_id=opt_str(data, "item_id", "input_audio_buffer.committed"))
 
 
+def _timeout_triggered(data: dict[str, Any]) -> ev.IdleTimeoutTriggered:
+    where = "input_audio_buffer.timeout_triggered"
+    return ev.IdleTimeoutTriggered(
+        item_id=opt_str(data, "item_id", where),
+        audio_start_ms=_opt_int(data, "audio_start_ms", where, 0),
+        audio_end_ms=_opt_int(data, "audio_end_ms", where, 0),
+    )
+
+
 def _input_transcript(data: dict[str, Any]) -> InputTranscript:
     where = data["type"]
     return InputTranscript(req_str(data, "item_id", where), req_str(data, "transcript", where))
@@ -306,13 +328,38 @@ def _input_transcript_delta(data: dict[str, Any]) -> InputTranscriptDelta:
     return InputTranscriptDelta(req_str(data, "item_id", where), req_str(data, "delta", where))
 
 
-def _output_item_done(data: dict[str, Any]) -> FunctionCallDone | ResponseActivity:
+def _item_id_type(item: object) -> tuple[str, str] | None:
+    """An output item's ``id`` and ``type``, or ``None`` for a shape without them (it is then
+    only a sign of life of its response)."""
+    if type(item) is not dict:
+        return None
+    item_id = item.get("id")
+    kind = item.get("type")
+    if type(item_id) is not str or not item_id or type(kind) is not str:
+        return None
+    return item_id, kind[:64]
+
+
+def _output_item_added(data: dict[str, Any]) -> OutputItemAdded | ResponseActivity:
+    where = data["type"]
+    response_id = req_str(data, "response_id", where)
+    known = _item_id_type(data.get("item"))
+    if known is None:
+        return ResponseActivity(response_id, where)
+    return OutputItemAdded(response_id, known[0], known[1])
+
+
+def _output_item_done(
+    data: dict[str, Any],
+) -> FunctionCallDone | OutputItemDone | ResponseActivity:
     where = data["type"]
     response_id = req_str(data, "response_id", where)
     item = data.get("item")
-    # Only a function call matters beyond the sign of life: any other item, as before.
     if type(item) is not dict or item.get("type") != "function_call":
-        return ResponseActivity(response_id, where)
+        known = _item_id_type(item)
+        if known is None:
+            return ResponseActivity(response_id, where)
+        return OutputItemDone(response_id, known[0])
     where = f"{where} item"
     return FunctionCallDone(
         response_id=response_id,
@@ -344,8 +391,10 @@ _HANDLERS: dict[str, Callable[[dict[str, Any]], ServerMessage]] = {
     "input_audio_buffer.speech_started": _speech_started,
     "input_audio_buffer.speech_stopped": _speech_stopped,
     "input_audio_buffer.committed": _committed,
+    "input_audio_buffer.timeout_triggered": _timeout_triggered,
     "conversation.item.input_audio_transcription.completed": _input_transcript,
     "conversation.item.input_audio_transcription.delta": _input_transcript_delta,
+    "response.output_item.added": _output_item_added,
     "response.output_item.done": _output_item_done,
     "conversation.item.added": _item_added,
     "conversation.item.created": _item_added,

@@ -219,6 +219,7 @@ class SessionConfig:
                 input_audio_format="pcmu",
                 output_audio_format="pcmu",
                 updated=True,
+                reasoning_effort=self.reasoning_effort,
             )
         return ev.SessionConfigured(
             turn_detection=self.turn_detection,
@@ -227,6 +228,7 @@ class SessionConfig:
             input_audio_format="pcmu",  # Twilio's: always sent
             output_audio_format="pcmu",
             updated=True,  # the session.updated that answers it
+            reasoning_effort=self.reasoning_effort,
         )
 
     def _turn_detection(self) -> dict[str, Any] | None:

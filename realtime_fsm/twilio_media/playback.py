@@ -217,7 +217,11 @@ class PlaybackTracker:
         if unmarked is not None and unmarked != item_id:
             self._count("marks_skipped_item_tail")  # flush_mark was not called
         played_to = self._marked_end(item_id)
-        if end_ms - played_to < every:
+        # An item's first audio gets a mark at once: its echo says when the item began to
+        # play, which anchors :meth:`estimate` on it.  Without it, a barge-in before the item's
+        # first regular mark came back would find it unheard (a response's second item after
+        # a preamble, or after the model thought in silence) and delete what the caller heard.
+        if end_ms - played_to < every and (played_to or not end_ms):
             self._unmarked = item_id
             self._arm(item_id, played_to)
             return None
@@ -229,8 +233,12 @@ class PlaybackTracker:
     def _arm(self, item_id: str, marked_to: int) -> None:
         """Let the next frames of ``item_id`` take the shortcut while no mark is due: the full
         path answers None while ``ceil(total / bytes_per_ms) - marked_to < every``, that is
-        while ``total <= (marked_to + every - 1) * bytes_per_ms``."""
+        while ``total <= (marked_to + every - 1) * bytes_per_ms`` (and, before the item's
+        first mark, only while it has no audio at all)."""
         self._hot_item = item_id
+        if not marked_to:  # no mark yet: the first byte of audio is the item's start mark
+            self._hot_limit = 1
+            return
         self._hot_limit = (marked_to + self._mark_every_ms - 1) * self._bytes_per_ms + 1
 
     def flush_mark(self) -> str | None:
