@@ -23,7 +23,7 @@ from ..commands import (
 )
 from ..credentials import CREDENTIAL_PARAMETER
 from ..errors import CallNotActive
-from ..lifecycle import USER_TEXT_REASON, ResponseLifecycle
+from ..lifecycle import USER_TEXT_REASON, Handover, ResponseLifecycle
 from ..logsafe import caller_params, safe
 from ..openai_realtime import OpenAIRealtimeCodec, dumps, is_client_command
 from ..table import (
@@ -34,7 +34,9 @@ from ..table import (
     CREATING,
     ENDED,
     ENDING,
+    READY_TO_SWITCH,
     RECONNECTING,
+    ROTATING,
     RUNNING,
     CallState,
     ResponseState,
@@ -177,6 +179,9 @@ class CallActions(Observations):
         self.machine = self._new_machine()
         self._session_started_at = self._now
         self._media_out_at_session = report.media_out
+        after = self.config.rotate_after
+        if after is not None and self.can_reconnect_sessions:
+            self._rotate_at = self._now + after
         self.codec = OpenAIRealtimeCodec(
             dialect=self.config.dialect,
             max_frame_size=self.config.max_openai_frame,
@@ -233,10 +238,33 @@ class CallActions(Observations):
 
     def hand_over(self) -> None:
         """The session is lost: close its machine, keep what the next session must get."""
-        machine = self.machine
-        assert machine is not None
         reason = self._reason
         self._lost_at = self._now
+        handover = self.take_estate(reason)
+        if handover.state is ACTIVE or handover.state is CREATING:
+            # Half an answer must not go on playing over its retelling by the new session.  (A
+            # finished answer the caller is still hearing plays out: nothing replaces it.)
+            self.out_twilio.append(clear_message(self.stream_sid))
+            self.tracker.clear()
+            self._awaiting_play.clear()
+        self.note_retired_audio()
+        log.warning(
+            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
+            self.call_label,
+            safe(reason),
+            self.custody.held_count,
+            len(self._held_requests),
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionLost(reason, at=self._now))
+
+    def take_estate(self, reason: str) -> Handover:
+        """Close the current session's machine and keep, for the next session, what it held:
+        requests (queued, in flight, a cut-off answer's), held and unwritten texts; whatever
+        was per session (tool calls, partial transcripts) is dropped.  A lost session and a
+        rotated one hand over the same way."""
+        machine = self.machine
+        assert machine is not None
         handover = machine.hand_over(reason, self._now)
         requests, lost = carried_requests(
             handover,
@@ -266,25 +294,18 @@ class CallActions(Observations):
         self._open_calls.clear()  # call ids are per session: the next one knows none
         self._answered_calls.clear()
         self._tool_rounds.clear()
+        self._round_unconfirmed.clear()
         self._round_wants_response.clear()
         self._rounds_closed.clear()
-        self._round_unconfirmed.clear()
         self._follow_up_queued = False
-        if handover.state is ACTIVE or handover.state is CREATING:
-            # Half an answer must not go on playing over its retelling by the new session.  (A
-            # finished answer the caller is still hearing plays out: nothing replaces it.)
-            self.out_twilio.append(clear_message(self.stream_sid))
-            self.tracker.clear()
-            self._awaiting_play.clear()
-        log.warning(
-            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
-            self.call_label,
-            safe(reason),
-            self.custody.held_count,
-            len(self._held_requests),
-        )
-        if self.emit_events:
-            self.events.append(ae.SessionLost(reason, at=self._now))
+        self._caller_speaking = False  # the next session's VAD starts from silence
+        return handover
+
+    def note_retired_audio(self) -> None:
+        """Audio of the replaced session still plays at Twilio: remember it, so that a barge-in
+        the next session's machine does not clear is cleared by the call (``barge_in_seen``)."""
+        tracker = self.tracker
+        self._retired_audio = tracker.generation if tracker.playing else None
 
     def plan_reconnect(self) -> None:
         """The first attempt goes at once, unless sessions keep dying young."""
@@ -323,10 +344,41 @@ class CallActions(Observations):
     def restore_session(self) -> None:
         """A fresh machine on the new socket: config, history, held text, then requests."""
         self.connect_delay = None
+        self._session_started_at = self._now
+        items, delivered = self.restore(update=True)
+        self.generation += 1
+        took = self._now - self._lost_at
+        self.report.reconnects += 1
+        self.report.reconnect_times.append(took)
+        log.info(
+            "call=%s openai session replaced in %.3fs: %d history item(s) restored,"
+            " %d held text(s) delivered",
+            self.call_label,
+            took,
+            items,
+            delivered,
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionRestored(took, items, delivered, at=self._now))
+
+    def restore(
+        self, *, update: bool, update_replaces: BridgeConfig | None = None
+    ) -> tuple[int, int]:
+        """Give the new session a fresh machine and what the call kept: ``session.update``
+        (when ``update``; ``update_replaces``: the settings the session already has, which
+        stay if it is refused), the conversation history, held text, then the carried
+        requests.  Returns the history items and the texts delivered.  The session's age
+        counts from ``_session_started_at``, set by the caller."""
         self._turn_item = None  # item ids are per session
         self._transcribed.clear()
-        self._session_started_at = self._now
         self._media_out_at_session = self.report.media_out
+        self._rotation_failures = 0
+        after = self.config.rotate_after
+        self._rotate_at = (
+            self._session_started_at + after
+            if after is not None and self.can_reconnect_sessions
+            else None
+        )
         previous = self.machine
         self.machine = machine = self._new_machine()
         self.tracker.follow(machine.playback)
@@ -335,7 +387,8 @@ class CallActions(Observations):
         # The restore must fit the driver's queue with room to spare: the oldest history goes.
         room = max(0, self.config.max_queue - delivered - 16)
         items = self.history.items()[-room:] if room else ()
-        self.send_session_update()
+        if update:
+            self.send_session_update(before=update_replaces)
         codec = self.codec
         for item in items:
             # A replay of what the lost session already had: its own event_id kind, so a trace
@@ -361,19 +414,7 @@ class CallActions(Observations):
         self.execute(
             machine.resume(self._now, first=first, queued=queued, watchdog_last_fire=last_fire)
         )
-        took = self._now - self._lost_at
-        self.report.reconnects += 1
-        self.report.reconnect_times.append(took)
-        log.info(
-            "call=%s openai session replaced in %.3fs: %d history item(s) restored,"
-            " %d held text(s) delivered",
-            self.call_label,
-            took,
-            len(items),
-            delivered,
-        )
-        if self.emit_events:
-            self.events.append(ae.SessionRestored(took, len(items), delivered, at=self._now))
+        return len(items), delivered
 
     def finish(self) -> None:
         """Both sockets are closed: settle the report.  Texts never written go back."""
@@ -464,7 +505,7 @@ class CallActions(Observations):
         """Feed the response machine (or, with no session up, hold what the next one needs)."""
         machine = self.machine
         state = self.call_state
-        if state is not RUNNING:
+        if state is not RUNNING and state is not ROTATING and state is not READY_TO_SWITCH:
             if state is RECONNECTING:
                 self._hold(event)
             # Ending or ended: the call has decided; a late key press or server event changes
@@ -473,12 +514,15 @@ class CallActions(Observations):
         assert machine is not None
         now = self._now
         kind = type(event)
-        if (kind is ev.SpeechStarted or kind is ev.UserText) and self.config.estimate_playback:
+        barge_in = kind is ev.SpeechStarted or kind is ev.UserText
+        if barge_in and self.config.estimate_playback:
             # A barge-in truncates at what the caller heard: bring that up to now first.
             progress = self.tracker.estimate(now)
             if progress is not None:
                 machine.playback_progress(progress.item_id, progress.played_ms)
         self.execute(machine.handle(event, now), event)
+        if barge_in and self._retired_audio is not None:
+            self._fire_call("barge_in_seen")
 
     def _hold(self, event: ev.Event) -> None:
         """No session: keep user text and requests for the next one (bounded), drop ticks."""
