@@ -19,6 +19,8 @@ from test_call_session import (
     Call,
     oa_audio,
     oa_audio_done,
+    oa_committed,
+    oa_created,
     oa_done,
     oa_error,
     oa_function_call,
@@ -180,16 +182,33 @@ def test_the_switch_waits_for_the_response_and_the_playback() -> None:
     assert c.s.call_state is CallState.RUNNING and c.s.report.rotations == 1
 
 
-def test_the_switch_waits_while_the_caller_speaks() -> None:
+def test_the_switch_waits_while_the_callers_turn_is_in_the_making() -> None:
+    """From ``speech_started`` to the turn's commit the caller's words are only in the
+    current session's input buffer; after it, the turn is answered there, and its transcript
+    goes into the history before the switch."""
     c = Rotating().start()
     c.oa(oa_session("session.updated"))
     c.oa(oa_speech_started("u1"))
     c.ready()
     assert c.s.call_state is CallState.READY_TO_SWITCH
     c.tick(c.t + 1.0)
-    assert c.s.call_state is CallState.READY_TO_SWITCH
     c.oa(oa_speech_stopped("u1"))
+    assert c.s.call_state is CallState.READY_TO_SWITCH  # its commit is still to come
+    c.oa(oa_committed("u1"))
+    assert c.s.call_state is CallState.READY_TO_SWITCH  # the server owes it an answer
+    c.oa(oa_created("resp_vad"))
+    c.oa(oa_audio("resp_vad", "item_vad"))
+    c.oa(oa_transcript("resp_vad", "item_vad", "Sure."))
+    c.oa(oa_audio_done("resp_vad", "item_vad"))
+    c.oa(oa_done("resp_vad"))
+    marks = [m["mark"]["name"] for m in c.twilio if m["event"] == "mark"]
+    c.tw(tw_mark(marks[-1]))
+    assert c.s.call_state is CallState.READY_TO_SWITCH  # the turn's words are not in yet
+    mark = len(c.sent)
+    c.oa(oa_input_transcript("u1", "what time is it"))
     assert c.s.call_state is CallState.RUNNING and c.s.report.rotations == 1
+    restored = [e["item"]["content"][0]["text"] for e in c.since(mark)]
+    assert restored == ["Sure.", "what time is it"]  # in arrival order, as documented
 
 
 def test_an_open_tool_call_holds_the_switch() -> None:
@@ -372,12 +391,15 @@ def test_ending_while_rotating_drops_the_next_session() -> None:
 
 def test_a_config_change_after_the_next_session_was_configured_is_sent_at_the_switch() -> None:
     c = Rotating().start()
-    c.oa(oa_speech_started("u1"))
+    c.oa(oa_session("session.updated"))
+    c.s.request_response(c.t)
+    c.drain()
+    c.answer(c.creates()[-1], "resp_1")
     c.ready()
     c.s.update_session(c.t, session=attrs.evolve(CONFIG.session, instructions="Be terse."))
     c.drain()
     mark = len(c.sent)
-    c.oa(oa_speech_stopped("u1"))
+    c.oa(oa_done("resp_1"))
     assert c.s.generation == 1
     new = c.since(mark)
     assert new[0]["type"] == "session.update"
@@ -396,7 +418,9 @@ def test_caller_audio_is_forwarded_to_the_current_session_throughout() -> None:
     assert c.tw(tw_media(3)) is not None
     c.oa(oa_speech_stopped("u1"))
     assert c.tw(tw_media(4)) is not None
-    assert c.s.report.media_in == 4 and c.s.report.media_dropped == 0
+    c.oa(oa_committed("u1"))
+    assert c.tw(tw_media(5)) is not None
+    assert c.s.report.media_in == 5 and c.s.report.media_dropped == 0
 
 
 @pytest.mark.parametrize(

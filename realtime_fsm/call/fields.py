@@ -244,8 +244,9 @@ class CallFields:
         #: ``next_audio_wrong``), and why a next session failed (logs only).
         self._next_configured: ev.SessionConfigured | None = None
         self._next_problem = ""
-        #: The server's VAD said ``speech_started`` and not yet ``speech_stopped`` (or a
-        #: commit) on this session: the caller is speaking (the rotation guards read it).
+        #: The server's VAD said ``speech_started`` and has not committed that turn yet (its
+        #: ``speech_stopped`` comes first): the caller's words are only in this session's
+        #: input buffer (the rotation guards read it).
         self._caller_speaking = False
         #: The event being handled is the ``response.done`` that freed the slot, and anything
         #: it let the machine send has not left the call yet (the guard

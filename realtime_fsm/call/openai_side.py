@@ -88,6 +88,8 @@ class OpenAISide(TwilioSide):
         elif kind is InputTranscript:
             assert isinstance(message, InputTranscript)
             self._input_transcript(message)
+            if self.call_state is READY_TO_SWITCH:
+                self._fire_call("settle")  # the newest turn's words in: maybe the moment
         elif kind is FunctionCallDone:
             assert isinstance(message, FunctionCallDone)
             machine.touch(message.response_id, now)
@@ -153,11 +155,11 @@ class OpenAISide(TwilioSide):
         kind = type(message)
         if kind is ev.SpeechStarted:
             self._caller_speaking = True
-        elif kind is ev.SpeechStopped:
-            self._caller_speaking = False
         elif kind is ev.UserTurnCommitted:
             assert isinstance(message, ev.UserTurnCommitted)
-            self._caller_speaking = False  # a commit ends the caller's speech
+            # The turn is in the session's conversation now (speech_stopped comes before the
+            # commit: until then the caller's words are only in this session's buffer).
+            self._caller_speaking = False
             # No id: its transcript cannot be matched, so its words count as unknown.
             self._turn_item = message.item_id or ""
             self._turn_at = self._now  # what a response the server creates answers

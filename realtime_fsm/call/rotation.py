@@ -111,15 +111,22 @@ class SessionRotation(OpenAISide):
 
     def quiet_moment(self) -> bool:
         """Nothing to cut off and nothing to carry: the response machine at rest, the caller's
-        playback drained (no mark outstanding), the caller not speaking, no tool call or
+        playback drained (no mark outstanding), the caller not speaking (no turn in the
+        making), the newest turn's transcript in (it goes into the history), no tool call or
         push-to-talk commit open on this session."""
         machine = self.machine
         assert machine is not None
+        turn = self._turn_item
         return (
             machine.at_rest()
             and not self.tracker.playing
             and not machine.caller_hearing
             and not self._caller_speaking
+            and (
+                turn is None
+                or turn in self._transcribed
+                or not self.config.session.input_transcription
+            )
             and self._nothing_open()
         )
 
