@@ -344,12 +344,13 @@ class CallBridge(Outbox):
 
     async def _close_both(self, code: int, reason: str) -> None:
         await self._stop_rotation()
-        for sock in (self.openai, self.twilio):
-            if sock is not None:
-                try:
-                    await bounded(sock.close(code, reason), 3.0)
-                except Exception:  # a peer that is gone already: nothing left to close
-                    log.debug("call=%s close failed", self.session.call_label, exc_info=True)
+        if self.openai is not None:
+            # Nobody reads it any more: what it still sends is discarded while it closes.
+            await close_quietly(self.openai, code, reason)
+        try:
+            await bounded(self.twilio.close(code, reason), 3.0)
+        except Exception:  # a peer that is gone already: nothing left to close
+            log.debug("call=%s close failed", self.session.call_label, exc_info=True)
         if self._closers:
             await asyncio.gather(*self._closers, return_exceptions=True)
 
@@ -405,9 +406,13 @@ class CallBridge(Outbox):
             switched.cancel()
             for task in tasks:
                 task.cancel()
+            if self.openai is not sock:
+                # Replaced: closed once its reader and writer are done (whatever happens to
+                # this task), what it still sends discarded.
+                self._close_later(sock, after=tasks)
             await asyncio.gather(*tasks, return_exceptions=True)
         if self.openai is not sock:
-            return None  # its socket is closed by the switch
+            return None
         for task in tasks:
             if task in done:
                 exc = task.exception()
@@ -425,9 +430,7 @@ class CallBridge(Outbox):
         self._openai_direct = never
         old = self.openai
         if old is not None:
-            closer = asyncio.create_task(close_quietly(old), name="openai-close")
-            self._closers.add(closer)
-            closer.add_done_callback(self._closers.discard)
+            self._close_later(old)
         self.session.openai_lost(reason, self.clock(), audio_dropped=audio)
         self._after()
 

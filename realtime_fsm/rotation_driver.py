@@ -16,8 +16,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
-from typing import Final
+from collections.abc import Callable, Iterable
+from typing import Any, Final
 
 from .bounded import bounded, close_quietly
 from .call import CallSession, TextFrame
@@ -117,7 +117,6 @@ class RotationDriver(ToolDriver):
         """The session switched to the next session: make its socket the current one, in this
         very step, so that no frame goes to the wrong socket."""
         session = self.session
-        old = self.openai
         self._next = self._next_generation = None
         # Caller audio the old socket never got goes to the new one, after the session's
         # restore; anything else queued for the old session is moot (its text is back in
@@ -139,8 +138,6 @@ class RotationDriver(ToolDriver):
         for item in (*frames, *audio):
             if not self._send_openai(item):
                 break
-        if old is not None:
-            self._close_later(old)
         log.info(
             "call=%s %s socket of session %d is current: %d queued caller audio frame(s)"
             " moved to it, %d other frame(s) for the old socket dropped; the old socket closes",
@@ -157,8 +154,10 @@ class RotationDriver(ToolDriver):
         self._openai_direct = direct_probe(self._to_openai, sock)
         self._wake.set()
 
-    def _close_later(self, sock: MessageSocket) -> None:
-        closer = asyncio.create_task(close_quietly(sock), name="openai-close")
+    def _close_later(self, sock: MessageSocket, after: Iterable[asyncio.Task[Any]] = ()) -> None:
+        """Close ``sock`` in the background (the call's end waits for it), once the tasks
+        still using it are done."""
+        closer = asyncio.create_task(_close_after(sock, tuple(after)), name="openai-close")
         self._closers.add(closer)
         closer.add_done_callback(self._closers.discard)
 
@@ -171,3 +170,9 @@ class RotationDriver(ToolDriver):
         sock, self._next = self._next, None
         if sock is not None and sock is not self.openai:
             await close_quietly(sock)
+
+
+async def _close_after(sock: MessageSocket, tasks: tuple[asyncio.Task[Any], ...]) -> None:
+    if tasks:
+        await asyncio.gather(*tasks, return_exceptions=True)
+    await close_quietly(sock)
