@@ -69,7 +69,7 @@ class TwilioSide(Admitting):
                 self._advance(now)
                 self._bad_media(message)
                 return None
-            return self._media_elsewhere(message)
+            return self._media_elsewhere(message, now)
         self._advance(now)
         kind = type(message)
         if self.call_state is AWAITING_START:
@@ -126,7 +126,7 @@ class TwilioSide(Admitting):
         before = self.call_state is AWAITING_START
         self.end("telephony closed before start" if before else "telephony closed", now)
 
-    def _media_elsewhere(self, message: Media) -> str | None:
+    def _media_elsewhere(self, message: Media, now: float) -> str | None:
         """Caller audio outside ``running``: forwarded the same way while a rotation is on
         (the current session hears the caller up to the switch), dropped and counted while no
         session is up."""
@@ -142,6 +142,7 @@ class TwilioSide(Admitting):
             ):
                 self.report.media_in += 1
                 return input_audio_append_json(payload)
+            self._advance(now)
             self._bad_media(message)
         elif state is RECONNECTING:
             if message.track is None or message.track == "inbound":
