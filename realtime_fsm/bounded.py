@@ -47,11 +47,41 @@ def _close_late_socket(task: asyncio.Future[Any]) -> None:
 _LATE_CLOSERS: set[asyncio.Future[None]] = set()
 
 
-async def close_quietly(sock: Any) -> None:
-    """Close a socket nobody serves any more (a replaced session, a late connection),
-    bounded, whatever it raises: it is being thrown away."""
+async def close_quietly(
+    sock: Any, code: int = 1000, reason: str = "session replaced", timeout: float = 3.0
+) -> None:
+    """Close a socket nobody serves any more (a replaced or lost session, a late connection,
+    the call's own at its end), bounded, whatever it raises: it is being thrown away.
+
+    What the peer still sends meanwhile is read and discarded: a ``websockets`` connection
+    nobody reads stops reading its TCP stream once its buffer is full, and the peer's close
+    frame behind that buffer would never be seen, so the closing handshake would wait out
+    its whole timeout.  One that still does not close in time is aborted: never left open."""
+    discard = asyncio.ensure_future(_discard(sock))
+    try:
+        await bounded(sock.close(code, reason), timeout)
+    except asyncio.CancelledError:
+        _abort(sock)
+        raise
+    except Exception:  # timed out, or the close itself failed: drop the connection
+        _abort(sock)
+    finally:
+        discard.cancel()
+
+
+async def _discard(sock: Any) -> None:
+    """Read and drop frames until the socket ends (or refuses a read: someone else reads)."""
     with contextlib.suppress(Exception):
-        await bounded(sock.close(1000, "session replaced"), 3.0)
+        while True:
+            await sock.recv()
+
+
+def _abort(sock: Any) -> None:
+    transport = getattr(sock, "transport", None)
+    abort = getattr(transport, "abort", None)
+    if callable(abort):
+        with contextlib.suppress(Exception):
+            abort()
 
 
 async def wait_event(event: asyncio.Event, timeout: float | None) -> bool:

@@ -57,7 +57,7 @@ from .sockets import (
     handshake_status,
     never,
 )
-from .table import ENDING, RECONNECTING, RUNNING
+from .table import ENDING, READY_TO_SWITCH, RECONNECTING, ROTATING, RUNNING
 from .twilio_media import PlaybackTracker
 
 log = logging.getLogger("realtime_fsm.bridge")
@@ -343,12 +343,14 @@ class CallBridge(Outbox):
             self.session.end("ended", self.clock())
 
     async def _close_both(self, code: int, reason: str) -> None:
-        for sock in (self.openai, self.twilio):
-            if sock is not None:
-                try:
-                    await bounded(sock.close(code, reason), 3.0)
-                except Exception:  # a peer that is gone already: nothing left to close
-                    log.debug("call=%s close failed", self.session.call_label, exc_info=True)
+        await self._stop_rotation()
+        if self.openai is not None:
+            # Nobody reads it any more: what it still sends is discarded while it closes.
+            await close_quietly(self.openai, code, reason)
+        try:
+            await bounded(self.twilio.close(code, reason), 3.0)
+        except Exception:  # a peer that is gone already: nothing left to close
+            log.debug("call=%s close failed", self.session.call_label, exc_info=True)
         if self._closers:
             await asyncio.gather(*self._closers, return_exceptions=True)
 
@@ -359,7 +361,9 @@ class CallBridge(Outbox):
         session = self.session
         while True:
             reason = await self._serve_session()
-            if session.call_state is not RUNNING:
+            if reason is None:
+                continue  # rotated: serve the socket now current
+            if not _serving(session):
                 return
             self._lose_session(reason)
             while session.call_state is RECONNECTING:
@@ -382,23 +386,33 @@ class CallBridge(Outbox):
                 self._use_openai(sock)
                 session.session_opened(self.clock())
                 self._after()
-            if session.call_state is not RUNNING:
+            if not _serving(session):
                 return
 
-    async def _serve_session(self) -> str:
-        """Run the current session's reader and writer; return why the session was lost."""
+    async def _serve_session(self) -> str | None:
+        """Run the current session's reader and writer; return why the session was lost, or
+        ``None`` when it was replaced by a rotation (the socket now current is another)."""
         sock = self.openai
         assert sock is not None
+        self._switched.clear()
         tasks = (
             asyncio.create_task(self._openai_reader(sock), name="openai-in"),
             asyncio.create_task(self._writer(self._to_openai, sock, True), name="openai-out"),
         )
+        switched = asyncio.ensure_future(self._switched.wait())
         try:
-            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            done, _ = await asyncio.wait((*tasks, switched), return_when=asyncio.FIRST_COMPLETED)
         finally:
+            switched.cancel()
             for task in tasks:
                 task.cancel()
+            if self.openai is not sock:
+                # Replaced: closed once its reader and writer are done (whatever happens to
+                # this task), what it still sends discarded.
+                self._close_later(sock, after=tasks)
             await asyncio.gather(*tasks, return_exceptions=True)
+        if self.openai is not sock:
+            return None
         for task in tasks:
             if task in done:
                 exc = task.exception()
@@ -416,16 +430,9 @@ class CallBridge(Outbox):
         self._openai_direct = never
         old = self.openai
         if old is not None:
-            closer = asyncio.create_task(close_quietly(old), name="openai-close")
-            self._closers.add(closer)
-            closer.add_done_callback(self._closers.discard)
+            self._close_later(old)
         self.session.openai_lost(reason, self.clock(), audio_dropped=audio)
         self._after()
-
-    def _use_openai(self, sock: MessageSocket) -> None:
-        self.openai = sock
-        self._openai_direct = direct_probe(self._to_openai, sock)
-        self._wake.set()
 
     # ----------------------------------------------------------------------------- tasks
 
@@ -471,6 +478,8 @@ class CallBridge(Outbox):
                 frame = await sock.recv()
             except CLOSED:
                 raise SessionGone("openai closed") from None
+            if self.openai is not sock:
+                return  # replaced by a rotation: its late frames are not the session's
             media = feed(frame, clock())
             if media is not None:
                 if direct():
@@ -486,7 +495,7 @@ class CallBridge(Outbox):
             self._after()
             if session.lost_reason is not None:
                 raise SessionGone(session.lost_reason)
-            if session.call_state is not RUNNING:
+            if not _serving(session) or self.openai is not sock:
                 return
 
     async def _timer(self) -> None:
@@ -500,6 +509,12 @@ class CallBridge(Outbox):
             if not await wait_event(self._wake, timeout):
                 session.tick(self.clock())
                 self._after()
+
+
+def _serving(session: CallSession) -> bool:
+    """A session is up and serves the call (rotating included)."""
+    state = session.call_state
+    return state is RUNNING or state is ROTATING or state is READY_TO_SWITCH
 
 
 __all__ = [

@@ -17,9 +17,9 @@ from typing import Protocol
 
 from .call import AppEvent, CallEnded, CallReport, CallSession, TextFrame
 from .call.texts import UrgentFrame
+from .rotation_driver import RotationDriver
 from .sockets import CLOSED, MessageSocket, Outbound
-from .table import ENDING, RUNNING
-from .tool_driver import ToolDriver
+from .table import ENDING, READY_TO_SWITCH, ROTATING, RUNNING
 
 log = logging.getLogger("realtime_fsm.bridge")
 
@@ -43,7 +43,7 @@ class CallObserver(Protocol):
     def clear_written(self, now: float) -> None: ...
 
 
-class Outbox(ToolDriver):
+class Outbox(RotationDriver):
     """Mixin of :class:`~realtime_fsm.bridge.CallBridge`: its writers and output handling."""
 
     session: CallSession
@@ -115,6 +115,8 @@ class Outbox(ToolDriver):
         """Do what the session said: write its frames, hand out its events and returned texts,
         run its tool calls, wake the timer for an earlier deadline, stop when it ends."""
         session = self.session
+        if session.next_generation is not None or self._next is not None:
+            self._rotation_step()  # first: a switch moves the frames below to the new socket
         # OpenAI first: a barge-in's cancel is queued ahead of its clear, as the machine
         # said them.
         if session.out_openai:
@@ -210,7 +212,10 @@ class Outbox(ToolDriver):
         the writer meets the close and reports it the usual way -- unless the session was
         replaced meanwhile: then it is dropped (counted), never sent ahead of the new
         session's ``session.update``."""
-        if sock is self.openai and self.session.call_state is RUNNING:
+        state = self.session.call_state
+        if sock is self.openai and (
+            state is RUNNING or state is ROTATING or state is READY_TO_SWITCH
+        ):
             self._send_openai(message)
         else:
             self.report.media_dropped += 1

@@ -62,6 +62,13 @@ def _seconds(text: str) -> float:
     return value
 
 
+def _seconds_or_never(text: str) -> float | None:
+    value = float(text)
+    if not (value >= 0 and math.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be >= 0 seconds, got {text}")
+    return value or None
+
+
 def _megabytes(text: str) -> int:
     return max(1, round(_seconds(text) * 1024 * 1024))
 
@@ -195,6 +202,17 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             help=helptext,
         )
     p.add_argument(
+        "--rotate-after",
+        type=_seconds_or_never,
+        metavar="S",
+        default=defaults["rotate_after"].default,
+        help=(
+            "replace the OpenAI session this many seconds after it opened, at a quiet moment,"
+            " before the server's 60-minute cap (0: never; the cap then ends it, and the call"
+            " reconnects)"
+        ),
+    )
+    p.add_argument(
         "--mark-every-ms",
         type=_count(0),
         default=defaults["mark_every_ms"].default,
@@ -299,6 +317,7 @@ def build_config(args: argparse.Namespace) -> ServerConfig:
         commit_on_dtmf=args.commit_on_dtmf,
         accept_text_messages=args.accept_text_messages,
         mark_every_ms=args.mark_every_ms,
+        rotate_after=args.rotate_after,
         **{field: getattr(args, field) for field, _, _ in _RECONNECT_FIELDS},
     )
     realtime: dict[str, str] = realtime_settings_from_env(os.environ)

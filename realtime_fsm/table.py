@@ -32,9 +32,11 @@ in ``docs/state-diagram.md``:
 
 ``call`` (``call_state``, :class:`CallState`), over a :class:`realtime_fsm.call.CallSession`
     rather than the lifecycle: the whole call.  ``awaiting_start`` (Twilio's ``start`` not yet
-    seen), ``running``, ``reconnecting`` (the OpenAI session was lost and another is being
-    opened: no response machine exists meanwhile), ``ending`` (a reason to end is known; the
-    driver closes both sockets), ``ended``.  :data:`MACHINES` are the lifecycle's four;
+    seen), ``running``, ``rotating`` and ``ready_to_switch`` (the session is old: the next one
+    is being opened and configured, then waits for a quiet moment to take over, while the
+    current one serves the call), ``reconnecting`` (the OpenAI session was lost and another is
+    being opened: no response machine exists meanwhile), ``ending`` (a reason to end is known;
+    the driver closes both sockets), ``ended``.  :data:`MACHINES` are the lifecycle's four;
     :data:`ALL_MACHINES` adds this one.
 
 Everything else the lifecycle keeps is a *ledger*, not a machine: the queue of requests, the
@@ -148,6 +150,11 @@ class CallState(enum.Enum):
     AWAITING_START = "awaiting_start"
     #: Both sides up: frames flow, the response machine runs.
     RUNNING = "running"
+    #: As running; the session is old, and the driver is opening and configuring the next one.
+    ROTATING = "rotating"
+    #: As running; the next session is configured and takes over at a quiet moment (or, past
+    #: ``rotate_quiet_window``, at a response boundary).
+    READY_TO_SWITCH = "ready_to_switch"
     #: The OpenAI session was lost; the driver is opening another (no response machine).
     RECONNECTING = "reconnecting"
     #: The call is over for a stated reason; the driver is closing both sockets.
@@ -437,9 +444,13 @@ RECOVERY_TRANSITIONS: list[Row] = [
 AWAITING_START = CallState.AWAITING_START
 RUNNING = CallState.RUNNING
 RECONNECTING = CallState.RECONNECTING
+ROTATING = CallState.ROTATING
+READY_TO_SWITCH = CallState.READY_TO_SWITCH
 ENDING = CallState.ENDING
 ENDED = CallState.ENDED
-LIVE = [AWAITING_START, RUNNING, RECONNECTING]
+#: A session is up and serves the call (frames flow, a response machine runs).
+SERVING = [RUNNING, ROTATING, READY_TO_SWITCH]
+LIVE = [AWAITING_START, *SERVING, RECONNECTING]
 
 # The call machine: one per call, over a ``CallSession``.  It receives the call's own events:
 # Twilio's ``start``, the loss and reopening of the OpenAI session, a reason to end, the
@@ -457,28 +468,60 @@ CALL_TRANSITIONS: list[Row] = [
     # OpenAI session.  A served call holds its place until it is closed.
     _row("start", AWAITING_START, ENDING, when=("not_admitted",), do=("end_not_admitted",)),
     _row("start", AWAITING_START, RUNNING, do=("take_place", "begin_call")),
-    _row("start", [RUNNING, RECONNECTING], None, do=("count_duplicate_start",)),
+    _row("start", [*SERVING, RECONNECTING], None, do=("count_duplicate_start",)),
     _row("start", ENDING, None),
     # A lost session ends the call when nothing can open another, or after too many; its
-    # estate is kept either way (held texts go back to the application at the end).
-    _row("session_lost", RUNNING, ENDING, unless=("can_reconnect",), do=("note_end",)),
-    _row("session_lost", RUNNING, ENDING, when=("reconnects_exhausted",),
-         do=("hand_over", "end_reconnects_exhausted")),
-    _row("session_lost", RUNNING, ENDING, when=("attempts_exhausted",),
-         do=("hand_over", "end_attempts_exhausted")),
-    _row("session_lost", RUNNING, RECONNECTING, do=("hand_over", "plan_reconnect")),
+    # estate is kept either way (held texts go back to the application at the end).  A next
+    # session being prepared for a rotation is dropped with it.
+    _row("session_lost", SERVING, ENDING, unless=("can_reconnect",),
+         do=("drop_next_session", "note_end")),
+    _row("session_lost", SERVING, ENDING, when=("reconnects_exhausted",),
+         do=("drop_next_session", "hand_over", "end_reconnects_exhausted")),
+    _row("session_lost", SERVING, ENDING, when=("attempts_exhausted",),
+         do=("drop_next_session", "hand_over", "end_attempts_exhausted")),
+    _row("session_lost", SERVING, RECONNECTING,
+         do=("drop_next_session", "hand_over", "plan_reconnect")),
     _row("session_lost", [RECONNECTING, ENDING], None),
     _row("connect_failed", RECONNECTING, ENDING, when=("connect_refused",), do=("note_end",)),
     _row("connect_failed", RECONNECTING, ENDING, when=("attempts_exhausted",),
          do=("end_attempts_exhausted",)),
     _row("connect_failed", RECONNECTING, None, do=("plan_retry",)),
     _row("session_opened", RECONNECTING, RUNNING, do=("restore_session",)),
-    _row("end", LIVE, ENDING, do=("note_end",)),
+
+    # --- Rotation: the server ends a session at its cap (60 minutes, ``session_expired``, an
+    # answer in progress cut off).  Before that, the next session is opened and configured
+    # while the current one serves the call (make before break), and takes over at a quiet
+    # moment: nothing generating or queued, the caller's playback drained, the caller silent.
+    # Past the quiet window, a response boundary will do: the done of the current response,
+    # whatever was queued behind it carried over (the answer the caller hears plays out).
+    # A next session that fails keeps the call where it is; another is tried later, a few
+    # times, and then the cap is left to the reconnect rows above.
+    _row("tick", RUNNING, ROTATING, when=("rotation_due",), do=("open_next_session",)),
+    _row("next_opened", ROTATING, None, do=("configure_next_session",)),
+    _row("next_configured", ROTATING, READY_TO_SWITCH, unless=("next_audio_wrong",),
+         do=("note_next_ready",)),
+    _row("next_configured", ROTATING, RUNNING,
+         when=("next_audio_wrong", "rotation_attempts_left"), do=("retry_rotation_later",)),
+    _row("next_configured", ROTATING, RUNNING, do=("give_up_rotation",)),
+    _row("next_failed", ROTATING, RUNNING, when=("rotation_attempts_left",),
+         do=("retry_rotation_later",)),
+    _row("next_failed", ROTATING, RUNNING, do=("give_up_rotation",)),
+    _row("settle", READY_TO_SWITCH, RUNNING, when=("quiet_moment",),
+         do=("switch_at_quiet_moment",)),
+    _row("settle", READY_TO_SWITCH, RUNNING,
+         when=("quiet_window_passed", "at_response_boundary"), do=("switch_at_boundary",)),
+    # A session replaced (rotated, or lost after its answer was done) while that answer still
+    # plays at Twilio: the new session's machine knows nothing of it, so a barge-in it does
+    # not answer with a clear of its own (speech or text over that audio) clears it here.
+    _row("barge_in_seen", SERVING, None, when=("hearing_retired_audio",),
+         do=("clear_retired_audio",)),
+
+    _row("end", LIVE, ENDING, do=("drop_next_session", "note_end")),
     _row("end", ENDING, None),
     # The server's drain deadline passed: the call ends, its peers told "going away" (1001).
-    _row("going_away", LIVE, ENDING, do=("end_going_away",)),
+    _row("going_away", LIVE, ENDING, do=("drop_next_session", "end_going_away")),
     _row("going_away", ENDING, None),
-    _row("closed", [*LIVE, ENDING], ENDED, do=("finish",)),
+    _row("closed", [*LIVE, ENDING], ENDED, do=("drop_next_session", "finish")),
     _row("closed", ENDED, None),
 ]
 # fmt: on

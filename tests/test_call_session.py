@@ -1268,6 +1268,22 @@ _ERRORS = [
 _DTS = [0.0, 0.0, 0.01, 0.3, 1.2, 4.0, 5.5, 12.0, 25.0]
 
 
+def _pcm_session_updated() -> str:
+    frame = json.loads(oa_session("session.updated"))
+    frame["session"]["audio"]["output"]["format"] = {"type": "audio/pcm", "rate": 24000}
+    return json.dumps(frame)
+
+
+#: What a next session's socket may say before the switch.
+_NEXT_SESSION_FRAMES = [
+    oa_session("session.created"),
+    *[oa_session("session.updated")] * 4,
+    _pcm_session_updated(),
+    oa_error("invalid_value", "bad session"),
+    "garbage{",
+]
+
+
 class PropertyDriver:
     """Drives one session through random steps, checking the invariants after each one."""
 
@@ -1279,6 +1295,9 @@ class PropertyDriver:
             max_reconnects=3,
             start_timeout=30.0,
             max_bad_frames=40,
+            rotate_after=data.draw(st.sampled_from([None, 1.0, 1.0, 6.0]), label="rotate_after"),
+            rotate_quiet_window=data.draw(st.sampled_from([0.0, 2.0, 30.0]), label="window"),
+            rotate_retry_delay=0.5,
         )
         self.t = 0.0
         self.s = CallSession(self.cfg, now=self.t, can_reconnect=True)
@@ -1294,6 +1313,10 @@ class PropertyDriver:
         self.submitted: list[str] = []
         self.calls_made: list[str] = []
         self.n_text = 0
+        #: The session number the frames drained belong to, and the next session's socket
+        #: (its number) once "opened" for a rotation.
+        self.generation = 0
+        self.next_open: int | None = None
 
     # -------------------------------------------------------------------- bookkeeping
 
@@ -1308,6 +1331,16 @@ class PropertyDriver:
 
     def drain(self) -> None:
         s = self.s
+        if s.generation != self.generation:
+            # Another session now: the old one's creates are moot, and the driver drops what
+            # was queued for its socket (the texts are back in the call's custody).
+            self.generation = s.generation
+            self.outstanding.clear()
+            self.unwritten.clear()
+        for frame in s.out_next:
+            CLIENT_EVENT.validate_json(frame)
+            assert json.loads(frame)["type"] == "session.update"
+        s.out_next.clear()
         out = s.out_openai[:]
         s.out_openai.clear()
         for frame in out:
@@ -1531,13 +1564,21 @@ class PropertyDriver:
         d = self.data
         s = self.s
         state = s.call_state
-        if state is CallState.RUNNING and (
-            s.lost_reason is not None or d.draw(st.integers(0, 4)) == 0
-        ):
+        serving = state in (CallState.RUNNING, CallState.ROTATING, CallState.READY_TO_SWITCH)
+        if serving and (s.lost_reason is not None or d.draw(st.integers(0, 4)) == 0):
             audio = d.draw(st.integers(0, 3))
             s.openai_lost(s.lost_reason or "openai closed", self.t, audio_dropped=audio)
             self.outstanding.clear()
             self.unwritten.clear()  # the lost socket's queue is dropped with it
+        elif s.next_generation is not None and self.next_open != s.next_generation:
+            how = d.draw(st.sampled_from(["open", "open", "open", "fail"]), label="next session")
+            if how == "open":
+                self.next_open = s.next_session_opened(self.t)
+            else:
+                s.next_session_failed("OSError", self.t)
+        elif state is CallState.ROTATING and self.next_open == s.next_generation:
+            frame = d.draw(st.sampled_from(_NEXT_SESSION_FRAMES), label="next frame")
+            s.next_session_frame(frame, self.t)
         elif state is CallState.RECONNECTING:
             self.t += s.connect_delay or 0.0
             how = d.draw(st.sampled_from(["open", "open", "fail", "refused"]), label="connect")

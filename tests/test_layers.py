@@ -42,6 +42,7 @@ LAYERS: list[set[str]] = [
         "sockets",
         "tool_runner",
         "tool_driver",
+        "rotation_driver",
         "outbox",
         "core_driver",
         "bridge",

@@ -629,12 +629,18 @@ def test_example_reconnect_flags_map_onto_the_bridge_config(example: ModuleType)
     assert (bridge.history_max_items, bridge.history_max_chars) == (10, 0)
     every = example.parse_args(["--public-url", PUBLIC_URL, "--mark-every-ms", "0"])
     assert example.build_config(every).bridge.mark_every_ms == 0
+    assert defaults.rotate_after == 55 * 60.0
+    for value, rotate_after in (("600", 600.0), ("0", None)):
+        rotate = example.parse_args(["--public-url", PUBLIC_URL, "--rotate-after", value])
+        assert example.build_config(rotate).bridge.rotate_after == rotate_after
     for flag, bad in (
         ("--reconnect-attempts", "0"),
         ("--max-reconnects", "-1"),
         ("--history-max-items", "x"),
         ("--history-max-chars", "-5"),
         ("--mark-every-ms", "-1"),
+        ("--rotate-after", "-1"),
+        ("--rotate-after", "inf"),
     ):
         with pytest.raises(SystemExit):
             example.parse_args(["--public-url", PUBLIC_URL, flag, bad])

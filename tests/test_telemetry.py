@@ -20,6 +20,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
+import attrs
 import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
@@ -318,6 +319,39 @@ def test_a_watchdog_fire_is_a_span_event_and_counted() -> None:
         assert "watchdog.fired" not in event_names(spans[retry.id])
         points = otel.points("realtime_fsm.watchdog.fires")
         assert points[frozenset({("outcome", "retried")})].value == 1
+
+    run(scenario())
+
+
+def test_a_rotation_is_counted_and_a_span_event() -> None:
+    """A session replaced before the cap, at a quiet moment: counted by moment, on the call
+    span as ``session.rotated``; no loss, no reconnect."""
+    otel = Otel()
+
+    async def scenario() -> None:
+        sim = simulator(short_replies)
+        config = attrs.evolve(bridge_config(), rotate_after=0.5)
+        async with sim, serving(sim, config, otel.telemetry()) as server:
+            async with FakeTwilioCaller(server.url, CALLER) as caller:
+                await wait_served(sim, caller, after=0)
+                await sim.wait_until(
+                    lambda: len(sim.connections) >= 2 and sim.connections[0].closed,
+                    10.0,
+                    "the first session replaced",
+                )
+            await until(lambda: bool(server.reports), "the call's report")
+            scraped = await metrics(server.port)
+        report = server.reports[0]
+        assert report.rotations >= 1 and report.reconnects == 0
+        rotated = value(scraped, "realtime_fsm_session_rotations_total", moment="quiet")
+        assert rotated == report.rotations
+        assert value(scraped, "realtime_fsm_session_reconnects_total") == 0
+        call, _responses = by_name(otel.spans.get_finished_spans())
+        events = [e for e in call.events if e.name == "session.rotated"]
+        assert len(events) == report.rotations
+        assert dict(events[0].attributes or {})["moment"] == "quiet"
+        points = otel.points("realtime_fsm.session.rotations")
+        assert points[frozenset({("moment", "quiet")})].value == report.rotations
 
     run(scenario())
 

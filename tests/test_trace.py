@@ -37,6 +37,7 @@ import attrs
 import pytest
 import test_e2e as e2e
 import test_reconnect as reconnect
+import test_rotation_e2e as rotation
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -274,6 +275,8 @@ class E2ECase:
     kwargs: dict[str, Any] = attrs.field(factory=dict)
     #: The test module the scenario is in (both start the real server from a ServerConfig).
     module: ModuleType = e2e
+    #: The module whose ``ServerConfig`` starts that server, when it is another one.
+    server_module: ModuleType | None = None
 
 
 E2E_CASES = [
@@ -339,11 +342,30 @@ RECONNECT_CASES = [
 ]
 
 
+#: Rotations (sessions replaced before the cap, at quiet moments and at a response boundary): a
+#: trace spans several OpenAI connections, the next one opened while the current one serves.
+ROTATION_CASES = [
+    E2ECase(
+        "rotation-quiet_moments",
+        "test_three_rotations_at_quiet_moments_with_turns_and_barge_ins",
+        module=rotation,
+        server_module=reconnect,
+    ),
+    E2ECase(
+        "rotation-response_boundary",
+        "test_continuous_answers_rotate_at_a_response_boundary",
+        module=rotation,
+        server_module=reconnect,
+    ),
+]
+
+
 def record_e2e(case: E2ECase, trace_dir: Path, caplog: Any) -> Path:
     """Run one scenario, unchanged but for ``ServerConfig.trace_dir``; its trace."""
     module = case.module
-    original = module.ServerConfig
-    module.ServerConfig = functools.partial(ServerConfig, trace_dir=trace_dir)
+    server_module = case.server_module or module
+    original = server_module.ServerConfig
+    server_module.ServerConfig = functools.partial(ServerConfig, trace_dir=trace_dir)
     try:
         test = getattr(module, case.test)
         kwargs = dict(case.kwargs)
@@ -351,7 +373,7 @@ def record_e2e(case: E2ECase, trace_dir: Path, caplog: Any) -> Path:
             kwargs["caplog"] = caplog
         test(**kwargs)
     finally:
-        module.ServerConfig = original
+        server_module.ServerConfig = original
     (path,) = trace_dir.glob("*.jsonl")
     return path
 
@@ -361,9 +383,10 @@ def test_every_e2e_scenario_is_covered() -> None:
     assert scenarios == {case.test for case in E2E_CASES}
 
 
-@pytest.mark.parametrize(
-    "case", [*E2E_CASES, *RECONNECT_CASES], ids=[c.id for c in [*E2E_CASES, *RECONNECT_CASES]]
-)
+ALL_CASES = [*E2E_CASES, *RECONNECT_CASES, *ROTATION_CASES]
+
+
+@pytest.mark.parametrize("case", ALL_CASES, ids=[c.id for c in ALL_CASES])
 def test_e2e_traces_replay_clean(
     case: E2ECase, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -384,7 +407,7 @@ def test_e2e_traces_replay_clean(
     kinds = {(r.get("side"), r.get("dir"), r.get("type")) for r in lines}
     assert ("openai", "out", "response.create") in kinds
     assert ("twilio", "in", "start") in kinds and ("twilio", "out", "media") in kinds
-    if case.module is reconnect:
+    if case.module is not e2e:
         assert {"side": "openai", "dir": "open", "conn": 2}.items() <= next(
             r for r in lines if r.get("dir") == "open" and r.get("conn") == 2
         ).items()

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from ..admission import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
 from ..logsafe import safe
-from .call_actions import CallActions
 from .fields import log
+from .starting import Starting
 
 
-class Admitting(CallActions):
+class Admitting(Starting):
     """Admission guards and actions of the call machine."""
 
     def not_admitted(self) -> bool:

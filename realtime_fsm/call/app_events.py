@@ -18,6 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from types import MappingProxyType
+from typing import Literal
 
 import attrs
 
@@ -210,6 +211,20 @@ class SessionRestored:
 
 
 @attrs.frozen
+class SessionRotated:
+    """The OpenAI session was replaced before the server's cap, the caller none the wiser:
+    at a ``quiet`` moment or a response ``boundary`` (``moment``), ``waited`` seconds after it
+    was due (``BridgeConfig.rotate_after``), with ``history_items`` of conversation restored
+    and ``requests_carried`` (a boundary's queued responses) asked of the new session."""
+
+    moment: Literal["quiet", "boundary"]
+    waited: float
+    history_items: int
+    requests_carried: int
+    at: float = attrs.field(default=0.0, eq=False, kw_only=True)
+
+
+@attrs.frozen
 class ProtocolError:
     """A frame from ``side`` (``twilio`` or ``openai``) was malformed or refused, or the
     server reported an error: counted, logged, and here for the application."""
@@ -244,6 +259,7 @@ AppEvent = (
     | ToolResult
     | SessionLost
     | SessionRestored
+    | SessionRotated
     | ProtocolError
     | CallEnded
 )
@@ -264,6 +280,7 @@ __all__ = [
     "ResponseStarted",
     "SessionLost",
     "SessionRestored",
+    "SessionRotated",
     "ToolCall",
     "ToolResult",
     "WatchdogFired",

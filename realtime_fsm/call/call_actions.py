@@ -21,11 +21,10 @@ from ..commands import (
     ReturnUndeliveredText,
     SendUserText,
 )
-from ..credentials import CREDENTIAL_PARAMETER
 from ..errors import CallNotActive
-from ..lifecycle import USER_TEXT_REASON, ResponseLifecycle
-from ..logsafe import caller_params, safe
-from ..openai_realtime import OpenAIRealtimeCodec, dumps, is_client_command
+from ..lifecycle import USER_TEXT_REASON, Handover, ResponseLifecycle
+from ..logsafe import safe
+from ..openai_realtime import dumps, is_client_command
 from ..table import (
     ACTIVE,
     AWAITING_START,
@@ -34,12 +33,14 @@ from ..table import (
     CREATING,
     ENDED,
     ENDING,
+    READY_TO_SWITCH,
     RECONNECTING,
+    ROTATING,
     RUNNING,
     CallState,
     ResponseState,
 )
-from ..twilio_media import LedgerPlaybackTracker, Start, clear_message
+from ..twilio_media import clear_message
 from . import app_events as ae
 from .config import BridgeConfig
 from .fields import FATAL_HANDSHAKE_STATUSES, SHORT_SESSION_S, log
@@ -79,27 +80,6 @@ class CallActions(Observations):
 
     # -------------------------------------------------------------------------- guards
 
-    def bad_media_format(self) -> bool:
-        start = self._start
-        fmt = start.media_format if start is not None else None
-        return fmt is not None and not fmt.is_mulaw_8k_mono
-
-    def credential_refused(self) -> bool:
-        return self._credential_refusal() is not None
-
-    def _credential_refusal(self) -> str | None:
-        """Why the ``start`` being handled does not carry a valid credential for its call, or
-        ``None`` (also when the server checks none)."""
-        credentials, start = self.credentials, self._start
-        if credentials is None or start is None:
-            return None
-        return credentials.refusal(
-            start.custom_parameters.get(CREDENTIAL_PARAMETER),
-            start.account_sid,
-            start.call_sid,
-            self._now + self.wall_offset,
-        )
-
     def can_reconnect(self) -> bool:
         return self.can_reconnect_sessions
 
@@ -120,26 +100,6 @@ class CallActions(Observations):
         self.close_code = 1008 if reason.startswith("bad") else 1000
         self.connect_delay = None
 
-    def end_bad_format(self) -> None:
-        start = self._start
-        assert start is not None
-        self._reason = f"bad media format {start.media_format}"
-        self.note_end()
-
-    def end_bad_credential(self) -> None:
-        start = self._start
-        assert start is not None
-        refusal = self._credential_refusal()
-        # Twilio's ids are untrusted, and this call never got a label of its own: made safe here.
-        log.warning(
-            "call=%s stream refused: credential %s (peer=%s)",
-            safe(start.call_sid or start.stream_sid, 64),
-            refusal,
-            safe(self.peer or "-", 64),
-        )
-        self._reason = f"bad stream credential: {refusal}"
-        self.note_end()
-
     def end_reconnects_exhausted(self) -> None:
         self._reason = (
             f"openai session lost ({self._reason}) after {self.report.reconnects} reconnects"
@@ -152,91 +112,35 @@ class CallActions(Observations):
         self._reason = f"openai reconnect failed after {attempts} attempts"
         self.note_end()
 
-    def count_duplicate_start(self) -> None:
-        self.count_bad("twilio", "duplicate_start")
-        log.warning("call=%s duplicate start ignored", self.call_label)
-
-    def begin_call(self) -> None:
-        start = self._start
-        assert start is not None
-        if CREDENTIAL_PARAMETER in start.custom_parameters:
-            # The credential is the server's, not the application's: spent, then out of sight
-            # (the report, ``CallStarted``, the greeting function and the logs never see it).
-            credential = start.custom_parameters[CREDENTIAL_PARAMETER]
-            if self.credentials is not None:
-                self.credentials.spend(credential, self._now + self.wall_offset)
-            params = {k: v for k, v in start.custom_parameters.items() if k != CREDENTIAL_PARAMETER}
-            start = self._start = attrs.evolve(start, custom_parameters=params)
-        self.stream_sid = start.stream_sid
-        # Twilio's ids are untrusted: the label is in every log line, so made safe once here.
-        self.call_label = safe(start.call_sid or start.stream_sid, 64)
-        report = self.report
-        report.call_sid = start.call_sid
-        report.stream_sid = start.stream_sid
-        report.custom_parameters = dict(start.custom_parameters)
-        self.machine = self._new_machine()
-        self._session_started_at = self._now
-        self._media_out_at_session = report.media_out
-        self.codec = OpenAIRealtimeCodec(
-            dialect=self.config.dialect,
-            max_frame_size=self.config.max_openai_frame,
-            call_id=self.call_label,
-        )
-        # One count of the audio bytes: the machine's ledger, which the tracker reads.
-        self.tracker = LedgerPlaybackTracker(
-            self.machine.playback,
-            bytes_per_ms=self.config.lifecycle.audio_bytes_per_ms,
-            call_id=self.call_label,
-            mark_every_ms=self.config.mark_every_ms,
-        )
-        log.info(
-            "call=%s stream started stream=%s peer=%s params=%s",
-            self.call_label,
-            safe(self.stream_sid, 64),
-            safe(self.peer or "-", 64),
-            caller_params(start.custom_parameters, self.config.lifecycle.log_caller_content),
-        )
-        if self.emit_events:
-            fmt = start.media_format
-            self.events.append(
-                ae.CallStarted(
-                    call_sid=start.call_sid,
-                    stream_sid=start.stream_sid,
-                    custom_parameters=start.custom_parameters,
-                    encoding=fmt.encoding if fmt else None,
-                    sample_rate=fmt.sample_rate if fmt else None,
-                    channels=fmt.channels if fmt else None,
-                    at=self._now,
-                )
-            )
-        self.send_session_update()
-        greeting = self._greeting(start)
-        if greeting is not None:
-            # The row's action runs before the state changes: fed to the new machine directly.
-            request = ev.RequestResponse(reason="greeting", instructions=greeting)
-            self.execute(self.machine.handle(request, self._now))
-
-    def _greeting(self, start: Start) -> str | None:
-        greeting = self.config.greeting
-        if greeting is None or isinstance(greeting, str):
-            return greeting
-        try:
-            text = greeting(start.custom_parameters)
-        except Exception:
-            # The application's code: its bug costs the greeting, never the call.
-            log.exception("call=%s the greeting function failed: no greeting", self.call_label)
-            return None
-        if text is not None and not isinstance(text, str):
-            log.error("call=%s the greeting function returned %s", self.call_label, type(text))
-            return None
-        return text
-
     def hand_over(self) -> None:
         """The session is lost: close its machine, keep what the next session must get."""
-        machine = self.machine
-        assert machine is not None
         reason = self._reason
         self._lost_at = self._now
+        handover = self.take_estate(reason)
+        if handover.state is ACTIVE or handover.state is CREATING:
+            # Half an answer must not go on playing over its retelling by the new session.  (A
+            # finished answer the caller is still hearing plays out: nothing replaces it.)
+            self.out_twilio.append(clear_message(self.stream_sid))
+            self.tracker.clear()
+            self._awaiting_play.clear()
+        self.note_retired_audio()
+        log.warning(
+            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
+            self.call_label,
+            safe(reason),
+            self.custody.held_count,
+            len(self._held_requests),
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionLost(reason, at=self._now))
+
+    def take_estate(self, reason: str) -> Handover:
+        """Close the current session's machine and keep, for the next session, what it held:
+        requests (queued, in flight, a cut-off answer's), held and unwritten texts; whatever
+        was per session (tool calls, partial transcripts) is dropped.  A lost session and a
+        rotated one hand over the same way."""
+        machine = self.machine
+        assert machine is not None
         handover = machine.hand_over(reason, self._now)
         requests, lost = carried_requests(
             handover,
@@ -266,25 +170,18 @@ class CallActions(Observations):
         self._open_calls.clear()  # call ids are per session: the next one knows none
         self._answered_calls.clear()
         self._tool_rounds.clear()
+        self._round_unconfirmed.clear()
         self._round_wants_response.clear()
         self._rounds_closed.clear()
-        self._round_unconfirmed.clear()
         self._follow_up_queued = False
-        if handover.state is ACTIVE or handover.state is CREATING:
-            # Half an answer must not go on playing over its retelling by the new session.  (A
-            # finished answer the caller is still hearing plays out: nothing replaces it.)
-            self.out_twilio.append(clear_message(self.stream_sid))
-            self.tracker.clear()
-            self._awaiting_play.clear()
-        log.warning(
-            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
-            self.call_label,
-            safe(reason),
-            self.custody.held_count,
-            len(self._held_requests),
-        )
-        if self.emit_events:
-            self.events.append(ae.SessionLost(reason, at=self._now))
+        self._caller_speaking = False  # the next session's VAD starts from silence
+        return handover
+
+    def note_retired_audio(self) -> None:
+        """Audio of the replaced session still plays at Twilio: remember it, so that a barge-in
+        the next session's machine does not clear is cleared by the call (``barge_in_seen``)."""
+        tracker = self.tracker
+        self._retired_audio = tracker.generation if tracker.playing else None
 
     def plan_reconnect(self) -> None:
         """The first attempt goes at once, unless sessions keep dying young."""
@@ -323,10 +220,41 @@ class CallActions(Observations):
     def restore_session(self) -> None:
         """A fresh machine on the new socket: config, history, held text, then requests."""
         self.connect_delay = None
+        self._session_started_at = self._now
+        items, delivered = self.restore(update=True)
+        self.generation += 1
+        took = self._now - self._lost_at
+        self.report.reconnects += 1
+        self.report.reconnect_times.append(took)
+        log.info(
+            "call=%s openai session replaced in %.3fs: %d history item(s) restored,"
+            " %d held text(s) delivered",
+            self.call_label,
+            took,
+            items,
+            delivered,
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionRestored(took, items, delivered, at=self._now))
+
+    def restore(
+        self, *, update: bool, update_replaces: BridgeConfig | None = None
+    ) -> tuple[int, int]:
+        """Give the new session a fresh machine and what the call kept: ``session.update``
+        (when ``update``; ``update_replaces``: the settings the session already has, which
+        stay if it is refused), the conversation history, held text, then the carried
+        requests.  Returns the history items and the texts delivered.  The session's age
+        counts from ``_session_started_at``, set by the caller."""
         self._turn_item = None  # item ids are per session
         self._transcribed.clear()
-        self._session_started_at = self._now
         self._media_out_at_session = self.report.media_out
+        self._rotation_failures = 0
+        after = self.config.rotate_after
+        self._rotate_at = (
+            self._session_started_at + after
+            if after is not None and self.can_reconnect_sessions
+            else None
+        )
         previous = self.machine
         self.machine = machine = self._new_machine()
         self.tracker.follow(machine.playback)
@@ -335,7 +263,8 @@ class CallActions(Observations):
         # The restore must fit the driver's queue with room to spare: the oldest history goes.
         room = max(0, self.config.max_queue - delivered - 16)
         items = self.history.items()[-room:] if room else ()
-        self.send_session_update()
+        if update:
+            self.send_session_update(before=update_replaces)
         codec = self.codec
         for item in items:
             # A replay of what the lost session already had: its own event_id kind, so a trace
@@ -361,19 +290,7 @@ class CallActions(Observations):
         self.execute(
             machine.resume(self._now, first=first, queued=queued, watchdog_last_fire=last_fire)
         )
-        took = self._now - self._lost_at
-        self.report.reconnects += 1
-        self.report.reconnect_times.append(took)
-        log.info(
-            "call=%s openai session replaced in %.3fs: %d history item(s) restored,"
-            " %d held text(s) delivered",
-            self.call_label,
-            took,
-            len(items),
-            delivered,
-        )
-        if self.emit_events:
-            self.events.append(ae.SessionRestored(took, len(items), delivered, at=self._now))
+        return len(items), delivered
 
     def finish(self) -> None:
         """Both sockets are closed: settle the report.  Texts never written go back."""
@@ -465,7 +382,7 @@ class CallActions(Observations):
         """Feed the response machine (or, with no session up, hold what the next one needs)."""
         machine = self.machine
         state = self.call_state
-        if state is not RUNNING:
+        if state is not RUNNING and state is not ROTATING and state is not READY_TO_SWITCH:
             if state is RECONNECTING:
                 self._hold(event)
             # Ending or ended: the call has decided; a late key press or server event changes
@@ -474,12 +391,15 @@ class CallActions(Observations):
         assert machine is not None
         now = self._now
         kind = type(event)
-        if (kind is ev.SpeechStarted or kind is ev.UserText) and self.config.estimate_playback:
+        barge_in = kind is ev.SpeechStarted or kind is ev.UserText
+        if barge_in and self.config.estimate_playback:
             # A barge-in truncates at what the caller heard: bring that up to now first.
             progress = self.tracker.estimate(now)
             if progress is not None:
                 machine.playback_progress(progress.item_id, progress.played_ms)
         self.execute(machine.handle(event, now), event)
+        if barge_in and self._retired_audio is not None:
+            self._fire_call("barge_in_seen")
 
     def _hold(self, event: ev.Event) -> None:
         """No session: keep user text and requests for the next one (bounded), drop ticks."""

@@ -69,6 +69,11 @@ def _dtmf_key(_inst: object, attribute: attrs.Attribute[Any], value: str | None)
 _DTMF_KEYS: Final = frozenset("0123456789*#")
 
 
+def _positive_or_none(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
+    if value is not None and not value > 0:
+        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
+
+
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
     if not value >= 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
@@ -136,6 +141,22 @@ class BridgeConfig:
     #: Sessions a call may lose and replace in total (a 3-hour call needs 3 for the cap alone);
     #: past it the call ends rather than flap.
     max_reconnects: int = attrs.field(default=20, validator=_non_negative)
+    #: Replace the OpenAI session this many seconds after it opened, before the server's cap
+    #: (60 minutes) ends it with ``session_expired`` and cuts off whatever it is saying: the
+    #: next session is opened and configured while this one serves the call, and takes over
+    #: at a quiet moment (nothing generating or queued, the caller's playback drained, the
+    #: caller silent), so the caller hears no gap.  Needs a connector (``reconnect``).
+    #: ``None``: never; a session that reaches the cap is then replaced after the fact.
+    rotate_after: float | None = attrs.field(default=55 * 60.0, validator=_positive_or_none)
+    #: How long the next session, once ready, waits for a quiet moment before it takes over at
+    #: a response boundary instead (the done of the current response; what was queued behind
+    #: it goes to the next session; the answer the caller hears plays out).
+    rotate_quiet_window: float = attrs.field(default=120.0, validator=_non_negative)
+    #: Attempts to open and configure the next session per rotation; a failed one keeps the
+    #: call on the current session and is retried ``rotate_retry_delay`` later.  Past them,
+    #: this session is left to reach the cap (and be reconnected after it).
+    rotate_attempts: int = attrs.field(default=3, validator=_positive)
+    rotate_retry_delay: float = attrs.field(default=15.0, validator=_non_negative)
     #: Bounds of the conversation text kept for a restore (oldest dropped first).
     history_max_items: int = attrs.field(default=40, validator=_non_negative)
     history_max_chars: int = attrs.field(default=8000, validator=_non_negative)
@@ -197,6 +218,12 @@ class CallReport:
     reconnect_failures: int = 0
     #: Seconds from each loss to the new session's socket being open.
     reconnect_times: list[float] = attrs.field(factory=list)
+    #: OpenAI sessions replaced before the server's cap (see ``BridgeConfig.rotate_after``);
+    #: ``rotations_at_boundary`` of them at a response boundary, the rest at a quiet moment.
+    rotations: int = 0
+    rotations_at_boundary: int = 0
+    #: Next sessions that could not be opened or configured (the call stayed where it was).
+    rotation_failures: int = 0
     #: Caller audio frames dropped because no OpenAI session was up (while reconnecting), or
     #: left over for a lost session (queued, or its send failed): never sent to the next one.
     media_dropped: int = 0

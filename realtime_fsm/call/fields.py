@@ -215,3 +215,43 @@ class CallFields:
         self._item_response: dict[str, str] = {}
         #: The response machine's current stay in ``cancelling`` was told.
         self._cancel_told = False
+        # --- Sessions by number, and rotation (see ``rotation.py``).
+        #: The current OpenAI session's number (0 for the first, +1 per replacement): a driver
+        #: tags each socket with the number it serves and feeds :meth:`openai_frame` only the
+        #: current one's frames, so late frames of a replaced socket are told apart.
+        self.generation = 0
+        #: The number of the next session while one is being prepared for a rotation (the
+        #: driver's socket for it is wanted while this is set), else ``None``.
+        self.next_generation: int | None = None
+        #: Frames for the next session's socket before it takes over (its ``session.update``).
+        self.out_next: list[str] = []
+        #: When the current session is due for rotation (the guard ``rotation_due``); ``None``:
+        #: never (no connector, ``rotate_after=None``, or this session's attempts ran out).
+        self._rotate_at: float | None = None
+        #: Failed attempts at this rotation (the guard ``rotation_attempts_left``).
+        self._rotation_failures = 0
+        #: When this rotation became due (logs and the ``SessionRotated`` event only).
+        self._rotation_due_at = 0.0
+        #: When the next session's socket opened: its server-side age starts there.
+        self._next_opened_at = 0.0
+        #: When the next session was ready (the guard ``quiet_window_passed``).
+        self._next_ready_at = 0.0
+        #: The next session's ``session.update``: its event id (an error naming it fails the
+        #: next session), and the config it carried (sent again at the switch if it changed).
+        self._next_update_id: str | None = None
+        self._next_config: BridgeConfig | None = None
+        #: The next session's ``session.updated`` being handled (the guard
+        #: ``next_audio_wrong``), and why a next session failed (logs only).
+        self._next_configured: ev.SessionConfigured | None = None
+        self._next_problem = ""
+        #: The server's VAD said ``speech_started`` and has not committed that turn yet (its
+        #: ``speech_stopped`` comes first): the caller's words are only in this session's
+        #: input buffer (the rotation guards read it).
+        self._caller_speaking = False
+        #: The event being handled is the ``response.done`` that freed the slot, and anything
+        #: it let the machine send has not left the call yet (the guard
+        #: ``at_response_boundary``).
+        self._boundary = False
+        #: The tracker's generation when a session was replaced with its audio still playing
+        #: at Twilio (the guard ``hearing_retired_audio``); ``None`` when none can be.
+        self._retired_audio: int | None = None

@@ -23,7 +23,7 @@ from ..openai_realtime import (
     OutputTranscriptDelta,
     ResponseActivity,
 )
-from ..table import RUNNING
+from ..table import ACTIVE, C_NONE, CANCELLING, READY_TO_SWITCH, ROTATING, RUNNING
 from ..twilio_media import mark_message, media_message
 from . import app_events as ae
 from .config import SESSION_LOST_ERROR_CODES, BridgeConfig, fatal_error
@@ -38,7 +38,8 @@ class OpenAISide(TwilioSide):
         """One frame from the current OpenAI session.  Returns the Twilio ``media`` frame to
         write now for assistant audio the caller should hear; ``None`` otherwise (outputs, if
         any, are in the session's lists)."""
-        if self.call_state is not RUNNING:
+        state = self.call_state
+        if state is not RUNNING and state is not ROTATING and state is not READY_TO_SWITCH:
             return None  # a frame of a session already lost or a call already ending
         try:
             message = self.codec.parse(frame)
@@ -92,6 +93,8 @@ class OpenAISide(TwilioSide):
         elif kind is InputTranscript:
             assert isinstance(message, InputTranscript)
             self._input_transcript(message)
+            if self.call_state is READY_TO_SWITCH:
+                self._fire_call("settle")  # the newest turn's words in: maybe the moment
         elif kind is OutputItemAdded:
             assert isinstance(message, OutputItemAdded)
             machine.item_added(message.response_id, message.item_id, message.item_type, now)
@@ -164,8 +167,13 @@ class OpenAISide(TwilioSide):
     def _control(self, message: ev.Event) -> None:
         """A lifecycle event: the call's own bookkeeping first, then the response machine."""
         kind = type(message)
-        if kind is ev.UserTurnCommitted:
+        if kind is ev.SpeechStarted:
+            self._caller_speaking = True
+        elif kind is ev.UserTurnCommitted:
             assert isinstance(message, ev.UserTurnCommitted)
+            # The turn is in the session's conversation now (speech_stopped comes before the
+            # commit: until then the caller's words are only in this session's buffer).
+            self._caller_speaking = False
             # No id: its transcript cannot be matched, so its words count as unknown.
             self._turn_item = message.item_id or ""
             self._turn_at = self._now  # what a response the server creates answers
@@ -191,7 +199,29 @@ class OpenAISide(TwilioSide):
             assert isinstance(message, ev.ServerError)
             if not self._server_error(message):
                 return
+        if self.call_state is READY_TO_SWITCH:
+            self._handle_then_settle(message)
+        else:
+            self.handle_event(message)
+
+    def _handle_then_settle(self, message: ev.Event) -> None:
+        """With the next session ready, every event may bring the moment to switch: the
+        quiet one, or (the event being the done that frees the slot) a response boundary."""
+        machine = self.machine
+        assert machine is not None
+        boundary = (
+            type(message) is ev.ResponseDone
+            and machine.create_state is C_NONE
+            and (machine.state is ACTIVE or machine.state is CANCELLING)
+            and machine.response_id == message.response_id
+        )
         self.handle_event(message)
+        if self.call_state is READY_TO_SWITCH:
+            self._boundary = boundary
+            try:
+                self._fire_call("settle")
+            finally:
+                self._boundary = False
 
     def _server_error(self, message: ev.ServerError) -> bool:
         """Count and sort a server error; False when it ends the session or the call."""

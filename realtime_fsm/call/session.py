@@ -17,6 +17,10 @@ A driver's loop, in full::
     # sleep until session.next_deadline, then session.tick(clock());
     # session.lost_reason set: stop reading that socket, session.openai_lost(...);
     # call_state reconnecting: wait session.connect_delay, open a socket, session_opened();
+    # session.next_generation set (a rotation): open a second socket, next_session_opened(),
+    # write session.out_next to it and read it into next_session_frame() while rotating;
+    # once session.generation is that number, it is the current socket (the old one's
+    # unwritten caller audio goes there, after the session's frames), close the old one;
     # call_state ending: close both sockets, then session.closed(clock()).
 """
 
@@ -33,7 +37,7 @@ from ..credentials import StreamCredentials
 from ..errors import LocalProtocolError
 from ..logsafe import safe
 from ..openai_realtime import SessionConfig
-from ..table import AWAITING_START, ENDED, ENDING, RECONNECTING, RUNNING
+from ..table import AWAITING_START, ENDED, ENDING, READY_TO_SWITCH, ROTATING, RUNNING
 from .config import BridgeConfig, ToolSpec
 from .fields import FATAL_HANDSHAKE_STATUSES, log
 from .texts import TextFrame
@@ -75,15 +79,19 @@ class CallSession(ToolCalls):
 
     @property
     def next_deadline(self) -> float | None:
-        """When :meth:`tick` is due: the start's deadline, the response machine's, a tool's."""
+        """When :meth:`tick` is due: the start's deadline, the response machine's, a tool's,
+        the session's rotation."""
         state = self.call_state
-        if state is RUNNING:
+        if state is RUNNING or state is ROTATING or state is READY_TO_SWITCH:
             machine = self.machine
             assert machine is not None
             deadline = machine.next_deadline
             if self._open_calls:
                 first = min(c.deadline for c in self._open_calls.values())
                 deadline = first if deadline is None else min(deadline, first)
+            rotate_at = self._rotate_at
+            if state is RUNNING and rotate_at is not None:
+                deadline = rotate_at if deadline is None else min(deadline, rotate_at)
             return deadline
         if state is AWAITING_START:
             return self._start_deadline
@@ -93,9 +101,14 @@ class CallSession(ToolCalls):
         """Time passed (the driver slept until :attr:`next_deadline`)."""
         self._advance(now)
         state = self.call_state
-        if state is RUNNING:
+        if state is RUNNING or state is ROTATING or state is READY_TO_SWITCH:
             self.expire_tool_calls()
             self.handle_event(ev.Tick())
+            state = self.call_state
+            if state is RUNNING:
+                self._fire_call("tick")  # the rotation, when due
+            elif state is READY_TO_SWITCH:
+                self._fire_call("settle")
         elif state is AWAITING_START and self._now >= self._start_deadline:
             self.end("no start from telephony", now)
 
@@ -169,7 +182,8 @@ class CallSession(ToolCalls):
     @property
     def active(self) -> bool:
         """From Twilio's ``start`` until the call ends: the application's calls are taken."""
-        return self.call_state is RUNNING or self.call_state is RECONNECTING
+        state = self.call_state
+        return state is not AWAITING_START and state is not ENDING and state is not ENDED
 
     def send_user_text(self, text: str, now: float, source: str = "app") -> None:
         """The caller's typed text (a chat box, an SMS): delivered exactly once, barge-in safe,
@@ -236,7 +250,9 @@ class CallSession(ToolCalls):
         if tool_choice is not None:
             changes["tool_choice"] = tool_choice
         self.config = attrs.evolve(self.config, **changes)
-        if self.call_state is RUNNING:
+        state = self.call_state
+        if state is RUNNING or state is ROTATING or state is READY_TO_SWITCH:
+            # A next session already configured gets the new config again at the switch.
             self.send_session_update(before=previous)
 
     def go_away(self, now: float) -> None:

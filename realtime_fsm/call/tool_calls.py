@@ -29,7 +29,7 @@ from ..logsafe import safe
 from ..openai_realtime import dumps, render_function_call_output
 from . import app_events as ae
 from .fields import OpenCall, log
-from .openai_side import OpenAISide
+from .rotation import SessionRotation
 
 #: The reason of the request that asks for the model's answer after its tool calls.
 TOOL_REASON: Final = "tool"
@@ -39,7 +39,7 @@ TOOL_GRACE_S: Final = 1.0
 MAX_ANSWERED_CALLS: Final = 64
 
 
-class ToolCalls(OpenAISide):
+class ToolCalls(SessionRotation):
     """The call's tool-call ledger and its two operations."""
 
     def function_call_done(

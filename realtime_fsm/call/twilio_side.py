@@ -16,7 +16,7 @@ from .. import events as ev
 from ..errors import RemoteProtocolError
 from ..logsafe import caller_text, safe
 from ..openai_realtime import dumps, input_audio_append_json, render_input_audio_commit
-from ..table import AWAITING_START, RECONNECTING, RUNNING
+from ..table import AWAITING_START, READY_TO_SWITCH, RECONNECTING, ROTATING, RUNNING
 from ..twilio_media import (
     Connected,
     Dtmf,
@@ -69,8 +69,7 @@ class TwilioSide(Admitting):
                 self._advance(now)
                 self._bad_media(message)
                 return None
-            self._media_elsewhere(message)
-            return None
+            return self._media_elsewhere(message, now)
         self._advance(now)
         kind = type(message)
         if self.call_state is AWAITING_START:
@@ -78,13 +77,18 @@ class TwilioSide(Admitting):
             return None
         if kind is Mark:
             assert isinstance(message, Mark)
-            if self.call_state is RUNNING:
+            state = self.call_state
+            if state is RUNNING or state is ROTATING or state is READY_TO_SWITCH:
                 machine = self.machine
                 assert machine is not None
                 proved = self.tracker.mark_received(message.name, now)
                 for progress in proved:
                     machine.playback_progress(progress.item_id, progress.played_ms)
-                if self._awaiting_play and self._playback_started(proved, now):
+                started = self._awaiting_play and self._playback_started(proved, now)
+                if state is READY_TO_SWITCH:
+                    self._fire_call("settle")  # the playback drained may be the quiet moment
+                    return None
+                if started:
                     return None  # an application event to hand out
                 # Playback progress moves no deadline and says nothing: no outputs to look at.
                 return NOTHING
@@ -122,13 +126,31 @@ class TwilioSide(Admitting):
         before = self.call_state is AWAITING_START
         self.end("telephony closed before start" if before else "telephony closed", now)
 
-    def _media_elsewhere(self, message: Media) -> None:
-        if self.call_state is RECONNECTING:
+    def _media_elsewhere(self, message: Media, now: float) -> str | None:
+        """Caller audio outside ``running``: forwarded the same way while a rotation is on
+        (the current session hears the caller up to the switch), dropped and counted while no
+        session is up."""
+        state = self.call_state
+        if state is ROTATING or state is READY_TO_SWITCH:
+            payload = message.payload
+            size = len(payload)
+            if (
+                (message.track is None or message.track == "inbound")
+                and 0 < size <= MAX_MEDIA_CHARS
+                and not size & 3
+                and _b64(payload)
+            ):
+                self.report.media_in += 1
+                return input_audio_append_json(payload)
+            self._advance(now)
+            self._bad_media(message)
+        elif state is RECONNECTING:
             if message.track is None or message.track == "inbound":
                 self.report.media_in += 1
                 self.report.media_dropped += 1  # no session to hear it; never buffered
-        elif self.call_state is AWAITING_START:
+        elif state is AWAITING_START:
             self._before_start(message)
+        return None
 
     def _before_start(self, message: object) -> None:
         if isinstance(message, Start):

@@ -148,6 +148,21 @@ class ResponseLifecycle(MachineActions):
         """True while audio the caller has been sent is still playing (from playback marks)."""
         return self.caller_hearing_audio()
 
+    def at_rest(self) -> bool:
+        """Nothing of this conversation is in motion: the slot idle with nothing queued, held
+        or on the wire, no caller turn the server owes an answer, no watchdog recovery, no
+        out-of-band response.  A session at rest can be replaced without cutting anything
+        off or carrying anything over (a rotation's quiet moment reads this)."""
+        return (
+            self.state is IDLE
+            and not self.pending
+            and self.inflight is None
+            and not self.held_texts
+            and self.turn_state is T_NONE
+            and self.recovery_state is R_NONE
+            and not self.oob_responses
+        )
+
     def awaiting_server_response(self) -> bool:
         """The server's VAD owes an answer to a committed caller turn (the turn machine)."""
         return self.turn_state is not T_NONE

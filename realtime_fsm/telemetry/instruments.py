@@ -185,6 +185,21 @@ METRICS: Final = {
         ),
         Metric(
             "counter",
+            "realtime_fsm.session.rotations",
+            "realtime_fsm_session_rotations",
+            "{session}",
+            "OpenAI sessions replaced before the server's cap, by the moment of the switch.",
+            ("moment",),
+        ),
+        Metric(
+            "counter",
+            "realtime_fsm.session.rotation_failures",
+            "realtime_fsm_session_rotation_failures",
+            "{attempt}",
+            "Next sessions that could not be opened or configured for a rotation.",
+        ),
+        Metric(
+            "counter",
             "realtime_fsm.protocol_errors",
             "realtime_fsm_protocol_errors",
             "{error}",

@@ -29,6 +29,7 @@ from ..call import (
     ResponseStarted,
     SessionLost,
     SessionRestored,
+    SessionRotated,
     ToolResult,
     WatchdogFired,
 )
@@ -200,6 +201,19 @@ class CallTelemetry:
                 self._spans.ns(event.at),
             )
 
+    def _session_rotated(self, event: SessionRotated) -> None:
+        self._m.add("realtime_fsm.session.rotations", moment=event.moment)
+        if self._spans is not None:
+            self._spans.call.add_event(
+                "session.rotated",
+                {
+                    "moment": event.moment,
+                    "waited_s": event.waited,
+                    "history_items": event.history_items,
+                },
+                self._spans.ns(event.at),
+            )
+
     def _protocol_error(self, event: ProtocolError) -> None:
         side = event.side if event.side in ("twilio", "openai") else "other"
         self._m.add("realtime_fsm.protocol_errors", side=side, code=labels.code(event.code))
@@ -219,6 +233,7 @@ class CallTelemetry:
         m.add("realtime_fsm.media_frames", report.media_in, direction="up")
         m.add("realtime_fsm.media_frames", report.media_out, direction="down")
         m.add("realtime_fsm.session.reconnect_failures", report.reconnect_failures)
+        m.add("realtime_fsm.session.rotation_failures", report.rotation_failures)
         for key, count in report.bad_frames.items():
             side, _, kind_of = key.partition(":")
             m.add("realtime_fsm.bad_frames", count, side=side, kind=kind_of or "other")
@@ -238,6 +253,7 @@ _HANDLERS: dict[type, Callable[[CallTelemetry, object], None]] = {
     ResponseRequestGivenUp: CallTelemetry._given_up,  # type: ignore[dict-item]
     SessionLost: CallTelemetry._session_lost,  # type: ignore[dict-item]
     SessionRestored: CallTelemetry._session_restored,  # type: ignore[dict-item]
+    SessionRotated: CallTelemetry._session_rotated,  # type: ignore[dict-item]
     ProtocolError: CallTelemetry._protocol_error,  # type: ignore[dict-item]
     ToolResult: CallTelemetry._tool_result,  # type: ignore[dict-item]
     CallEnded: CallTelemetry._ended,  # type: ignore[dict-item]

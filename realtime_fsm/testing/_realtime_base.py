@@ -117,6 +117,8 @@ class _ConnectionBase:
         self.api: Api = self._pick_api()
         self.opened_at = time.monotonic()
         self.closed = False
+        #: When the connection closed (either side), on the ``time.monotonic`` clock.
+        self.closed_at: float | None = None
         #: Ended by :meth:`expire` (or ``config.session_max_s``).
         self.expired = False
         model = self._query_model() or server.config.model
@@ -232,6 +234,7 @@ class _ConnectionBase:
             pass
         finally:
             self.closed = True
+            self.closed_at = time.monotonic()
             for live in list(self._live.values()):
                 live.record.socket_dropped = True
             for task in list(self._tasks):
