@@ -16,10 +16,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
-from test_e2e import CALLER, bridge_server, run, short_replies, simulator
+from test_e2e import CALLER, bridge_config, bridge_server, run, short_replies, simulator
 from test_tools_e2e import ask, called_and_done, config, lookup_order
 
-from realtime_fsm.testing import FakeRealtimeServer, FakeTwilioCaller, ResponseRecord
+from realtime_fsm.testing import (
+    FakeRealtimeConfig,
+    FakeRealtimeServer,
+    FakeTwilioCaller,
+    ResponseRecord,
+    ScriptedReply,
+)
 
 PREAMBLE = "Let me look that order up for you, one moment please."  # 3.2 s of audio
 ANSWER = "Your order shipped on Monday."
@@ -121,9 +127,95 @@ def test_speaking_during_the_preamble_truncates_it_at_what_the_caller_heard() ->
         # trip (the estimate is early, never late), plus the 20 ms piece playing at the clear.
         assert 0 < heard_ms - 300 <= truncate["audio_end_ms"] <= heard_ms + 20
         assert truncate["audio_end_ms"] < calling.audio_deltas * 20
-        assert sim.client_events("conversation.item.delete") == []  # the call item stays
+        # Neither the preamble (heard in part: truncated) nor the call item is deleted.  (The
+        # answer to the tool's output may have begun when the caller spoke: an item of it
+        # nobody heard is deleted, which is right.)
+        deleted = {e["item_id"] for e in sim.client_events("conversation.item.delete")}
+        assert not deleted & {preamble["id"], call["id"]}
         assert len(sim.tool_outputs) == 1  # the call was complete: it ran
         assert sim.error_counts == {}
         assert caller.violations == []
+
+    run(scenario(), timeout=60)
+
+
+# --- the simulator's multi-item replies and reasoning delay (sim21) -----------------------------
+
+
+@contextlib.asynccontextmanager
+async def greeted(
+    reply: ScriptedReply, *, reasoning_delay_s: float = 0.0, effort: str | None = None
+) -> AsyncIterator[tuple[FakeRealtimeServer, FakeTwilioCaller]]:
+    """A caller on the example server whose greeting is ``reply``, from a simulator of a
+    reasoning model (``gpt-realtime-2.1``, the default) that thinks ``reasoning_delay_s`` at
+    effort ``medium`` (twice that at ``high``) before its first output item; the caller plays
+    in real time."""
+    sim_config = FakeRealtimeConfig(
+        realtime_factor=5.0,
+        first_delta_delay_s=0.02,
+        transcription_delay_s=0.01,
+        reasoning_delay_s=reasoning_delay_s,
+        seed=7,
+    )
+    async with FakeRealtimeServer(sim_config, replies=[reply]) as sim:
+        config = bridge_config(server_creates=True)
+        config = attrs.evolve(config, session=attrs.evolve(config.session, reasoning_effort=effort))
+        caller_config = attrs.evolve(CALLER, speed=1.0)
+        async with (
+            bridge_server(sim, config) as bridge,
+            FakeTwilioCaller(bridge.url, caller_config) as caller,
+        ):
+            yield sim, caller
+
+
+def test_barge_in_mid_item_2_of_3_truncates_2_deletes_3_and_leaves_1() -> None:
+    """A greeting spoken as three message items; the caller speaks 600 ms into the second.  The
+    first was heard in full (left alone), the second is truncated at what the caller heard,
+    the third, received but never played, is deleted.  The simulator checks each against the
+    audio it sent for that item."""
+    first, second, third = "One moment.", "Here is the long middle part of it.", "The end."
+
+    async def scenario() -> None:
+        async with greeted(ScriptedReply.of_items(first, second, third)) as (sim, caller):
+            await sim.wait_until(lambda: bool(sim.responses) and sim.responses[0].finished, 10)
+            record = sim.responses[0]
+            one, two, three = record.item_ids
+            first_ms = len(first) * 60
+            await caller.wait_until(
+                lambda: caller.played_ms >= first_ms + 600, 10, "600 ms into item 2"
+            )
+            await caller.speak(0.3)
+            await sim.wait_until(
+                lambda: bool(sim.server_events("conversation.item.deleted")), 5, "the delete"
+            )
+            clear_at = caller.clears[0].at
+            heard_ms = sum(len(p.data) for p in caller.played if p.ended_at <= clear_at) / 8
+        truncates = sim.client_events("conversation.item.truncate")
+        deletes = sim.client_events("conversation.item.delete")
+        assert [t["item_id"] for t in truncates] == [two]
+        assert [d["item_id"] for d in deletes] == [three]
+        assert one not in {t["item_id"] for t in truncates} | {d["item_id"] for d in deletes}
+        heard_two = heard_ms - first_ms
+        assert 0 < heard_two - 300 <= truncates[0]["audio_end_ms"] <= heard_two + 20
+        assert sim.error_counts == {}
+        assert caller.violations == []
+
+    run(scenario(), timeout=60)
+
+
+def test_a_reasoning_model_thinking_past_the_stall_timeout_is_heard() -> None:
+    """At effort ``high`` the model thinks 6 s before its first item, longer than the bridge's
+    ``stall_timeout`` (5 s here): the thinking allowance (3 x at ``high``) lets it speak."""
+
+    async def scenario() -> None:
+        reply = ScriptedReply("Hello, I thought about it.", audio_ms=600)
+        async with greeted(reply, reasoning_delay_s=3.0, effort="high") as (sim, caller):
+            await sim.wait_until(lambda: bool(sim.responses) and sim.responses[0].finished, 20)
+            record = sim.responses[0]
+            await caller.wait_until(lambda: caller.played_ms >= 600, 10, "the greeting")
+        assert record.reasoning_delay_s == 6.0
+        assert record.status == "completed"
+        assert sim.client_events("response.cancel") == []
+        assert sim.error_counts == {}
 
     run(scenario(), timeout=60)

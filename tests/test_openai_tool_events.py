@@ -16,6 +16,7 @@ from realtime_fsm.openai_realtime import (
     Ignored,
     InputTranscriptDelta,
     ItemAdded,
+    OutputItemDone,
     ResponseActivity,
     parse_server_event,
     render_function_call_output,
@@ -62,7 +63,7 @@ def test_a_function_call_item_done_is_parsed_with_its_status(status: str) -> Non
     )
 
 
-def test_any_other_output_item_done_is_a_sign_of_life_as_before() -> None:
+def test_any_other_output_item_done_names_its_item() -> None:
     event = {
         "type": "response.output_item.done",
         "event_id": "event_1",
@@ -77,6 +78,9 @@ def test_any_other_output_item_done_is_a_sign_of_life_as_before() -> None:
             "object": "realtime.item",
         },
     }
+    # The lifecycle tracks every output item (several per response with reasoning models).
+    assert parse_server_event(frame(event)) == OutputItemDone("resp_1", "item_msg")
+    del event["item"]["id"]  # no id: only a sign of life of its response, as before
     assert parse_server_event(frame(event)) == ResponseActivity(
         "resp_1", "response.output_item.done"
     )
