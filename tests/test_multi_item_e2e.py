@@ -169,10 +169,11 @@ async def greeted(
 
 
 def test_barge_in_mid_item_2_of_3_truncates_2_deletes_3_and_leaves_1() -> None:
-    """A greeting spoken as three message items; the caller speaks 600 ms into the second.  The
-    first was heard in full (left alone), the second is truncated at what the caller heard,
-    the third, received but never played, is deleted.  The simulator checks each against the
-    audio it sent for that item."""
+    """A greeting spoken as three message items; the caller speaks 250 ms into the second,
+    before its first regular mark (every 500 ms) came back.  The first was heard in full (left
+    alone), the second is truncated at what the caller heard (its start mark's echo anchors
+    the estimate), the third, received but never played, is deleted.  The simulator checks
+    each against the audio it sent for that item."""
     first, second, third = "One moment.", "Here is the long middle part of it.", "The end."
 
     async def scenario() -> None:
@@ -182,7 +183,7 @@ def test_barge_in_mid_item_2_of_3_truncates_2_deletes_3_and_leaves_1() -> None:
             one, two, three = record.item_ids
             first_ms = len(first) * 60
             await caller.wait_until(
-                lambda: caller.played_ms >= first_ms + 600, 10, "600 ms into item 2"
+                lambda: caller.played_ms >= first_ms + 250, 10, "250 ms into item 2"
             )
             await caller.speak(0.3)
             await sim.wait_until(
@@ -196,7 +197,11 @@ def test_barge_in_mid_item_2_of_3_truncates_2_deletes_3_and_leaves_1() -> None:
         assert [d["item_id"] for d in deletes] == [three]
         assert one not in {t["item_id"] for t in truncates} | {d["item_id"] for d in deletes}
         heard_two = heard_ms - first_ms
-        assert 0 < heard_two - 300 <= truncates[0]["audio_end_ms"] <= heard_two + 20
+        # Heard when the clear reached the caller (whole 20 ms pieces, plus the one playing),
+        # early only by the trips of the last echo and of the caller's speech (generous: the
+        # machine is shared).
+        end_ms = truncates[0]["audio_end_ms"]
+        assert max(1, heard_two - 250) <= end_ms <= heard_two + 20
         assert sim.error_counts == {}
         assert caller.violations == []
 
