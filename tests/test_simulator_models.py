@@ -50,9 +50,10 @@ def test_a_reasoning_model_thinks_before_its_first_item(effort: str, scale: floa
 
     async def scenario() -> None:
         async with connected(config, model="gpt-realtime-2") as (server, sdk):
-            gap = await _gap(sdk, reasoning={"effort": effort})
+            await _gap(sdk, reasoning={"effort": effort})
+            # Exact from the server's record; the gap the client sees is not even a lower bound
+            # (its loop may read response.created late on a loaded machine, shortening it).
             assert server.responses[0].reasoning_delay_s == pytest.approx(0.2 * scale)
-            assert gap >= 0.2 * scale  # a lower bound only: the VM may be slow, never early
 
     run(scenario())
 
