@@ -9,8 +9,6 @@ a call whose server is going away.  Guards only read.
 from __future__ import annotations
 
 from ..admission import CLOSE_GOING_AWAY, CLOSE_TRY_AGAIN_LATER
-from ..logsafe import safe
-from .fields import log
 from .starting import Starting
 
 
@@ -32,18 +30,10 @@ class Admitting(Starting):
         )
 
     def end_not_admitted(self) -> None:
-        start = self._start
-        assert start is not None and self.admission is not None
+        assert self.admission is not None
         refusal = self._admission_refusal()
         self.admission.refused_stream()
-        log.warning(
-            "call=%s stream refused: not admitted (%s; peer=%s)",
-            safe(start.call_sid or start.stream_sid, 64),
-            refusal,
-            safe(self.peer or "-", 64),
-        )
-        self._reason = f"not admitted: {refusal}"
-        self.note_end()
+        self.refuse_stream(f"not admitted, {refusal}", f"not admitted: {refusal}")
         self.close_code = CLOSE_TRY_AGAIN_LATER
 
     def take_place(self) -> None:

@@ -50,17 +50,22 @@ class Starting(CallActions):
         self.note_end()
 
     def end_bad_credential(self) -> None:
+        refusal = self._credential_refusal()
+        self.refuse_stream(f"credential {refusal}", f"bad stream credential: {refusal}")
+
+    def refuse_stream(self, why: str, reason: str) -> None:
+        """End a stream refused at ``start``, before anything was opened for it: one WARNING
+        naming the call, ``why`` and the peer, and ``reason`` as the call's end reason."""
         start = self._start
         assert start is not None
-        refusal = self._credential_refusal()
         # Twilio's ids are untrusted, and this call never got a label of its own: made safe here.
         log.warning(
-            "call=%s stream refused: credential %s (peer=%s)",
+            "call=%s stream refused: %s (peer=%s)",
             safe(start.call_sid or start.stream_sid, 64),
-            refusal,
+            why,
             safe(self.peer or "-", 64),
         )
-        self._reason = f"bad stream credential: {refusal}"
+        self._reason = reason
         self.note_end()
 
     def count_duplicate_start(self) -> None:
