@@ -244,6 +244,10 @@ class CallFields:
         #: ``next_audio_wrong``), and why a next session failed (logs only).
         self._next_configured: ev.SessionConfigured | None = None
         self._next_problem = ""
+        #: What the ready next session said it applied (its ``session.updated``, read before
+        #: the switch): the new machine learns the session's turn detection from it at the
+        #: switch, as a machine does from its own session's.  No guard reads it.
+        self._next_settings: ev.SessionConfigured | None = None
         #: The server's VAD said ``speech_started`` and has not committed that turn yet (its
         #: ``speech_stopped`` comes first): the caller's words are only in this session's
         #: input buffer (the rotation guards read it).

@@ -195,6 +195,7 @@ class SessionRotation(OpenAISide):
 
     def note_next_ready(self) -> None:
         self._next_ready_at = self._now
+        self._next_settings = self._next_configured
         log.info(
             "call=%s %s session %d ready %.3fs after due: switching at a quiet moment"
             " (within %gs, then at a response boundary)",
@@ -258,6 +259,7 @@ class SessionRotation(OpenAISide):
         self._next_update_id = None
         self._next_config = None
         self._next_problem = ""
+        self._next_settings = None
 
     def switch_at_quiet_moment(self) -> None:
         self._switch(boundary=False)
@@ -294,9 +296,12 @@ class SessionRotation(OpenAISide):
         self._pending_updates.clear()
         configured = self._next_config
         carried = len(self._held_requests)
+        settings = self._next_settings
         items, delivered = self.restore(
             update=self.config is not configured, update_replaces=configured
         )
+        if settings is not None:  # what the new session applied, as its machine would hear it
+            self.handle_event(settings)
         self.generation = new
         self._forget_next()
         report = self.report

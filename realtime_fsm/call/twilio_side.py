@@ -84,6 +84,8 @@ class TwilioSide(Admitting):
                 proved = self.tracker.mark_received(message.name, now)
                 for progress in proved:
                     machine.playback_progress(progress.item_id, progress.played_ms)
+                if self._retired_audio is not None and not self.tracker.playing:
+                    self._retired_audio = None  # the replaced session's answer has played out
                 started = self._awaiting_play and self._playback_started(proved, now)
                 if state is READY_TO_SWITCH:
                     self._fire_call("settle")  # the playback drained may be the quiet moment
