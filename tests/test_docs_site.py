@@ -95,3 +95,9 @@ def test_mkdocs_build_strict(tmp_path: Path) -> None:
     assert (tmp_path / "reference" / "api" / "core" / "index.html").is_file()
     cli = (tmp_path / "reference" / "cli" / "index.html").read_text()
     assert "realtime-fsm demo" in cli
+
+
+def test_performance_page_stays_short() -> None:
+    """The goals, the method, the latest figures and how to reproduce them; the round-by-round
+    history lives in git, not on the page."""
+    assert len((DOCS / "performance.md").read_text().splitlines()) <= 300
