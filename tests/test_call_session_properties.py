@@ -479,6 +479,7 @@ class PropertyDriver:
         assert all(text in rest for text in report.undelivered_texts), "returned out of order"
 
 
+@pytest.mark.slow
 @settings(
     max_examples=200,
     deadline=None,

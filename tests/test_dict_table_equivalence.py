@@ -404,6 +404,7 @@ CONFIG = st.builds(
 )
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(config=CONFIG, steps=st.lists(st.tuples(DT, STEP), min_size=30, max_size=100))
 def test_dict_table_and_transitions_agree(
@@ -785,6 +786,7 @@ def timed(steps: list[Step]) -> list[tuple[float, Step]]:
     return out
 
 
+@pytest.mark.slow
 def test_every_prefix_then_every_probe_agrees_and_reaches_every_row(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:

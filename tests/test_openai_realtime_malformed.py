@@ -212,6 +212,7 @@ def test_random_bytes_never_crash(frame: bytes) -> None:
     _parsed_or_refused(frame)
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(
     st.sampled_from([*sorted(KNOWN_TYPES), "x.unknown"]),
@@ -240,6 +241,7 @@ def test_random_fields_on_every_type_only_raise_remote_errors(
     _parsed_or_refused(frame)
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(json_values)
 def test_random_json_never_crashes(value: Any) -> None:

@@ -402,6 +402,7 @@ def test_every_e2e_scenario_is_covered() -> None:
 ALL_CASES = [*E2E_CASES, *RECONNECT_CASES, *ROTATION_CASES]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ALL_CASES, ids=[c.id for c in ALL_CASES])
 def test_e2e_traces_replay_clean(
     case: E2ECase, tmp_path: Path, caplog: pytest.LogCaptureFixture

@@ -365,6 +365,7 @@ def _mutate(data: st.DataObject, value: Any) -> Any:
     return _replace(value, path, data.draw(_JSON_VALUES))
 
 
+@pytest.mark.slow
 @settings(max_examples=400, deadline=None)
 @given(st.data())
 def test_checker_never_raises_on_mutated_traces(data: st.DataObject) -> None:
@@ -394,6 +395,7 @@ def test_checker_never_raises_on_mutated_traces(data: st.DataObject) -> None:
 _WRONG_TYPES: list[Any] = [None, True, 5, -1e308, "x", [], [5], {}, {"x": 5}]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(_SMALL_TRACES)))
 def test_checker_validates_every_field_of_every_line(index: int) -> None:
     """Exhaustively: every node of every line of the hand-made traces replaced, in turn, by a
