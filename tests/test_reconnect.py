@@ -286,7 +286,15 @@ def test_session_expired_is_a_new_session_not_the_end_of_the_call(dialect: Diale
             async with FakeTwilioCaller(bridge.url, CALLER) as caller:
                 greeting = await wait_served(sim, caller, connection=0)
                 await sim.wait_until(lambda: greeting.done_sent, 5.0, "greeting done")
-                await asyncio.sleep(0.05)  # the done reaches the bridge: nothing in progress
+                # The done reaches the bridge: nothing in progress when the session expires.
+                await sim.wait_until(
+                    lambda: (
+                        bridge.bridges[0].machine is not None
+                        and bridge.bridges[0].machine.state.value == "idle"
+                    ),
+                    5.0,
+                    "the bridge idle after the greeting",
+                )
                 sim.expire_sessions()
                 await sim.wait_until(lambda: len(sim.connections) >= 2, 10.0, "a reconnect")
                 assert sim.connections[0].expired

@@ -90,6 +90,8 @@ class _Session:
     def __init__(self, *, stall_after: int | None = None, fail_append: bool = False) -> None:
         self.sent: list[str] = []
         self.stall_after = stall_after
+        #: Sends hanging in ``send`` (past ``stall_after``), for tests to wait on.
+        self.stalled = 0
         self.fail_append = fail_append
         self.transport = _Transport() if fail_append else None
         self.append_started = asyncio.Event()
@@ -109,6 +111,7 @@ class _Session:
             await self.release.wait()
             raise WebSocketClosed(1006, "dropped")
         if self.stall_after is not None and len(self.sent) >= self.stall_after:
+            self.stalled += 1
             await asyncio.Event().wait()
         self.sent.append(message)
 
@@ -149,7 +152,7 @@ def test_a_text_lost_with_its_create_is_answered_once_on_the_new_session() -> No
         task = asyncio.create_task(bridge.run())
         await _until(lambda: old.sent, "the first session.update")
         bridge.send_user_text("book a table")
-        await asyncio.sleep(0.02)  # the text frame is stuck in the old socket's send
+        await _until(lambda: old.stalled, "the text frame stuck in the old socket's send")
         old.lose()
         await _until(lambda: new.events("response.create"), "the new session's create")
         await asyncio.sleep(0.05)  # room for a wrong second create to show

@@ -298,7 +298,9 @@ def test_pace_is_faster_than_real_time_and_configurable() -> None:
             await app.send("response.create")
             await app.until("response.done")
             elapsed = time.monotonic() - start
-            assert 0.07 < elapsed < 0.5  # 1 s of audio at 10x real time
+            # 1 s of audio at 10x real time: 0.1 s; the upper bound only says "faster than real
+            # time", generous for a loaded machine.
+            assert 0.07 < elapsed < 1.0
 
     run(scenario())
 
