@@ -500,7 +500,9 @@ def test_server_quiet_after_create_recovers_through_the_timeouts(
 
     async def scenario() -> None:
         sim = simulator(short_replies)
-        config = bridge_config(greeting=None, create_timeout=0.6, cancel_timeout=0.4)
+        # The caller's "three" must reach the bridge while the swallowed create is unanswered:
+        # a create timeout of 2 s leaves a loaded machine room for that one hop.
+        config = bridge_config(greeting=None, create_timeout=2.0, cancel_timeout=0.4)
         async with sim, bridge_server(sim, config) as bridge:
             async with FakeTwilioCaller(bridge.url, CALLER) as caller:
                 await sim.wait_for_event("session.updated")
