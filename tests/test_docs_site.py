@@ -101,3 +101,10 @@ def test_performance_page_stays_short() -> None:
     """The goals, the method, the latest figures and how to reproduce them; the round-by-round
     history lives in git, not on the page."""
     assert len((DOCS / "performance.md").read_text().splitlines()) <= 300
+
+
+def test_the_metrics_reference_is_observability_md_s_table_with_its_links_fixed() -> None:
+    table = _hook().observability_metrics(DOCS)  # type: ignore[attr-defined]
+    assert "`realtime_fsm_calls_total`" in table and "--8<--" not in table
+    for target in re.findall(r"\]\(([^)#]+)", table):
+        assert target.startswith("../") and (DOCS / "reference" / target).resolve().is_file()

@@ -4,6 +4,10 @@
   code prints them, so the page cannot drift from the parser.  A page asks for it with the line
   ``<!-- cli-help -->``; the commands are read from the top-level usage line
   (``{demo,replay,...}``), so a new command appears without editing this hook.
+- The metrics reference shows the table of ``observability.md`` (kept there, where a test
+  checks every metric is listed), between its ``--8<-- [start:metrics]`` and ``[end:metrics]``
+  comments, at the line ``<!-- observability-metrics -->``, with its relative links made
+  relative to the reference page.
 - The docstrings use Sphinx roles (``:class:`~x.Y` ``), which Markdown renders as a stray
   ``:class:`` before the code: the API pages show the code alone (the last dotted part for
   ``~``).
@@ -15,9 +19,12 @@ import contextlib
 import io
 import os
 import re
+from pathlib import Path
 from typing import Any
 
 MARKER = "<!-- cli-help -->"
+METRICS = "<!-- observability-metrics -->"
+_LINK = re.compile(r"\]\((?![a-z]+:|#|/)([^)]+)\)")
 
 
 def _help(argv: list[str]) -> str:
@@ -61,7 +68,18 @@ def on_page_content(html: str, **kwargs: Any) -> str:
     return _ROLE.sub(_plain_role, html)
 
 
-def on_page_markdown(markdown: str, **kwargs: Any) -> str:
-    if MARKER not in markdown:
-        return markdown
-    return markdown.replace(MARKER, cli_reference())
+def observability_metrics(docs_dir: Path) -> str:
+    """The metrics section of observability.md, its links made relative to ``reference/``."""
+    text = (docs_dir / "observability.md").read_text()
+    start = text.index("--8<-- [start:metrics]")
+    start = text.index("\n", start) + 1
+    end = text.rindex("\n", 0, text.index("--8<-- [end:metrics]"))
+    return _LINK.sub(lambda m: f"](../{m.group(1)})", text[start:end])
+
+
+def on_page_markdown(markdown: str, config: Any, **kwargs: Any) -> str:
+    if METRICS in markdown:
+        markdown = markdown.replace(METRICS, observability_metrics(Path(config["docs_dir"])))
+    if MARKER in markdown:
+        markdown = markdown.replace(MARKER, cli_reference())
+    return markdown
