@@ -2,7 +2,7 @@
 (``lookup_order``) the model can call, a greeting made for each caller, and the call's events
 read by the app.
 
-    pip install 'realtime-fsm[asgi,twilio]' fastapi uvicorn
+    pip install -e '.[asgi,twilio]' fastapi uvicorn   # from a clone of realtime-fsm
     export OPENAI_API_KEY=sk-...  PUBLIC_URL=https://example.ngrok.app  TWILIO_AUTH_TOKEN=...
     uvicorn examples.fastapi_app:app --host 0.0.0.0 --port 8080 --ws-max-size 65536
 

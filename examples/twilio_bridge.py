@@ -8,8 +8,9 @@ The same as ``realtime-fsm serve`` (:mod:`realtime_fsm.serve_command`, every fla
 file shows the whole program around :func:`realtime_fsm.server.start_server`.
 Point the Twilio number's voice webhook (GET or POST) at ``https://<public host>/incoming-call``.
 Set ``TWILIO_AUTH_TOKEN`` to refuse webhooks and media streams without a valid
-``X-Twilio-Signature`` (needs ``pip install 'realtime-fsm[twilio]'``).  ``--model`` (or
-``OPENAI_REALTIME_MODEL``) picks the Realtime model (default ``gpt-realtime-2.1``).
+``X-Twilio-Signature`` (needs the ``twilio`` extra: ``pip install -e '.[twilio]'`` in a
+clone).  ``--model`` (or ``OPENAI_REALTIME_MODEL``) picks the Realtime model (default
+``gpt-realtime-2.1``).
 ``--provider azure`` with ``--azure-endpoint`` and ``--azure-deployment`` (or
 ``AZURE_OPENAI_ENDPOINT``, ``AZURE_OPENAI_DEPLOYMENT``; the key from
 ``AZURE_OPENAI_API_KEY``) uses Azure OpenAI instead.  ``--realtime-url`` (or

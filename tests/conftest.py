@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import os
 
+import pytest
 from hypothesis import Phase, settings
 
 settings.register_profile("ci", derandomize=True, print_blob=True)
@@ -20,3 +21,10 @@ if os.environ.get("RTFSM_MUTATION"):
     settings.load_profile("mutation")
 elif os.environ.get("CI"):
     settings.load_profile("ci")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The mutation run selects its tests by file (pyproject, ``[tool.mutmut]``) and must run all
+    of them, the slow property test included: ``-m 'not slow'`` from ``addopts`` is lifted."""
+    if os.environ.get("RTFSM_MUTATION"):
+        config.option.markexpr = ""

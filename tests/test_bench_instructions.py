@@ -22,6 +22,10 @@ from benchmarks.bench_instructions import (
 )
 from benchmarks.bench_load import server_command
 
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: the benchmark runs for real (servers under valgrind when present).
+pytestmark = pytest.mark.slow
+
 CACHEGRIND = """\
 desc: I1 cache:         32768 B, 64 B, 8-way associative
 cmd: /usr/bin/python examples/twilio_bridge.py --port 1

@@ -27,6 +27,10 @@ from benchmarks.bench_load import (
     variants_table,
 )
 
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: the benchmark runs for real (server and load-generator processes).
+pytestmark = pytest.mark.slow
+
 
 def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
     """The bridge with its event loop measured (``--loop-stats``), both pinned (``--pin``)."""

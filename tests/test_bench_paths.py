@@ -8,6 +8,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+import pytest
+
 from benchmarks.bench_paths import (
     INTERLEAVED,
     MARK_EVERY_MS,
@@ -20,6 +22,10 @@ from benchmarks.bench_paths import (
     report,
     telemetry_report,
 )
+
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: the benchmarks run for real (counted paths, telemetry on and off).
+pytestmark = pytest.mark.slow
 
 
 def test_every_path_runs_and_reports() -> None:

@@ -17,6 +17,7 @@ import json
 import os
 from typing import Any
 
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -24,6 +25,10 @@ from realtime_fsm.errors import RemoteProtocolError
 from realtime_fsm.http_head import HttpError, content_length, parse_head
 from realtime_fsm.openai_realtime import KNOWN_TYPES, Dialect, OpenAIRealtimeCodec
 from realtime_fsm.twilio_media import parse_message
+
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: thousands of hypothesis examples per parser.
+pytestmark = pytest.mark.slow
 
 EXAMPLES = int(os.environ.get("RTFSM_FUZZ_EXAMPLES", "600"))
 FUZZ = settings(

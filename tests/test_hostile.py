@@ -671,6 +671,7 @@ async def deaf_caller(url: str, call_sid: str) -> ClientConnection:
     return ws
 
 
+@pytest.mark.slow
 def test_caller_that_stops_reading(stack: Stack) -> None:
     """The AI talks (20 minutes of audio at 200x) to a caller that reads nothing: the bridge's
     queue to Twilio is bounded, the call ends with a logged reason instead of buffering the
@@ -753,6 +754,7 @@ async def _deaf_server() -> tuple[asyncio.Server, list[socket.socket]]:
     return server, held
 
 
+@pytest.mark.slow
 def test_openai_that_stops_reading(stack: Stack) -> None:
     """The caller streams audio (200 ms frames at 100x) to an OpenAI server that reads
     nothing: the queue to OpenAI is bounded, the call ends with a logged reason, and another

@@ -41,6 +41,10 @@ import attrs
 import pytest
 from lifecycle_world import MODES, PROFILE, Mode, Profile, World
 
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: minutes: every interleaving up to the depth bound, 16 scenarios.
+pytestmark = pytest.mark.slow
+
 
 @dataclass(frozen=True)
 class Letter:

@@ -12,6 +12,7 @@ bounded check in ``test_lifecycle_exhaustive.py`` and the long search of
 
 from __future__ import annotations
 
+import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -22,6 +23,10 @@ from hypothesis.stateful import (
     rule,
 )
 from lifecycle_world import ACTIVE, MODES, PROFILES, Mode, Profile, World
+
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: hypothesis drives the world through every mode and server profile.
+pytestmark = pytest.mark.slow
 
 # ------------------------------------------------------------------------- the hypothesis test
 

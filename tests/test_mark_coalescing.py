@@ -316,6 +316,7 @@ def _observe(tracker: PlaybackTracker) -> object:
     )
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     every=st.sampled_from([0, 1, 2, 20, 100]),

@@ -340,6 +340,7 @@ def test_continuous_answers_rotate_at_a_response_boundary() -> None:
 # --- the next session fails -----------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_next_session_that_cannot_open_keeps_the_call_and_the_cap_reconnects() -> None:
     """Every attempt at a next session is refused (HTTP 503): the call stays on its session
     (a turn is answered there meanwhile), and when the cap ends it, the reconnect takes over."""

@@ -234,6 +234,7 @@ CONCURRENCY = 6
 DRAIN_AFTER = 10
 
 
+@pytest.mark.slow
 def test_four_workers_share_the_port_and_one_drains_without_losing_a_call(
     tmp_path: Path,
 ) -> None:

@@ -40,6 +40,10 @@ from realtime_fsm.testing.soak import (
     run_soak,
 )
 
+#: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
+#: the soak runner: tens of whole calls with random faults.
+pytestmark = pytest.mark.slow
+
 
 def test_short_soak() -> None:
     """40 calls, 20 at a time, every fault knob drawn: no violation of any kind."""

@@ -452,6 +452,7 @@ def test_random_bytes_never_crash(frame: bytes) -> None:
     _parsed_or_refused(frame)
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None)
 @given(
     st.sampled_from([*sorted(INBOUND_EVENTS), "other"]),
@@ -469,6 +470,7 @@ def test_random_fields_on_every_event_only_raise_remote_errors(
     _parsed_or_refused(json.dumps({**fields, "event": event}))
 
 
+@pytest.mark.slow
 @settings(max_examples=300, deadline=None)
 @given(
     st.sampled_from(sorted(INBOUND_EVENTS)),
