@@ -25,7 +25,7 @@ _MIN_SCALE: Final = 20.0
 _TARGET_WIDTH: Final = 1600.0
 _LANE_H: Final = 34
 _AXIS_H: Final = 24
-_LABEL_W: Final = 190
+_LABEL_W: Final = 215
 _MARK_W: Final = 2.0
 
 _COLOURS: Final = {
@@ -111,20 +111,33 @@ def _span(span: Span, lane: str, x0: float, scale: float, y: float) -> str:
             f'<text x="{x + 3:.1f}" y="{y + _LANE_H / 2 + 4:.1f}" pointer-events="none">'
             f"{_e(span.label[: max(1, int(width / 7))])}</text>"
         )
+    top, height = y + 5, _LANE_H - 10
+    if span.kind in ("audio", "transcript"):  # both stream at once: audio above, words below
+        height = height / 2
+        top += height if span.kind == "transcript" else 0
     return (
         f'<g data-tip="1" data-line="{span.line}" data-count="{span.count}">'
-        f'<rect class="{_e(classes)}" x="{x:.1f}" y="{y + 5:.1f}" width="{width:.1f}"'
-        f' height="{_LANE_H - 10}"{style}><title>{_e(span.detail)} (line {span.line})</title>'
+        f'<rect class="{_e(classes)}" x="{x:.1f}" y="{top:.1f}" width="{width:.1f}"'
+        f' height="{height:.1f}"{style}><title>{_e(span.detail)} (line {span.line})</title>'
         f"</rect>{text}</g>"
     )
 
 
-def _mark(mark: Mark, x0: float, scale: float, y: float) -> str:
+#: Marks of the events lane that often fall on the same instant (a barge-in and the clear it
+#: causes) get a third of the lane each, so that neither hides the other.
+_EVENT_ROWS: Final = {"barge-in": 0, "input": 0, "clear": 1}
+
+
+def _mark(mark: Mark, lane: str, x0: float, scale: float, y: float) -> str:
     x = x0 + mark.t * scale - _MARK_W / 2
+    top, height = y + 3, _LANE_H - 6
+    if lane == "events":
+        height = height / 3
+        top += height * _EVENT_ROWS.get(mark.kind, 2)
     return (
         f'<rect class="ev {_e(mark.kind)}" data-tip="1" data-line="{mark.line}"'
-        f' data-label="{_e(mark.label)}" x="{x:.1f}" y="{y + 3:.1f}" width="{_MARK_W}"'
-        f' height="{_LANE_H - 6}"><title>{_e(mark.label)} at {mark.t:.3f} s (line'
+        f' data-label="{_e(mark.label)}" x="{x:.1f}" y="{top:.1f}" width="{_MARK_W}"'
+        f' height="{height:.1f}"><title>{_e(mark.label)} at {mark.t:.3f} s (line'
         f" {mark.line}): {_e(mark.detail)}</title></rect>"
     )
 
@@ -137,7 +150,7 @@ def _lane(lane: Lane, index: int, x0: float, scale: float, width: float) -> str:
         f'<rect class="lane-bg{odd}" x="0" y="{y}" width="{width:.1f}" height="{_LANE_H}"/>',
     ]
     parts += [_span(span, lane.key, x0, scale, y) for span in lane.spans]
-    parts += [_mark(mark, x0, scale, y) for mark in lane.marks]
+    parts += [_mark(mark, lane.key, x0, scale, y) for mark in lane.marks]
     parts.append("</g>")
     return "".join(parts)
 

@@ -186,8 +186,9 @@ def test_call_lines_show_caller_content_with_the_switch(
 
 
 def test_demo_still_shows_the_typed_text() -> None:
+    """The demo turns ``log_caller_content`` on: its log (``-v``, on stderr) shows the text."""
     result = subprocess.run(
-        [sys.executable, "-m", "realtime_fsm", "demo"],
+        [sys.executable, "-m", "realtime_fsm", "demo", "-v"],
         capture_output=True,
         text=True,
         timeout=120,
@@ -195,7 +196,7 @@ def test_demo_still_shows_the_typed_text() -> None:
         cwd=ROOT,
     )
     assert result.returncode == 0, result.stdout + result.stderr
-    assert re.search(r"\[TEXT_BARGE_IN\] detected -> text='[^'<]+'", result.stdout), result.stdout
+    assert re.search(r"\[TEXT_BARGE_IN\] detected -> text='[^'<]+'", result.stderr), result.stderr
 
 
 def test_secrets_never_logged(caplog: pytest.LogCaptureFixture) -> None:

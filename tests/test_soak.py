@@ -34,9 +34,9 @@ from realtime_fsm.testing.soak import (
     FAULTS,
     SOAK_LIFECYCLE,
     CallOutcome,
+    LogWatch,
     SoakConfig,
     SoakResult,
-    _LogWatch,
     run_soak,
 )
 
@@ -93,7 +93,7 @@ def test_each_check_can_fail() -> None:
 
 
 def test_watchdog_fires_are_read_from_the_log() -> None:
-    watch = _LogWatch()
+    watch = LogWatch()
     logger = logging.getLogger("realtime_fsm.lifecycle")
 
     def fire(call: str) -> None:
