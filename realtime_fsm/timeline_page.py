@@ -111,7 +111,7 @@ def _span(span: Span, lane: str, x0: float, scale: float, y: float) -> str:
             f'<text x="{x + 3:.1f}" y="{y + _LANE_H / 2 + 4:.1f}" pointer-events="none">'
             f"{_e(span.label[: max(1, int(width / 7))])}</text>"
         )
-    top, height = y + 5, _LANE_H - 10
+    top, height = y + 5, float(_LANE_H - 10)
     if span.kind in ("audio", "transcript"):  # both stream at once: audio above, words below
         height = height / 2
         top += height if span.kind == "transcript" else 0
@@ -130,7 +130,7 @@ _EVENT_ROWS: Final = {"barge-in": 0, "input": 0, "clear": 1}
 
 def _mark(mark: Mark, lane: str, x0: float, scale: float, y: float) -> str:
     x = x0 + mark.t * scale - _MARK_W / 2
-    top, height = y + 3, _LANE_H - 6
+    top, height = y + 3, float(_LANE_H - 6)
     if lane == "events":
         height = height / 3
         top += height * _EVENT_ROWS.get(mark.kind, 2)
