@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import logging
 import sys
+import textwrap
 import time
 from pathlib import Path
 from typing import IO, Any
@@ -77,7 +78,15 @@ Exit status: 0 every trace clean, 1 a rule was broken, 2 a file could not be rea
 
 def _rules_epilog() -> str:
     width = max(len(rule) for rule in RULE_MEANINGS)
-    rules = "\n".join(f"  {rule:<{width}}  {meaning}" for rule, meaning in RULE_MEANINGS.items())
+    rules = "\n".join(
+        textwrap.fill(
+            f"{rule:<{width}}  {meaning}",
+            96,
+            initial_indent="  ",
+            subsequent_indent=" " * (width + 4),
+        )
+        for rule, meaning in RULE_MEANINGS.items()
+    )
     return (
         f"the rules checked:\n{rules}\n\n"
         "examples:\n"
