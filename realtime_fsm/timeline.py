@@ -187,7 +187,9 @@ class _Builder:
         self.pending_creates: list[str | None] = []
         # Audio towards the caller, per item, and the marks that prove what was heard.
         self.items: dict[str, _Item] = {}
-        self.unmarked: list[tuple[float, int]] = []
+        #: Audio sent to Twilio since the last mark: first and last frame's time, bytes.  The
+        #: next mark names the item it belongs to.
+        self.unmarked: tuple[float, float, int] | None = None
         self.marks_sent: dict[str, tuple[float, MarkName]] = {}
         self.last_clear = -1.0
         self.heard_until = 0.0
@@ -320,23 +322,25 @@ class _Builder:
     def _twilio_out(self, number: int, now: float, kind: str, frame: dict[str, Any]) -> None:
         if kind == "media":
             elided = as_num(as_obj(as_obj(frame.get("media")).get("payload")).get("elided_bytes"))
-            self.unmarked.append((now, int(elided or 0)))
+            size = int(elided or 0)
+            held = self.unmarked
+            self.unmarked = (now, now, size) if held is None else (held[0], now, held[2] + size)
         elif kind == "mark":
             name = as_str(as_obj(frame.get("mark")).get("name"))
             parsed = MarkName.parse(name) if name is not None else None
             if name is None or parsed is None:
                 return
             self.marks_sent[name] = (now, parsed)
+            first, last, size = self.unmarked or (now, now, 0)
+            self.unmarked = None
             item = self.items.get(parsed.item_id)
-            first = self.unmarked[0][0] if self.unmarked else now
             if item is None:
                 item = self.items[parsed.item_id] = _Item(parsed.item_id, first, now, line=number)
-            item.last_sent = max(item.last_sent, self.unmarked[-1][0] if self.unmarked else now)
-            item.sent_ms += sum(size for _, size in self.unmarked) // _TWILIO_BYTES_PER_MS
-            self.unmarked.clear()
+            item.last_sent = max(item.last_sent, last)
+            item.sent_ms += size // _TWILIO_BYTES_PER_MS
         elif kind == "clear":
             self.last_clear = now
-            self.unmarked.clear()
+            self.unmarked = None
             self.marks["events"].append(
                 Mark(now, "clear", "clear", "the bridge told Twilio to drop unplayed audio", number)
             )

@@ -23,6 +23,8 @@ from .trace_rules import RULE_MEANINGS
 _MAX_SCALE: Final = 400.0
 _MIN_SCALE: Final = 20.0
 _TARGET_WIDTH: Final = 1600.0
+#: Past this a browser may refuse to draw the SVG: a call of hours gets fewer pixels a second.
+_MAX_WIDTH: Final = 200_000.0
 _LANE_H: Final = 34
 _AXIS_H: Final = 24
 _LABEL_W: Final = 215
@@ -94,12 +96,23 @@ def scale_for(duration: float) -> float:
     """Pixels per second for a call of ``duration`` seconds."""
     if duration <= 0:
         return _MAX_SCALE
-    return max(_MIN_SCALE, min(_MAX_SCALE, _TARGET_WIDTH / duration))
+    return min(max(_MIN_SCALE, min(_MAX_SCALE, _TARGET_WIDTH / duration)), _MAX_WIDTH / duration)
 
 
-def _span(span: Span, lane: str, x0: float, scale: float, y: float) -> str:
-    x = x0 + span.start * scale
-    width = max(_MARK_W, (span.end - span.start) * scale)
+class _Axis:
+    """Seconds to pixels, kept on the page: a time out of the trace's range (negative, or
+    absurd in a hand-edited trace) is drawn at the page's edge, never at an infinite x."""
+
+    def __init__(self, x0: float, scale: float, limit: float) -> None:
+        self.x0, self.scale, self.limit = x0, scale, limit
+
+    def __call__(self, t: float) -> float:
+        return min(max(self.x0 + t * self.scale, 0.0), self.limit)
+
+
+def _span(span: Span, lane: str, axis: _Axis, y: float) -> str:
+    x = axis(span.start)
+    width = max(_MARK_W, axis(span.end) - x)
     classes = f"run {span.kind}" if span.kind in ("audio", "transcript") else f"span {span.kind}"
     fill = _COLOURS.get(span.kind)
     style = f' style="fill:{fill}"' if lane == "machine" and fill is not None else ""
@@ -128,8 +141,8 @@ def _span(span: Span, lane: str, x0: float, scale: float, y: float) -> str:
 _EVENT_ROWS: Final = {"barge-in": 0, "input": 0, "clear": 1}
 
 
-def _mark(mark: Mark, lane: str, x0: float, scale: float, y: float) -> str:
-    x = x0 + mark.t * scale - _MARK_W / 2
+def _mark(mark: Mark, lane: str, axis: _Axis, y: float) -> str:
+    x = axis(mark.t) - _MARK_W / 2
     top, height = y + 3, float(_LANE_H - 6)
     if lane == "events":
         height = height / 3
@@ -142,21 +155,23 @@ def _mark(mark: Mark, lane: str, x0: float, scale: float, y: float) -> str:
     )
 
 
-def _lane(lane: Lane, index: int, x0: float, scale: float, width: float) -> str:
+def _lane(lane: Lane, index: int, axis: _Axis, width: float) -> str:
     y = _AXIS_H + index * _LANE_H
     odd = " odd" if index % 2 else ""
     parts = [
         f'<g class="lane" data-lane="{_e(lane.key)}">',
         f'<rect class="lane-bg{odd}" x="0" y="{y}" width="{width:.1f}" height="{_LANE_H}"/>',
     ]
-    parts += [_span(span, lane.key, x0, scale, y) for span in lane.spans]
-    parts += [_mark(mark, lane.key, x0, scale, y) for mark in lane.marks]
+    parts += [_span(span, lane.key, axis, y) for span in lane.spans]
+    parts += [_mark(mark, lane.key, axis, y) for mark in lane.marks]
     parts.append("</g>")
     return "".join(parts)
 
 
 def _axis(duration: float, x0: float, scale: float, height: float) -> str:
-    step = next(s for s in (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300) if s * scale >= 60)
+    # A tick every 60 pixels or more: at most a few thousand on the widest page.
+    steps = (0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120, 300, 600, 1800, 3600)
+    step = next((s for s in steps if s * scale >= 60), 60 / scale)
     parts = ['<g class="axis">']
     n = 0
     while n * step <= duration + 1e-9:
@@ -182,7 +197,8 @@ def _svg(timeline: Timeline) -> tuple[str, str]:
         f' height="{height}" data-scale="{scale:g}">',
         _axis(timeline.duration, x0, scale, height),
     ]
-    chart += [_lane(lane, i, x0, scale, width) for i, lane in enumerate(timeline.lanes)]
+    axis = _Axis(x0, scale, width)
+    chart += [_lane(lane, i, axis, width) for i, lane in enumerate(timeline.lanes)]
     chart.append("</svg>")
     labels = [f'<svg xmlns="http://www.w3.org/2000/svg" width="{_LABEL_W}" height="{height}">']
     for i, lane in enumerate(timeline.lanes):

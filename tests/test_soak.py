@@ -173,8 +173,11 @@ def test_headline_fail_says_what_is_not_expected() -> None:
     result.config = SoakConfig(calls=3)
     assert not result.ok
     headline = " ".join(result.headline().split())
-    assert headline.startswith("FAIL: 3 problems in 3 simulated calls"), headline
-    assert "NOT expected: 1 of them no fault or race explains" in headline
+    assert headline.startswith(
+        "FAIL: 3 problems in 3 simulated calls (2 with injected faults): typed texts or keys"
+        " lost: 1; refusals (active response) nothing explains: 1; requests OpenAI rejects: 1."
+    ), headline
+    assert "NOT expected for 1 of them: no injected fault or race explains those" in headline
     assert "item_not_found x1: NOT expected: OpenAI rejects what the bridge sent" in headline
     report = result.format()
     assert "lost texts ['hello']" in report and "violations: 3:" in report

@@ -17,6 +17,7 @@ import itertools
 import json
 import logging
 import os
+import re
 from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
@@ -24,11 +25,12 @@ from typing import Any
 
 import pytest
 from headless_browser import Browser, find_browser
-from test_trace import E2E_CASES, record_e2e
+from test_trace import _SMALL_TRACES, _WRONG_TYPES, E2E_CASES, _paths, _replace, record_e2e
 
 from realtime_fsm.cli import main as cli_main
 from realtime_fsm.timeline import LANES, Timeline, build_timeline, timeline_file
 from realtime_fsm.timeline_page import render_page
+from realtime_fsm.trace_format import TraceFormatError
 
 TRACES = Path(__file__).resolve().parent / "traces"
 JSON = dict[str, Any]
@@ -331,3 +333,48 @@ def test_the_timeline_renders_in_a_real_browser(barge_in_trace: Path, tmp_path: 
         assert browser.evaluate("document.images.length") == 0
         assert browser.dialogs == [] and browser.console_errors == []
         assert HOSTILE in browser.evaluate("document.title")  # shown as text, not run
+
+
+def test_odd_times_neither_crash_nor_blow_up_the_page() -> None:
+    """Times out of order, negative, not numbers, or absurdly large: drawn as well as they can
+    be, and the page stays a size a browser draws."""
+    header = {"kind": "header", "format": "realtime-fsm-trace", "version": 1}
+    lines = [
+        header,
+        {"t": 5.0, "side": "openai", "dir": "open", "conn": 1},
+        {"t": 1.0, "side": "openai", "dir": "closed", "by": "peer"},
+        {"t": -3.0, "side": "twilio", "dir": "in", "type": "start", "frame": {"event": "start"}},
+        {"t": "soon", "side": "twilio", "dir": "in", "frame": {"event": "stop"}},
+        {"t": 1e300, "side": "twilio", "dir": "out", "frame": {"event": "clear"}},
+    ]
+    timeline = build_timeline(json.dumps(line) for line in lines)
+    assert timeline.duration == 1e300
+    page = render_page(timeline)
+    found = re.search(r'<svg id="chart" [^>]*width="([0-9.e+]+)"', page)
+    assert found is not None and float(found.group(1)) <= 200_100
+
+
+@pytest.mark.parametrize("index", range(len(_SMALL_TRACES)))
+def test_the_timeline_reads_every_field_safely(index: int) -> None:
+    """As the checker's own test: every node of every line of the hand-made traces replaced, in
+    turn, by a value of every JSON type.  The timeline and its page never raise (but for a
+    broken header), and never need the per-line safety net (``unreadable (SomeError)``)."""
+    lines = _SMALL_TRACES[index]
+    for number, text in enumerate(lines):
+        record = json.loads(text)
+        for path in _paths(record):
+            for value in _WRONG_TYPES:
+                mutated = [*lines]
+                mutated[number] = json.dumps(_replace(record, path, value)) + "\n"
+                try:
+                    timeline = build_timeline(mutated)
+                except TraceFormatError:
+                    assert number == 0
+                    continue
+                render_page(timeline)
+                assert all(w.endswith("not a JSON object; skipped") for w in timeline.warnings), (
+                    number,
+                    path,
+                    value,
+                    timeline.warnings,
+                )

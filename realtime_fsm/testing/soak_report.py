@@ -137,8 +137,9 @@ class SoakResult:
         if violations:
             first = (
                 f"FAIL: {len(violations)} problem{'s' if len(violations) != 1 else ''} in"
-                f" {len(outs)} simulated calls ({faulty} with injected faults); each is listed"
-                " under 'violations' at the end."
+                f" {len(outs)} simulated calls ({faulty} with injected faults): "
+                + "; ".join(self._problem_kinds())
+                + ". Each is listed under 'violations' at the end."
             )
         else:
             first = (
@@ -160,22 +161,56 @@ class SoakResult:
             lines += _bullet(f"{code} x{count}: {meaning}")
         return "\n".join(lines)
 
+    def _problem_kinds(self) -> list[str]:
+        """The violations counted by kind, in words."""
+        outs = self.outcomes
+        kinds = [
+            (sum(len(o.lost_texts) for o in outs), "typed texts or keys lost"),
+            (sum(len(o.duplicated_texts) for o in outs), "typed texts or keys sent twice"),
+            (sum(o.not_idle is not None for o in outs), "calls not back to idle in time"),
+            (sum(o.busy_errors for o in outs), "refusals (active response) nothing explains"),
+            (sum(o.watchdog_in_cooldown for o in outs), "watchdog fires inside its cooldown"),
+            (sum(o.crash is not None for o in outs), "calls crashed"),
+            (sum(bool(o.caller_violations) for o in outs), "calls with messages Twilio rejects"),
+            (
+                sum(
+                    n
+                    for o in outs
+                    for c, n in o.protocol_errors.items()
+                    if c not in EXPLAINED_ERRORS
+                ),
+                "requests OpenAI rejects",
+            ),
+            (len(self.loop_exceptions), "exceptions reaching the event loop"),
+            (len(self.errors_logged), "errors logged by the bridge"),
+            (max(0, self.config.calls - len(outs)), "calls that never reported"),
+        ]
+        found = [f"{what}: {count}" for count, what in kinds if count]
+        ends = sum(
+            o.end_reason not in (CLEAN_ENDS | (DROP_ENDS if o.socket_dropped else set()))
+            for o in outs
+        )
+        if ends:
+            found.append(f"calls ended unexpectedly: {ends}")
+        return found
+
     def _meaning(self, code: str) -> str:
         outs = self.outcomes
         if code == BUSY:
             races = sum(o.busy_races for o in outs)
             probes = sum(o.busy_probes for o in outs)
             unexplained = sum(o.busy_errors for o in outs)
-            verdict = (
-                "Expected under the injected faults"
-                if not unexplained
-                else f"NOT expected: {unexplained} of them no fault or race explains"
+            explained = (
+                f"{probes} came after a stop request that the simulator acknowledged later than"
+                " the bridge waits for it (the slow_cancel fault: the bridge asks again to find"
+                f" out), and {races} crossed an answer that OpenAI's own turn detection had just"
+                " started."
             )
+            if not unexplained:
+                return f"{EXPLAINED_ERRORS[BUSY]} Expected under the injected faults: {explained}"
             return (
-                f"{EXPLAINED_ERRORS[BUSY]} {verdict}: {probes} came after a stop request that"
-                " the simulator acknowledged later than the bridge waits for it (the"
-                " slow_cancel fault: the bridge asks again to find out), and"
-                f" {races} crossed an answer that OpenAI's own turn detection had just started."
+                f"{EXPLAINED_ERRORS[BUSY]} NOT expected for {unexplained} of them: no injected"
+                f" fault or race explains those. Of the others, {explained}"
             )
         meaning = EXPLAINED_ERRORS.get(code)
         if meaning is not None:
