@@ -7,6 +7,7 @@ The commands are read from the top-level help, so a command added later is check
 
 from __future__ import annotations
 
+import argparse
 import re
 import subprocess
 import sys
@@ -47,6 +48,28 @@ def test_every_help_is_plain_words_with_an_example(capsys: pytest.CaptureFixture
     top = help_text(capsys)
     for name in names:  # each command is explained in a line of the top-level help
         assert re.search(rf"^\s+{name}\s+\S", top, re.MULTILINE), name
+
+
+def test_every_option_says_what_it_does(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No option is listed bare: each has a line of help (or is hidden on purpose)."""
+    seen: list[argparse.ArgumentParser] = []
+
+    def capture(self: argparse.ArgumentParser, *_args: object, **_kw: object) -> None:
+        seen.append(self)
+        raise SystemExit(0)
+
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", capture)
+    with pytest.raises(SystemExit):
+        main(["demo"])
+    (top,) = seen
+    commands = next(a for a in top._actions if isinstance(a, argparse._SubParsersAction))
+    assert {"demo", "replay", "soak", "serve"} <= set(commands.choices)
+    for name, parser in commands.choices.items():
+        for action in parser._actions:
+            if action.help == argparse.SUPPRESS:
+                continue
+            assert action.help, (name, action.option_strings or action.dest)
+            assert RST.search(action.help) is None, (name, action.help)
 
 
 def test_replay_help_explains_each_rule(capsys: pytest.CaptureFixture[str]) -> None:
