@@ -185,6 +185,11 @@ class _Builder:
         self.state_line = 0
         self.active_id: str | None = None
         self.pending_creates: list[str | None] = []
+        #: The slot's state when an OpenAI socket was last recorded closed.  A rotation closes
+        #: the old socket while the next one serves the call (and one socket can be recorded
+        #: closed twice): OpenAI frames after a close with no new ``open`` mean the session
+        #: went on, and the state before the close is restored.
+        self.before_close: tuple[str, float, int] | None = None
         # Audio towards the caller, per item, and the marks that prove what was heard.
         self.items: dict[str, _Item] = {}
         #: Audio sent to Twilio since the last mark: first and last frame's time, bytes.  The
@@ -214,6 +219,8 @@ class _Builder:
             return
         if side not in ("twilio", "openai") or direction not in ("in", "out"):
             return
+        if side == "openai":
+            self._session_went_on()
         key = "event" if side == "twilio" else "type"
         kind = as_str(frame.get(key)) or as_str(record.get("type")) or "(unreadable frame)"
         lane = f"{side}-{direction}"
@@ -239,10 +246,25 @@ class _Builder:
         label = f"{side} socket {direction}" + (f" by {by}" if by else "")
         detail = label + (f" (connection {conn})" if isinstance(conn, int) else "")
         self.marks[f"{side}-in"].append(Mark(now, "socket", label, detail, number))
-        if side == "openai":
-            self._set_state("idle" if direction == "open" else "no-session", now, number)
+        if side != "openai":
+            return
+        if direction == "open":
+            self.before_close = None
+            self._set_state("idle", now, number)
             self.active_id = None
             self.pending_creates.clear()
+        elif self.state != "no-session":
+            self.before_close = (self.state, self.state_since, self.state_line)
+            self._set_state("no-session", now, number)
+
+    def _session_went_on(self) -> None:
+        """An OpenAI frame after a close with no ``open`` since: that close was not the end of
+        the session (see ``before_close``); the span the close ended is taken back."""
+        if self.before_close is None or self.state != "no-session":
+            return
+        self.spans["machine"].pop()
+        self.state, self.state_since, self.state_line = self.before_close
+        self.before_close = None
 
     def _run(self, lane: str, kind: str, now: float, number: int, frame: dict[str, Any]) -> None:
         size = 0

@@ -21,8 +21,8 @@ RULE_MEANINGS: Final[dict[str, str]] = {
     " going and had not been stopped",
     "create_while_pending": "asked OpenAI for a new answer while an earlier request had no"
     " reply yet",
-    "create_races_server_response": "asked for an answer to a turn that OpenAI's own turn"
-    " detection was already answering",
+    "create_races_server_response": "asked for an answer to a turn (or an idle timeout) that"
+    " OpenAI was already answering by itself",
     "busy_error": f"OpenAI refused a request ({BUSY_CODE}: an answer was in progress) and no"
     " unavoidable race on the wire explains it",
     "cancel_without_active": "tried to stop an answer that had already finished or never existed",

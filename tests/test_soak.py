@@ -156,6 +156,7 @@ def test_headline_pass_explains_every_error_code() -> None:
     assert f"{BUSY} x2: OpenAI refused a request for a new answer" in headline
     assert "Expected under the injected faults: 1 came after a stop request" in headline
     assert "1 crossed an answer that OpenAI's own turn detection had just started" in headline
+    assert "0 were asked for after the bridge, on its own clock, had given up" in headline
     assert "response_cancel_not_active x5: the bridge asked OpenAI to stop an answer" in headline
     assert "server_error x3: injected on purpose" in headline
     assert "NOT expected" not in headline

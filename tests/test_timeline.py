@@ -25,7 +25,16 @@ from typing import Any
 
 import pytest
 from headless_browser import Browser, find_browser
-from test_trace import _SMALL_TRACES, _WRONG_TYPES, E2E_CASES, _paths, _replace, record_e2e
+from test_trace import (
+    _SMALL_TRACES,
+    _WRONG_TYPES,
+    E2E_CASES,
+    RECONNECT_CASES,
+    ROTATION_CASES,
+    _paths,
+    _replace,
+    record_e2e,
+)
 
 from realtime_fsm.cli import main as cli_main
 from realtime_fsm.timeline import LANES, Timeline, build_timeline, timeline_file
@@ -378,3 +387,38 @@ def test_the_timeline_reads_every_field_safely(index: int) -> None:
                     value,
                     timeline.warnings,
                 )
+
+
+@pytest.mark.parametrize(
+    "case_id", ["rotation-response_boundary", "reconnect-socket_drop"], ids=str
+)
+def test_the_slot_across_sessions(
+    case_id: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A reconnect leaves the call with no OpenAI session between the drop and the next
+    socket; a rotation never does (the next session is open before the old one closes, and
+    the old socket's close, recorded once or twice, is no gap)."""
+    case = next(c for c in [*E2E_CASES, *RECONNECT_CASES, *ROTATION_CASES] if c.id == case_id)
+    path = record_e2e(case, tmp_path, caplog)
+    records = _records(path)
+    opens = [r for r in records if r.get("side") == "openai" and r.get("dir") == "open"]
+    assert len(opens) >= 2
+    timeline = timeline_file(path)
+    spans = timeline.lane("machine").spans
+    # (The call's own end closes its last session: that one runs to the end of the trace.)
+    gaps = [
+        s
+        for s in spans
+        if s.kind == "no-session" and s.start >= opens[0]["t"] and s.end < timeline.duration
+    ]
+    if case_id.startswith("rotation"):
+        assert gaps == [], gaps
+    else:
+        assert gaps and all(s.end <= opens[-1]["t"] + 1e-9 for s in gaps), gaps
+    assert all(a.end == pytest.approx(b.start) for a, b in itertools.pairwise(spans))
+    want = expected(records)
+    got = model_counts(timeline)
+    for lane in ("twilio-in", "twilio-out", "openai-in", "openai-out"):
+        assert got[f"{lane}:marks"] == want.get(f"{lane}:marks", 0), lane
+        assert got[f"{lane}:streamed"] == want.get(f"{lane}:streamed", 0), lane
+    assert timeline.violations == ()

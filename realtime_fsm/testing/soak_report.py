@@ -199,12 +199,15 @@ class SoakResult:
         if code == BUSY:
             races = sum(o.busy_races for o in outs)
             probes = sum(o.busy_probes for o in outs)
+            late = sum(o.busy_late for o in outs)
             unexplained = sum(o.busy_errors for o in outs)
             explained = (
                 f"{probes} came after a stop request that the simulator acknowledged later than"
                 " the bridge waits for it (the slow_cancel fault: the bridge asks again to find"
-                f" out), and {races} crossed an answer that OpenAI's own turn detection had just"
-                " started."
+                f" out), {races} crossed an answer that OpenAI's own turn detection had just"
+                f" started, and {late} were asked for after the bridge, on its own clock, had"
+                " given up what held the slot (a busy machine reads answers late; the call's"
+                " trace shows it)."
             )
             if not unexplained:
                 return f"{EXPLAINED_ERRORS[BUSY]} Expected under the injected faults: {explained}"
