@@ -18,7 +18,8 @@ hang-up as ``WebSocketDisconnect`` (and a receive after it as ``RuntimeError``),
 bridge does not know, so hand-written glue turns every hang-up into "internal error" with a
 traceback.  :class:`StarletteSocket` translates them into :class:`TelephonyDisconnected`.
 
-Needs the ``asgi`` extra: ``pip install 'realtime-fsm[asgi]'``.
+Needs Starlette, the ``asgi`` extra: ``pip install 'starlette>=0.37'`` in the app's environment
+(or ``pip install -e '.[asgi]'`` from a clone of realtime-fsm).
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ try:
     from starlette.websockets import WebSocket, WebSocketDisconnect, WebSocketState
 except ImportError as exc:  # pragma: no cover - exercised by a test that hides starlette
     raise ImportError(
-        "realtime_fsm.asgi needs Starlette: pip install 'realtime-fsm[asgi]'"
+        "realtime_fsm.asgi needs Starlette: pip install 'starlette>=0.37' (the 'asgi' extra)"
     ) from exc
 
 from .bridge import CallBridge, CallReport, MessageSocket

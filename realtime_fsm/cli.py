@@ -1,17 +1,12 @@
-"""``realtime-fsm`` command line: ``demo`` runs a whole call offline, on 127.0.0.1.
+"""``realtime-fsm`` command line: ``demo``, ``replay`` and ``soak``.
 
-``serve`` runs the Twilio bridge server (:mod:`realtime_fsm.serve_command`), ``replay`` checks
-a call's trace, ``soak`` runs many simulated calls.
+``demo`` plays three short calls offline (:mod:`realtime_fsm.demo`); ``replay`` checks a
+recorded call's trace (:mod:`realtime_fsm.replay`) and draws its timeline
+(:mod:`realtime_fsm.timeline_page`); ``soak`` runs many simulated calls with random faults
+(:mod:`realtime_fsm.testing.soak`).
 
-The demo starts the simulator (a fake OpenAI Realtime server), the example bridge's server
-(:mod:`realtime_fsm.server`, exactly what ``examples/twilio_bridge.py`` runs) and a fake Twilio
-caller, then plays the seed design note's two scenarios:
-
-1. the caller interrupts the assistant mid-sentence (typed text: ``[TEXT_BARGE_IN]``);
-2. the server streams a transcript with no audio (``[NO_AUDIO_WATCHDOG]``).
-
-It prints the flow lines as they are logged and a summary, and exits 0 only if both flows
-completed and the simulator saw zero protocol errors.
+Every help text here is read in a terminal by someone new to the library: plain words, an
+example, no markup (``tests/test_cli_help.py`` checks).
 """
 
 from __future__ import annotations
@@ -20,204 +15,394 @@ import argparse
 import asyncio
 import logging
 import sys
+import textwrap
 import time
+from pathlib import Path
+from typing import IO, Any
 
-import attrs
-
-from .bridge import BridgeConfig
-from .config import LifecycleConfig
-from .openai_realtime import SessionConfig
+from .demo import run_demo
 from .openai_realtime.models import DEFAULT_REALTIME_MODEL
-from .replay import add_parser as add_replay_parser
+from .replay import check_file
 from .serve_command import add_serve_parser
-from .server import ServerConfig, start_server
-from .testing import (
-    FakeCallerConfig,
-    FakeRealtimeConfig,
-    FakeRealtimeServer,
-    FakeTwilioCaller,
-    ResponseFaults,
-)
-from .testing.soak import add_soak_parser
+from .testing.soak import SoakConfig, SoakResult, run_soak
+from .timeline import timeline_file
+from .timeline_page import render_page
+from .trace_format import TraceFormatError
+from .trace_rules import DEFAULT_CROSSING, DEFAULT_SLACK, RULE_MEANINGS
 
-_TAGS = ("[TEXT_BARGE_IN]", "[NO_AUDIO_WATCHDOG]", "[BARGE_IN]")
-_FLOW_DONE = "[TEXT_BARGE_IN] Flow complete:"
-_RECOVERY = "[NO_AUDIO_WATCHDOG] Recovery result:"
+_RAW = argparse.RawDescriptionHelpFormatter
+
+DESCRIPTION = """\
+Tools for realtime-fsm, the library that keeps a voice-AI phone call (Twilio on one side,
+the OpenAI Realtime API on the other) from talking over the caller, losing what they typed,
+or getting stuck."""
+
+EPILOG = """\
+examples:
+  realtime-fsm demo                            see a caller interrupt the assistant (offline,
+                                               no account or API key needed)
+  realtime-fsm replay call.jsonl               check a recorded call for mistakes
+  realtime-fsm replay call.jsonl --html c.html draw the call's timeline as a web page
+  realtime-fsm soak --calls 200                200 simulated calls with random faults
+
+Run "realtime-fsm COMMAND --help" for what a command does and its options."""
+
+DEMO_HELP = "play three short phone calls offline and tell what the bridge does"
+DEMO_DESCRIPTION = """\
+Play three short phone calls through the real bridge, with a simulated caller and a
+simulated OpenAI on this machine (no network, no account, no API key):
+
+  1. the caller talks over the assistant's greeting;
+  2. the caller types a message while the assistant speaks;
+  3. OpenAI sends an answer with words but no sound.
+
+It tells what happens in each call and exits with status 0 only if all three went as the
+library promises."""
+DEMO_EPILOG = """\
+examples:
+  realtime-fsm demo        the story of the three calls
+  realtime-fsm demo -v     the same, with the bridge's own log lines on stderr"""
+
+REPLAY_HELP = "check recorded calls for mistakes, or draw a call's timeline as a web page"
+REPLAY_DESCRIPTION = """\
+Check recorded calls against the rules the bridge must keep, and print each rule broken with
+the line of the trace that shows it.  A trace is the file the bridge writes for each call
+when you give it a trace directory (ServerConfig(trace_dir=...), or --trace-dir on the
+example server); its format is described in docs/traces.md.
+
+With --html, also draw one call as a web page: both sockets' traffic, the state of the
+current answer over time, interruptions, and what the caller actually heard.
+
+Exit status: 0 every trace clean, 1 a rule was broken, 2 a file could not be read."""
 
 
-class _FlowLines(logging.Handler):
-    """Prints the tagged flow lines as they happen and remembers them."""
-
-    def __init__(self, echo: bool) -> None:
-        super().__init__(logging.INFO)
-        self.lines: list[str] = []
-        self.echo = echo
-        self.changed = asyncio.Event()
-
-    def emit(self, record: logging.LogRecord) -> None:
-        message = record.getMessage()
-        if any(tag in message for tag in _TAGS):
-            text = message.split(" ", 1)[1] if message.startswith("call=") else message
-            self.lines.append(text)
-            if self.echo:
-                print(f"  {text}", flush=True)
-            self.changed.set()
-
-    def seen(self, needle: str) -> str | None:
-        return next((line for line in self.lines if needle in line), None)
-
-    async def wait_for(self, needle: str, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        while (found := self.seen(needle)) is None:
-            remaining = deadline - time.monotonic()
-            if remaining <= 0:
-                return None
-            self.changed.clear()
-            try:
-                await asyncio.wait_for(self.changed.wait(), remaining)
-            except asyncio.TimeoutError:
-                return None
-        return found
-
-
-@attrs.define
-class DemoResult:
-    text_flow: str | None = None
-    recovery: str | None = None
-    barge_in_ms: float | None = None
-    protocol_errors: dict[str, int] = attrs.field(factory=dict)
-    texts_delivered: int = 0
-    watchdog_fires: int = 0
-    seconds: float = 0.0
-
-    @property
-    def ok(self) -> bool:
-        return (
-            self.text_flow is not None
-            and self.recovery is not None
-            and "success" in self.recovery
-            and not self.protocol_errors
+def _rules_epilog() -> str:
+    width = max(len(rule) for rule in RULE_MEANINGS)
+    rules = "\n".join(
+        textwrap.fill(
+            f"{rule:<{width}}  {meaning}",
+            96,
+            initial_indent="  ",
+            subsequent_indent=" " * (width + 4),
         )
+        for rule, meaning in RULE_MEANINGS.items()
+    )
+    return (
+        f"the rules checked:\n{rules}\n\n"
+        "examples:\n"
+        "  realtime-fsm replay traces/CA123.jsonl\n"
+        "  realtime-fsm replay traces/*.jsonl\n"
+        "  realtime-fsm replay traces/CA123.jsonl --html CA123.html"
+    )
 
 
-async def run_demo(
-    *, echo: bool = True, verbose: bool = False, model: str = DEFAULT_REALTIME_MODEL
-) -> DemoResult:
-    """Run both scenarios; ``model`` is named in the session URL as against OpenAI (the
-    simulator echoes it in ``session.created``; a deprecated one is warned about)."""
-    started = time.monotonic()
-    result = DemoResult()
-    flows = _FlowLines(echo)
-    pkg_log = logging.getLogger("realtime_fsm")
-    pkg_log.addHandler(flows)
-    old_level, old_propagate = pkg_log.level, pkg_log.propagate
-    pkg_log.setLevel(logging.INFO)
-    warnings = logging.StreamHandler(sys.stderr)
-    warnings.setLevel(logging.WARNING)
-    warnings.addFilter(lambda record: not any(tag in record.getMessage() for tag in _TAGS))
-    if not verbose:
-        # The flow lines are printed by ``flows``; the rest of INFO stays out of the way.
-        pkg_log.propagate = False
-        pkg_log.addHandler(warnings)
-    replies = [
-        "Hello! Thanks for calling. I can help you with bookings, changes and cancellations,"
-        " and I can also answer questions about opening hours and prices.",
-        "Of course. What would you like to ask?",
-        "Sure, let me check that for you.",
-        "Here is the answer you were waiting for.",
-    ]
-    sim = FakeRealtimeServer(FakeRealtimeConfig(realtime_factor=4.0, seed=7), replies=replies)
-    try:
-        await sim.start()
-        reports: list[object] = []
-        config = ServerConfig(
-            public_url="http://127.0.0.1",
-            base_url=sim.url,
-            model=model,
-            bridge=BridgeConfig(
-                session=SessionConfig(instructions="You are a friendly receptionist."),
-                # A simulated caller: its words are no one's personal data, and the demo
-                # exists to show the [TEXT_BARGE_IN] flow, typed text included.
-                lifecycle=LifecycleConfig(no_audio_timeout=1.0, log_caller_content=True),
-                greeting="Greet the caller.",
-                accept_text_messages=True,
-            ),
-        )
-        server = await start_server(config, "127.0.0.1", 0, reports=reports)  # type: ignore[arg-type]
-        port = server.sockets[0].getsockname()[1]
-        url = f"ws://127.0.0.1:{port}/media-stream"
-        caller_cfg = FakeCallerConfig(text_event="text", custom_parameters={"demo": "1"})
+SOAK_HELP = "run many simulated calls with random faults and report whether the bridge held up"
+SOAK_DESCRIPTION = """\
+Run many simulated phone calls through the example bridge at once, each with its own
+simulated OpenAI and caller, and inject random faults: lost or late messages, slow
+acknowledgements, silent and stalled answers, server errors, dropped connections, callers
+hanging up mid-answer.  The report starts with PASS or FAIL and explains every error the
+simulated OpenAI answered with; it fails if any typed text was lost or sent twice, a call
+got stuck, or anything crashed.
 
-        if echo:
-            print("\n=== Scenario 1: the caller interrupts the assistant mid-sentence ===")
-        async with FakeTwilioCaller(url, caller_cfg) as caller:
-            await caller.wait_for_audio(600, timeout=10)
-            typed_at = time.monotonic()
-            await caller.type_text("Sorry, can I ask something first?")
-            await caller.wait_until(lambda: bool(caller.clears), timeout=5)
-            if caller.clears:
-                result.barge_in_ms = (caller.clears[0].at - typed_at) * 1000
-            result.text_flow = await flows.wait_for(_FLOW_DONE, 8)
-            await caller.wait_for_audio(caller.received_ms + 200, timeout=10)
-
-        if echo:
-            print("\n=== Scenario 2: the server sends a silent response ===")
-        sim.fault_next_response(ResponseFaults(silent=True, hold_open_s=None))
-        async with FakeTwilioCaller(url, caller_cfg) as caller:
-            result.recovery = await flows.wait_for(_RECOVERY, 15)
-
-        server.close()
-        await server.wait_closed()
-        result.protocol_errors = dict(sim.error_counts)
-        result.texts_delivered = sum(
-            1
-            for event in sim.client_events("conversation.item.create")
-            if event.get("item", {}).get("role") == "user"
-        )
-        result.watchdog_fires = sum(1 for line in flows.lines if "FIRED!" in line)
-    finally:
-        await sim.stop()
-        pkg_log.removeHandler(flows)
-        pkg_log.removeHandler(warnings)
-        pkg_log.setLevel(old_level)
-        pkg_log.propagate = old_propagate
-    result.seconds = time.monotonic() - started
-    return result
+While it runs, a progress line with an estimate of the time left is written to stderr."""
+SOAK_EPILOG = """\
+examples:
+  realtime-fsm soak                        1,000 calls, 32 at a time (about 80 s)
+  realtime-fsm soak --calls 200 --seed 7   a shorter run with another random draw"""
 
 
 def _demo(args: argparse.Namespace) -> int:
-    logging.basicConfig(
-        level=logging.INFO if args.verbose else logging.WARNING,
-        format="%(levelname)s %(name)s %(message)s",
+    if args.verbose:
+        # The package's log, one line per record: the demo's story goes to stdout.
+        logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s %(message)s")
+        logging.getLogger("websockets").setLevel(logging.WARNING)
+    print(
+        "Three short phone calls through the real bridge, with a simulated caller and a"
+        " simulated OpenAI on this machine."
     )
-    logging.getLogger("websockets").setLevel(logging.WARNING)
     demo = run_demo(echo=True, verbose=args.verbose, model=args.model)
-    result = asyncio.run(asyncio.wait_for(demo, 60))
-    print("\n=== Summary ===")
-    print(f"  text barge-in flow complete : {'yes' if result.text_flow else 'NO'}")
-    print(f"  watchdog recovery           : {result.recovery or 'NO'}")
-    reaction = f"{result.barge_in_ms:.1f} ms" if result.barge_in_ms is not None else "n/a"
-    print(f"  barge-in reaction (text -> Twilio clear at the caller): {reaction}")
-    print(f"  user texts delivered        : {result.texts_delivered}")
-    print(f"  watchdog fires              : {result.watchdog_fires}")
-    print(f"  protocol errors seen        : {result.protocol_errors or 0}")
-    print(f"  finished in {result.seconds:.1f} s: {'OK' if result.ok else 'FAILED'}")
+    result = asyncio.run(asyncio.wait_for(demo, 90))
+
+    def verdict(ok: bool) -> str:
+        return "OK" if ok else "FAILED"
+
+    quiet = f"{result.speech_quiet_ms:.0f} ms" if result.speech_quiet_ms is not None else "never"
+    typed = f"{result.barge_in_ms:.1f} ms" if result.barge_in_ms is not None else "never"
+    recovered = result.recovery is not None and "success" in result.recovery
+    refused = sum(result.protocol_errors.values())
+    print("\nSummary")
+    print(f"  Call 1, caller talks over the assistant : {verdict(result.speech_ok)}", end="")
+    print(f" (quiet after {quiet})")
+    print(
+        f"  Call 2, caller types a message          : {verdict(result.text_flow is not None)}",
+        end="",
+    )
+    print(f" (quiet after {typed}; {result.texts_delivered} message delivered)")
+    print(f"  Call 3, answer without sound            : {verdict(recovered)}", end="")
+    print(
+        f" (watchdog fired {result.watchdog_fires} time{'s' if result.watchdog_fires != 1 else ''})"
+    )
+    print(f"  Requests the real OpenAI would refuse   : {refused}", end="")
+    print(f" {result.protocol_errors}" if refused else "")
+    print(f"  Finished in {result.seconds:.1f} s: {verdict(result.ok)}")
+    if not args.verbose:
+        print(
+            "\nRun with -v to see the bridge's own log lines; in production, search them"
+            "\nfor [BARGE_IN], [TEXT_BARGE_IN] and [NO_AUDIO_WATCHDOG]."
+        )
+    return 0 if result.ok else 1
+
+
+def _add_replay_parser(sub: Any) -> None:
+    replay = sub.add_parser(
+        "replay",
+        help=REPLAY_HELP,
+        description=REPLAY_DESCRIPTION,
+        epilog=_rules_epilog(),
+        formatter_class=_RAW,
+    )
+    replay.add_argument(
+        "traces", nargs="+", metavar="TRACE.jsonl", help="one or more recorded calls to check"
+    )
+    replay.add_argument(
+        "--html",
+        metavar="FILE",
+        help="also write the call's timeline to FILE, a web page that needs nothing but a"
+        " browser (give one trace)",
+    )
+    replay.add_argument(
+        "--slack",
+        type=float,
+        default=DEFAULT_SLACK,
+        help="seconds of leeway when judging the bridge's timeouts, for the time between a"
+        " decision and its message reaching the socket (default %(default)s)",
+    )
+    replay.add_argument(
+        "--crossing",
+        type=float,
+        default=DEFAULT_CROSSING,
+        help="a message received this many seconds or less before the bridge sent something"
+        " counts as not yet seen when it decided (default %(default)s)",
+    )
+    replay.set_defaults(func=_replay, parser=replay)
+
+
+def _replay(args: argparse.Namespace) -> int:
+    if args.html is not None and len(args.traces) != 1:
+        args.parser.error("--html draws one call: give exactly one trace")
+    status = 0
+    for path in args.traces:
+        try:
+            violations, warnings = check_file(path, slack=args.slack, crossing=args.crossing)
+        except (OSError, UnicodeDecodeError, TraceFormatError) as exc:
+            print(f"{path}: cannot check: {exc}", file=sys.stderr)
+            status = max(status, 2)
+            continue
+        except Exception as exc:  # a checker bug must not hide the other files' results
+            print(
+                f"{path}: cannot check: internal error ({type(exc).__name__}: {exc})",
+                file=sys.stderr,
+            )
+            status = max(status, 2)
+            continue
+        for warning in warnings:
+            print(f"{path}: warning: {warning}", file=sys.stderr)
+        for violation in violations:
+            print(violation.format(path))
+        if violations:
+            status = max(status, 1)
+        else:
+            print(f"{path}: ok")
+    if args.html is not None and status < 2:
+        try:
+            page = render_page(timeline_file(args.traces[0]), source=args.traces[0])
+            Path(args.html).write_text(page, encoding="utf-8")
+        except OSError as exc:
+            print(f"{args.html}: cannot write the timeline: {exc}", file=sys.stderr)
+            return 2
+        print(f"{args.traces[0]}: timeline written to {args.html}", file=sys.stderr)
+    return status
+
+
+class SoakProgress:
+    """The soak's progress line on ``stream``: calls done, rate, estimated time left.
+
+    On a terminal the line is rewritten in place at most every ``tty_interval`` seconds; to a
+    file or a pipe (a CI log) a new line is written at most every ``plain_interval`` seconds,
+    so the log shows the run is alive without a line per call.  :meth:`update` takes the calls
+    done so far (the soak calls it per finished call); :meth:`tick` only redraws (a timer
+    calls it, so the estimate moves while no call finishes)."""
+
+    def __init__(
+        self,
+        total: int,
+        stream: IO[str],
+        *,
+        tty: bool | None = None,
+        clock: Any = time.monotonic,
+        tty_interval: float = 0.25,
+        plain_interval: float = 10.0,
+    ) -> None:
+        self.total = total
+        self.stream = stream
+        self.tty = stream.isatty() if tty is None else tty
+        self.clock = clock
+        self.interval = tty_interval if self.tty else plain_interval
+        self.started = clock()
+        self.done = 0
+        self.last_shown: float | None = None
+        self.width = 0
+
+    def update(self, done: int) -> None:
+        self.done = done
+        self.tick(force=done >= self.total)
+
+    def tick(self, *, force: bool = False) -> None:
+        now = self.clock()
+        due = self.last_shown is None or now - self.last_shown >= self.interval
+        if not (due or force):
+            return
+        self.last_shown = now
+        line = self.line(now)
+        if self.tty:
+            self.stream.write("\r" + line.ljust(self.width))
+            self.width = len(line)
+        else:
+            self.stream.write(line + "\n")
+        self.stream.flush()
+
+    def line(self, now: float) -> str:
+        elapsed = now - self.started
+        text = f"soak: {self.done}/{self.total} calls, {_duration(elapsed)} elapsed"
+        if self.done >= self.total:
+            return text + ", done"
+        if self.done == 0:
+            return text + ", estimating the time left..."
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        left = (self.total - self.done) / rate if rate > 0 else 0.0
+        return text + f", {rate:.1f} calls/s, about {_duration(left)} left"
+
+    def close(self) -> None:
+        """End the line (a terminal's cursor is left after it)."""
+        if self.tty and self.last_shown is not None:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _duration(seconds: float) -> str:
+    seconds = max(0, round(seconds))
+    if seconds < 60:
+        return f"{seconds} s"
+    minutes, rest = divmod(seconds, 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+async def soak_with_progress(config: SoakConfig, progress: SoakProgress) -> SoakResult:
+    """:func:`~realtime_fsm.testing.soak.run_soak` with ``progress`` redrawn as it runs."""
+
+    async def ticker() -> None:
+        while True:
+            await asyncio.sleep(min(progress.interval, 1.0))
+            progress.tick()
+
+    timer = asyncio.ensure_future(ticker())
+    try:
+        return await run_soak(config, progress=lambda done, _total: progress.update(done))
+    finally:
+        timer.cancel()
+        progress.close()
+
+
+def _add_soak_parser(sub: Any) -> None:
+    parser = sub.add_parser(
+        "soak",
+        help=SOAK_HELP,
+        description=SOAK_DESCRIPTION,
+        epilog=SOAK_EPILOG,
+        formatter_class=_RAW,
+    )
+    defaults = SoakConfig()
+    parser.add_argument(
+        "--calls", type=int, default=defaults.calls, help="how many calls (default %(default)s)"
+    )
+    parser.add_argument(
+        "--concurrency",
+        type=int,
+        default=defaults.concurrency,
+        help="how many calls at the same time (default %(default)s)",
+    )
+    parser.add_argument(
+        "--seed",
+        type=int,
+        default=defaults.seed,
+        help="the random draw: the same seed gives the same calls and faults (default %(default)s)",
+    )
+    parser.add_argument(
+        "--factor",
+        type=float,
+        default=defaults.realtime_factor,
+        help="how much faster than real time the simulated OpenAI runs (default %(default)s)",
+    )
+    parser.add_argument(
+        "--caller-speed",
+        type=float,
+        default=defaults.caller_speed,
+        help="how much faster than real time the simulated callers talk and listen (default"
+        " %(default)s)",
+    )
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="print the bridge's warnings as they happen"
+    )
+    parser.set_defaults(func=_soak)
+
+
+def _soak(args: argparse.Namespace) -> int:
+    # The soak turns the package's loggers up to INFO to watch them; what is printed is set
+    # on the handler, so that does not flood the terminal.
+    handler = logging.StreamHandler()
+    handler.setLevel(logging.WARNING if args.verbose else logging.CRITICAL)
+    handler.setFormatter(logging.Formatter("%(levelname)s %(name)s %(message)s"))
+    logging.basicConfig(level=logging.WARNING, handlers=[handler])
+    config = SoakConfig(
+        calls=args.calls,
+        concurrency=args.concurrency,
+        seed=args.seed,
+        realtime_factor=args.factor,
+        caller_speed=args.caller_speed,
+    )
+    progress = SoakProgress(config.calls, sys.stderr)
+    result = asyncio.run(soak_with_progress(config, progress))
+    print(result.format())
     return 0 if result.ok else 1
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="realtime-fsm", description=__doc__.splitlines()[0])
-    sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the two seed scenarios offline, end to end")
-    demo.add_argument("-v", "--verbose", action="store_true", help="log every transition")
+    parser = argparse.ArgumentParser(
+        prog="realtime-fsm", description=DESCRIPTION, epilog=EPILOG, formatter_class=_RAW
+    )
+    sub = parser.add_subparsers(dest="command", required=True, title="commands")
+    demo = sub.add_parser(
+        "demo",
+        help=DEMO_HELP,
+        description=DEMO_DESCRIPTION,
+        epilog=DEMO_EPILOG,
+        formatter_class=_RAW,
+    )
+    demo.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="also print the bridge's log (every state change) on stderr",
+    )
     demo.add_argument(
         "--model",
         default=DEFAULT_REALTIME_MODEL,
-        help=f"the Realtime model the sessions ask for (default {DEFAULT_REALTIME_MODEL})",
+        help=f"the OpenAI Realtime model the calls ask for (default {DEFAULT_REALTIME_MODEL})",
     )
     demo.set_defaults(func=_demo)
-    add_replay_parser(sub)
-    add_soak_parser(sub)
+    _add_replay_parser(sub)
+    _add_soak_parser(sub)
     add_serve_parser(sub)
     raw = list(sys.argv[1:] if argv is None else argv)
     args = parser.parse_args(raw)

@@ -3,34 +3,8 @@
 The checker sees only the wire (``docs/traces.md`` describes the format), so it works on traces
 the bridge recorded (:mod:`realtime_fsm.trace`) and on any production log converted to the
 format.  It rebuilds the *client's view* of the response slot from the frames in trace order
-and reports, with the line that shows it:
-
-``create_while_active``
-    a default-conversation ``response.create`` sent while a response is active (between its
-    ``response.created`` and ``response.done``) and not yet given up by the client;
-``create_while_pending``
-    a ``response.create`` sent while an earlier one is still unanswered and not given up;
-``create_races_server_response``
-    a ``response.create`` sent after ``input_audio_buffer.committed`` while the session's turn
-    detection creates responses itself, or after ``input_audio_buffer.timeout_triggered`` (the
-    server answers its idle timeout itself), before that response came or was overdue (the
-    machine's deadline: ``create_timeout`` after a commit on a free slot, ``server_turn_grace``
-    after the slot frees for a turn committed while it was busy);
-``busy_error``
-    a ``conversation_already_has_active_response`` error no legitimate race explains;
-``cancel_without_active``
-    a ``response.cancel`` with no response active (or, without a response id, none pending);
-``user_text_lost`` / ``user_text_duplicated``
-    typed text or a DTMF key from telephony delivered to OpenAI (a user ``input_text`` item
-    that is not history replayed into a new session) fewer times than received and not handed
-    back in the trailer, or more often, counted over all the call's OpenAI sessions;
-``watchdog_in_cooldown``
-    two no-audio watchdog fires closer together than the header's ``watchdog_cooldown`` (a
-    reconnect does not reopen the cooldown: the bridge carries it over);
-``response_left_hanging`` / ``create_never_answered``
-    at the end of the trace, a response that was never finished nor stopped although it showed
-    no life for ``stall_timeout``, or a create with no answer for ``create_timeout`` that the
-    client never moved past.
+and reports each break of a rule (:data:`RULE_MEANINGS` in
+:mod:`realtime_fsm.trace_rules`; the table in ``docs/traces.md``) with the line that shows it.
 
 Timing rules allow ``slack`` seconds for the gap between the machine's decision and the frame
 reaching the socket; ``crossing`` seconds decide when a frame read just before a send had not
@@ -43,116 +17,57 @@ is refused (:class:`TraceFormatError`).
 
 from __future__ import annotations
 
-import argparse
 import json
-import math
 import re
-import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Final
 
 import attrs
 
-from .config import LifecycleConfig
 from .errors import RemoteProtocolError
 from .events import SessionConfigured
 from .openai_realtime import parse_server_event
+from .trace_format import (
+    TraceConfig,
+    TraceFormatError,
+    as_list,
+    as_num,
+    as_obj,
+    as_str,
+    read_header,
+    read_trace,
+)
+from .trace_rules import (
+    BUSY_CODE,
+    DEFAULT_CROSSING,
+    DEFAULT_SLACK,
+    RULE_MEANINGS,
+    RULES,
+    Violation,
+)
 
-BUSY_CODE: Final = "conversation_already_has_active_response"
+__all__ = [
+    "BUSY_CODE",
+    "DEFAULT_CROSSING",
+    "DEFAULT_SLACK",
+    "RULES",
+    "RULE_MEANINGS",
+    "Checker",
+    "TraceConfig",
+    "TraceFormatError",
+    "Violation",
+    "check_file",
+    "check_lines",
+    "read_trace",
+]
+
 _BUSY_PREFIX: Final = "conversation already has an active response"
 _RESP_ID = re.compile(r"\b(resp_[A-Za-z0-9_-]+)")
 _AUDIO_DELTAS: Final = frozenset({"response.output_audio.delta", "response.audio.delta"})
 _TRANSCRIPT_DELTAS: Final = frozenset(
     {"response.output_audio_transcript.delta", "response.audio_transcript.delta"}
 )
-RULES: Final = (
-    "create_while_active",
-    "create_while_pending",
-    "create_races_server_response",
-    "busy_error",
-    "cancel_without_active",
-    "user_text_lost",
-    "user_text_duplicated",
-    "watchdog_in_cooldown",
-    "response_left_hanging",
-    "create_never_answered",
-)
-DEFAULT_SLACK: Final = 0.25
-DEFAULT_CROSSING: Final = 0.05
-#: ``event_id`` of an item the bridge replays from the call's history into a new session:
-#: ``<event_id_prefix>_history_<n>``.  Such an item is not a new delivery of the user's text.
-_HISTORY_ID = re.compile(r"_history_[0-9]+\Z")
-
-
-@attrs.frozen
-class Violation:
-    line: int
-    rule: str
-    message: str
-
-    def format(self, path: str) -> str:
-        return f"{path}:{self.line}: {self.rule}: {self.message}"
-
-
-#: A trace header without a timing falls back to the bridge's default for it.
-_LIFECYCLE_DEFAULTS: Final = LifecycleConfig()
-
-
-class TraceFormatError(Exception):
-    """The file is not a readable trace (no header, wrong format or version)."""
-
-
-@attrs.frozen
-class TraceConfig:
-    """The header's ``config``: the lifecycle timings the rules are judged against."""
-
-    create_timeout: float = _LIFECYCLE_DEFAULTS.create_timeout
-    cancel_timeout: float = _LIFECYCLE_DEFAULTS.cancel_timeout
-    no_audio_timeout: float = _LIFECYCLE_DEFAULTS.no_audio_timeout
-    watchdog_cooldown: float = _LIFECYCLE_DEFAULTS.watchdog_cooldown
-    stall_timeout: float = _LIFECYCLE_DEFAULTS.stall_timeout
-    server_turn_grace: float = _LIFECYCLE_DEFAULTS.server_turn_grace
-    dtmf_as_text: bool = True
-    #: The key that ends a turn instead of being sent as text (``BridgeConfig.commit_on_dtmf``).
-    commit_on_dtmf: str | None = None
-    accept_text_messages: bool = True
-    #: The bridge's ``LifecycleConfig.event_id_prefix``; ``None`` (older traces): any prefix.
-    event_id_prefix: str | None = None
-
-    @classmethod
-    def from_header(cls, config: Any) -> TraceConfig:
-        defaults = _LIFECYCLE_DEFAULTS
-        config = config if isinstance(config, dict) else {}
-
-        def num(key: str) -> float:
-            value = _num(config.get(key))
-            return value if value is not None and value > 0 else float(getattr(defaults, key))
-
-        def flag(key: str) -> bool:
-            value = config.get(key)
-            return value if isinstance(value, bool) else True
-
-        return cls(
-            create_timeout=num("create_timeout"),
-            cancel_timeout=num("cancel_timeout"),
-            no_audio_timeout=num("no_audio_timeout"),
-            watchdog_cooldown=num("watchdog_cooldown"),
-            stall_timeout=num("stall_timeout"),
-            server_turn_grace=num("server_turn_grace"),
-            dtmf_as_text=flag("dtmf_as_text"),
-            commit_on_dtmf=_str(config.get("commit_on_dtmf")),
-            accept_text_messages=flag("accept_text_messages"),
-            event_id_prefix=_str(config.get("event_id_prefix")),
-        )
-
-    def is_history_replay(self, event_id: str | None) -> bool:
-        """Whether an item with this ``event_id`` is history the bridge replayed into a new
-        session (not a delivery of the user's text)."""
-        if event_id is None or _HISTORY_ID.search(event_id) is None:
-            return False
-        prefix = self.event_id_prefix
-        return prefix is None or event_id.startswith(f"{prefix}_history_")
 
 
 @attrs.define
@@ -189,30 +104,6 @@ class _Create:
     after_give_up: bool = False
 
 
-def _str(value: Any) -> str | None:
-    return value if isinstance(value, str) else None
-
-
-def _obj(value: Any) -> dict[str, Any]:
-    return value if isinstance(value, dict) else {}
-
-
-def _list(value: Any) -> list[Any]:
-    return value if isinstance(value, list) else []
-
-
-def _num(value: Any) -> float | None:
-    """A finite JSON number as a float (``None`` for anything else: bools, huge integers,
-    NaN and infinities, which no timestamp or timeout is)."""
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except OverflowError:
-        return None
-    return number if math.isfinite(number) else None
-
-
 class Checker:
     """Feed trace lines in order with :meth:`line`; :meth:`finish` returns the violations."""
 
@@ -237,6 +128,8 @@ class Checker:
         # Per call, not per session: the bridge carries the cooldown over to the new machine.
         self.last_fire: float | None = None
         self.last_fire_line = 0
+        #: ``(line, t)`` of every no-audio watchdog fire seen (for the timeline drawing).
+        self.watchdog_fires: list[tuple[int, float]] = []
         self._reset_connection()
         # User text: text -> lines it came in on / lines it was delivered on, over all the
         # call's sessions (history replayed into a new session is not a delivery).
@@ -298,7 +191,7 @@ class Checker:
     def line(self, number: int, record: dict[str, Any]) -> None:
         if self.truncated_line is not None:
             return  # only the trailer follows a truncation note
-        now = _num(record.get("t"))
+        now = as_num(record.get("t"))
         if now is None:
             return
         side, direction = record.get("side"), record.get("dir")
@@ -307,7 +200,7 @@ class Checker:
             return
         self.end_at = max(self.end_at, now)
         self.end_line = number
-        frame = _obj(record.get("frame"))
+        frame = as_obj(record.get("frame"))
         if direction == "open" and side == "openai":
             conn = record.get("conn", 1)
             if conn != 1:
@@ -330,12 +223,12 @@ class Checker:
         elif not self.started:
             return  # the bridge drops everything before start
         elif event == "text" and self.cfg.accept_text_messages:
-            text = _str(frame.get("text"))
+            text = as_str(frame.get("text"))
             if text is not None and text.strip():
                 self.texts_in.setdefault(text, []).append(number)
                 self._trigger(now)
         elif event == "dtmf" and self.cfg.dtmf_as_text:
-            digit = _str(_obj(frame.get("dtmf")).get("digit"))
+            digit = as_str(as_obj(frame.get("dtmf")).get("digit"))
             if digit is not None and digit != self.cfg.commit_on_dtmf:
                 self.texts_in.setdefault(f"DTMF {digit}", []).append(number)
                 self._trigger(now)
@@ -347,23 +240,23 @@ class Checker:
         elif kind == "response.cancel":
             self._cancel(number, now, frame)
         elif kind == "conversation.item.create":
-            item = _obj(frame.get("item"))
-            if self.cfg.is_history_replay(_str(frame.get("event_id"))):
+            item = as_obj(frame.get("item"))
+            if self.cfg.is_history_replay(as_str(frame.get("event_id"))):
                 return  # the call's history restored into a new session: not a delivery
             if item.get("role") == "user" and item.get("type", "message") == "message":
-                for part in _list(item.get("content")):
-                    part = _obj(part)
-                    text = _str(part.get("text"))
+                for part in as_list(item.get("content")):
+                    part = as_obj(part)
+                    text = as_str(part.get("text"))
                     if part.get("type") == "input_text" and text is not None:
                         self.texts_out.setdefault(text, []).append(number)
 
     def _create(self, number: int, now: float, frame: dict[str, Any]) -> None:
-        response = _obj(frame.get("response"))
+        response = as_obj(frame.get("response"))
         create = _Create(
-            event_id=_str(frame.get("event_id")),
+            event_id=as_str(frame.get("event_id")),
             line=number,
             sent_at=now,
-            metadata=_obj(response.get("metadata")),
+            metadata=as_obj(response.get("metadata")),
         )
         if response.get("conversation") == "none":
             return  # out of band: never touches the slot
@@ -413,6 +306,12 @@ class Checker:
             )
         self.creates.append(create)
 
+    def _await_server(self, number: int, now: float) -> None:
+        """The server is to create the response for a turn: a create before it is a race."""
+        self.awaiting_server_since = now
+        self.awaiting_line = number
+        self.awaiting_busy = any(not r.oob for r in self.active.values()) or bool(self._pending())
+
     def _turn_overdue_at(self, since: float) -> float:
         """When the server's answer to the turn committed at ``since`` is overdue and the
         client answers it itself (the ``turn`` machine): ``create_timeout`` after a commit on a
@@ -424,7 +323,7 @@ class Checker:
         return since + self.cfg.create_timeout
 
     def _cancel(self, number: int, now: float, frame: dict[str, Any]) -> None:
-        rid = _str(frame.get("response_id"))
+        rid = as_str(frame.get("response_id"))
         trigger, self.trigger_at = self.trigger_at, None
         if rid is None:
             targets = [r for r in self.active.values() if not r.oob]
@@ -476,6 +375,7 @@ class Checker:
             )
         self.last_fire = now
         self.last_fire_line = number
+        self.watchdog_fires.append((number, now))
 
     def _openai_in(self, number: int, now: float, frame: dict[str, Any]) -> None:
         kind = frame.get("type")
@@ -491,34 +391,27 @@ class Checker:
                 self.server_creates = vad and event.create_response
                 self.server_interrupts = vad and event.interrupt_response
         elif kind == "response.created":
-            self._created(number, now, _obj(frame.get("response")))
+            self._created(number, now, as_obj(frame.get("response")))
         elif kind == "response.done":
-            rid = _str(_obj(frame.get("response")).get("id"))
+            rid = as_str(as_obj(frame.get("response")).get("id"))
             response = self.responses.get(rid) if rid is not None else None
             if response is not None:
                 self._retire(response, now)
         elif kind == "error":
-            self._error(number, now, _obj(frame.get("error")))
+            self._error(number, now, as_obj(frame.get("error")))
         elif kind == "input_audio_buffer.speech_started":
             self._trigger(now)
             if self.server_interrupts:
                 for response in self.active.values():
                     if response.stop_at is None:
                         response.stop_at = now
-        elif kind == "input_audio_buffer.committed":
-            if self.server_creates:
-                self.awaiting_server_since = now
-                self.awaiting_line = number
-                busy = any(not r.oob for r in self.active.values()) or bool(self._pending())
-                self.awaiting_busy = busy
+        elif kind == "input_audio_buffer.committed" and self.server_creates:
+            self._await_server(number, now)
         elif kind == "input_audio_buffer.timeout_triggered":
             # The server answers its own idle timeout, whatever create_response says.
-            self.awaiting_server_since = now
-            self.awaiting_line = number
-            busy = any(not r.oob for r in self.active.values()) or bool(self._pending())
-            self.awaiting_busy = busy
+            self._await_server(number, now)
         elif kind.startswith("response."):
-            rid = _str(frame.get("response_id"))
+            rid = as_str(frame.get("response_id"))
             response = self.responses.get(rid) if rid is not None else None
             if response is None:
                 return
@@ -529,7 +422,7 @@ class Checker:
                 response.transcript_deltas += 1
 
     def _created(self, number: int, now: float, response: dict[str, Any]) -> None:
-        rid = _str(response.get("id"))
+        rid = as_str(response.get("id"))
         if rid is None or rid in self.responses:
             return  # duplicated or late
         oob = "conversation_id" in response and response["conversation_id"] is None
@@ -537,7 +430,7 @@ class Checker:
         self.responses[rid] = record
         if oob:
             return
-        metadata = _obj(response.get("metadata"))
+        metadata = as_obj(response.get("metadata"))
         values = {v for v in metadata.values() if isinstance(v, str)}
         create = next(
             (
@@ -558,9 +451,9 @@ class Checker:
         self.awaiting_server_since = None
 
     def _error(self, number: int, now: float, error: dict[str, Any]) -> None:
-        code = _str(error.get("code")) or ""
-        message = _str(error.get("message")) or ""
-        event_id = _str(error.get("event_id"))
+        code = as_str(error.get("code")) or ""
+        message = as_str(error.get("message")) or ""
+        event_id = as_str(error.get("event_id"))
         create = next((c for c in self.creates if c.event_id == event_id), None)
         busy = code == BUSY_CODE or message.lower().startswith(_BUSY_PREFIX)
         if not busy:
@@ -596,7 +489,7 @@ class Checker:
 
     def end(self, number: int, trailer: dict[str, Any]) -> None:
         self.trailer = trailer
-        t = _num(trailer.get("t"))
+        t = as_num(trailer.get("t"))
         if t is not None and self.truncated_line is None:
             self.end_at = max(self.end_at, t)
         self.end_line = number
@@ -637,7 +530,7 @@ class Checker:
     def _check_texts(self, *, lost: bool = True) -> None:
         undelivered: list[str] = []
         if self.trailer is not None:
-            listed = _list(self.trailer.get("undelivered_texts"))
+            listed = as_list(self.trailer.get("undelivered_texts"))
             undelivered = [t for t in listed if isinstance(t, str)]
         for text, lines_in in self.texts_in.items():
             lines_out = self.texts_out.get(text, [])
@@ -663,25 +556,6 @@ class Checker:
 # ------------------------------------------------------------------------------- reading
 
 
-def read_trace(lines: Iterable[str]) -> Iterator[tuple[int, dict[str, Any] | str]]:
-    """``(line number, record)`` for each line, or ``(line number, why)`` for a line that is
-    not a readable JSON object.  Blank lines and lines starting with ``#`` (comments in
-    hand-written traces) are skipped."""
-    for number, text in enumerate(lines, start=1):
-        stripped = text.strip()
-        if not stripped or stripped.startswith("#"):
-            continue
-        try:
-            record = json.loads(stripped)
-        except RecursionError:
-            yield number, "unreadable (nested too deeply)"
-            continue
-        except ValueError:  # JSONDecodeError, and integers past the digit limit
-            yield number, "not a JSON object"
-            continue
-        yield number, record if isinstance(record, dict) else "not a JSON object"
-
-
 def check_lines(
     lines: Iterable[str], *, slack: float = DEFAULT_SLACK, crossing: float = DEFAULT_CROSSING
 ) -> tuple[list[Violation], list[str]]:
@@ -692,12 +566,7 @@ def check_lines(
     warnings: list[str] = []
     for number, record in read_trace(lines):
         if checker is None:
-            if isinstance(record, str) or record.get("kind") != "header":
-                raise TraceFormatError(f"line {number}: the first record must be the header")
-            if record.get("format") != "realtime-fsm-trace" or record.get("version") != 1:
-                raise TraceFormatError(f"line {number}: not a realtime-fsm-trace version 1")
-            config = TraceConfig.from_header(record.get("config"))
-            checker = Checker(config, slack=slack, crossing=crossing)
+            checker = Checker(read_header(number, record), slack=slack, crossing=crossing)
             continue
         if isinstance(record, str):
             warnings.append(f"line {number}: {record}; skipped")
@@ -725,57 +594,3 @@ def check_file(
 ) -> tuple[list[Violation], list[str]]:
     with open(path, encoding="utf-8") as handle:
         return check_lines(handle, slack=slack, crossing=crossing)
-
-
-# ----------------------------------------------------------------------------------- CLI
-
-
-def add_parser(sub: Any) -> None:
-    """Register ``replay`` on the ``realtime-fsm`` command line's subparsers."""
-    replay = sub.add_parser(
-        "replay",
-        help="check recorded traces against the response-lifecycle invariants",
-        description="Check JSONL call traces (docs/traces.md); exit 1 if any violation.",
-    )
-    replay.add_argument("traces", nargs="+", metavar="TRACE.jsonl")
-    replay.add_argument(
-        "--slack",
-        type=float,
-        default=DEFAULT_SLACK,
-        help="seconds of tolerance on the lifecycle timeouts (default %(default)s)",
-    )
-    replay.add_argument(
-        "--crossing",
-        type=float,
-        default=DEFAULT_CROSSING,
-        help="seconds within which a frame read and a frame sent count as crossed"
-        " (default %(default)s)",
-    )
-    replay.set_defaults(func=run_replay)
-
-
-def run_replay(args: argparse.Namespace) -> int:
-    status = 0
-    for path in args.traces:
-        try:
-            violations, warnings = check_file(path, slack=args.slack, crossing=args.crossing)
-        except (OSError, UnicodeDecodeError, TraceFormatError) as exc:
-            print(f"{path}: cannot check: {exc}", file=sys.stderr)
-            status = max(status, 2)
-            continue
-        except Exception as exc:  # a checker bug must not hide the other files' results
-            print(
-                f"{path}: cannot check: internal error ({type(exc).__name__}: {exc})",
-                file=sys.stderr,
-            )
-            status = max(status, 2)
-            continue
-        for warning in warnings:
-            print(f"{path}: warning: {warning}", file=sys.stderr)
-        for violation in violations:
-            print(violation.format(path))
-        if violations:
-            status = max(status, 1)
-        else:
-            print(f"{path}: ok")
-    return status

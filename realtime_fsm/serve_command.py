@@ -85,8 +85,12 @@ _RECONNECT_FIELDS: Final = (
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Every flag of the server: the call's settings, then how the process runs."""
-    p.add_argument("--host", default="127.0.0.1")
-    p.add_argument("--port", type=int, default=8080)
+    p.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on; 0.0.0.0 for every interface (default %(default)s)",
+    )
+    p.add_argument("--port", type=int, default=8080, help="port to listen on (default %(default)s)")
     p.add_argument(
         "--public-url",
         default=os.environ.get("PUBLIC_URL"),
@@ -145,14 +149,33 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=None,
         help="reasoning models (gpt-realtime-2.1...) only; not sent to others",
     )
-    p.add_argument("--dialect", choices=["ga", "beta"], default="ga")
-    p.add_argument("--voice", default=None)
-    p.add_argument("--instructions", default=None)
     p.add_argument(
-        "--turn-detection", choices=["server_vad", "semantic_vad", "none"], default="server_vad"
+        "--dialect",
+        choices=["ga", "beta"],
+        default="ga",
+        help="the Realtime API's event names: ga (current) or beta (older servers)",
     )
-    p.add_argument("--create-response", action=argparse.BooleanOptionalAction, default=True)
-    p.add_argument("--interrupt-response", action=argparse.BooleanOptionalAction, default=True)
+    p.add_argument("--voice", default=None, help="the assistant's voice, e.g. alloy")
+    p.add_argument("--instructions", default=None, help="what the assistant is told to be and do")
+    p.add_argument(
+        "--turn-detection",
+        choices=["server_vad", "semantic_vad", "none"],
+        default="server_vad",
+        help="how OpenAI tells that the caller finished speaking (default %(default)s; none:"
+        " only a key press ends a turn, see --commit-on-dtmf)",
+    )
+    p.add_argument(
+        "--create-response",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="OpenAI answers each finished turn by itself (default on)",
+    )
+    p.add_argument(
+        "--interrupt-response",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="OpenAI stops its answer by itself when the caller starts speaking (default on)",
+    )
     p.add_argument("--greeting", default=None, help="instructions for a first response")
     p.add_argument(
         "--commit-on-dtmf",
@@ -164,8 +187,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
             " --turn-detection none)"
         ),
     )
-    p.add_argument("--no-audio-timeout", type=float, default=3.0)
-    p.add_argument("--watchdog-cooldown", type=float, default=12.0)
+    p.add_argument(
+        "--no-audio-timeout",
+        type=float,
+        default=3.0,
+        help="seconds an answer may stream words without sound before it is stopped and"
+        " asked for again (default %(default)s)",
+    )
+    p.add_argument(
+        "--watchdog-cooldown",
+        type=float,
+        default=12.0,
+        help="seconds after a watchdog fire before the watchdog may fire again (default"
+        " %(default)s)",
+    )
     p.add_argument(
         "--accept-text-messages",
         action="store_true",
@@ -273,7 +308,11 @@ def _add_process_arguments(p: argparse.ArgumentParser) -> None:
         default=True,
         help="keep socket read buffers off mmap (glibc; see realtime_fsm.malloc_tuning)",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--log-level",
+        default="INFO",
+        help="DEBUG, INFO, WARNING or ERROR (default %(default)s)",
+    )
 
 
 def check_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> argparse.Namespace:
@@ -411,9 +450,33 @@ def run(args: argparse.Namespace, argv: list[str] | None = None) -> int:
     )
 
 
+SERVE_DESCRIPTION: Final = """\
+Run the bridge server: Twilio calls it when your number rings (/incoming-call), streams the
+call's audio to it (/media-stream), and it holds the conversation with the OpenAI Realtime API.
+/healthz and /readyz answer health checks.  Point the number's voice webhook at
+PUBLIC_URL/incoming-call.  The API key comes from OPENAI_API_KEY; with TWILIO_AUTH_TOKEN set,
+Twilio's signatures are checked.
+
+On SIGTERM (or Ctrl-C) it stops taking calls and lets the calls in progress finish (at most
+--drain-timeout), then exits; a second signal ends them at once.  docs/deploying.md has the
+Docker and Kubernetes setup."""
+
+SERVE_EPILOG: Final = """\
+examples:
+  export OPENAI_API_KEY=sk-...  TWILIO_AUTH_TOKEN=...
+  realtime-fsm serve --host 0.0.0.0 --port 8080 --public-url https://voice.example.com
+  realtime-fsm serve --public-url https://voice.example.com --workers 4 --trace-dir traces/"""
+
+
 def add_serve_parser(sub: Any) -> None:
     """``realtime-fsm serve``: register the subcommand on the CLI's subparsers."""
-    parser = sub.add_parser("serve", help="run the Twilio bridge server (drains on SIGTERM)")
+    parser = sub.add_parser(
+        "serve",
+        help="run the bridge server that connects your Twilio number to OpenAI",
+        description=SERVE_DESCRIPTION,
+        epilog=SERVE_EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     add_arguments(parser)
 
     def command(args: argparse.Namespace) -> int:

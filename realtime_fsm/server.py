@@ -296,7 +296,7 @@ def signature_validator(token: str) -> SignatureValidator:
     except ImportError as exc:  # fail closed: a token without a validator is a config error
         raise RuntimeError(
             "TWILIO_AUTH_TOKEN is set but the 'twilio' package is missing:"
-            " pip install 'realtime-fsm[twilio]'"
+            " pip install 'twilio>=9' (the 'twilio' extra)"
         ) from exc
     validator: SignatureValidator = RequestValidator(token)
     return validator

@@ -66,7 +66,7 @@ MAX_ERROR_CHARS = 300
 
 #: What the API accepts as a function name.
 _NAME_RE = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
-_INSTALL_HINT = "pip install 'realtime-fsm[tools]'"
+_INSTALL_HINT = "pip install 'pydantic>=2' 'docstring-parser>=0.15' (the 'tools' extra)"
 
 #: Validates decoded arguments and returns the keyword arguments to call the function with.
 ArgumentsValidator = Callable[[dict[str, Any]], dict[str, Any]]
@@ -316,7 +316,7 @@ def function_tool(
     positional-only parameters are refused: the model passes named arguments.  ``timeout``
     (seconds) overrides the runner's default for this tool.
 
-    Needs the ``tools`` extra: ``pip install 'realtime-fsm[tools]'``.
+    Needs the ``tools`` extra: ``pip install 'pydantic>=2' 'docstring-parser>=0.15'``.
     """
 
     def build(f: _AnyFunc) -> Tool:

@@ -30,6 +30,7 @@ LAYERS: list[set[str]] = [
         "logsafe",
         "credentials",
         "admission",
+        "states",
     },
     {"engine", "table", "diagram"},
     {"lifecycle"},
@@ -54,7 +55,20 @@ LAYERS: list[set[str]] = [
         "telemetry",
         "asgi_drain",
     },
-    {"replay", "testing", "cli", "serve_command", "workers", "__main__", "__init__"},
+    {
+        "replay",
+        "trace_format",
+        "trace_rules",
+        "timeline",
+        "timeline_page",
+        "demo",
+        "testing",
+        "cli",
+        "serve_command",
+        "workers",
+        "__main__",
+        "__init__",
+    },
 ]
 RANK = {name: rank for rank, names in enumerate(LAYERS) for name in names}
 #: The layer of the asyncio drivers: everything below it is sans-IO.

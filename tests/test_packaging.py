@@ -49,6 +49,31 @@ def test_slow_marker_is_registered_and_deselected_by_default() -> None:
     assert "python -m pytest -m ''" in (ROOT / ".ci" / "run").read_text()
 
 
+#: Where the library tells a user to install an extra it is missing, and that extra's name.
+_INSTALL_HINTS = {
+    "realtime_fsm/asgi.py": "asgi",
+    "realtime_fsm/tools.py": "tools",
+    "realtime_fsm/server.py": "twilio",
+    "realtime_fsm/telemetry/telemetry.py": "otel",
+}
+
+
+def test_missing_extra_hints_name_installable_requirements() -> None:
+    """The package is not on PyPI, so ``pip install 'realtime-fsm[asgi]'`` in an error message
+    would send a user to someone else's package or to nothing: every hint names the extra's own
+    requirements, exactly as pyproject lists them, which install from any index."""
+    extras = _pyproject()["project"]["optional-dependencies"]
+    every_source = "\n".join(p.read_text() for p in (ROOT / "realtime_fsm").rglob("*.py"))
+    assert "realtime-fsm[" not in every_source.replace("``realtime-fsm[", "")
+    for path, extra in _INSTALL_HINTS.items():
+        source = (ROOT / path).read_text()
+        for requirement in extras[extra]:
+            assert f"'{requirement}'" in source, (path, requirement)
+    telemetry = (ROOT / "realtime_fsm/telemetry/telemetry.py").read_text()
+    for requirement in extras["prometheus"]:
+        assert f"'{requirement}'" in telemetry
+
+
 def _run(args: list[str], cwd: Path, timeout: float = 600) -> str:
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
     done = subprocess.run(

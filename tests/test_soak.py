@@ -8,6 +8,7 @@ reports "0 violations" is known to be able to report some.
 from __future__ import annotations
 
 import asyncio
+import io
 import json
 import logging
 from collections import Counter
@@ -18,7 +19,7 @@ import attrs
 import pytest
 
 from realtime_fsm.bridge import BridgeConfig, CallReport
-from realtime_fsm.cli import main
+from realtime_fsm.cli import SoakProgress, main
 from realtime_fsm.openai_realtime import SessionConfig
 from realtime_fsm.server import ServerConfig, start_server
 from realtime_fsm.testing import (
@@ -34,9 +35,9 @@ from realtime_fsm.testing.soak import (
     FAULTS,
     SOAK_LIFECYCLE,
     CallOutcome,
+    LogWatch,
     SoakConfig,
     SoakResult,
-    _LogWatch,
     run_soak,
 )
 
@@ -83,6 +84,7 @@ def test_each_check_can_fail() -> None:
         "crash": outcome(crash="internal error: KeyError"),
         "telephony protocol violations": outcome(caller_violations=["media without payload"]),
         "unexpected end": outcome(end_reason="openai closed"),
+        "OpenAI would reject": outcome(protocol_errors=Counter(invalid_value=1)),
     }
     for needle, case in cases.items():
         found = case.violations()
@@ -90,6 +92,8 @@ def test_each_check_can_fail() -> None:
     # A dropped socket explains an ``openai closed`` end; races and probes are not violations.
     assert outcome(end_reason="openai closed", socket_dropped=True).violations() == []
     assert outcome(busy_races=2, busy_probes=1).violations() == []
+    benign = Counter({BUSY: 3, "response_cancel_not_active": 2})
+    assert outcome(protocol_errors=benign, busy_races=2, busy_probes=1).violations() == []
     result = SoakResult(SoakConfig(calls=2), [outcome()], 1.0, ["boom"], ["task failed"])
     assert len(result.violations) == 3  # one call missing, a loop exception, an error logged
     assert not result.ok
@@ -97,7 +101,7 @@ def test_each_check_can_fail() -> None:
 
 
 def test_watchdog_fires_are_read_from_the_log() -> None:
-    watch = _LogWatch()
+    watch = LogWatch()
     logger = logging.getLogger("realtime_fsm.lifecycle")
 
     def fire(call: str) -> None:
@@ -122,12 +126,110 @@ def test_watchdog_fires_are_read_from_the_log() -> None:
 
 
 def test_cli_soak(capsys: pytest.CaptureFixture[str]) -> None:
-    """``realtime-fsm soak`` prints the report and exits 0 when nothing was violated."""
+    """``realtime-fsm soak`` prints the report, PASS first, and exits 0 when nothing was
+    violated; its progress goes to stderr (not a terminal here: whole lines)."""
     code = main(["soak", "--calls", "4", "--concurrency", "2", "--seed", "4", "--factor", "20"])
-    out = capsys.readouterr().out
+    captured = capsys.readouterr()
+    out = captured.out
+    assert out.startswith("PASS: 4 simulated calls"), out
     assert "soak: 4 calls, 2 at a time, seed 4" in out, out
     assert "violations: 0" in out, out
     assert code == 0
+    progress = captured.err.splitlines()
+    assert progress and progress[-1].startswith("soak: 4/4 calls") and "done" in progress[-1]
+    assert "\r" not in captured.err
+
+
+def explained_result() -> SoakResult:
+    """Two calls whose protocol errors every injected fault explains."""
+    races = outcome(
+        protocol_errors=Counter({BUSY: 2, "response_cancel_not_active": 5}),
+        busy_races=1,
+        busy_probes=1,
+        faults=("slow_cancel",),
+    )
+    injected = outcome(injected_error_codes=Counter(server_error=3), faults=("server_error",))
+    return SoakResult(SoakConfig(calls=2), [races, injected], 1.0)
+
+
+def test_headline_pass_explains_every_error_code() -> None:
+    result = explained_result()
+    assert result.ok
+    headline = " ".join(result.headline().split())
+    assert headline.startswith("PASS: 2 simulated calls (2 with injected faults)")
+    assert f"{BUSY} x2: OpenAI refused a request for a new answer" in headline
+    assert "Expected under the injected faults: 1 came after a stop request" in headline
+    assert "1 crossed an answer that OpenAI's own turn detection had just started" in headline
+    assert "0 were asked for after the bridge, on its own clock, had given up" in headline
+    assert "response_cancel_not_active x5: the bridge asked OpenAI to stop an answer" in headline
+    assert "server_error x3: injected on purpose" in headline
+    assert "NOT expected" not in headline
+    assert result.format().startswith(result.headline() + "\n\nsoak: 2 calls")
+
+
+def test_headline_fail_says_what_is_not_expected() -> None:
+    result = explained_result()
+    broken = outcome(
+        protocol_errors=Counter({BUSY: 1, "item_not_found": 1}),
+        busy_errors=1,
+        lost_texts=["hello"],
+    )
+    result.outcomes.append(broken)
+    result.config = SoakConfig(calls=3)
+    assert not result.ok
+    headline = " ".join(result.headline().split())
+    assert headline.startswith(
+        "FAIL: 3 problems in 3 simulated calls (2 with injected faults): typed texts or keys"
+        " lost: 1; refusals (active response) nothing explains: 1; requests OpenAI rejects: 1."
+    ), headline
+    assert "NOT expected for 1 of them: no injected fault or race explains those" in headline
+    assert "item_not_found x1: NOT expected: OpenAI rejects what the bridge sent" in headline
+    report = result.format()
+    assert "lost texts ['hello']" in report and "violations: 3:" in report
+
+
+class FakeStream(io.StringIO):
+    def __init__(self, tty: bool) -> None:
+        super().__init__()
+        self.tty = tty
+
+    def isatty(self) -> bool:
+        return self.tty
+
+
+def test_progress_line_on_a_terminal_and_in_a_log() -> None:
+    now = [0.0]
+    tty = FakeStream(True)
+    progress = SoakProgress(100, tty, clock=lambda: now[0])
+    progress.tick()
+    assert tty.getvalue() == "\rsoak: 0/100 calls, 0 s elapsed, estimating the time left..."
+    now[0] = 0.1
+    progress.update(10)  # less than 0.25 s later: not redrawn
+    assert tty.getvalue().count("\r") == 1
+    now[0] = 10.0
+    progress.update(20)
+    assert tty.getvalue().endswith(
+        "\rsoak: 20/100 calls, 10 s elapsed, 2.0 calls/s, about 40 s left"
+    )
+    now[0] = 130.0
+    progress.update(100)  # the last call: always shown
+    progress.close()
+    last = tty.getvalue().split("\r")[-1]
+    assert last.endswith("\n") and last.rstrip() == "soak: 100/100 calls, 2 min 10 s elapsed, done"
+    assert "\n" not in tty.getvalue()[:-1]  # one line, rewritten in place
+
+    now[0] = 0.0
+    log = FakeStream(False)
+    progress = SoakProgress(100, log, clock=lambda: now[0])
+    for second in range(1, 31):  # a call done every second, for 30 s
+        now[0] = float(second)
+        progress.update(second)
+    lines = log.getvalue().splitlines()
+    assert lines == [
+        "soak: 1/100 calls, 1 s elapsed, 1.0 calls/s, about 1 min 39 s left",
+        "soak: 11/100 calls, 11 s elapsed, 1.0 calls/s, about 1 min 29 s left",
+        "soak: 21/100 calls, 21 s elapsed, 1.0 calls/s, about 1 min 19 s left",
+    ]
 
 
 def test_watchdog_cooldown_survives_a_reconnect(caplog: pytest.LogCaptureFixture) -> None:

@@ -434,7 +434,7 @@ def test_without_prometheus_client_metrics_answers_501_and_logs_once(
         async with sim, serving(sim, bridge_config(), telemetry) as server:
             for _ in range(3):
                 status, _type, body = await asyncio.to_thread(scrape, server.port)
-                assert status == 501 and "realtime-fsm[prometheus]" in body
+                assert status == 501 and "pip install 'prometheus_client>=0.20'" in body
             async with FakeTwilioCaller(server.url, CALLER) as caller:
                 await wait_served(sim, caller, after=0)
             await until(lambda: bool(server.reports), "the call's report")

@@ -235,7 +235,7 @@ def test_bad_names_and_unresolvable_hints() -> None:
 
 def test_missing_extra_names_the_install_command(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "pydantic", None)
-    with pytest.raises(ImportError, match=r"pip install 'realtime-fsm\[tools\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'pydantic>=2' 'docstring-parser>=0.15'"):
         function_tool(get_weather.func)
 
 

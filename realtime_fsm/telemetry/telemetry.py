@@ -27,7 +27,8 @@ log = logging.getLogger("realtime_fsm.telemetry")
 
 #: What ``/metrics`` answers without ``prometheus_client`` (the ``prometheus`` extra).
 PROMETHEUS_MISSING = (
-    "metrics need the prometheus_client package: pip install 'realtime-fsm[prometheus]'\n"
+    "metrics need the prometheus_client package: pip install 'prometheus_client>=0.20'"
+    " (the realtime-fsm 'prometheus' extra)\n"
 )
 
 
@@ -76,7 +77,8 @@ class Telemetry:
             except ImportError:
                 log.warning(
                     "telemetry: the opentelemetry-api package is missing"
-                    " (pip install 'realtime-fsm[otel]'): no spans, no OpenTelemetry metrics"
+                    " (pip install 'opentelemetry-api>=1.27', the 'otel' extra):"
+                    " no spans, no OpenTelemetry metrics"
                 )
             else:
                 tracers = tracer_provider or trace.get_tracer_provider()

@@ -40,16 +40,24 @@ import json
 import math
 import random
 import time
-from collections import deque
-from collections.abc import Awaitable, Callable, Iterable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
-import attrs
 from websockets.asyncio.client import ClientConnection, connect
 from websockets.exceptions import ConnectionClosed
 
-from ._support import Notifier, settle, twilio_sid
-from .audio import STAMP_SIZE, AudioTag, TagScanner, make_time_stamp, silence, tone
+from ._support import Notifier, twilio_sid
+from ._twilio_config import FakeCallerConfig, HangUp, ScriptStep, SendDtmf, Speak, TypeText
+from ._twilio_playback import TwilioPlayback
+from ._twilio_records import (
+    BYTES_PER_MS,
+    ClearRecord,
+    HeardTag,
+    MarkEcho,
+    PlayedAudio,
+    ReceivedMedia,
+)
+from .audio import STAMP_SIZE, TagScanner, make_time_stamp, silence, tone
 
 __all__ = [
     "ClearRecord",
@@ -68,7 +76,6 @@ __all__ = [
 ]
 
 JSON = dict[str, Any]
-_BYTES_PER_MS = 8  # mu-law, 8 kHz, mono
 # base64 of (stamp + rest) is base64(stamp) + base64(rest) only if the stamp is whole 3-byte groups.
 assert STAMP_SIZE % 3 == 0
 
@@ -84,144 +91,6 @@ def twilio_signature(auth_token: str, url: str, params: Mapping[str, str] | None
 def _b64_tail(frame: bytes, stamped: bool) -> str:
     """The base64 of a frame after its time stamp (of all of it when frames are not stamped)."""
     return base64.b64encode(frame[STAMP_SIZE:] if stamped else frame).decode("ascii")
-
-
-# --- script --------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class Speak:
-    """At ``at_s`` (caller seconds after ``start``), speak for ``duration_s``."""
-
-    at_s: float
-    duration_s: float
-
-
-@attrs.frozen
-class TypeText:
-    """At ``at_s``, type ``text`` (see the module docstring: needs an opt-in channel)."""
-
-    at_s: float
-    text: str
-
-
-@attrs.frozen
-class SendDtmf:
-    """At ``at_s``, press ``digit`` (a Twilio ``dtmf`` message)."""
-
-    at_s: float
-    digit: str
-
-
-@attrs.frozen
-class HangUp:
-    """At ``at_s``, send ``stop`` and close the socket."""
-
-    at_s: float
-
-
-ScriptStep = Speak | TypeText | SendDtmf | HangUp
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
-def _steps(value: Iterable[ScriptStep]) -> tuple[ScriptStep, ...]:
-    return tuple(value)
-
-
-@attrs.frozen
-class FakeCallerConfig:
-    """Settings of a :class:`FakeTwilioCaller`."""
-
-    #: ``start.customParameters`` (the TwiML ``<Parameter>`` pairs).
-    custom_parameters: Mapping[str, str] = attrs.field(factory=dict)
-    #: Ids; generated Twilio-style (``MZ``/``CA``/``AC`` + 32 hex digits) when None.
-    stream_sid: str | None = None
-    call_sid: str | None = None
-    account_sid: str | None = None
-    #: Audio per inbound ``media`` message (Twilio sends 20 ms = 160 bytes).
-    frame_ms: int = attrs.field(default=20, validator=_positive)
-    #: Clock multiplier for media cadence, playback and script times (1.0 = real time).
-    speed: float = attrs.field(default=1.0, validator=_positive)
-    #: Peak level of the speech tone (fraction of full scale).
-    speech_level: float = 0.3
-    #: ``media.timestamp`` of the first frame (real streams start at a few tens of ms).
-    first_timestamp_ms: int = 0
-    #: Twilio always sends ``connected`` first; turn off to test a bridge's tolerance.
-    send_connected: bool = True
-    protocol_version: str = "1.0.0"
-    #: Opt-in non-Twilio side channel for typed text: the ``event`` name to use (e.g. "text").
-    text_event: str | None = None
-    #: Extra HTTP headers on the websocket upgrade.
-    extra_headers: Mapping[str, str] = attrs.field(factory=dict)
-    #: If set, send ``X-Twilio-Signature`` computed with this token over ``signature_url``
-    #: (default: the URL connected to).
-    auth_token: str | None = None
-    signature_url: str | None = None
-    #: Steps run after ``start``, by time.
-    script: tuple[ScriptStep, ...] = attrs.field(default=(), converter=_steps)
-    seed: int | None = None
-    #: Write a :func:`~realtime_fsm.testing.audio.make_time_stamp` with this source id and the
-    #: time of sending over the start of every inbound frame (inaudible: silence stays silence
-    #: and speech stays speech), to measure the latency of the path to the Realtime server.
-    stamp_source: int | None = None
-    #: Keep the audio received and played (:attr:`FakeTwilioCaller.media_received`,
-    #: :attr:`~FakeTwilioCaller.played`).  Off for long runs with many calls; the tags heard
-    #: and every other record are kept either way.
-    record_audio: bool = True
-
-
-# --- records -------------------------------------------------------------------------------------
-
-
-@attrs.frozen
-class ReceivedMedia:
-    """An outbound ``media`` message from the bridge, as received (before playback)."""
-
-    at: float
-    payload: bytes
-
-
-@attrs.frozen
-class PlayedAudio:
-    """A piece of audio that was played to the end (a piece cut by ``clear`` is not here)."""
-
-    started_at: float
-    ended_at: float
-    data: bytes
-
-
-@attrs.frozen
-class MarkEcho:
-    """A ``mark`` sent back to the bridge: ``cleared`` = because of a ``clear``, not played."""
-
-    at: float
-    name: str
-    cleared: bool
-
-
-@attrs.frozen
-class ClearRecord:
-    """A ``clear`` from the bridge: audio thrown away and marks released by it."""
-
-    at: float
-    flushed_bytes: int
-    marks_released: tuple[str, ...]
-
-    @property
-    def flushed_ms(self) -> float:
-        return self.flushed_bytes / _BYTES_PER_MS
-
-
-@attrs.frozen
-class HeardTag:
-    """An audio tag (see :mod:`realtime_fsm.testing.audio`) found in received or played audio."""
-
-    at: float
-    tag: AudioTag
 
 
 # --- the caller ----------------------------------------------------------------------------------
@@ -284,15 +153,15 @@ class FakeTwilioCaller:
         self._b64_speech = _b64_tail(self._speech_frame, stamped)
         self._b64_silence = _b64_tail(self._silence_frame, stamped)
         self._media_tail = '"}, "streamSid": ' + json.dumps(self.stream_sid) + "}"
-        # Playback: audio pieces (bytearray) and mark names (str), in arrival order.
-        self._queue: deque[bytearray | str] = deque()
-        self._playing: bytes | None = None
-        self._wake = asyncio.Event()
-        # A ``clear`` sets ``_cut`` and wakes the player through ``_cut_waiter``.
-        self._cut = False
-        self._cut_waiter: asyncio.Future[None] | None = None
+        # Twilio's playback rules: what the bridge sends is buffered and played in real time.
+        self._playback = TwilioPlayback(
+            frame_ms=self.config.frame_ms,
+            speed=self.config.speed,
+            record_audio=self.config.record_audio,
+            echo=self._send_mark_echo,
+            notify=self._notifier.notify,
+        )
         self._received_scanner = TagScanner()
-        self._played_scanner = TagScanner()
         self._stopping = False
         self.started_at: float | None = None
         #: True once the socket is closed (by us or by the bridge).
@@ -303,16 +172,16 @@ class FakeTwilioCaller:
         #: Every ``media`` message received from the bridge.
         self.media_received: list[ReceivedMedia] = []
         #: Audio that finished playing, in order.
-        self.played: list[PlayedAudio] = []
+        self.played: list[PlayedAudio] = self._playback.played
         #: ``(time, name)`` of every ``mark`` received from the bridge.
         self.marks_received: list[tuple[float, str]] = []
         #: Every mark sent back, in order.
-        self.marks_echoed: list[MarkEcho] = []
+        self.marks_echoed: list[MarkEcho] = self._playback.marks_echoed
         #: Every ``clear`` received.
-        self.clears: list[ClearRecord] = []
+        self.clears: list[ClearRecord] = self._playback.clears
         #: Audio tags in received / played audio.
         self.tags_received: list[HeardTag] = []
-        self.tags_played: list[HeardTag] = []
+        self.tags_played: list[HeardTag] = self._playback.tags_played
         #: Messages from the bridge that Twilio would reject or ignore, with the reason.
         self.violations: list[str] = []
         #: Non-media messages the caller sent, ``(time, message)``.
@@ -361,7 +230,8 @@ class FakeTwilioCaller:
                 "streamSid": self.stream_sid,
             }
         )
-        for coro in (self._media_loop(), self._receiver(), self._player(), self._run_script()):
+        tasks = (self._media_loop(), self._receiver(), self._playback.run(), self._run_script())
+        for coro in tasks:
             self._tasks.append(loop.create_task(coro))
 
     async def hang_up(self) -> None:
@@ -456,27 +326,26 @@ class FakeTwilioCaller:
     @property
     def received_ms(self) -> float:
         """Milliseconds of audio received from the bridge."""
-        return sum(len(m.payload) for m in self.media_received) / _BYTES_PER_MS
+        return sum(len(m.payload) for m in self.media_received) / BYTES_PER_MS
 
     @property
     def played_ms(self) -> float:
         """Milliseconds of audio played to the end."""
-        return sum(len(p.data) for p in self.played) / _BYTES_PER_MS
+        return sum(len(p.data) for p in self.played) / BYTES_PER_MS
 
     @property
     def buffered_ms(self) -> float:
         """Milliseconds of audio waiting to be played (including the piece playing now)."""
-        queued = sum(len(x) for x in self._queue if isinstance(x, bytearray))
-        return (queued + len(self._playing or b"")) / _BYTES_PER_MS
+        return self._playback.buffered_ms
 
     @property
     def is_playing(self) -> bool:
-        return self._playing is not None or any(isinstance(x, bytearray) for x in self._queue)
+        return self._playback.is_playing
 
     @property
     def pending_marks(self) -> list[str]:
         """Marks received but not echoed yet (waiting for their audio to play)."""
-        return [x for x in self._queue if isinstance(x, str)]
+        return self._playback.pending_marks
 
     def tags_received_after(self, at: float, ordinal: int | None = None) -> list[HeardTag]:
         """Tags in audio received after ``at`` (optionally of one response ``ordinal``)."""
@@ -676,10 +545,9 @@ class FakeTwilioCaller:
                 self._violation("mark without mark.name (31951)")
                 return
             self.marks_received.append((now, name))
-            self._queue.append(name)
-            self._wake.set()
+            self._playback.add_mark(name)
         else:
-            self._on_clear(now)
+            self._playback.clear(now)
         self._notifier.notify()
 
     def _on_media(self, now: float, data: bytes) -> None:
@@ -689,76 +557,8 @@ class FakeTwilioCaller:
             self.media_received.append(ReceivedMedia(now, data))
         for tag in self._received_scanner.feed(data):
             self.tags_received.append(HeardTag(now, tag))
-        if data:
-            self._queue.append(bytearray(data))
-            self._wake.set()
+        self._playback.add_audio(data)
 
-    def _on_clear(self, now: float) -> None:
-        flushed = sum(len(x) for x in self._queue if isinstance(x, bytearray))
-        flushed += len(self._playing or b"")
-        marks = tuple(x for x in self._queue if isinstance(x, str))
-        self._queue.clear()
-        self._playing = None
-        self._cut = True
-        if self._cut_waiter is not None:
-            settle(self._cut_waiter, None)
-        self._played_scanner.reset()
-        self.clears.append(ClearRecord(now, flushed, marks))
-        for name in marks:
-            self._echo_mark(name, cleared=True)
-
-    def _echo_mark(self, name: str, *, cleared: bool) -> None:
+    def _send_mark_echo(self, name: str) -> None:
+        """Twilio's echo of a mark (played, or released by a ``clear``)."""
         self._send({"event": "mark", "streamSid": self.stream_sid, "mark": {"name": name}})
-        self.marks_echoed.append(MarkEcho(time.monotonic(), name, cleared))
-        self._notifier.notify()
-
-    async def _player(self) -> None:
-        """Plays the buffer at 8 bytes/ms (scaled by ``speed``) in pieces of one frame.
-
-        A piece counts as played when its last byte has played; a ``clear`` cuts the piece
-        playing at that moment, which then counts as flushed.
-        """
-        loop = asyncio.get_running_loop()
-        piece_bytes = self.config.frame_ms * _BYTES_PER_MS
-        clock = loop.time()
-        while True:
-            if not self._queue:
-                while not self._queue:
-                    self._wake.clear()
-                    await self._wake.wait()
-                clock = loop.time()  # an underrun: playback restarts when audio comes
-            head = self._queue[0]
-            if isinstance(head, str):
-                self._queue.popleft()
-                self._echo_mark(head, cleared=False)
-                continue
-            data = bytes(head[:piece_bytes])
-            del head[:piece_bytes]
-            if not head:
-                self._queue.popleft()
-            self._playing = data
-            self._cut = False
-            started = time.monotonic()
-            # Piece after piece on one clock, as a real player's sample clock: restarting each
-            # piece from when its timer fired would drop the timer's lateness (~5% here).
-            clock += len(data) / _BYTES_PER_MS / 1000 / self.config.speed
-            # Wait until the piece has played or a clear cuts it (a timer and a future: cheaper
-            # than wait_for, which wraps the wait in a task for every piece).
-            waiter: asyncio.Future[None] = loop.create_future()
-            self._cut_waiter = waiter
-            timer = loop.call_at(clock, settle, waiter, None)
-            try:
-                await waiter
-            finally:
-                timer.cancel()
-                self._cut_waiter = None
-            if self._cut:  # cleared while playing: the piece was cut off
-                clock = loop.time()
-                continue
-            self._playing = None
-            ended = time.monotonic()
-            if self.config.record_audio:
-                self.played.append(PlayedAudio(started, ended, data))
-            for tag in self._played_scanner.feed(data):
-                self.tags_played.append(HeardTag(ended, tag))
-            self._notifier.notify()
