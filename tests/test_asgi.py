@@ -509,7 +509,7 @@ def test_importing_without_starlette_names_the_extra(monkeypatch: pytest.MonkeyP
     for name in [m for m in sys.modules if m == "starlette" or m.startswith("starlette.")]:
         monkeypatch.setitem(sys.modules, name, None)
     monkeypatch.setitem(sys.modules, "starlette", None)
-    with pytest.raises(ImportError, match=r"pip install 'realtime-fsm\[asgi\]'"):
+    with pytest.raises(ImportError, match=r"pip install 'starlette>=0.37' \(the 'asgi' extra\)"):
         importlib.import_module("realtime_fsm.asgi")
 
 
