@@ -26,6 +26,8 @@ from typing import Any
 
 import attrs
 
+from .validators import positive, positive_int_or_none
+
 #: The report's end reason of a call ended because its server drained past the deadline.
 DRAIN_REASON = "server draining"
 #: WebSocket close codes (RFC 6455, 7.4.1 and the IANA registry): a call ended by the drain
@@ -35,16 +37,6 @@ CLOSE_GOING_AWAY = 1001
 CLOSE_TRY_AGAIN_LATER = 1013
 
 
-def _max_calls(_inst: object, attribute: attrs.Attribute[int | None], value: int | None) -> None:
-    if value is not None and (type(value) is not int or value <= 0):
-        raise ValueError(f"{attribute.name} must be None or an int > 0, got {value!r}")
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
-
-
 @attrs.define(eq=False)
 class Admission:
     """The process's call capacity: places held by admitted webhooks, calls in progress, and
@@ -52,8 +44,8 @@ class Admission:
     admitted webhook's place waits for its stream (Twilio connects within a second or two; a
     call whose stream never comes gives its place back then)."""
 
-    max_calls: int | None = attrs.field(default=None, validator=_max_calls)
-    hold: float = attrs.field(default=60.0, validator=_positive)
+    max_calls: int | None = attrs.field(default=None, validator=positive_int_or_none)
+    hold: float = attrs.field(default=60.0, validator=positive)
     #: Set by :meth:`drain`: no new webhook is admitted, no unproven stream is served.
     draining: bool = attrs.field(default=False, init=False)
     #: Calls whose stream started here and has not ended.

@@ -12,14 +12,7 @@ from typing import Any, Final
 import attrs
 
 from .logsafe import safe
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool):
-        raise TypeError(f"{attribute.name} must be a number")
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
+from .validators import positive, positive_int
 
 #: How many times ``stall_timeout`` a reasoning model may think in silence (before its first
 #: output item, or between two), per ``reasoning.effort``.  No event marks the thinking
@@ -68,28 +61,28 @@ class LifecycleConfig:
     """
 
     #: ``response.create`` sent but neither ``response.created`` nor an error: give up after this.
-    create_timeout: float = attrs.field(default=5.0, validator=_positive)
+    create_timeout: float = attrs.field(default=5.0, validator=positive)
     #: Waiting for ``response.done`` of a cancelled response: stop waiting after this.
-    cancel_timeout: float = attrs.field(default=5.0, validator=_positive)
+    cancel_timeout: float = attrs.field(default=5.0, validator=positive)
     #: A response with audio-transcript deltas but no audio for this long is silent.
-    no_audio_timeout: float = attrs.field(default=3.0, validator=_positive)
+    no_audio_timeout: float = attrs.field(default=3.0, validator=positive)
     #: Minimum time between two no-audio watchdog fires, so recovery can never loop.
-    watchdog_cooldown: float = attrs.field(default=12.0, validator=_positive)
+    watchdog_cooldown: float = attrs.field(default=12.0, validator=positive)
     #: An active response with no sign of life (no delta, no item event) for this long is hung:
     #: it is cancelled, so a lost ``response.done`` can never hold the slot forever.  While it
     #: has no output item open (a reasoning model thinking, before its first item or between
     #: two) the limit is this times :data:`THINKING_SCALE` of :attr:`reasoning_effort`; while a
     #: ``function_call`` item is open there is none (the call is being generated).
-    stall_timeout: float = attrs.field(default=20.0, validator=_positive)
+    stall_timeout: float = attrs.field(default=20.0, validator=positive)
     #: The session's ``reasoning.effort`` assumed until a
     #: :class:`~realtime_fsm.events.SessionConfigured` states one; ``None``: no reasoning model.
     reasoning_effort: str | None = attrs.field(default=None, validator=_effort)
     #: A caller turn the server's VAD committed while the slot was busy: once the slot frees,
     #: how long to wait for the server's own answer (it creates at once, or never: "may fail to
     #: create a response if the model is already responding") before answering it ourselves.
-    server_turn_grace: float = attrs.field(default=1.0, validator=_positive)
+    server_turn_grace: float = attrs.field(default=1.0, validator=positive)
     #: Output audio bytes per millisecond: 8 for G.711 (pcmu/pcma), 48 for 24 kHz PCM16.
-    audio_bytes_per_ms: int = attrs.field(default=8, validator=_positive)
+    audio_bytes_per_ms: int = attrs.field(default=8, validator=positive_int)
     server_creates_response: bool = attrs.field(
         default=False, validator=attrs.validators.instance_of(bool)
     )

@@ -27,6 +27,8 @@ from collections import OrderedDict
 
 import attrs
 
+from .validators import positive
+
 #: The ``<Parameter>`` name the credential travels under.  Reserved: an application's own
 #: parameter of that name is replaced, and the call removes it from the parameters the
 #: application sees (``CallStarted``, the report, the greeting function, the logs).
@@ -51,11 +53,6 @@ def _b64(raw: bytes) -> str:
     return base64.urlsafe_b64encode(raw).rstrip(b"=").decode("ascii")
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
-
-
 @attrs.define(eq=False)
 class StreamCredentials:
     """Mints and checks per-call stream credentials; one per server process, shared by its calls.
@@ -69,7 +66,7 @@ class StreamCredentials:
     the bound the oldest are forgotten first, so a flood cannot grow memory)."""
 
     key: bytes = attrs.field(repr=False)
-    ttl: float = attrs.field(default=60.0, validator=_positive)
+    ttl: float = attrs.field(default=60.0, validator=positive)
     max_remembered: int = attrs.field(default=100_000)
     #: Credentials already used by a call of this process, with their expiry (oldest first).
     #: Not a machine: a ledger the check reads, pruned as credentials expire.

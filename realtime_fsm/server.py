@@ -47,6 +47,7 @@ from .upstream import DEFAULT_REALTIME_URL as DEFAULT_REALTIME_URL
 from .upstream import ENV_SETTINGS as ENV_SETTINGS
 from .upstream import RealtimeSettings
 from .upstream import realtime_settings_from_env as realtime_settings_from_env
+from .validators import positive, positive_int
 from .webserver import (
     HttpHandler,
     HttpRequest,
@@ -98,16 +99,6 @@ class _SignedParams(dict[str, str]):
         return self._all[name]
 
 
-def _positive_int(_inst: object, attribute: attrs.Attribute[int], value: int) -> None:
-    if type(value) is not int or value <= 0:
-        raise ValueError(f"{attribute.name} must be an int > 0, got {value!r}")
-
-
-def _positive_number(_inst: object, attribute: attrs.Attribute[float], value: float) -> None:
-    if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
-        raise ValueError(f"{attribute.name} must be a number > 0, got {value!r}")
-
-
 @attrs.frozen
 class ServerConfig(RealtimeSettings):
     """Where to listen is given to :func:`start_server`; this is what to do with a call.
@@ -123,7 +114,7 @@ class ServerConfig(RealtimeSettings):
     trace_dir: str | Path | None = None
     #: A trace file stops growing at this size (the call goes on; the cut is noted in the file
     #: and logged once), so a runaway call cannot fill the disk.
-    max_trace_bytes: int = attrs.field(default=MAX_TRACE_BYTES, validator=_positive_int)
+    max_trace_bytes: int = attrs.field(default=MAX_TRACE_BYTES, validator=positive_int)
     #: The call's custom parameters, from the webhook's parameters (``From``, ``CallSid``, ...,
     #: as Twilio sent them): put in the TwiML as ``<Parameter>``s, they come back in the
     #: stream's ``start`` (``customParameters``), where ``BridgeConfig.greeting`` and the
@@ -133,8 +124,8 @@ class ServerConfig(RealtimeSettings):
     #: Media streams waiting for Twilio's ``start`` at once, in total and from one address
     #: (``realtime_fsm.prestart``); more are closed with 1013.  Twilio sends many calls from
     #: few addresses: the per-address bound is for a flood, not for a burst of real calls.
-    max_pre_start: int = attrs.field(default=200, validator=_positive_int)
-    max_pre_start_per_client: int = attrs.field(default=50, validator=_positive_int)
+    max_pre_start: int = attrs.field(default=200, validator=positive_int)
+    max_pre_start_per_client: int = attrs.field(default=50, validator=positive_int)
     #: With a Twilio auth token: the signed webhook mints a per-call stream credential
     #: (``realtime_fsm.credentials``), and a stream whose ``start`` lacks a valid one for its
     #: call is closed with 1008 before any OpenAI session.  Turn off only when another
@@ -150,16 +141,16 @@ class ServerConfig(RealtimeSettings):
     #: past it the webhook is refused (``when_unavailable``) and ``/readyz`` answers 503.
     #: ``None``: no bound.
     max_calls: int | None = attrs.field(
-        default=None, validator=attrs.validators.optional(_positive_int)
+        default=None, validator=attrs.validators.optional(positive_int)
     )
     #: Seconds an admitted webhook holds its place for its stream (Twilio connects within a
     #: second or two).  A drain waits for held places too, so that a call admitted just before
     #: it is served; with several workers the stream may be served by another one, and the
     #: place here is given back only when this passes: short, but well above Twilio's delay.
-    admission_hold: float = attrs.field(default=10.0, validator=_positive_number)
+    admission_hold: float = attrs.field(default=10.0, validator=positive)
     #: Seconds calls in progress get to end by themselves once a drain begins (SIGTERM to the
     #: ``serve`` command, ``TwilioVoiceRoutes.drain``); then they end with 1001.
-    drain_timeout: float = attrs.field(default=DEFAULT_DRAIN_TIMEOUT, validator=_positive_number)
+    drain_timeout: float = attrs.field(default=DEFAULT_DRAIN_TIMEOUT, validator=positive)
     #: How a webhook is refused when this process is full or draining: one of
     #: :data:`WHEN_UNAVAILABLE`.
     when_unavailable: str = attrs.field(

@@ -100,7 +100,6 @@ def test_a_draining_process_serves_what_it_admitted_and_what_proves_admission() 
     "make",
     [
         lambda: Admission(max_calls=0),
-        lambda: Admission(max_calls=1.5),  # type: ignore[arg-type]
         lambda: Admission(hold=0),
         lambda: ServerConfig(public_url=PUBLIC_URL, max_calls=-1),
         lambda: ServerConfig(public_url=PUBLIC_URL, drain_timeout=0),

@@ -31,6 +31,7 @@ LAYERS: list[set[str]] = [
         "credentials",
         "admission",
         "states",
+        "validators",
     },
     {"engine", "table", "diagram"},
     {"lifecycle"},

@@ -13,6 +13,13 @@ from ..commands import RequestGivenUp
 from ..config import LifecycleConfig
 from ..openai_realtime import DEFAULT_MAX_FRAME_SIZE, Dialect, SessionConfig
 from ..twilio_media import DEFAULT_MAX_MESSAGE_SIZE, check_mark_every_ms
+from ..validators import (
+    non_negative,
+    non_negative_int,
+    positive,
+    positive_int,
+    positive_or_none,
+)
 
 #: Server errors no new session can cure: a bad key, an account out of quota or credit, a
 #: deactivated account (livekit-agents' ``_FATAL_ERROR_CODES``, reference section 4).  Matched
@@ -56,27 +63,12 @@ class ToolSpec(Protocol):
     def schema(self) -> dict[str, Any]: ...
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value!r}")
-
-
 def _dtmf_key(_inst: object, attribute: attrs.Attribute[Any], value: str | None) -> None:
     if value is not None and (type(value) is not str or value not in _DTMF_KEYS):
         raise ValueError(f"{attribute.name} must be one DTMF key (0-9, *, #), got {value!r}")
 
 
 _DTMF_KEYS: Final = frozenset("0123456789*#")
-
-
-def _positive_or_none(_inst: object, attribute: attrs.Attribute[Any], value: float | None) -> None:
-    if value is not None and not value > 0:
-        raise ValueError(f"{attribute.name} must be > 0 or None, got {value!r}")
-
-
-def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: float) -> None:
-    if not value >= 0:
-        raise ValueError(f"{attribute.name} must be >= 0, got {value!r}")
 
 
 def _mark_every(_inst: object, _attribute: attrs.Attribute[Any], value: int) -> None:
@@ -132,34 +124,34 @@ class BridgeConfig:
     #: Connection attempts per lost session (the first at once, then with backoff) before the
     #: call ends with ``openai reconnect failed after N attempts``.  A new session that drops
     #: before its ``session.created``/``session.updated`` counts as a failed attempt.
-    reconnect_attempts: int = attrs.field(default=4, validator=_positive)
+    reconnect_attempts: int = attrs.field(default=4, validator=positive_int)
     #: Backoff before the second attempt; doubled for each further one, up to the cap.
-    reconnect_base_delay: float = attrs.field(default=0.25, validator=_non_negative)
-    reconnect_max_delay: float = attrs.field(default=4.0, validator=_non_negative)
+    reconnect_base_delay: float = attrs.field(default=0.25, validator=non_negative)
+    reconnect_max_delay: float = attrs.field(default=4.0, validator=non_negative)
     #: Bound on one connection attempt (the connector should have its own, shorter one).
-    reconnect_timeout: float = attrs.field(default=10.0, validator=_positive)
+    reconnect_timeout: float = attrs.field(default=10.0, validator=positive)
     #: Sessions a call may lose and replace in total (a 3-hour call needs 3 for the cap alone);
     #: past it the call ends rather than flap.
-    max_reconnects: int = attrs.field(default=20, validator=_non_negative)
+    max_reconnects: int = attrs.field(default=20, validator=non_negative_int)
     #: Replace the OpenAI session this many seconds after it opened, before the server's cap
     #: (60 minutes) ends it with ``session_expired`` and cuts off whatever it is saying: the
     #: next session is opened and configured while this one serves the call, and takes over
     #: at a quiet moment (nothing generating or queued, the caller's playback drained, the
     #: caller silent), so the caller hears no gap.  Needs a connector (``reconnect``).
     #: ``None``: never; a session that reaches the cap is then replaced after the fact.
-    rotate_after: float | None = attrs.field(default=55 * 60.0, validator=_positive_or_none)
+    rotate_after: float | None = attrs.field(default=55 * 60.0, validator=positive_or_none)
     #: How long the next session, once ready, waits for a quiet moment before it takes over at
     #: a response boundary instead (the done of the current response; what was queued behind
     #: it goes to the next session; the answer the caller hears plays out).
-    rotate_quiet_window: float = attrs.field(default=120.0, validator=_non_negative)
+    rotate_quiet_window: float = attrs.field(default=120.0, validator=non_negative)
     #: Attempts to open and configure the next session per rotation; a failed one keeps the
     #: call on the current session and is retried ``rotate_retry_delay`` later.  Past them,
     #: this session is left to reach the cap (and be reconnected after it).
-    rotate_attempts: int = attrs.field(default=3, validator=_positive)
-    rotate_retry_delay: float = attrs.field(default=15.0, validator=_non_negative)
+    rotate_attempts: int = attrs.field(default=3, validator=positive_int)
+    rotate_retry_delay: float = attrs.field(default=15.0, validator=non_negative)
     #: Bounds of the conversation text kept for a restore (oldest dropped first).
-    history_max_items: int = attrs.field(default=40, validator=_non_negative)
-    history_max_chars: int = attrs.field(default=8000, validator=_non_negative)
+    history_max_items: int = attrs.field(default=40, validator=non_negative_int)
+    history_max_chars: int = attrs.field(default=8000, validator=non_negative_int)
     #: Function tools offered to the model (their schemas go into the session's ``tools``);
     #: a driver runs the ones it has a handler for, the application answers the rest
     #: (``submit_tool_output``).
@@ -169,10 +161,10 @@ class BridgeConfig:
     tool_choice: str | dict[str, Any] | None = None
     #: A tool call with no output this long after the model made it gets an error output, so
     #: the model can recover (a driver's runner also cancels the tool then).
-    tool_timeout: float = attrs.field(default=20.0, validator=_positive)
+    tool_timeout: float = attrs.field(default=20.0, validator=positive)
     #: Application events buffered per call for a reader that is behind; past it the newest
     #: are dropped and counted (:attr:`CallReport.app_events_dropped`), never the call slowed.
-    max_app_events: int = attrs.field(default=1000, validator=_positive)
+    max_app_events: int = attrs.field(default=1000, validator=positive_int)
 
     def __attrs_post_init__(self) -> None:
         if self.commit_on_dtmf is not None and self.session.turn_detection is not None:

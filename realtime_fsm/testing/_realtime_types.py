@@ -8,6 +8,7 @@ from typing import Any, Literal
 
 import attrs
 
+from ..validators import positive
 from ._conversation import JSON
 
 Api = Literal["ga", "beta"]
@@ -72,11 +73,6 @@ def beta_event_name(ga_name: str) -> str:
 def _non_negative(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
     if value is not None and value < 0:
         raise ValueError(f"{attribute.name} must be >= 0, got {value}")
-
-
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
 
 
 def _names(value: Iterable[str]) -> frozenset[str]:
@@ -222,13 +218,13 @@ class FakeRealtimeConfig:
     model: str = "gpt-realtime-2.1"
     #: Generation speed relative to real time (the real server is faster than real time too).
     #: ``math.inf`` = no pacing at all.
-    realtime_factor: float = attrs.field(default=5.0, validator=_positive)
+    realtime_factor: float = attrs.field(default=5.0, validator=positive)
     #: Latency between ``response.created`` and the output item / first delta.
     first_delta_delay_s: float = attrs.field(default=0.05, validator=_non_negative)
     #: Audio per delta (20 ms = 160 mu-law bytes).
-    audio_delta_ms: int = attrs.field(default=20, validator=_positive)
+    audio_delta_ms: int = attrs.field(default=20, validator=positive)
     #: Speech duration per character of reply text (about 15 characters a second).
-    ms_per_char: int = attrs.field(default=60, validator=_positive)
+    ms_per_char: int = attrs.field(default=60, validator=positive)
     default_reply: str = "This is a simulated reply."
     #: Input transcript used when no scripted transcript is queued.
     default_transcript: str = "hello"
@@ -238,7 +234,7 @@ class FakeRealtimeConfig:
     #: Normalised RMS level (full scale = 1.0) above which a 10 ms frame counts as speech at
     #: the session's default ``threshold`` (0.5); a session ``threshold`` moves it (see
     #: ``_Session.speech_level``: 0.8 needs about 0.21, 0.3 about 0.0096).
-    vad_energy_threshold: float = attrs.field(default=0.02, validator=_positive)
+    vad_energy_threshold: float = attrs.field(default=0.02, validator=positive)
     #: Reasoning models (``gpt-realtime-2*``): the silent gap between ``response.created`` and
     #: the first output item at ``reasoning.effort`` ``medium``, scaled by the effort
     #: (``minimal`` x0.25, ``low`` x0.5, ``high`` x2, ``xhigh`` x4; ``low`` when neither the

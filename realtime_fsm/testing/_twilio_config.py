@@ -6,9 +6,10 @@ Re-exported by :mod:`realtime_fsm.testing.fake_twilio` and :mod:`realtime_fsm.te
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
-from typing import Any
 
 import attrs
+
+from ..validators import positive
 
 
 @attrs.frozen
@@ -45,11 +46,6 @@ class HangUp:
 ScriptStep = Speak | TypeText | SendDtmf | HangUp
 
 
-def _positive(_inst: object, attribute: attrs.Attribute[Any], value: Any) -> None:
-    if value <= 0:
-        raise ValueError(f"{attribute.name} must be > 0, got {value}")
-
-
 def _steps(value: Iterable[ScriptStep]) -> tuple[ScriptStep, ...]:
     return tuple(value)
 
@@ -65,9 +61,9 @@ class FakeCallerConfig:
     call_sid: str | None = None
     account_sid: str | None = None
     #: Audio per inbound ``media`` message (Twilio sends 20 ms = 160 bytes).
-    frame_ms: int = attrs.field(default=20, validator=_positive)
+    frame_ms: int = attrs.field(default=20, validator=positive)
     #: Clock multiplier for media cadence, playback and script times (1.0 = real time).
-    speed: float = attrs.field(default=1.0, validator=_positive)
+    speed: float = attrs.field(default=1.0, validator=positive)
     #: Peak level of the speech tone (fraction of full scale).
     speech_level: float = 0.3
     #: ``media.timestamp`` of the first frame (real streams start at a few tens of ms).
