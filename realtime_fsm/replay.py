@@ -35,6 +35,7 @@ from .trace_format import (
     as_num,
     as_obj,
     as_str,
+    feed_trace,
     read_header,
     read_trace,
 )
@@ -562,25 +563,12 @@ def check_lines(
     """Violations and warnings (unreadable lines, a truncated recording) of one trace.
     Raises :class:`TraceFormatError` when the first record is not a version-1 header; never
     anything else for what the lines contain."""
-    checker: Checker | None = None
-    warnings: list[str] = []
-    for number, record in read_trace(lines):
-        if checker is None:
-            checker = Checker(read_header(number, record), slack=slack, crossing=crossing)
-            continue
-        if isinstance(record, str):
-            warnings.append(f"line {number}: {record}; skipped")
-            continue
-        try:
-            if record.get("kind") == "end":
-                checker.end(number, record)
-            else:
-                checker.line(number, record)
-        except Exception as exc:
-            # A shape no validation above foresaw: that line is not checked, the rest is.
-            warnings.append(f"line {number}: unreadable ({type(exc).__name__}); skipped")
-    if checker is None:
-        raise TraceFormatError("empty trace: no header")
+    checker, warnings = feed_trace(
+        lines,
+        lambda number, record: Checker(read_header(number, record), slack=slack, crossing=crossing),
+        Checker.line,
+        Checker.end,
+    )
     if checker.truncated_line is not None:
         warnings.append(
             f"line {checker.truncated_line}: recording truncated (max_trace_bytes); the rest of"

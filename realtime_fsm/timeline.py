@@ -29,12 +29,11 @@ import attrs
 from .replay import Checker
 from .trace_format import (
     TraceConfig,
-    TraceFormatError,
     as_num,
     as_obj,
     as_str,
+    feed_trace,
     read_header,
-    read_trace,
 )
 from .trace_rules import Violation
 from .twilio_media import MarkName
@@ -171,8 +170,10 @@ def _summary(frame: dict[str, Any], kind: str) -> str:
 class _Builder:
     """One pass over the trace lines; :meth:`result` is the timeline."""
 
-    def __init__(self, config: TraceConfig) -> None:
+    def __init__(self, config: TraceConfig, header: dict[str, Any] | str) -> None:
         self.cfg = config
+        #: The header record as read (a dict: ``read_header`` refused anything else).
+        self.header: dict[str, Any] = header if isinstance(header, dict) else {}
         self.checker = Checker(config)
         self.spans: dict[str, list[Span]] = {key: [] for key, _ in LANES}
         self.marks: dict[str, list[Mark]] = {key: [] for key, _ in LANES}
@@ -460,7 +461,8 @@ class _Builder:
 
     # ----------------------------------------------------------------------------- result
 
-    def result(self, header: dict[str, Any], warnings: list[str]) -> Timeline:
+    def result(self, warnings: list[str]) -> Timeline:
+        header = self.header
         for (lane, _), run in sorted(self.runs.items(), key=lambda kv: kv[1].start):
             self._close_run(lane, run)
         self.runs.clear()
@@ -546,28 +548,13 @@ _HANDLERS: Final = {
 def build_timeline(lines: Iterable[str]) -> Timeline:
     """The timeline of one trace.  Raises :class:`~realtime_fsm.trace_format.TraceFormatError`
     when the first record is not a version-1 header; unreadable lines are warnings."""
-    builder: _Builder | None = None
-    header: dict[str, Any] = {}
-    warnings: list[str] = []
-    for number, record in read_trace(lines):
-        if builder is None:
-            builder = _Builder(read_header(number, record))
-            header = record if isinstance(record, dict) else {}
-            continue
-        if isinstance(record, str):
-            warnings.append(f"line {number}: {record}; skipped")
-            continue
-        try:
-            if record.get("kind") == "end":
-                builder.end_line(number, record)
-            else:
-                builder.line(number, record)
-        except Exception as exc:
-            # A shape no validation foresaw: that line is not drawn, the rest is.
-            warnings.append(f"line {number}: unreadable ({type(exc).__name__}); skipped")
-    if builder is None:
-        raise TraceFormatError("empty trace: no header")
-    return builder.result(header, warnings)
+    builder, warnings = feed_trace(
+        lines,
+        lambda number, record: _Builder(read_header(number, record), record),
+        _Builder.line,
+        _Builder.end_line,
+    )
+    return builder.result(warnings)
 
 
 def timeline_file(path: str | Path) -> Timeline:

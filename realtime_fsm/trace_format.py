@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import math
 import re
-from collections.abc import Iterable, Iterator
-from typing import Any, Final
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any, Final, TypeVar
 
 import attrs
 
@@ -135,3 +135,36 @@ def read_header(number: int, record: dict[str, Any] | str) -> TraceConfig:
     if record.get("format") != FORMAT or record.get("version") != VERSION:
         raise TraceFormatError(f"line {number}: not a realtime-fsm-trace version 1")
     return TraceConfig.from_header(record.get("config"))
+
+
+_Reader = TypeVar("_Reader")
+
+
+def feed_trace(
+    lines: Iterable[str],
+    start: Callable[[int, dict[str, Any] | str], _Reader],
+    line: Callable[[_Reader, int, dict[str, Any]], None],
+    end: Callable[[_Reader, int, dict[str, Any]], None],
+) -> tuple[_Reader, list[str]]:
+    """One pass over a trace for a reader (the checker, the timeline): ``start`` makes it from
+    the first record (and raises :class:`TraceFormatError` unless that is a header), then each
+    record goes to ``line``, the trailer to ``end``.  A line that is not a JSON object, or that
+    makes the reader raise, is a warning ``line N: ...; skipped`` and the pass goes on: a trace
+    is untrusted input, and one bad line must not hide the rest of the call."""
+    reader: _Reader | None = None
+    warnings: list[str] = []
+    for number, record in read_trace(lines):
+        if reader is None:
+            reader = start(number, record)
+            continue
+        if isinstance(record, str):
+            warnings.append(f"line {number}: {record}; skipped")
+            continue
+        try:
+            (end if record.get("kind") == "end" else line)(reader, number, record)
+        except Exception as exc:
+            # A shape no validation foresaw: that line is not read, the rest is.
+            warnings.append(f"line {number}: unreadable ({type(exc).__name__}); skipped")
+    if reader is None:
+        raise TraceFormatError("empty trace: no header")
+    return reader, warnings
