@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 from headless_browser import Browser, find_browser
 from test_trace import E2E_CASES, RECONNECT_CASES, ROTATION_CASES, record_e2e
-from test_trace_checker import _SMALL_TRACES, _WRONG_TYPES, _paths, _replace
+from test_trace_checker import _SMALL_TRACES, field_mutations
 
 from realtime_fsm.cli import main as cli_main
 from realtime_fsm.timeline import LANES, Timeline, build_timeline, timeline_file
@@ -360,25 +360,19 @@ def test_the_timeline_reads_every_field_safely(index: int) -> None:
     """As the checker's own test: every node of every line of the hand-made traces replaced, in
     turn, by a value of every JSON type.  The timeline and its page never raise (but for a
     broken header), and never need the per-line safety net (``unreadable (SomeError)``)."""
-    lines = _SMALL_TRACES[index]
-    for number, text in enumerate(lines):
-        record = json.loads(text)
-        for path in _paths(record):
-            for value in _WRONG_TYPES:
-                mutated = [*lines]
-                mutated[number] = json.dumps(_replace(record, path, value)) + "\n"
-                try:
-                    timeline = build_timeline(mutated)
-                except TraceFormatError:
-                    assert number == 0
-                    continue
-                render_page(timeline)
-                assert all(w.endswith("not a JSON object; skipped") for w in timeline.warnings), (
-                    number,
-                    path,
-                    value,
-                    timeline.warnings,
-                )
+    for number, path, value, mutated in field_mutations(_SMALL_TRACES[index]):
+        try:
+            timeline = build_timeline(mutated)
+        except TraceFormatError:
+            assert number == 0
+            continue
+        render_page(timeline)
+        assert all(w.endswith("not a JSON object; skipped") for w in timeline.warnings), (
+            number,
+            path,
+            value,
+            timeline.warnings,
+        )
 
 
 @pytest.mark.parametrize(

@@ -395,30 +395,36 @@ def test_checker_never_raises_on_mutated_traces(data: st.DataObject) -> None:
 _WRONG_TYPES: list[Any] = [None, True, 5, -1e308, "x", [], [5], {}, {"x": 5}]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("index", range(len(_SMALL_TRACES)))
-def test_checker_validates_every_field_of_every_line(index: int) -> None:
-    """Exhaustively: every node of every line of the hand-made traces replaced, in turn, by a
-    value of every JSON type.  The checker never raises (but for a broken header) and never
-    needs its per-line safety net."""
-    lines = _SMALL_TRACES[index]
+def field_mutations(lines: list[str]) -> Iterator[tuple[int, tuple[Any, ...], Any, list[str]]]:
+    """Every node of every line replaced, in turn, by a value of every JSON type:
+    ``(line index, path, value, mutated lines)``."""
     for number, text in enumerate(lines):
         record = json.loads(text)
         for path in _paths(record):
             for value in _WRONG_TYPES:
                 mutated = [*lines]
                 mutated[number] = json.dumps(_replace(record, path, value)) + "\n"
-                try:
-                    _, warnings = check_lines(mutated)
-                except TraceFormatError:
-                    assert number == 0
-                    continue
-                assert all(w.endswith("not a JSON object; skipped") for w in warnings), (
-                    number,
-                    path,
-                    value,
-                    warnings,
-                )
+                yield number, path, value, mutated
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("index", range(len(_SMALL_TRACES)))
+def test_checker_validates_every_field_of_every_line(index: int) -> None:
+    """Exhaustively: every node of every line of the hand-made traces replaced, in turn, by a
+    value of every JSON type.  The checker never raises (but for a broken header) and never
+    needs its per-line safety net."""
+    for number, path, value, mutated in field_mutations(_SMALL_TRACES[index]):
+        try:
+            _, warnings = check_lines(mutated)
+        except TraceFormatError:
+            assert number == 0
+            continue
+        assert all(w.endswith("not a JSON object; skipped") for w in warnings), (
+            number,
+            path,
+            value,
+            warnings,
+        )
 
 
 @pytest.mark.parametrize("history_max_items", [0, 40])
