@@ -28,6 +28,7 @@ from openai.types.realtime import RealtimeServerEvent
 from openai.types.realtime.realtime_session_create_request import RealtimeSessionCreateRequest
 from openai.types.realtime.realtime_session_create_response import RealtimeSessionCreateResponse
 from pydantic import BaseModel, TypeAdapter
+from waiting import ReceivedEvents
 
 from realtime_fsm.testing import FakeRealtimeConfig, FakeRealtimeServer
 
@@ -86,12 +87,12 @@ def b64(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")
 
 
-class SdkClient:
+class SdkClient(ReceivedEvents):
     """The SDK connection, reading raw frames and checking each one with :func:`strict`."""
 
     def __init__(self, conn: AsyncRealtimeConnection) -> None:
+        super().__init__()
         self.conn = conn
-        self.events: list[JSON] = []
         self.received_at: list[float] = []
 
     async def recv(self, timeout: float = 5.0) -> JSON:
@@ -102,16 +103,6 @@ class SdkClient:
         self.received_at.append(time.monotonic())
         return event
 
-    async def until(
-        self, event_type: str, pred: Callable[[JSON], bool] | None = None, timeout: float = 10.0
-    ) -> JSON:
-        """The next event of ``event_type`` (matching ``pred``); everything before is kept."""
-        deadline = time.monotonic() + timeout
-        while True:
-            event = await self.recv(max(0.01, deadline - time.monotonic()))
-            if event["type"] == event_type and (pred is None or pred(event)):
-                return event
-
     async def have(
         self, event_type: str, pred: Callable[[JSON], bool] | None = None, timeout: float = 10.0
     ) -> JSON:
@@ -119,20 +110,6 @@ class SdkClient:
         for event in self.of(event_type, pred):
             return event
         return await self.until(event_type, pred, timeout)
-
-    async def drain(self, seconds: float = 0.2) -> list[JSON]:
-        """Everything that arrives within ``seconds`` (a quiet period, not a wait for a fact)."""
-        got: list[JSON] = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(await self.recv(left))
-            except asyncio.TimeoutError:
-                break
-        return got
-
-    def of(self, event_type: str, pred: Callable[[JSON], bool] | None = None) -> list[JSON]:
-        return [e for e in self.events if e["type"] == event_type and (pred is None or pred(e))]
 
     def at(self, event: JSON) -> float:
         """When ``event`` (one of :attr:`events`) was received."""

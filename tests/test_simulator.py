@@ -12,11 +12,12 @@ import asyncio
 import base64
 import json
 import time
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator, Coroutine
 from contextlib import asynccontextmanager
 from typing import Any
 
 from pydantic import TypeAdapter
+from waiting import ReceivedEvents
 from websockets.asyncio.client import ClientConnection, connect
 
 from realtime_fsm.testing import (
@@ -68,12 +69,15 @@ def assert_valid_shapes(server: FakeRealtimeServer) -> None:
         adapter.validate_python(sent.event)
 
 
-class App:
+class App(ReceivedEvents):
     """The app side of the Realtime protocol, in raw JSON."""
 
+    until_timeout = 3.0
+    drain_seconds = 0.1
+
     def __init__(self, ws: ClientConnection) -> None:
+        super().__init__()
         self.ws = ws
-        self.events: list[JSON] = []
         self._n = 0
 
     async def send(self, event_type: str, **fields: Any) -> str:
@@ -86,29 +90,6 @@ class App:
         event: JSON = json.loads(await asyncio.wait_for(self.ws.recv(), timeout))
         self.events.append(event)
         return event
-
-    async def until(
-        self, event_type: str, pred: Callable[[JSON], bool] | None = None, timeout: float = 3.0
-    ) -> JSON:
-        deadline = time.monotonic() + timeout
-        while True:
-            event = await self.recv(max(0.01, deadline - time.monotonic()))
-            if event["type"] == event_type and (pred is None or pred(event)):
-                return event
-
-    async def drain(self, seconds: float = 0.1) -> list[JSON]:
-        """Everything that arrives within ``seconds``."""
-        got: list[JSON] = []
-        deadline = time.monotonic() + seconds
-        while (left := deadline - time.monotonic()) > 0:
-            try:
-                got.append(await self.recv(left))
-            except asyncio.TimeoutError:
-                break
-        return got
-
-    def of(self, event_type: str) -> list[JSON]:
-        return [e for e in self.events if e["type"] == event_type]
 
 
 @asynccontextmanager
