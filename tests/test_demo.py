@@ -16,6 +16,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 #: Words of the protocols and the log that mean nothing to someone new to the library.
 JARGON = re.compile(
@@ -62,6 +64,7 @@ def test_demo_tells_three_calls_in_plain_words() -> None:
     assert result.stderr == ""
 
 
+@pytest.mark.slow
 def test_demo_verbose_prints_each_log_line_once() -> None:
     result = demo("-v")
     out, err = result.stdout, result.stderr

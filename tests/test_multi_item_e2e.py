@@ -16,6 +16,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import attrs
+import pytest
 from test_e2e import CALLER, bridge_config, bridge_server, run, short_replies, simulator
 from test_tools_e2e import ask, called_and_done, config, lookup_order
 
@@ -208,6 +209,7 @@ def test_barge_in_mid_item_2_of_3_truncates_2_deletes_3_and_leaves_1() -> None:
     run(scenario(), timeout=60)
 
 
+@pytest.mark.slow
 def test_a_reasoning_model_thinking_past_the_stall_timeout_is_heard() -> None:
     """At effort ``high`` the model thinks 6 s before its first item, longer than the bridge's
     ``stall_timeout`` (5 s here): the thinking allowance (3 x at ``high``) lets it speak."""

