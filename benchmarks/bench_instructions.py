@@ -36,14 +36,9 @@ from typing import Any
 
 import attrs
 
-from benchmarks.bench_load import (
-    ROOT,
-    machine,
-    pin_cpus,
-    resolve_loadgen_loop,
-    run_one,
-    server_tokens,
-)
+from benchmarks.bench_load import pin_cpus, resolve_loadgen_loop, server_tokens
+from benchmarks.load_report import machine
+from benchmarks.load_runs import ROOT, run_one
 from benchmarks.loadgen import SCRIPTS
 
 #: Past this share of its core under valgrind the server may not have kept pace.
@@ -110,7 +105,7 @@ def steady_cost(
 ) -> SteadyCost:
     """The difference of two runs that differ only in the length of their steady window.
 
-    ``*_run``: ``bench_load.run_one``'s results (``server_messages``, ``window_s``,
+    ``*_run``: ``load_runs.run_one``'s results (``server_messages``, ``window_s``,
     ``calls``)."""
     messages = int(long_run["server_messages"]) - int(short_run["server_messages"])
     seconds = float(long_run["window_s"]) - float(short_run["window_s"])

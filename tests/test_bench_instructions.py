@@ -20,7 +20,7 @@ from benchmarks.bench_instructions import (
     read_cachegrind,
     steady_cost,
 )
-from benchmarks.bench_load import server_command
+from benchmarks.load_runs import server_command
 
 #: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
 #: the benchmark runs for real (servers under valgrind when present).

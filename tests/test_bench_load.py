@@ -15,17 +15,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import benchmarks.bench_load as bench_load
-from benchmarks.bench_load import (
-    PortTaken,
-    best_rows,
-    combine,
-    free_port,
-    markdown,
-    paired_ratios,
-    run_one,
-    variants_table,
-)
+import benchmarks.load_runs as load_runs
+from benchmarks.load_report import best_rows, combine, markdown, paired_ratios, variants_table
+from benchmarks.load_runs import PortTaken, free_port, run_one
 
 #: Slow, so a plain ``pytest`` deselects it; CI runs it (``pytest -m ''``):
 #: the benchmark runs for real (server and load-generator processes).
@@ -78,7 +70,7 @@ def test_two_calls_through_bridge_and_relay(tmp_path: Path) -> None:
 def test_free_ports_are_never_handed_out_twice_and_avoid_the_ephemeral_range() -> None:
     """Client connections take local ports from the ephemeral range; a port picked there could
     be gone before its server binds it (the CI failure this guards: the simulator's port)."""
-    low = bench_load._ephemeral_low()
+    low = load_runs._ephemeral_low()
     ports = [free_port() for _ in range(50)]
     assert len(set(ports)) == len(ports)
     if low > 12000:
@@ -94,13 +86,13 @@ def test_a_run_whose_port_is_taken_is_tried_again_on_fresh_ports(
         squatter.bind(("127.0.0.1", 0))
         squatter.listen()
         taken = squatter.getsockname()[1]
-        real = bench_load.free_port
+        real = load_runs.free_port
         picks = iter([real(), taken])  # the server's port, then the simulator's
 
         def pick() -> int:
             return next(picks, None) or real()
 
-        monkeypatch.setattr(bench_load, "free_port", pick)
+        monkeypatch.setattr(load_runs, "free_port", pick)
         result = run_one("relay", 1, 1.0, 0.3, None)
     assert result["calls"] == 1 and result["up_frames"] > 0
 
@@ -114,10 +106,10 @@ def test_a_port_taken_every_time_fails_after_the_last_attempt(
         attempts.append(kind)
         raise PortTaken("address already in use")
 
-    monkeypatch.setattr(bench_load, "_run_once", always_taken)
+    monkeypatch.setattr(load_runs, "_run_once", always_taken)
     with pytest.raises(PortTaken):
         run_one("relay", 1, 1.0, 0.3, None)
-    assert attempts == ["relay"] * bench_load.PORT_ATTEMPTS
+    assert attempts == ["relay"] * load_runs.PORT_ATTEMPTS
 
 
 def fake_round(**figures: object) -> dict[str, object]:
