@@ -34,7 +34,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.load_report import _f, combine, machine, markdown, variants_table, write_plot
+from benchmarks.load_report import combine, machine, markdown, num, variants_table, write_plot
 from benchmarks.load_runs import ROOT, run_one
 from benchmarks.loadgen import SCRIPTS
 
@@ -161,18 +161,18 @@ def main(argv: list[str] | None = None) -> int:
                 print(
                     f"# {token:6s} N={n:4d} round {round_ + 1}/{args.repeat}:"
                     f" cpu/call-min {r['server_cpu_per_call_min']:.3f} s"
-                    f" ({_f(r['server_cpu_us_per_frame'], 1)} us/frame,"
-                    f" {_f(r.get('server_cpu_us_per_message'), 1)} us/message,"
-                    f" user/system {_f(r.get('server_user_s'))}/{_f(r.get('server_sys_s'))} s),"
-                    f" up p99 {_f(r['up_p99_ms'])} ms, down p99 {_f(r['down_p99_ms'])} ms,"
-                    f" barge p99 {_f(r['barge_p99_ms'])} ms,"
+                    f" ({num(r['server_cpu_us_per_frame'], 1)} us/frame,"
+                    f" {num(r.get('server_cpu_us_per_message'), 1)} us/message,"
+                    f" user/system {num(r.get('server_user_s'))}/{num(r.get('server_sys_s'))} s),"
+                    f" up p99 {num(r['up_p99_ms'])} ms, down p99 {num(r['down_p99_ms'])} ms,"
+                    f" barge p99 {num(r['barge_p99_ms'])} ms,"
                     f" loadgen {r['loadgen_core_share']:.0%}"
-                    f" (its loop late p99 {_f(r.get('loadgen_lag_p99_ms'))} ms);"
-                    f" server per message: faults {_f(r.get('server_minflt_per_message'), 3)},"
-                    f" switches {_f(r.get('server_ctx_voluntary_per_message'), 3)} voluntary,"
-                    f" {_f(r.get('server_ctx_involuntary_per_message'), 3)} involuntary;"
-                    f" steal on its CPU {_f(r.get('server_cpu_steal_s'))} s"
-                    f" (the load generator's {_f(r.get('loadgen_cpu_steal_s'))} s)"
+                    f" (its loop late p99 {num(r.get('loadgen_lag_p99_ms'))} ms);"
+                    f" server per message: faults {num(r.get('server_minflt_per_message'), 3)},"
+                    f" switches {num(r.get('server_ctx_voluntary_per_message'), 3)} voluntary,"
+                    f" {num(r.get('server_ctx_involuntary_per_message'), 3)} involuntary;"
+                    f" steal on its CPU {num(r.get('server_cpu_steal_s'))} s"
+                    f" (the load generator's {num(r.get('loadgen_cpu_steal_s'))} s)"
                     f" ({time.monotonic() - t:.0f} s)",
                     file=sys.stderr,
                 )
@@ -181,14 +181,14 @@ def main(argv: list[str] | None = None) -> int:
                     print(
                         f"#   loop in the window: busy {r['loop_busy_share']:.0%},"
                         f" {r['loop_iterations']} iterations,"
-                        f" mean {_f(r['loop_mean_busy_ms'], 3)} ms,"
-                        f" 99% of busy time in iterations < {_f(r['loop_wait99_ms'])} ms,"
+                        f" mean {num(r['loop_mean_busy_ms'], 3)} ms,"
+                        f" 99% of busy time in iterations < {num(r['loop_wait99_ms'])} ms,"
                         f" in iterations >= 2 / 5 ms:"
                         f" {r['loop_busy_share_over_ms']['2']:.2%} / "
                         f"{r['loop_busy_share_over_ms']['5']:.2%},"
-                        f" longest {_f(r['loop_longest_ms'], 1)} ms,"
+                        f" longest {num(r['loop_longest_ms'], 1)} ms,"
                         f" preempted {r['loop_preempted']:.1%} of busy time,"
-                        f" {_f(r['loop_ready_per_iteration'], 2)} sockets ready per iteration;"
+                        f" {num(r['loop_ready_per_iteration'], 2)} sockets ready per iteration;"
                         " gc per generation (count, longest ms): "
                         + ", ".join(f"{g['count']} {g['max_ms']:.1f}" for g in gc.values()),
                         file=sys.stderr,

@@ -77,7 +77,8 @@ def paired_ratios(bridge: dict[str, Any], relay: dict[str, Any], key: str) -> li
 # ----------------------------------------------------------------------------- reporting
 
 
-def _f(value: float | None, digits: int = 2) -> str:
+def num(value: float | None, digits: int = 2) -> str:
+    """A figure for a table or a progress line: ``-`` when it was not measured."""
     return "-" if value is None else f"{value:.{digits}f}"
 
 
@@ -124,16 +125,16 @@ def server_table(rows: list[dict[str, Any]], kind: str) -> list[str]:
         if r["up_frames"] < 0.98 * r["expected_up_frames"]:
             notes.append(f"up frames {r['up_frames'] / r['expected_up_frames']:.0%} of expected")
         line = (
-            f"| {r['calls']} | {_f(r['server_cpu_per_call_min'], 3)} |"
-            f" {_f(r['server_cpu_us_per_frame'], 1)} |"
-            f" {_f(r.get('server_cpu_us_per_message'), 1)} | {r['server_core_share']:.0%} |"
-            f" {_f(r['up_p50_ms'])} / {_f(r['up_p99_ms'])} |"
-            f" {_f(r['down_p50_ms'])} / {_f(r['down_p99_ms'])} |"
+            f"| {r['calls']} | {num(r['server_cpu_per_call_min'], 3)} |"
+            f" {num(r['server_cpu_us_per_frame'], 1)} |"
+            f" {num(r.get('server_cpu_us_per_message'), 1)} | {r['server_core_share']:.0%} |"
+            f" {num(r['up_p50_ms'])} / {num(r['up_p99_ms'])} |"
+            f" {num(r['down_p50_ms'])} / {num(r['down_p99_ms'])} |"
         )
         if barge:
-            line += f" {_f(r['barge_p50_ms'])} / {_f(r['barge_p99_ms'])} ({r['barge_ins']}) |"
+            line += f" {num(r['barge_p50_ms'])} / {num(r['barge_p99_ms'])} ({r['barge_ins']}) |"
         line += (
-            f" {r['loadgen_core_share']:.0%} / {_f(r.get('loadgen_lag_p99_ms'))} |"
+            f" {r['loadgen_core_share']:.0%} / {num(r.get('loadgen_lag_p99_ms'))} |"
             f" {r['up_frames']} / {r['down_frames']} | {r.get('server_messages', '-')} |"
             f" {', '.join(notes)} |"
         )
@@ -199,10 +200,10 @@ def goals_table(bridge: list[dict[str, Any]], relay: list[dict[str, Any]]) -> li
         most = max((x for x in extra if x is not None), default=None)
         cpu_verdict = (
             f"judged with --script {CPU_GOAL_SCRIPT} (here the bridge carries"
-            f" {_f(most)}x the relay's messages)"
+            f" {num(most)}x the relay's messages)"
         )
     lines.append(
-        f"| bridge CPU per call-minute <= 1.10x the relay (worst N) | {_f(worst)}x |"
+        f"| bridge CPU per call-minute <= 1.10x the relay (worst N) | {num(worst)}x |"
         f" {cpu_verdict} |"
     )
     for key, unit in (
@@ -213,19 +214,19 @@ def goals_table(bridge: list[dict[str, Any]], relay: list[dict[str, Any]]) -> li
         worst_unit = max((x for x in ratios if x is not None), default=None)
         lines.append(
             f"| (per unit of work) bridge CPU per {unit} <= 1.10x the relay (worst N) |"
-            f" {_f(worst_unit)}x | {verdict(None if worst_unit is None else worst_unit <= 1.10)} |"
+            f" {num(worst_unit)}x | {verdict(None if worst_unit is None else worst_unit <= 1.10)} |"
         )
     at150 = next((b for b in bridge if b["calls"] == 150), None)
     if at150 is not None:
         for way in ("up", "down"):
             v = at150[f"{way}_p99_ms"]
             lines.append(
-                f"| p99 added latency <= 5 ms {way} at N = 150 | {_f(v)} ms |"
+                f"| p99 added latency <= 5 ms {way} at N = 150 | {num(v)} ms |"
                 f" {verdict(None if v is None else v <= P99_LIMIT_MS)} |"
             )
         v = at150["barge_p99_ms"]
         lines.append(
-            f"| barge-in reaction p99 <= 5 ms at N = 150 | {_f(v)} ms |"
+            f"| barge-in reaction p99 <= 5 ms at N = 150 | {num(v)} ms |"
             f" {verdict(None if v is None else v <= P99_LIMIT_MS)} |"
         )
     nb, nr = largest_ok(bridge), largest_ok(relay)
@@ -256,8 +257,8 @@ def variants_table(results: dict[str, list[dict[str, Any]]], kinds: list[str]) -
                 ratios = ", ".join(f"{x:.2f}x" for x in per_round)
             lines.append(
                 f"| {token} | {row['calls']} | {row['server_cpu_per_call_min']:.3f} |"
-                f" {_f(row['server_cpu_us_per_frame'], 1)} | {_f(row['up_p99_ms'])} |"
-                f" {_f(row['down_p99_ms'])} | {_f(row['barge_p99_ms'])} |"
+                f" {num(row['server_cpu_us_per_frame'], 1)} | {num(row['up_p99_ms'])} |"
+                f" {num(row['down_p99_ms'])} | {num(row['barge_p99_ms'])} |"
                 f" {row['loadgen_core_share']:.0%} | {ratios} |"
             )
     return "\n".join(lines) + "\n"
