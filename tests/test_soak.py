@@ -11,6 +11,7 @@ import asyncio
 import io
 import json
 import logging
+import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
@@ -329,3 +330,36 @@ def test_busy_errors_are_judged_on_the_bridges_clock(tmp_path: Path) -> None:
     bad = Path(__file__).parent / "traces" / "bad-busy-errors.jsonl"
     assert busy_errors_on_the_wire(bad) == {"evt_srv_2.010": False, "evt_srv_4.100": False}
     assert busy_errors_on_the_wire(tmp_path / "missing.jsonl") is None
+
+
+def test_the_idle_wait_credits_time_the_event_loop_could_not_run() -> None:
+    """A loaded machine makes the back-to-idle wait longer, not the call wrong: time the loop
+    was blocked (here 0.4 s of a 0.5 s budget, the condition true 0.15 s after the block) is
+    credited, up to the budget again; a condition that never holds still fails, within twice
+    the budget of running time."""
+    from realtime_fsm.testing.soak_call import _until
+
+    async def blocked_then_true() -> tuple[bool, float]:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        settled_at = start + 0.65
+
+        def block() -> None:
+            time.sleep(0.4)  # the machine is overloaded: the loop runs nothing meanwhile
+
+        loop.call_later(0.1, block)
+        ok = await _until(lambda: loop.time() >= settled_at, 0.5)
+        return ok, loop.time() - start
+
+    ok, took = asyncio.run(blocked_then_true())
+    assert ok and took >= 0.65
+
+    async def never() -> float:
+        loop = asyncio.get_running_loop()
+        start = loop.time()
+        loop.call_later(0.1, lambda: time.sleep(1.0))
+        assert not await _until(lambda: False, 0.3)
+        return loop.time() - start
+
+    took = asyncio.run(never())
+    assert took < 0.3 + 1.0 + 0.3 + 1.0  # budget, the block, the credit cap, scheduling room

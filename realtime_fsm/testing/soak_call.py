@@ -180,23 +180,37 @@ def _busy_split(
     return races, probes, late, unexplained
 
 
+#: How often :func:`_until` looks at its predicate.
+_POLL = 0.05
+
+
 async def _until(
     predicate: Callable[[], bool],
     timeout: float,
     paused: Callable[[], bool] | None = None,
 ) -> bool:
-    """Poll ``predicate`` for up to ``timeout`` seconds, not counting time while ``paused``."""
+    """Poll ``predicate`` for up to ``timeout`` seconds, not counting time while ``paused``, nor
+    the event loop's lateness: a poll that comes more than a poll interval late means the loop
+    (the bridge, the simulator and the caller all run on it) could not run, so nothing could
+    settle then either.  That time is credited, up to ``timeout`` again, so an overloaded
+    machine makes the wait longer, not the call wrong, while a call that never settles is
+    still reported (within twice its budget of running time)."""
     loop = asyncio.get_running_loop()
     deadline = last = loop.time()
     deadline += timeout
+    credit_left = timeout
     while not predicate():
         now = loop.time()
         if paused is not None and paused():
             deadline += now - last
+        elif (late := now - last - 2 * _POLL) > 0 and credit_left > 0:
+            credit = min(late, credit_left)
+            deadline += credit
+            credit_left -= credit
         last = now
         if now >= deadline:
             return False
-        await asyncio.sleep(0.05)
+        await asyncio.sleep(_POLL)
     return True
 
 
