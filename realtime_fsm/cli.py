@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import realtime_fsm
+
 from .demo import run_demo
 from .openai_realtime.models import DEFAULT_REALTIME_MODEL
 from .replay import check_file
@@ -400,6 +402,12 @@ def _soak(args: argparse.Namespace) -> int:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="realtime-fsm", description=DESCRIPTION, epilog=EPILOG, formatter_class=_RAW
+    )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"realtime-fsm {realtime_fsm.__version__}",
+        help="print the version",
     )
     sub = parser.add_subparsers(dest="command", required=True, title="commands")
     demo = sub.add_parser(
