@@ -72,8 +72,9 @@ REPLAY_HELP = "check recorded calls for mistakes, or draw a call's timeline as a
 REPLAY_DESCRIPTION = """\
 Check recorded calls against the rules the bridge must keep, and print each rule broken with
 the line of the trace that shows it.  A trace is the file the bridge writes for each call
-when you give it a trace directory (ServerConfig(trace_dir=...), or --trace-dir on the
-example server); its format is described in docs/traces.md.
+when you give it a trace directory (ServerConfig(trace_dir=...), or --trace-dir on
+realtime-fsm serve and realtime-fsm demo); its format is described in docs/traces.md in
+the source repository.
 
 With --html, also draw one call as a web page: both sockets' traffic, the state of the
 current answer over time, interruptions, and what the caller actually heard.
