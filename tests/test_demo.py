@@ -82,6 +82,7 @@ def test_demo_verbose_prints_each_log_line_once() -> None:
     assert "Call 1: the caller talks over the assistant" in out
 
 
+@pytest.mark.slow
 def test_demo_trace_dir_gives_traces_that_replay_clean(tmp_path: Path) -> None:
     """``demo --trace-dir`` is how the docs tell someone with no phone number or API key to
     get real traces: one per call, listed in call order, each clean under ``replay``, and one

@@ -186,6 +186,7 @@ def test_the_blocks_type_check_against_the_package(tmp_path: Path) -> None:
     assert done.returncode == 0, "\n".join(report) + done.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     "key",
     [key for key in READER_SUPPLIES if key not in NOT_RUN and key != ("docs/bridge.md", 3)],
@@ -211,6 +212,7 @@ def test_the_block_runs(key: tuple[str, int], tmp_path: Path) -> None:
     assert done.returncode == 0, f"{key}: {done.stdout}\n{done.stderr}"
 
 
+@pytest.mark.slow
 def test_the_fastapi_test_of_bridge_md_passes(tmp_path: Path) -> None:
     """bridge.md's "test it with the simulator": its app served by uvicorn, a whole call."""
     for needed in ("fastapi", "uvicorn"):
