@@ -20,6 +20,8 @@ import time
 from pathlib import Path
 from typing import IO, Any
 
+import realtime_fsm
+
 from .demo import run_demo
 from .openai_realtime.models import DEFAULT_REALTIME_MODEL
 from .replay import check_file
@@ -61,14 +63,18 @@ library promises."""
 DEMO_EPILOG = """\
 examples:
   realtime-fsm demo        the story of the three calls
-  realtime-fsm demo -v     the same, with the bridge's own log lines on stderr"""
+  realtime-fsm demo -v     the same, with the bridge's own log lines on stderr
+  realtime-fsm demo --trace-dir traces
+                           the same, and a trace of each call in traces/ to try
+                           realtime-fsm replay on"""
 
 REPLAY_HELP = "check recorded calls for mistakes, or draw a call's timeline as a web page"
 REPLAY_DESCRIPTION = """\
 Check recorded calls against the rules the bridge must keep, and print each rule broken with
 the line of the trace that shows it.  A trace is the file the bridge writes for each call
-when you give it a trace directory (ServerConfig(trace_dir=...), or --trace-dir on the
-example server); its format is described in docs/traces.md.
+when you give it a trace directory (ServerConfig(trace_dir=...), or --trace-dir on
+realtime-fsm serve and realtime-fsm demo); its format is described in docs/traces.md in
+the source repository.
 
 With --html, also draw one call as a web page: both sockets' traffic, the state of the
 current answer over time, interruptions, and what the caller actually heard.
@@ -121,7 +127,8 @@ def _demo(args: argparse.Namespace) -> int:
         "Three short phone calls through the real bridge, with a simulated caller and a"
         " simulated OpenAI on this machine."
     )
-    demo = run_demo(echo=True, verbose=args.verbose, model=args.model)
+    before = _traces_in(args.trace_dir)
+    demo = run_demo(echo=True, verbose=args.verbose, model=args.model, trace_dir=args.trace_dir)
     result = asyncio.run(asyncio.wait_for(demo, 90))
 
     def verdict(ok: bool) -> str:
@@ -146,12 +153,28 @@ def _demo(args: argparse.Namespace) -> int:
     print(f"  Requests the real OpenAI would refuse   : {refused}", end="")
     print(f" {result.protocol_errors}" if refused else "")
     print(f"  Finished in {result.seconds:.1f} s: {verdict(result.ok)}")
+    if args.trace_dir is not None:
+        # In the order the calls ended: call 1 first (the names are Twilio call ids).
+        written = sorted(_traces_in(args.trace_dir) - before, key=lambda p: p.stat().st_mtime)
+        print(f"\nThe calls' traces ({len(written)} files), in {args.trace_dir}:")
+        for number, path in enumerate(written, 1):
+            print(f"  Call {number}: {path}")
+        if written:
+            print(
+                f"Check them with: realtime-fsm replay {args.trace_dir}/*.jsonl\n"
+                f"Draw one as a web page: realtime-fsm replay {written[0]} --html call.html"
+            )
     if not args.verbose:
         print(
             "\nRun with -v to see the bridge's own log lines; in production, search them"
             "\nfor [BARGE_IN], [TEXT_BARGE_IN] and [NO_AUDIO_WATCHDOG]."
         )
     return 0 if result.ok else 1
+
+
+def _traces_in(directory: str | None) -> set[Path]:
+    """The trace files in ``directory`` (none if it is not given or does not exist yet)."""
+    return set(Path(directory).glob("*.jsonl")) if directory is not None else set()
 
 
 def _add_replay_parser(sub: Any) -> None:
@@ -381,6 +404,12 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="realtime-fsm", description=DESCRIPTION, epilog=EPILOG, formatter_class=_RAW
     )
+    parser.add_argument(
+        "--version",
+        action="version",
+        version=f"realtime-fsm {realtime_fsm.__version__}",
+        help="print the version",
+    )
     sub = parser.add_subparsers(dest="command", required=True, title="commands")
     demo = sub.add_parser(
         "demo",
@@ -399,6 +428,12 @@ def main(argv: list[str] | None = None) -> int:
         "--model",
         default=DEFAULT_REALTIME_MODEL,
         help=f"the OpenAI Realtime model the calls ask for (default {DEFAULT_REALTIME_MODEL})",
+    )
+    demo.add_argument(
+        "--trace-dir",
+        metavar="DIR",
+        help="also record each call's trace in DIR (created if needed), to try realtime-fsm"
+        " replay and its --html timeline on",
     )
     demo.set_defaults(func=_demo)
     _add_replay_parser(sub)

@@ -23,6 +23,7 @@ import logging
 import textwrap
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import attrs
 
@@ -308,12 +309,18 @@ async def _silent_answer(
 
 
 async def run_demo(
-    *, echo: bool = True, verbose: bool = False, model: str = DEFAULT_REALTIME_MODEL
+    *,
+    echo: bool = True,
+    verbose: bool = False,
+    model: str = DEFAULT_REALTIME_MODEL,
+    trace_dir: str | Path | None = None,
 ) -> DemoResult:
     """Play the three calls; print the story as it happens when ``echo``.  ``model`` is named
     in the session URL as against OpenAI (the simulator echoes it in ``session.created``; a
     deprecated one is warned about).  ``verbose``: leave the package's log to its handlers
-    (``-v`` sets one up); otherwise only its warnings reach stderr."""
+    (``-v`` sets one up); otherwise only its warnings reach stderr.  ``trace_dir``: record each
+    call's trace there, as a server with ``ServerConfig.trace_dir`` does, so that someone
+    without a phone number or an API key has real traces to try ``realtime-fsm replay`` on."""
     started = time.monotonic()
     result = DemoResult()
     story = _Story(echo)
@@ -338,6 +345,7 @@ async def run_demo(
             public_url="http://127.0.0.1",
             base_url=sim.url,
             model=model,
+            trace_dir=trace_dir,
             bridge=BridgeConfig(
                 session=SessionConfig(
                     instructions="You are a friendly receptionist.", silence_duration_ms=300

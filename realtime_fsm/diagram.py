@@ -98,7 +98,8 @@ def document() -> str:
     parts = [
         "# The response-lifecycle state machines\n\n"
         "Generated from `realtime_fsm/table.py` by `python -m realtime_fsm.diagram --write`;"
-        " `tests/test_diagram.py` fails when this file is out of date. Do not edit by hand.\n\n"
+        " `tests/test_diagram.py` (in the source repository) fails when this file is out of"
+        " date. Do not edit by hand.\n\n"
         f"The response lifecycle is {len(MACHINES)} machines over one object, each answering"
         " one question at every moment, and the call around it is one more:\n\n"
         + "".join(

@@ -580,5 +580,8 @@ def check_lines(
 def check_file(
     path: str | Path, *, slack: float = DEFAULT_SLACK, crossing: float = DEFAULT_CROSSING
 ) -> tuple[list[Violation], list[str]]:
+    """:func:`check_lines` of the trace at ``path``, what ``realtime-fsm replay`` runs.  Raises
+    ``OSError`` for a file that cannot be read, and :class:`TraceFormatError` for one that is not
+    a trace."""
     with open(path, encoding="utf-8") as handle:
         return check_lines(handle, slack=slack, crossing=crossing)

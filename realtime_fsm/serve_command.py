@@ -289,7 +289,7 @@ def _add_process_arguments(p: argparse.ArgumentParser) -> None:
         metavar="PATH",
         help=(
             "serve Prometheus metrics here, e.g. /metrics (needs the prometheus extra; the"
-            " realtime_fsm_calls_active gauge is what docs/deploying.md scales on); default: none"
+            " realtime_fsm_calls_active gauge is what an autoscaler scales on); default: none"
         ),
     )
     p.add_argument(
@@ -458,8 +458,8 @@ PUBLIC_URL/incoming-call.  The API key comes from OPENAI_API_KEY; with TWILIO_AU
 Twilio's signatures are checked.
 
 On SIGTERM (or Ctrl-C) it stops taking calls and lets the calls in progress finish (at most
---drain-timeout), then exits; a second signal ends them at once.  docs/deploying.md has the
-Docker and Kubernetes setup."""
+--drain-timeout), then exits; a second signal ends them at once.  docs/deploying.md in the
+source repository has the Docker and Kubernetes setup."""
 
 SERVE_EPILOG: Final = """\
 examples:

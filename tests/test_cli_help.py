@@ -91,3 +91,19 @@ def test_the_installed_entry_point_prints_the_same_help() -> None:
     )
     assert result.returncode == 0, result.stderr
     assert "realtime-fsm demo" in result.stdout and RST.search(result.stdout) is None
+
+
+def test_version_is_printed_and_matches_the_changelog(capsys: pytest.CaptureFixture[str]) -> None:
+    from realtime_fsm import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0
+    assert capsys.readouterr().out == f"realtime-fsm {__version__}\n"
+    changelog = (ROOT / "CHANGELOG.md").read_text()
+    released = re.findall(r"^## \[(\d+\.\d+\.\d+)\]", changelog, re.MULTILINE)
+    if __version__ in released:
+        assert released[0] == __version__, "the newest release in CHANGELOG.md is not this one"
+    else:  # not released yet: the Unreleased section names the version it will be
+        unreleased = changelog.split("## [Unreleased]", 1)[1].split("\n## ", 1)[0]
+        assert __version__ in unreleased, "CHANGELOG.md does not name this version"

@@ -80,3 +80,38 @@ def test_demo_verbose_prints_each_log_line_once() -> None:
     # The demo's caller is simulated: its log shows what was typed.
     assert re.search(r"\[TEXT_BARGE_IN\] detected -> text='[^'<]+'", err), err
     assert "Call 1: the caller talks over the assistant" in out
+
+
+@pytest.mark.slow
+def test_demo_trace_dir_gives_traces_that_replay_clean(tmp_path: Path) -> None:
+    """``demo --trace-dir`` is how the docs tell someone with no phone number or API key to
+    get real traces: one per call, listed in call order, each clean under ``replay``, and one
+    drawn with ``--html`` as the output suggests."""
+    traces = tmp_path / "traces"
+    out = demo("--trace-dir", str(traces)).stdout
+    written = sorted(traces.glob("*.jsonl"))
+    assert len(written) == 3, out
+    listed = re.findall(r"^  Call (\d): (\S+\.jsonl)$", out, re.MULTILINE)
+    assert [number for number, _ in listed] == ["1", "2", "3"], out
+    assert sorted(Path(path) for _, path in listed) == written
+    assert f"realtime-fsm replay {traces}/*.jsonl" in out
+    page = tmp_path / "call.html"
+    replay = subprocess.run(
+        [sys.executable, "-m", "realtime_fsm", "replay", *map(str, written)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert replay.returncode == 0, replay.stdout + replay.stderr
+    assert replay.stdout.count(": ok") == 3
+    drawn = subprocess.run(
+        [sys.executable, "-m", "realtime_fsm", "replay", listed[0][1], "--html", str(page)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert drawn.returncode == 0, drawn.stderr
+    words = " ".join(re.sub(r"<[^>]+>", " ", page.read_text()).split())
+    assert "Barge-ins 1" in words  # call 1: the caller talks over the greeting

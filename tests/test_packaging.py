@@ -10,6 +10,7 @@ installs the wheel with its dependencies from the index in a venv of its own (.c
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import site
 import subprocess
@@ -124,3 +125,25 @@ def test_wheel_installs_and_runs_in_a_clean_venv(tmp_path: Path) -> None:
     cli = env_dir / "bin" / "realtime-fsm"
     assert "demo" in _run([str(cli), "--help"], cwd=tmp_path)
     assert "OK" in _run([str(cli), "demo"], cwd=tmp_path)
+
+    # A user's code type-checks against the installed wheel (py.typed): the package is found,
+    # its names are typed, and a typed call with a mistake is caught.
+    if importlib.util.find_spec("mypy") is None:
+        return
+    user = tmp_path / "user_code.py"
+    user.write_text(
+        "from realtime_fsm import BridgeConfig, CallSession, Tool\n"
+        "from realtime_fsm.bridge import CallBridge\n\n"
+        "def build(tool: Tool) -> CallSession:\n"
+        "    return CallSession(BridgeConfig(tools=(tool,)), now=0.0)\n\n"
+        "def listen(bridge: CallBridge) -> None:\n"
+        "    bridge.send_user_text('hello')\n"
+    )
+    mypy = [sys.executable, "-m", "mypy", "--strict", "--python-executable", str(python)]
+    mypy += ["--cache-dir", str(tmp_path / ".mypy_cache"), "--no-error-summary"]
+    _run([*mypy, str(user)], cwd=tmp_path)
+    user.write_text(user.read_text().replace("now=0.0", "now='0'"))
+    wrong = subprocess.run(
+        [*mypy, str(user)], cwd=tmp_path, capture_output=True, text=True, timeout=600, check=False
+    )
+    assert wrong.returncode == 1 and '"now"' in wrong.stdout, wrong.stdout + wrong.stderr

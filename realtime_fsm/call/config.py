@@ -4,7 +4,7 @@ driver.  Value types only: nothing here changes a state machine's transition."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, Final, Protocol
 
 import attrs
@@ -75,6 +75,12 @@ def _mark_every(_inst: object, _attribute: attrs.Attribute[Any], value: int) -> 
     # The tracker's own check, run when the config is built: a bad deployment setting fails at
     # start-up instead of ending every call.
     check_mark_every_ms(value)
+
+
+def _tool_tuple(tools: Iterable[ToolSpec]) -> tuple[ToolSpec, ...]:
+    # A typed converter: with ``converter=tuple`` mypy types the ``tools`` argument as
+    # ``Iterable[_T_co]`` and refuses every caller's ``tools=(my_tool,)``.
+    return tuple(tools)
 
 
 #: ``BridgeConfig.mark_every_ms``'s default: a Twilio ``mark`` per 500 ms of an item's audio.
@@ -155,7 +161,7 @@ class BridgeConfig:
     #: Function tools offered to the model (their schemas go into the session's ``tools``);
     #: a driver runs the ones it has a handler for, the application answers the rest
     #: (``submit_tool_output``).
-    tools: tuple[ToolSpec, ...] = attrs.field(default=(), converter=tuple)
+    tools: tuple[ToolSpec, ...] = attrs.field(default=(), converter=_tool_tuple)
     #: The session's ``tool_choice`` (``"auto"``, ``"none"``, ``"required"``, or a function
     #: ``{"type": "function", "name": ...}``); ``None``: the server's default.
     tool_choice: str | dict[str, Any] | None = None
