@@ -15,19 +15,18 @@ production, without a Twilio number, an OpenAI key or a network, put it between 
 
 Both speak raw protocol JSON; neither imports the rest of this package, so they test any bridge.
 
-Typical use in a test (no pytest plugin needed)::
+Typical use in a test (no pytest plugin needed; ``start_my_bridge`` is your bridge, started on
+127.0.0.1 and pointed at the fake server: the Testing page of the docs has it whole)::
 
     import asyncio
-    from realtime_fsm.testing import (
-        FakeCallerConfig, FakeRealtimeConfig, FakeRealtimeServer, FakeTwilioCaller,
-    )
+    from realtime_fsm.testing import FakeRealtimeConfig, FakeRealtimeServer, FakeTwilioCaller
 
     def test_barge_in() -> None:
         async def scenario() -> None:
             config = FakeRealtimeConfig(realtime_factor=10)
             async with FakeRealtimeServer(config, replies=["Hi! How can I help you today?"]) as ai:
-                bridge = await start_my_bridge(openai_url=ai.url)   # your code, on 127.0.0.1
-                async with FakeTwilioCaller(bridge.media_stream_url) as caller:
+                media_url = await start_my_bridge(openai_url=ai.url)  # your bridge's ws:// URL
+                async with FakeTwilioCaller(media_url) as caller:
                     await caller.wait_for_audio(200)          # the assistant is talking
                     await caller.speak(0.8)                   # the caller barges in
                     await ai.wait_until(lambda: bool(ai.responses) and ai.responses[0].finished)
