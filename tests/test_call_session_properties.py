@@ -356,7 +356,13 @@ class PropertyDriver:
             frame = oa_session(d.draw(st.sampled_from(["session.created", "session.updated"])))
         else:
             frame = d.draw(st.sampled_from(_HOSTILE_OPENAI))
-        running = self.s.call_state is CallState.RUNNING
+        # Frames reach the machine while the call serves: running, or rotating (the current
+        # session still serves the call while the next one is prepared).
+        running = self.s.call_state in (
+            CallState.RUNNING,
+            CallState.ROTATING,
+            CallState.READY_TO_SWITCH,
+        )
         out = self.s.openai_frame(frame, self.t)
         if out is not None:
             media = json.loads(out)
