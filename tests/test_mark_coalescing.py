@@ -254,8 +254,8 @@ class _FullPathTracker(PlaybackTracker):
 
     __slots__ = ()
 
-    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
-        return self._audio_sent_full(item_id, byte_count)
+    def audio_sent(self, item_id: str, byte_count: int, now: float | None = None) -> str | None:
+        return self._audio_sent_full(item_id, byte_count, now)
 
 
 _ITEM_IDS = [f"item_{n}" for n in range(70)]  # more than the tracker keeps (64): evictions
@@ -348,10 +348,10 @@ def test_audio_sent_takes_the_shortcut_between_marks() -> None:
     class Counting(PlaybackTracker):
         __slots__ = ()
 
-        def _audio_sent_full(self, item_id: str, byte_count: int) -> str | None:
+        def _audio_sent_full(self, item_id: str, byte_count: int, now: float | None) -> str | None:
             nonlocal calls
             calls += 1
-            return super()._audio_sent_full(item_id, byte_count)
+            return super()._audio_sent_full(item_id, byte_count, now)
 
     tracker = Counting(mark_every_ms=100)
     names = [tracker.audio_sent("item_a", CHUNK) for _ in range(50)]  # 1 s of 20 ms frames
