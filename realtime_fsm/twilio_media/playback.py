@@ -60,8 +60,9 @@ def _digits(text: str) -> bool:
 _ITEMS_MAX: Final = 64
 
 #: The least audio (ms) between two looks :meth:`PlaybackTracker._witness` asks for beyond the
-#: marks: bounds the extra full paths of ``audio_sent`` to one per this much audio.
-_LOOK_MIN_MS: Final = 40
+#: marks, and how many it asks for per echo: extra full paths of ``audio_sent``, bounded.
+_LOOK_MIN_MS: Final = 20
+_LOOKS_PER_ECHO: Final = 8
 
 
 def check_mark_every_ms(value: object) -> None:
@@ -98,6 +99,7 @@ class PlaybackTracker:
         "_hot_item",
         "_hot_limit",
         "_last_mark",
+        "_looks",
         "_mark_every_ms",
         "_max_pending",
         "_origin",
@@ -152,6 +154,8 @@ class PlaybackTracker:
         #: and a time before which playback cannot have started it: at any later time ``t`` the
         #: caller has heard at most ``(t - t0) * 1000`` ms of it (see :meth:`_witness`).
         self._origin: tuple[str, float] | None = None
+        #: Looks :meth:`_witness` may still ask for since the last echo (a cost bound only).
+        self._looks = 0
         #: (item_id, end_ms) of the mark minted last in this generation.
         self._last_mark: tuple[str, int] | None = None
         #: Counters a bridge can export: marks played, cleared, foreign, ...
@@ -236,7 +240,9 @@ class PlaybackTracker:
         lead is smaller (the first frame's echo: a few frames ahead).  So the shortcut is cut
         short at half the lead's worth of audio more: audio sent at least as fast as it plays
         keeps the chain (the lead stays or grows); slower, the check fails, as it must.  Not
-        under ``_LOOK_MIN_MS``: at most one extra full path per that much audio."""
+        under ``_LOOK_MIN_MS`` of audio, at most ``_LOOKS_PER_ECHO`` times per echo (audio
+        sent twice as fast as it plays grows the lead by half at each look: eight take two
+        frames' lead past the default mark interval, where the marks' own checks suffice)."""
         if now is None:
             self._origin = None  # no time: no evidence, and an older bound may span this frame
             return
@@ -259,10 +265,11 @@ class PlaybackTracker:
         if sent_ms > cap:
             self._anchor = (item_id, anchor[1], anchor[2], sent_ms)
             lead += sent_ms - cap
-        if lead >= 2 * _LOOK_MIN_MS and self._hot_item == item_id:
+        if lead >= 2 * _LOOK_MIN_MS and self._looks and self._hot_item == item_id:
             look = total + int(lead / 2) * bytes_per_ms
             if look < self._hot_limit:
                 self._hot_limit = look
+                self._looks -= 1
 
     def _add_bytes(self, item_id: str, byte_count: int) -> int:
         """Count ``byte_count`` more bytes of ``item_id``; return its total in this generation."""
@@ -375,6 +382,7 @@ class PlaybackTracker:
             if key == name:
                 if now is not None:
                     self._anchor = (item_id, end_ms, now, self.sent_ms(item_id))
+                    self._looks = _LOOKS_PER_ECHO
                 break
             self._count("marks_implied")
         self._count("marks_played")
