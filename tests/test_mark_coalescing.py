@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_call_session import Call, oa_audio, oa_session, oa_speech_started, tw_mark
 
 from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig
 from realtime_fsm.errors import LocalProtocolError
@@ -540,3 +541,24 @@ def test_audio_sent_takes_the_shortcut_between_marks() -> None:
     # The start mark, then one per 100 ms (120 ... 920); the last 80 ms are flushed later.
     assert [n is not None for n in names].count(True) == 10
     assert calls == 10  # each mark only (the first frame is the start mark, armed from there)
+
+
+def test_the_demo_s_first_barge_in_is_truncated_at_what_the_caller_heard() -> None:
+    """``realtime-fsm demo``'s first call, on a clock the test holds (the call layer, no
+    sockets): the greeting comes twice as fast as it plays, its first mark is echoed 35 ms in
+    (80 ms of it sent by then), and the caller speaks 0.5 s in, before the next mark's echo.
+    OpenAI is told 485 ms: the echo's 20 ms plus the time since it, early by that echo's trip
+    back only (it used to be the 80 ms sent when the echo came)."""
+    c = Call(BridgeConfig(greeting="Greet the caller.", mark_every_ms=500)).start()
+    c.oa(oa_session())
+    c.answer(c.creates()[-1], "resp_g")
+    start = c.t
+    for i in range(50):  # a 20 ms delta every 10 ms: playing from ``start``, never running out
+        if i == 4:
+            [first] = [m["mark"]["name"] for m in c.twilio if m["event"] == "mark"]
+            c.at(start + 0.035).tw(tw_mark(first))
+        c.at(start + i * 0.01).oa(oa_audio("resp_g", "item_g"))
+    c.at(start + 0.5).oa(oa_speech_started("u1"))
+    assert [m["event"] for m in c.twilio].count("clear") == 1  # the greeting stops playing
+    [truncate] = [e for e in c.sent if e["type"] == "conversation.item.truncate"]
+    assert (truncate["item_id"], truncate["audio_end_ms"]) == ("item_g", 485)  # heard: 500
