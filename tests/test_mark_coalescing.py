@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import heapq
+import itertools
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from test_call_session import Call, oa_audio, oa_session, oa_speech_started, tw_mark
 
 from realtime_fsm.bridge import DEFAULT_MARK_EVERY_MS, BridgeConfig
 from realtime_fsm.errors import LocalProtocolError
@@ -27,7 +30,7 @@ from realtime_fsm.testing import (
     FakeTwilioCaller,
     ScriptedReply,
 )
-from realtime_fsm.twilio_media import MarkName, PlaybackTracker
+from realtime_fsm.twilio_media import LedgerPlaybackTracker, MarkName, PlaybackTracker
 
 CHUNK = 160  # 20 ms of mu-law
 
@@ -209,6 +212,186 @@ def test_estimate_counts_the_unmarked_tail_sent_before_the_echo() -> None:
     assert est is not None and est.played_ms == 140  # all of it: no mark is still due
 
 
+# Audio sent after an echo counts once it provably reached Twilio before playback ran out.
+
+
+class _Sender:
+    """A tracker fed as the call feeds it: ``audio_sent`` with the time of each frame; for the
+    ledger tracker, the machine's ledger counts the delta first."""
+
+    def __init__(self, ledger: bool, mark_every_ms: int = 500) -> None:
+        self.ledger: dict[str, list[int]] = {}
+        self.tracker: PlaybackTracker = (
+            LedgerPlaybackTracker(self.ledger, mark_every_ms=mark_every_ms)
+            if ledger
+            else PlaybackTracker(mark_every_ms=mark_every_ms)
+        )
+        self.marks: list[str] = []
+
+    def send(self, item_id: str, byte_count: int, now: float) -> None:
+        self.ledger.setdefault(item_id, [0, 0])[0] += byte_count
+        name = self.tracker.audio_sent(item_id, byte_count, now)
+        if name is not None:
+            self.marks.append(name)
+
+
+@pytest.mark.parametrize("ledger", [False, True])
+def test_estimate_counts_audio_sent_after_an_early_echo_while_playback_lagged(ledger: bool) -> None:
+    """``realtime-fsm demo``'s first call: the greeting's first mark (20 ms) is echoed when
+    little of it was sent, and the rest comes faster than it plays.  The cap follows the
+    sending, so the estimate is the time since the echo, not the audio sent by then."""
+    sender = _Sender(ledger)
+    tracker = sender.tracker
+    sender.send("item_a", CHUNK, 0.0)  # plays at once: 20 ms heard at 0.02
+    for i in range(1, 100):  # 2 s of audio, a 20 ms frame every 10 ms: twice real time
+        if i == 4:
+            tracker.mark_received(sender.marks[0], now=0.035)  # 80 ms sent by then
+        sender.send("item_a", CHUNK, i * 0.01)
+    for now in (0.1, 0.3, 0.5):
+        est = tracker.estimate(now)
+        # Exactly the echo's mark plus the time since its echo: 15 ms early (its trip back),
+        # never beyond what played (``now`` * 1000 ms: the audio never ran out).
+        assert est is not None and est.played_ms == 20 + round((now - 0.035) * 1000)
+        assert est.played_ms <= now * 1000
+    est = tracker.estimate(2.0)  # the 520 ms mark has not come back: not all of it was heard
+    assert est is not None and est.played_ms == 519
+
+
+@pytest.mark.parametrize("ledger", [False, True])
+def test_estimate_holds_its_cap_when_audio_came_after_playback_could_have_run_out(
+    ledger: bool,
+) -> None:
+    """An underrun: 100 ms sent at once, then nothing until 0.2 s, when playback may have
+    played all 100 ms and waited.  The time since the echo says nothing about the rest."""
+    sender = _Sender(ledger)
+    for _ in range(5):
+        sender.send("item_a", CHUNK, 0.0)
+    sender.tracker.mark_received(sender.marks[0], now=0.03)
+    for i in range(20):
+        sender.send("item_a", CHUNK, 0.2 + i * 0.02)  # real time from 0.2: 300 ms heard at 0.4
+    est = sender.tracker.estimate(0.4)
+    assert est is not None and est.played_ms == 100  # not 20 + 370: the cap held
+
+
+@pytest.mark.parametrize(("resumed", "cap"), [(0.095, 120), (0.105, 100)])
+def test_the_cap_rises_only_if_the_audio_came_before_playback_could_reach_it(
+    resumed: float, cap: int
+) -> None:
+    """100 ms at once, then one frame at ``resumed``: before 0.1 s it follows the first 100 ms
+    without a gap (the cap rises to 120); after, playback may have waited for it."""
+    sender = _Sender(ledger=False)
+    for _ in range(5):
+        sender.send("item_a", CHUNK, 0.0)
+    sender.tracker.mark_received(sender.marks[0], now=0.03)
+    sender.send("item_a", CHUNK, resumed)
+    est = sender.tracker.estimate(1.0)
+    assert est is not None and est.played_ms == cap
+
+
+def test_a_bound_never_spans_another_item_s_audio() -> None:
+    """Audio of another item between the echoed item's audio: the echoed item's later audio
+    plays after it, so nothing sent after the other item lifts the cap."""
+    sender = _Sender(ledger=False)
+    for _ in range(5):
+        sender.send("item_a", CHUNK, 0.0)
+    sender.tracker.mark_received(sender.marks[0], now=0.03)
+    sender.send("item_b", CHUNK * 50, 0.031)  # a second of another item, queued after item_a
+    for i in range(10):
+        sender.send("item_a", CHUNK, 0.032 + i * 0.001)
+    est = sender.tracker.estimate(0.09)
+    assert est is not None and est.played_ms == 80  # 20 + 60: below the held cap, as before
+    est = sender.tracker.estimate(1.0)
+    assert est is not None and est.played_ms == 100
+
+
+def test_without_times_audio_sent_after_the_echo_is_not_counted() -> None:
+    sender = _Sender(ledger=False)
+    for _ in range(5):
+        sender.send("item_a", CHUNK, 0.0)
+    sender.tracker.mark_received(sender.marks[0], now=0.03)
+    for _ in range(20):
+        assert sender.tracker.audio_sent("item_a", CHUNK) is None  # no ``now``: no evidence
+    est = sender.tracker.estimate(0.3)
+    assert est is not None and est.played_ms == 100  # what was sent when the echo came
+
+
+# The estimate against a simulated Twilio player: never beyond what it played.
+
+_FRAME = st.tuples(
+    st.sampled_from([False] * 9 + [True]),  # the first frame of the next item
+    st.sampled_from([False] * 9 + [True]),  # another message from OpenAI first: a flush
+    st.one_of(st.sampled_from([0.0, 0.005, 0.01, 0.02]), st.floats(0, 0.3)),  # wait before it
+    st.sampled_from([8, 80, 160, 320, 800]),  # 1 to 100 ms of mu-law
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    every=st.sampled_from([0, 20, 100, 500]),
+    ledger=st.booleans(),
+    frames=st.lists(_FRAME, min_size=1, max_size=150),
+    echo_delays=st.lists(st.floats(0, 0.2), min_size=1, max_size=20),
+    queries=st.lists(st.floats(0, 15), max_size=40),
+)
+def test_the_estimate_is_never_beyond_what_a_simulated_player_played(
+    every: int,
+    ledger: bool,
+    frames: list[tuple[bool, bool, float, int]],
+    echo_delays: list[float],
+    queries: list[float],
+) -> None:
+    """Frames sent at random times (bursts, real time, stalls), items in turn, marks echoed
+    after random delays: Twilio plays its queue continuously while it has audio (a frame
+    reaches it when sent) and echoes a mark when the audio before it has played.  At random
+    times, the estimate (and every confirmed ms) is at most what the player had played."""
+    sender = _Sender(ledger, every)
+    tracker = sender.tracker
+    events: list[tuple[float, int, str, Any]] = []
+    order = itertools.count()
+    t = 0.0
+    for new, flush, wait, size in frames:
+        t += wait
+        heapq.heappush(events, (t, next(order), "frame", (new, flush, size)))
+    for at in queries:
+        heapq.heappush(events, (at, next(order), "query", None))
+    plays: dict[str, list[tuple[float, float]]] = {}  # item -> (start, seconds) per frame
+    queue_end = 0.0  # when Twilio's queue runs out
+    last_echo = 0.0  # echoes come back in order
+    delays = itertools.cycle(echo_delays)
+    item = "item_0"
+
+    def marked(name: str | None, now: float) -> None:
+        nonlocal last_echo
+        if name is not None:  # the mark plays once the audio before it has
+            last_echo = max(last_echo, max(queue_end, now) + next(delays))
+            heapq.heappush(events, (last_echo, next(order), "echo", name))
+
+    def heard_ms(item_id: str, now: float) -> float:
+        return sum(min(max(now - s, 0.0), d) for s, d in plays.get(item_id, [])) * 1000
+
+    while events:
+        now, _, kind, data = heapq.heappop(events)
+        if kind == "frame":
+            new, flush, size = data
+            if new or flush:
+                marked(tracker.flush_mark(), now)
+            if new:
+                item = f"item_{len(plays)}"
+            sender.ledger.setdefault(item, [0, 0])[0] += size
+            name = tracker.audio_sent(item, size, now)
+            start = max(now, queue_end)
+            plays.setdefault(item, []).append((start, size / 8000))
+            queue_end = start + size / 8000
+            marked(name, now)
+        elif kind == "echo":
+            for progress in tracker.mark_received(data, now):
+                assert progress.played_ms <= heard_ms(progress.item_id, now) + 1e-6
+        else:
+            est = tracker.estimate(now)
+            if est is not None:
+                assert est.played_ms <= heard_ms(est.item_id, now) + 1e-6, (est, now)
+
+
 @pytest.mark.parametrize("estimate", [True, False])
 def test_sparse_marks_still_truncate_a_barge_in_at_what_the_caller_heard(estimate: bool) -> None:
     """Marks every 500 ms, playback at real time, typed text ~400 ms after the last echo: the
@@ -254,8 +437,8 @@ class _FullPathTracker(PlaybackTracker):
 
     __slots__ = ()
 
-    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
-        return self._audio_sent_full(item_id, byte_count)
+    def audio_sent(self, item_id: str, byte_count: int, now: float | None = None) -> str | None:
+        return self._audio_sent_full(item_id, byte_count, now)
 
 
 _ITEM_IDS = [f"item_{n}" for n in range(70)]  # more than the tracker keeps (64): evictions
@@ -348,13 +531,34 @@ def test_audio_sent_takes_the_shortcut_between_marks() -> None:
     class Counting(PlaybackTracker):
         __slots__ = ()
 
-        def _audio_sent_full(self, item_id: str, byte_count: int) -> str | None:
+        def _audio_sent_full(self, item_id: str, byte_count: int, now: float | None) -> str | None:
             nonlocal calls
             calls += 1
-            return super()._audio_sent_full(item_id, byte_count)
+            return super()._audio_sent_full(item_id, byte_count, now)
 
     tracker = Counting(mark_every_ms=100)
     names = [tracker.audio_sent("item_a", CHUNK) for _ in range(50)]  # 1 s of 20 ms frames
     # The start mark, then one per 100 ms (120 ... 920); the last 80 ms are flushed later.
     assert [n is not None for n in names].count(True) == 10
     assert calls == 10  # each mark only (the first frame is the start mark, armed from there)
+
+
+def test_the_demo_s_first_barge_in_is_truncated_at_what_the_caller_heard() -> None:
+    """``realtime-fsm demo``'s first call, on a clock the test holds (the call layer, no
+    sockets): the greeting comes twice as fast as it plays, its first mark is echoed 35 ms in
+    (80 ms of it sent by then), and the caller speaks 0.5 s in, before the next mark's echo.
+    OpenAI is told 485 ms: the echo's 20 ms plus the time since it, early by that echo's trip
+    back only (it used to be the 80 ms sent when the echo came)."""
+    c = Call(BridgeConfig(greeting="Greet the caller.", mark_every_ms=500)).start()
+    c.oa(oa_session())
+    c.answer(c.creates()[-1], "resp_g")
+    start = c.t
+    for i in range(50):  # a 20 ms delta every 10 ms: playing from ``start``, never running out
+        if i == 4:
+            [first] = [m["mark"]["name"] for m in c.twilio if m["event"] == "mark"]
+            c.at(start + 0.035).tw(tw_mark(first))
+        c.at(start + i * 0.01).oa(oa_audio("resp_g", "item_g"))
+    c.at(start + 0.5).oa(oa_speech_started("u1"))
+    assert [m["event"] for m in c.twilio].count("clear") == 1  # the greeting stops playing
+    [truncate] = [e for e in c.sent if e["type"] == "conversation.item.truncate"]
+    assert (truncate["item_id"], truncate["audio_end_ms"]) == ("item_g", 485)  # heard: 500

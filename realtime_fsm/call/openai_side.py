@@ -59,7 +59,7 @@ class OpenAISide(TwilioSide):
                 self.report.media_out += 1
                 if self.emit_events and item != self._last_audio_item:
                     self._new_audio_item(message.response_id, item, now)
-                name = self.tracker.audio_sent(item, message.byte_count)
+                name = self.tracker.audio_sent(item, message.byte_count, now)
                 if name is not None:
                     self.out_twilio.append(mark_message(self.stream_sid, name))
                 return media_message(self.stream_sid, message.payload)

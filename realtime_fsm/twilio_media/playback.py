@@ -59,6 +59,11 @@ def _digits(text: str) -> bool:
 #: Per-item byte and ms counters kept for this many most recent items.
 _ITEMS_MAX: Final = 64
 
+#: The least audio (ms) between two looks :meth:`PlaybackTracker._witness` asks for beyond the
+#: marks, and how many it asks for per echo: extra full paths of ``audio_sent``, bounded.
+_LOOK_MIN_MS: Final = 20
+_LOOKS_PER_ECHO: Final = 8
+
 
 def check_mark_every_ms(value: object) -> None:
     """Raise ``ValueError`` unless ``value`` is a mark interval :class:`PlaybackTracker` takes
@@ -94,8 +99,10 @@ class PlaybackTracker:
         "_hot_item",
         "_hot_limit",
         "_last_mark",
+        "_looks",
         "_mark_every_ms",
         "_max_pending",
+        "_origin",
         "_pending",
         "_played",
         "_sent",
@@ -139,8 +146,16 @@ class PlaybackTracker:
         #: item_id -> bytes sent / ms confirmed played, current generation.
         self._sent: dict[str, int] = {}
         self._played: dict[str, int] = {}
-        #: The last echo with a time: (item_id, end_ms, when, item's audio sent by then in ms).
+        #: The last echo with a time: (item_id, end_ms, when, cap): the cap is the item's audio
+        #: known to follow ``end_ms`` at Twilio without a gap, in ms (what was sent when the
+        #: echo came back, raised by :meth:`_witness` while playback provably lags the sending).
         self._anchor: tuple[str, int, float, int] | None = None
+        #: (item_id, t0): the item whose audio went through :meth:`audio_sent`'s full path last,
+        #: and a time before which playback cannot have started it: at any later time ``t`` the
+        #: caller has heard at most ``(t - t0) * 1000`` ms of it (see :meth:`_witness`).
+        self._origin: tuple[str, float] | None = None
+        #: Looks :meth:`_witness` may still ask for since the last echo (a cost bound only).
+        self._looks = 0
         #: (item_id, end_ms) of the mark minted last in this generation.
         self._last_mark: tuple[str, int] | None = None
         #: Counters a bridge can export: marks played, cleared, foreign, ...
@@ -168,13 +183,18 @@ class PlaybackTracker:
         """Audio of this item confirmed played in this generation, in ms."""
         return self._played.get(item_id, 0)
 
-    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
+    def audio_sent(self, item_id: str, byte_count: int, now: float | None = None) -> str | None:
         """Record ``byte_count`` bytes of ``item_id`` sent to Twilio; return the name of the mark
         to send right after that ``media`` message (``None`` when ``mark_every_ms`` says not
-        yet: then call :meth:`flush_mark` before anything else is sent)."""
+        yet: then call :meth:`flush_mark` before anything else is sent).
+
+        ``now`` (the clock given to :meth:`mark_received`, read before the ``media`` is
+        written) lets :meth:`estimate` count audio sent after the last echo, when it provably
+        reached Twilio before playback ran out; without it, that audio is not counted."""
         # Per frame, mostly this: the item playing, no mark due.  A byte total under the limit
         # is exactly what the full path would answer None for, with no other effect (see
         # ``_arm``), so it is skipped: this runs for every 20 ms of audio of every call.
+        # ``now`` is not looked at here: :meth:`_witness` explains why the full path suffices.
         if item_id == self._hot_item and type(byte_count) is int and byte_count >= 0:
             sent = self._sent
             total = sent[item_id] + byte_count
@@ -182,14 +202,74 @@ class PlaybackTracker:
                 sent[item_id] = total
                 self._unmarked = item_id
                 return None
-        return self._audio_sent_full(item_id, byte_count)
+        return self._audio_sent_full(item_id, byte_count, now)
 
-    def _audio_sent_full(self, item_id: str, byte_count: int) -> str | None:
+    def _audio_sent_full(self, item_id: str, byte_count: int, now: float | None) -> str | None:
         if type(item_id) is not str or not item_id:
             raise LocalProtocolError(f"item_id must be a non-empty string, got {item_id!r}")
         if type(byte_count) is not int or byte_count < 0:
             raise LocalProtocolError(f"byte_count must be a non-negative int, got {byte_count!r}")
-        return self._place_marks(item_id, self._add_bytes(item_id, byte_count))
+        total = self._add_bytes(item_id, byte_count)
+        name = self._place_marks(item_id, total)
+        self._witness(item_id, total - byte_count, total, now)
+        return name
+
+    def _witness(self, item_id: str, start: int, total: int, now: float | None) -> None:
+        """A frame of ``item_id``, bytes ``start`` to ``total``, was sent at ``now``: take what
+        that proves about playback, and raise the anchor's cap when it proves that the audio
+        sent since the cap follows it at Twilio without a gap.  Full path only.
+
+        Upper bound: Twilio cannot play a byte before it has it, so this frame's first byte
+        plays no earlier than ``now``, and playback runs at most in real time: at any later
+        ``t`` at most ``start_ms + (t - now) * 1000`` ms of the item were heard.  ``_origin``
+        keeps the tightest such bound (``t0 = now - start_ms / 1000``, the latest), and starts
+        over at a frame of another item, so that a bound never spans another item's audio.
+
+        The lift: the anchor's cap ``K`` is audio that plays on from the echoed mark without a
+        gap.  Each frame sent since ``K`` was set starts at or beyond ``K``.  If the bound says
+        playback had not reached ``K`` by ``now``, it had not at any earlier send either, so
+        none of those frames met an empty buffer: all the item's audio sent up to ``now``
+        follows without a gap, and ``K`` rises to it.  Otherwise ``K`` stays (an underrun may
+        have happened) and, as the bound only grows, stays until the next echo.  Checking only
+        on the full path is sound for the frames the shortcut took in between: each was sent
+        before this check's ``now`` and starts at or beyond ``K``, so this one check covers
+        them all; a check missed only leaves ``K`` low, the early side.
+
+        When to look again: the frames sent by the next check must not be able to reach ``K``
+        first.  The check sees it, but once per ``mark_every_ms`` is too late when the proven
+        lead is smaller (the first frame's echo: a few frames ahead).  So the shortcut is cut
+        short at half the lead's worth of audio more: audio sent at least as fast as it plays
+        keeps the chain (the lead stays or grows); slower, the check fails, as it must.  Not
+        under ``_LOOK_MIN_MS`` of audio, at most ``_LOOKS_PER_ECHO`` times per echo (audio
+        sent twice as fast as it plays grows the lead by half at each look: eight take two
+        frames' lead past the default mark interval, where the marks' own checks suffice)."""
+        if now is None:
+            self._origin = None  # no time: no evidence, and an older bound may span this frame
+            return
+        bytes_per_ms = self._bytes_per_ms
+        # Whole ms, up: the bound errs high, which only holds the cap back.
+        t0 = now - -(-start // bytes_per_ms) / 1000
+        origin = self._origin
+        if origin is not None and origin[0] == item_id and origin[1] > t0:
+            t0 = origin[1]
+        self._origin = (item_id, t0)
+        anchor = self._anchor
+        if anchor is None or anchor[0] != item_id:
+            return
+        cap = anchor[3]
+        # The epsilon absorbs float error on the side of holding the cap.
+        lead = cap - (now - t0) * 1000 - 1e-6
+        if lead <= 0:
+            return
+        sent_ms = -(-total // bytes_per_ms)
+        if sent_ms > cap:
+            self._anchor = (item_id, anchor[1], anchor[2], sent_ms)
+            lead += sent_ms - cap
+        if lead >= 2 * _LOOK_MIN_MS and self._looks and self._hot_item == item_id:
+            look = total + int(lead / 2) * bytes_per_ms
+            if look < self._hot_limit:
+                self._hot_limit = look
+                self._looks -= 1
 
     def _add_bytes(self, item_id: str, byte_count: int) -> int:
         """Count ``byte_count`` more bytes of ``item_id``; return its total in this generation."""
@@ -302,6 +382,7 @@ class PlaybackTracker:
             if key == name:
                 if now is not None:
                     self._anchor = (item_id, end_ms, now, self.sent_ms(item_id))
+                    self._looks = _LOOKS_PER_ECHO
                 break
             self._count("marks_implied")
         self._count("marks_played")
@@ -314,9 +395,11 @@ class PlaybackTracker:
 
         Twilio plays buffered audio continuously, so this is exact up to the echo's own delay,
         which makes it early, never late.  Two caps keep it on that side when playback was not
-        continuous: the item's audio already sent when the echo came back (audio sent later
-        may have started late, after an underrun) and the item's next pending mark (not echoed,
-        so not played).  Feed the result to the lifecycle's ``playback_progress`` right before a
+        continuous: the item's audio known to follow the echoed mark without a gap (what was
+        sent when the echo came back, plus what was sent later while playback provably had
+        not caught up with it: :meth:`audio_sent` with ``now``; audio sent after playback may
+        have run out may have started late) and the item's next pending mark (not echoed, so
+        not played).  Feed the result to the lifecycle's ``playback_progress`` right before a
         barge-in, so that the truncate point does not depend on how sparse the marks are."""
         anchor = self._anchor
         if anchor is None:
@@ -339,6 +422,7 @@ class PlaybackTracker:
         self._unmarked = None
         self._hot_item = None
         self._anchor = None
+        self._origin = None
         self._last_mark = None
         self._pending.clear()
         self._sent.clear()
@@ -399,7 +483,7 @@ class LedgerPlaybackTracker(PlaybackTracker):
         """Read from this ledger from now on (a new machine, for a new session)."""
         self._ledger = ledger
 
-    def audio_sent(self, item_id: str, byte_count: int) -> str | None:
+    def audio_sent(self, item_id: str, byte_count: int, now: float | None = None) -> str | None:
         """The delta the machine just counted was sent; return the mark to send after it."""
         entry = self._ledger.get(item_id)
         if entry is None:  # not counted by the machine: a caller's mistake, refused below
@@ -416,6 +500,10 @@ class LedgerPlaybackTracker(PlaybackTracker):
             if self._last_mark is not None and self._last_mark[0] == oldest:
                 self._last_mark = None
         name = self._place_marks(item_id, total)
+        if type(byte_count) is int and 0 <= byte_count <= total:
+            self._witness(item_id, total - byte_count, total, now)
+        else:  # not the delta the machine counted: it proves nothing
+            self._witness(item_id, 0, total, None)
         if self._unmarked == item_id:
             self._unmarked_total = total
         return name
