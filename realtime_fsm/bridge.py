@@ -424,15 +424,19 @@ class CallBridge(Outbox):
         raise AssertionError("unreachable: asyncio.wait returned with no task done")
 
     def _lose_session(self, reason: str) -> None:
-        """Synchronous, so nothing is fed to the session between the loss and its report."""
+        """Synchronous, so nothing is fed to the session between the loss and its report.  If
+        a ready next session takes over (the switch happens in ``_after``), the caller audio
+        the lost socket never got goes to it, after its restore."""
         audio = drain(self._to_openai)
         self._to_openai = asyncio.Queue(self.config.max_queue)
         self._openai_direct = never
         old = self.openai
         if old is not None:
             self._close_later(old)
-        self.session.openai_lost(reason, self.clock(), audio_dropped=audio)
+        self.session.openai_lost(reason, self.clock(), audio_dropped=len(audio))
         self._after()
+        if self.openai is not old:
+            self._carry_audio(audio)
 
     # ----------------------------------------------------------------------------- tasks
 

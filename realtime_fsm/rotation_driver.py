@@ -23,14 +23,13 @@ from .bounded import bounded, close_quietly
 from .call import CallSession, TextFrame
 from .call.config import BridgeConfig
 from .errors import UpstreamUnreachable
-from .sockets import Connector, MessageSocket, Outbound, direct_probe, handshake_status
+from .sockets import Connector, MessageSocket, Outbound, direct_probe, drain, handshake_status
 from .table import ROTATING
 from .tool_driver import ToolDriver
 
 log = logging.getLogger("realtime_fsm.bridge")
 
 TAG: Final = "[SESSION_ROTATE]"
-_APPEND_TYPE: Final = '"input_audio_buffer.append"'
 
 
 class RotationDriver(ToolDriver):
@@ -121,23 +120,17 @@ class RotationDriver(ToolDriver):
         # Caller audio the old socket never got goes to the new one, after the session's
         # restore; anything else queued for the old session is moot (its text is back in
         # the session's custody and in the restore).
-        audio: list[str] = []
-        moot = 0
-        queue = self._to_openai
-        while not queue.empty():
-            message = queue.get_nowait()
-            if type(message) is str and _APPEND_TYPE in message[:48]:
-                audio.append(message)
-            elif message is not None:
-                moot += 1
+        queued = self._to_openai.qsize()
+        audio = drain(self._to_openai)
         self._to_openai = asyncio.Queue(self.config.max_queue)
         self._use_openai(new)
         self._switched.set()
         frames = session.out_openai[:]
         session.out_openai.clear()
-        for item in (*frames, *audio):
+        for item in frames:
             if not self._send_openai(item):
-                break
+                return
+        self._carry_audio(audio)
         log.info(
             "call=%s %s socket of session %d is current: %d queued caller audio frame(s)"
             " moved to it, %d other frame(s) for the old socket dropped; the old socket closes",
@@ -145,8 +138,15 @@ class RotationDriver(ToolDriver):
             TAG,
             session.generation,
             len(audio),
-            moot,
+            queued - len(audio),
         )
+
+    def _carry_audio(self, audio: list[str]) -> None:
+        """Caller audio the old socket never got, to the socket now current (after the
+        session's restore, before any later audio)."""
+        for message in audio:
+            if not self._send_openai(message):
+                return
 
     def _use_openai(self, sock: MessageSocket) -> None:
         """``sock`` is the current session's socket from now on."""

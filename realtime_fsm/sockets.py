@@ -35,15 +35,15 @@ Connector = Callable[[], Awaitable[MessageSocket]]
 Outbound = str | TextFrame | None
 
 
-def drain(queue: asyncio.Queue[Outbound]) -> int:
-    """Empty a lost session's ``queue``; return how many caller audio frames were thrown away
-    with it.  Its text frames need nothing: the session's custody takes back every text frame
-    not reported written."""
-    audio = 0
+def drain(queue: asyncio.Queue[Outbound]) -> list[str]:
+    """Empty a lost or replaced session's ``queue``; return its caller audio frames, in order
+    (for the next session, or counted as dropped).  Its text frames need nothing: the
+    session's custody takes back every text frame not reported written; the rest is moot."""
+    audio: list[str] = []
     while not queue.empty():
         message = queue.get_nowait()
         if type(message) is str and _APPEND_TYPE in message[:48]:
-            audio += 1
+            audio.append(message)
     return audio
 
 

@@ -395,11 +395,15 @@ CALL_TRANSITIONS: list[Row] = [
     _row("start", ENDING, None),
     # A lost session ends the call when nothing can open another, or after too many; its
     # estate is kept either way (held texts go back to the application at the end).  A next
-    # session being prepared for a rotation is dropped with it.
+    # session already configured for a rotation takes over at once (make before break pays
+    # off: no connection to open); it gets what a reconnected session gets.  One still being
+    # opened or configured is dropped with the lost one, and the reconnect rows run.
     _row("session_lost", SERVING, ENDING, unless=("can_reconnect",),
          do=("drop_next_session", "note_end")),
     _row("session_lost", SERVING, ENDING, when=("reconnects_exhausted",),
          do=("drop_next_session", "hand_over", "end_reconnects_exhausted")),
+    _row("session_lost", READY_TO_SWITCH, RUNNING, when=("next_session_ready",),
+         do=("hand_over", "switch_to_ready_session")),
     _row("session_lost", SERVING, ENDING, when=("attempts_exhausted",),
          do=("drop_next_session", "hand_over", "end_attempts_exhausted")),
     _row("session_lost", SERVING, RECONNECTING,

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from test_call_session import (
     CLIENT_EVENT,
@@ -416,11 +416,23 @@ class PropertyDriver:
         s = self.s
         state = s.call_state
         serving = state in (CallState.RUNNING, CallState.ROTATING, CallState.READY_TO_SWITCH)
-        if serving and (s.lost_reason is not None or d.draw(st.integers(0, 4)) == 0):
+        # A loss is likelier with the next session ready: it takes over then (no reconnect).
+        ready = state is CallState.READY_TO_SWITCH
+        lose = s.lost_reason is not None or d.draw(st.integers(0, 1 if ready else 4)) == 0
+        if serving and lose:
             audio = d.draw(st.integers(0, 3))
+            dropped, generation, following = s.report.media_dropped, s.generation, s.next_generation
             s.openai_lost(s.lost_reason or "openai closed", self.t, audio_dropped=audio)
             self.outstanding.clear()
-            self.unwritten.clear()  # the lost socket's queue is dropped with it
+            self.unwritten.clear()  # the lost socket's queue is dropped with it (or moved)
+            assert s.next_generation is None  # taken over, or dropped with the lost one
+            if s.call_state is CallState.RUNNING:  # the ready session is current at once
+                assert ready and s.generation == following and s.connect_delay is None
+                assert s.report.media_dropped == dropped  # the driver moves that audio
+                event("lost while the next session was ready: switched")
+            else:
+                assert s.generation == generation
+                assert s.report.media_dropped == dropped + audio
         elif s.next_generation is not None and self.next_open != s.next_generation:
             how = d.draw(st.sampled_from(["open", "open", "open", "fail"]), label="next session")
             if how == "open":

@@ -365,12 +365,14 @@ def test_an_error_naming_the_next_sessions_update_fails_it_not_the_call() -> Non
     assert c.s.report.server_errors == {"invalid_value": 1}
 
 
-def test_a_lost_session_drops_the_next_one_and_reconnects() -> None:
+def test_a_session_lost_while_the_next_is_being_configured_drops_it_and_reconnects() -> None:
+    """Not ready yet: the next session is dropped and the reconnect rows run (a loss with the
+    next one ready is in ``test_rotation_loss.py``)."""
     c = Rotating().start()
-    c.oa(oa_speech_started("u1"))  # not quiet
-    c.ready()
-    assert c.s.call_state is CallState.READY_TO_SWITCH
-    c.s.openai_lost("openai closed", c.t)
+    c.due()
+    assert c.open_next() == 1
+    assert c.s.call_state is CallState.ROTATING
+    c.s.openai_lost("openai closed", c.t, audio_dropped=2)
     c.drain()
     assert c.s.call_state is CallState.RECONNECTING and c.s.next_generation is None
     assert any(isinstance(e, SessionLost) for e in c.events)
@@ -378,7 +380,11 @@ def test_a_lost_session_drops_the_next_one_and_reconnects() -> None:
     c.drain()
     assert c.s.call_state is CallState.RUNNING and c.s.generation == 1
     assert c.s.report.reconnects == 1 and c.s.report.rotations == 0
+    assert c.s.report.reconnects_to_ready == 0 and c.s.report.media_dropped == 2
     assert c.s.next_deadline == pytest.approx(c.t + ROTATE)
+    # The dropped next socket's late frames change nothing.
+    c.next_frame(oa_session_updated())
+    assert c.s.call_state is CallState.RUNNING and c.s.generation == 1
 
 
 def test_ending_while_rotating_drops_the_next_session() -> None:

@@ -29,6 +29,7 @@ from test_reconnect import (
     items_created,
     replies,
     run,
+    wait_playing,
     wait_served,
 )
 from waiting import poller
@@ -335,6 +336,75 @@ def test_continuous_answers_rotate_at_a_response_boundary() -> None:
         assert sim.protocol_error_total == 0, sim.error_counts
 
     run(scenario(), timeout=60.0)
+
+
+# --- the current session lost while the next is ready ------------------------------------
+
+
+def test_a_session_lost_while_the_next_is_ready_switches_to_it_at_once(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """Make before break pays off: the current session drops (no close frame) in the middle
+    of an answer while the next one waits, ready, for a quiet moment.  The next one takes
+    over at once (no reconnect), gets the conversation up to the drop, and is asked for the
+    cut-off answer again; the typed text reached the model once."""
+    caplog.set_level(logging.INFO, logger="realtime_fsm")
+
+    def slow_then_short(ctx: ReplyContext) -> ScriptedReply:
+        # Long on the first session (still generating when it drops), short after.
+        audio_ms = 8000 if ctx.connection == 0 else 1200
+        return ScriptedReply(f"Answer {ctx.number} on connection {ctx.connection}.", audio_ms)
+
+    async def scenario() -> None:
+        sim = simulator(realtime_factor=1.0)
+        sim.set_reply_source(slow_then_short)
+        config = rotating_config(rotate_quiet_window=60.0)
+        async with sim, bridge_server(sim, config) as bridge:
+            async with FakeTwilioCaller(bridge.url, CALLER) as caller:
+                await sim.wait_until(lambda: bool(sim.responses), 5.0, "the greeting")
+                live = live_bridge(bridge.bridges)
+                await until(
+                    lambda: live.session.call_state is CallState.READY_TO_SWITCH,
+                    "the next session ready",
+                )
+                after = len(sim.responses)
+                await caller.type_text("Where is my parcel?")  # over the greeting
+                cut = await wait_playing(sim, caller, after=after)
+                assert cut.connection == 0 and not cut.finished
+                assert live.session.call_state is CallState.READY_TO_SWITCH
+                assert len(sim.connections) == 2
+                live.request_response(reason="queued")
+                sim.connections[0].drop()
+                await until(lambda: live.session.generation == 1, "the ready session current")
+                retold = await wait_served(sim, caller, connection=1, timeout=20.0)
+            report = await bridge.report(sim)
+            await close_all(sim)
+
+        assert report.reconnects == report.reconnects_to_ready == 1
+        assert report.reconnect_failures == 0 and report.rotations in (0, 1)
+        moves = [r.getMessage() for r in caplog.records if "call transition=" in r.getMessage()]
+        assert not any("->reconnecting" in m for m in moves), moves
+        assert any("session_lost ready_to_switch->running" in m for m in moves), moves
+        # The cut-off answer asked again, first, with the queued request; heard in full.
+        assert retold.metadata is not None
+        assert retold.metadata[REASON_KEY].split("+") == ["reconnect", "queued"]
+        assert retold.tag != cut.tag
+        # The new session got the conversation up to the drop, the text once (as history).
+        assert ("user", "Where is my parcel?") in history_restored(sim, 1)
+        delivered = [
+            event
+            for event in sim.client_events("conversation.item.create")
+            if not event["event_id"].startswith("rtfsm_history_")
+            and any(p.get("text") == "Where is my parcel?" for p in event["item"]["content"])
+        ]
+        assert len(delivered) == 1
+        assert report.undelivered_texts == [] and report.given_up == []
+        assert report.media_dropped == 0
+        assert "session_expired" not in report.server_errors
+        assert sim.protocol_error_total == 0, sim.error_counts
+        assert caller.violations == []
+
+    run(scenario(), timeout=90.0)
 
 
 # --- the next session fails -----------------------------------------------------------------

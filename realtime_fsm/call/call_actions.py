@@ -125,9 +125,12 @@ class CallActions(Observations):
             self._awaiting_play.clear()
         self.note_retired_audio()
         log.warning(
-            "call=%s openai session lost (%s): reconnecting (%d held text(s), %d request(s))",
+            "call=%s openai session lost (%s): %s (%d held text(s), %d request(s))",
             self.call_label,
             safe(reason),
+            "switching to the ready next session"
+            if self.call_state is READY_TO_SWITCH
+            else "reconnecting",
             self.custody.held_count,
             len(self._held_requests),
         )

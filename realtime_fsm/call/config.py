@@ -216,6 +216,9 @@ class CallReport:
     reconnect_failures: int = 0
     #: Seconds from each loss to the new session's socket being open.
     reconnect_times: list[float] = attrs.field(factory=list)
+    #: Of ``reconnects``, those served by the next session of a rotation, ready when the
+    #: current one was lost: it took over at once, no connection opened (``took`` 0).
+    reconnects_to_ready: int = 0
     #: OpenAI sessions replaced before the server's cap (see ``BridgeConfig.rotate_after``);
     #: ``rotations_at_boundary`` of them at a response boundary, the rest at a quiet moment.
     rotations: int = 0

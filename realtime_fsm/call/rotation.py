@@ -130,6 +130,11 @@ class SessionRotation(OpenAISide):
             and self._nothing_open()
         )
 
+    def next_session_ready(self) -> bool:
+        """The next session is open and said it applied our update (mu-law both ways): it can
+        serve the call in this very step, as at a switch."""
+        return self.next_generation is not None and self._next_settings is not None
+
     def quiet_window_passed(self) -> bool:
         return self._now >= self._next_ready_at + self.config.rotate_quiet_window
 
@@ -267,6 +272,35 @@ class SessionRotation(OpenAISide):
     def switch_at_boundary(self) -> None:
         self._switch(boundary=True)
 
+    def switch_to_ready_session(self) -> None:
+        """The current session was lost (``hand_over`` took its estate) while the next one was
+        ready: it takes over now, restored as a reconnected session is (the config if it
+        changed since, the history up to this moment, held text, the carried requests with a
+        cut-off answer's retelling first), with no connection to open.  Counted as a
+        reconnect that took no time."""
+        self.connect_delay = None
+        new = self.next_generation
+        old = self.generation
+        items, delivered, carried = self._take_over()
+        took = self._now - self._lost_at
+        report = self.report
+        report.reconnects += 1
+        report.reconnects_to_ready += 1
+        report.reconnect_times.append(took)
+        log.info(
+            "call=%s %s session %d lost, ready session %d took over: %d history item(s),"
+            " %d held text(s) and %d request(s) carried, no connection opened",
+            self.call_label,
+            TAG,
+            old,
+            new,
+            items,
+            delivered,
+            carried,
+        )
+        if self.emit_events:
+            self.events.append(ae.SessionRestored(took, items, delivered, at=self._now))
+
     def clear_retired_audio(self) -> None:
         self.out_twilio.append(UrgentFrame(clear_message(self.stream_sid)))
         self.tracker.clear()
@@ -289,21 +323,7 @@ class SessionRotation(OpenAISide):
         self.out_openai.clear()
         self.take_estate(f"replaced by session {new}")
         self.note_retired_audio()
-        self._session_started_at = self._next_opened_at
-        # The next session applied its own update before it was ready; the old session's
-        # updates in flight are answered there or not at all.  A config the application
-        # changed since is sent again: refused, the next session's stays.
-        self._pending_updates.clear()
-        configured = self._next_config
-        carried = len(self._held_requests)
-        settings = self._next_settings
-        items, delivered = self.restore(
-            update=self.config is not configured, update_replaces=configured
-        )
-        if settings is not None:  # what the new session applied, as its machine would hear it
-            self.handle_event(settings)
-        self.generation = new
-        self._forget_next()
+        items, delivered, carried = self._take_over()
         report = self.report
         report.rotations += 1
         if boundary:
@@ -326,3 +346,29 @@ class SessionRotation(OpenAISide):
         if self.emit_events:
             moment: Literal["quiet", "boundary"] = "boundary" if boundary else "quiet"
             self.events.append(ae.SessionRotated(moment, waited, items, carried, at=self._now))
+
+    def _take_over(self) -> tuple[int, int, int]:
+        """The ready next session becomes the current one, the old one's estate already taken:
+        restored (history, held text, carried requests) on a fresh machine.  Returns the
+        history items, the texts delivered and the requests carried."""
+        new = self.next_generation
+        assert new is not None
+        # What was made for the old session never reaches it: text goes to the next session
+        # (custody takes back every frame not written), requests with the handover.
+        self.out_openai.clear()
+        self._session_started_at = self._next_opened_at
+        # The next session applied its own update before it was ready; the old session's
+        # updates in flight are answered there or not at all.  A config the application
+        # changed since is sent again: refused, the next session's stays.
+        self._pending_updates.clear()
+        configured = self._next_config
+        carried = len(self._held_requests)
+        settings = self._next_settings
+        items, delivered = self.restore(
+            update=self.config is not configured, update_replaces=configured
+        )
+        if settings is not None:  # what the new session applied, as its machine would hear it
+            self.handle_event(settings)
+        self.generation = new
+        self._forget_next()
+        return items, delivered, carried

@@ -15,7 +15,8 @@ A driver's loop, in full::
     # session.out_twilio / session.out_openai
     # (in order; report text frames written with session.text_written(frame));
     # sleep until session.next_deadline, then session.tick(clock());
-    # session.lost_reason set: stop reading that socket, session.openai_lost(...);
+    # session.lost_reason set: stop reading that socket, session.openai_lost(...) (if
+    # session.generation changed, a ready next session took over: as at a rotation's switch);
     # call_state reconnecting: wait session.connect_delay, open a socket, session_opened();
     # session.next_generation set (a rotation): open a second socket, next_session_opened(),
     # write session.out_next to it and read it into next_session_frame() while rotating;
@@ -121,13 +122,17 @@ class CallSession(ToolCalls):
     def openai_lost(self, reason: str, now: float, *, audio_dropped: int = 0) -> None:
         """The current OpenAI session is gone (its socket closed, or :attr:`lost_reason`).
 
-        ``audio_dropped``: caller audio frames still queued for it, never to be sent.  Every
-        text frame not reported written is taken back for the next session."""
+        ``audio_dropped``: caller audio frames still queued for it.  They are counted as
+        dropped, unless a ready next session took over (:attr:`generation` changed in this
+        call): then the driver sends them to it, after the session's frames.  Every text frame
+        not reported written is taken back for the next session."""
         self._advance(now)
-        self.report.media_dropped += audio_dropped
         self.lost_reason = None
         self._reason = reason
+        before = self.generation
         self._fire_call("session_lost")
+        if self.generation == before:
+            self.report.media_dropped += audio_dropped
 
     def connect_failed(self, error: str, now: float, *, status: int | None = None) -> None:
         """An attempt to open a new session failed (``error``: the exception's type name;
