@@ -435,7 +435,7 @@ class CallBridge(Outbox):
             self._close_later(old)
         self.session.openai_lost(reason, self.clock(), audio_dropped=len(audio))
         self._after()
-        if self.openai is not old:
+        if self.openai is not old and not self.session.input_audio_resent:
             self._carry_audio(audio)
 
     # ----------------------------------------------------------------------------- tasks

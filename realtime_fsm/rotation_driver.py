@@ -130,14 +130,15 @@ class RotationDriver(ToolDriver):
         for item in frames:
             if not self._send_openai(item):
                 return
-        self._carry_audio(audio)
+        if not session.input_audio_resent:  # else that audio is in the session's frames
+            self._carry_audio(audio)
         log.info(
             "call=%s %s socket of session %d is current: %d queued caller audio frame(s)"
             " moved to it, %d other frame(s) for the old socket dropped; the old socket closes",
             session.call_label,
             TAG,
             session.generation,
-            len(audio),
+            0 if session.input_audio_resent else len(audio),
             queued - len(audio),
         )
 

@@ -4,11 +4,14 @@ calls and clock steps (hypothesis): the session's invariants hold after every st
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
 
+import attrs
 import pytest
-from hypothesis import HealthCheck, event, given, settings
+from hypothesis import HealthCheck, given, settings
+from hypothesis import event as note
 from hypothesis import strategies as st
 from test_call_session import (
     CLIENT_EVENT,
@@ -134,7 +137,11 @@ class PropertyDriver:
 
     def __init__(self, data: st.DataObject) -> None:
         self.data = data
+        ptt = data.draw(st.booleans(), label="push-to-talk")
         self.cfg = BridgeConfig(
+            session=attrs.evolve(BridgeConfig().session, turn_detection=None)
+            if ptt
+            else BridgeConfig().session,
             tool_timeout=3.0,
             reconnect_attempts=3,
             max_reconnects=3,
@@ -162,6 +169,9 @@ class PropertyDriver:
         #: (its number) once "opened" for a rotation.
         self.generation = 0
         self.next_open: int | None = None
+        #: Push-to-talk: caller audio bytes forwarded since the last commit (what a switch
+        #: must carry to the new session).
+        self.uncommitted = 0
 
     # -------------------------------------------------------------------- bookkeeping
 
@@ -176,12 +186,16 @@ class PropertyDriver:
 
     def drain(self) -> None:
         s = self.s
-        if s.generation != self.generation:
+        switched = s.generation != self.generation
+        if switched:
             # Another session now: the old one's creates are moot, and the driver drops what
             # was queued for its socket (the texts are back in the call's custody).
             self.generation = s.generation
             self.outstanding.clear()
             self.unwritten.clear()
+            if not s.input_audio_resent:  # a reconnect: the new buffer starts empty
+                self.uncommitted = 0
+        carried = 0
         for frame in s.out_next:
             CLIENT_EVENT.validate_json(frame)
             assert json.loads(frame)["type"] == "session.update"
@@ -192,6 +206,10 @@ class PropertyDriver:
             raw = frame.json if isinstance(frame, TextFrame) else frame
             CLIENT_EVENT.validate_json(raw)
             event = json.loads(raw)
+            if event["type"] == "input_audio_buffer.append":
+                carried += len(base64.b64decode(event["audio"]))
+            elif event["type"] == "input_audio_buffer.commit":
+                self.uncommitted = 0
             if event["type"] == "response.create":
                 if event["response"].get("conversation") != "none":
                     assert not self.outstanding, (
@@ -202,6 +220,12 @@ class PropertyDriver:
                 self.creates_sent.append(event)
             if isinstance(frame, TextFrame):
                 self.unwritten.append(frame)
+        if switched and s.input_audio_resent:
+            # A switch carried the push-to-talk turn so far to the new session, whole.
+            assert carried == self.uncommitted, (carried, self.uncommitted)
+            note("push-to-talk audio carried over a switch")
+        else:
+            assert carried == 0  # caller audio goes out per frame, never in the call's lists
         for message in s.out_twilio:
             twilio = json.loads(message)
             assert twilio["event"] in ("media", "mark", "clear")
@@ -278,6 +302,7 @@ class PropertyDriver:
         out = self.s.twilio_frame(frame, self.t)
         if out:  # "": handled, nothing to write (a mark echo)
             CLIENT_EVENT.validate_json(out)
+            self.uncommitted += len(base64.b64decode(json.loads(out)["audio"]))
 
     def _metadata(self) -> dict[str, str] | None:
         d = self.data
@@ -429,7 +454,7 @@ class PropertyDriver:
             if s.call_state is CallState.RUNNING:  # the ready session is current at once
                 assert ready and s.generation == following and s.connect_delay is None
                 assert s.report.media_dropped == dropped  # the driver moves that audio
-                event("lost while the next session was ready: switched")
+                note("lost while the next session was ready: switched")
             else:
                 assert s.generation == generation
                 assert s.report.media_dropped == dropped + audio

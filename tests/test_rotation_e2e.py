@@ -407,6 +407,68 @@ def test_a_session_lost_while_the_next_is_ready_switches_to_it_at_once(
     run(scenario(), timeout=90.0)
 
 
+# --- push-to-talk across a rotation ---------------------------------------------------------
+
+
+class FrameEars(Ears):
+    """``Ears`` that also find the stamps of caller frames re-sent together in one append
+    (a switch carries push-to-talk audio re-cut into larger appends)."""
+
+    def __call__(self, connection: int, audio: bytes, _at: float) -> None:
+        for offset in range(0, len(audio), 160):  # Twilio's 20 ms frames
+            stamp = read_time_stamp(audio, offset)
+            if stamp is not None:
+                self.frames.append((connection, stamp[1]))
+
+
+def test_a_push_to_talk_turn_spanning_a_rotation_is_committed_whole() -> None:
+    """Without turn detection the turn is the input buffer at the commit.  The caller's turn
+    begins (the previous commit) on the first session and is committed on the next one: that
+    session's buffer starts with every frame the first one got since the previous commit, in
+    order, once, then the frames after the switch."""
+    ears = FrameEars()
+    seen: dict[str, Any] = {}
+
+    async def scenario() -> None:
+        sim = simulator(ears)
+        ptt = attrs.evolve(bridge_config().session, turn_detection=None, silence_duration_ms=None)
+        config = rotating_config(session=ptt, rotate_after=6.0)
+        async with sim, bridge_server(sim, config) as bridge:
+            async with FakeTwilioCaller(bridge.url, attrs.evolve(CALLER, stamp_source=1)) as caller:
+                await wait_served(sim, caller, connection=0)  # the greeting
+                live = live_bridge(bridge.bridges)
+                live.commit_user_turn()  # the previous turn: the new one begins now
+                committed_at = live.report.media_in
+                assert live.session.generation == 0
+                await wait_served(sim, caller, connection=0, after=1)  # its answer
+                await until(lambda: live.session.generation == 1, "the rotation")
+                await caller.wait_until(
+                    lambda: len(ears.of(1)) > len(ears.of(0)) - committed_at + 10,
+                    10.0,
+                    "audio after the switch",
+                )
+                after = len(sim.responses)
+                live.commit_user_turn()  # on the new session
+                await wait_served(sim, caller, connection=1, after=after)
+            seen["report"] = await bridge.report(sim)
+            await close_all(sim)
+        seen["committed_at"] = committed_at
+
+    run(scenario(), timeout=90.0)
+    committed_at, report = seen["committed_at"], seen["report"]
+    first, second = ears.of(0), ears.of(1)
+    start = first.index(second[0])
+    carried = first[start:]
+    # Since the previous commit, give or take the frames on the wire with it.
+    assert abs(start - committed_at) <= 5, (start, committed_at)
+    assert len(carried) >= 50  # a second and more of the turn was spoken before the switch
+    assert second[: len(carried)] == carried
+    assert len(set(second)) == len(second) and second == sorted(second)
+    assert report.rotations >= 1 and report.reconnects == 0
+    assert report.push_to_talk_audio_dropped == 0 and report.media_dropped == 0
+    assert report.turns_lost == 0
+
+
 # --- the next session fails -----------------------------------------------------------------
 
 

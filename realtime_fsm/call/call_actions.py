@@ -224,6 +224,9 @@ class CallActions(Observations):
         """A fresh machine on the new socket: config, history, held text, then requests."""
         self.connect_delay = None
         self._session_started_at = self._now
+        if self._uncommitted is not None:
+            self._uncommitted.clear()  # the lost buffer's audio is gone; the new one is empty
+        self.input_audio_resent = False
         items, delivered = self.restore(update=True)
         self.generation += 1
         took = self._now - self._lost_at

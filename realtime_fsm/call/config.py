@@ -155,6 +155,12 @@ class BridgeConfig:
     #: this session is left to reach the cap (and be reconnected after it).
     rotate_attempts: int = attrs.field(default=3, validator=positive_int)
     rotate_retry_delay: float = attrs.field(default=15.0, validator=non_negative)
+    #: Push-to-talk (``turn_detection=None``) with rotation on: the caller audio forwarded
+    #: since the last commit is kept, up to this many seconds (the newest), and appended to
+    #: the session that takes over, so a turn spanning the switch keeps its beginning.  Audio
+    #: past it is counted in :attr:`CallReport.push_to_talk_audio_dropped` at a switch.
+    #: ``0``: nothing kept (such a turn loses what the old session had).
+    rotate_carry_audio: float = attrs.field(default=30.0, validator=non_negative)
     #: Bounds of the conversation text kept for a restore (oldest dropped first).
     history_max_items: int = attrs.field(default=40, validator=non_negative_int)
     history_max_chars: int = attrs.field(default=8000, validator=non_negative_int)
@@ -225,6 +231,10 @@ class CallReport:
     rotations_at_boundary: int = 0
     #: Next sessions that could not be opened or configured (the call stayed where it was).
     rotation_failures: int = 0
+    #: Push-to-talk caller audio frames (forwarded since the last commit) that a switch of
+    #: session could not carry to the new one: the oldest, past
+    #: :attr:`BridgeConfig.rotate_carry_audio`.
+    push_to_talk_audio_dropped: int = 0
     #: Caller audio frames dropped because no OpenAI session was up (while reconnecting), or
     #: left over for a lost session (queued, or its send failed): never sent to the next one.
     media_dropped: int = 0

@@ -22,6 +22,7 @@ from ..twilio_media import LedgerPlaybackTracker, Start
 from .app_events import AppEvent, ToolCall
 from .config import BridgeConfig, CallReport
 from .texts import TextCustody, TextFrame
+from .uncommitted import UncommittedAudio
 
 log = logging.getLogger("realtime_fsm.call")
 
@@ -256,6 +257,14 @@ class CallFields:
         #: it let the machine send has not left the call yet (the guard
         #: ``at_response_boundary``).
         self._boundary = False
+        #: Push-to-talk with rotation on: the caller audio forwarded since the last commit
+        #: (bounded), for the session that takes over; ``None`` otherwise (a ledger: no guard
+        #: reads it).
+        self._uncommitted: UncommittedAudio | None = None
+        #: Set at each switch: the switch itself re-sent the uncommitted push-to-talk audio
+        #: (in ``out_openai``), which includes any caller audio still queued for the old
+        #: socket, so a driver drops that audio instead of moving it.  No guard reads it.
+        self.input_audio_resent = False
         #: The tracker's generation when a session was replaced with its audio still playing
         #: at Twilio (the guard ``hearing_retired_audio``); ``None`` when none can be.
         self._retired_audio: int | None = None

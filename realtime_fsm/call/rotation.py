@@ -28,11 +28,13 @@ part, see ``docs/bridge.md``).  Every step logs one ``[SESSION_ROTATE]`` line.
 from __future__ import annotations
 
 import json
+import logging
 from typing import Literal
 
 from .. import events as ev
 from ..errors import RemoteProtocolError
 from ..logsafe import safe
+from ..openai_realtime import input_audio_append_json
 from ..table import R_NONE, READY_TO_SWITCH, ROTATING
 from ..twilio_media import clear_message
 from . import app_events as ae
@@ -369,6 +371,33 @@ class SessionRotation(OpenAISide):
         )
         if settings is not None:  # what the new session applied, as its machine would hear it
             self.handle_event(settings)
+        self._carry_uncommitted(new)
         self.generation = new
         self._forget_next()
         return items, delivered, carried
+
+    def _carry_uncommitted(self, new: int) -> None:
+        """Push-to-talk: the caller audio since the last commit is appended to the new
+        session's input buffer, after its restore and before any later audio, so the turn
+        being spoken keeps its beginning when it is committed there."""
+        record = self._uncommitted
+        self.input_audio_resent = record is not None
+        if record is None:
+            return
+        payloads = record.payloads()
+        for payload in payloads:
+            self.out_openai.append(input_audio_append_json(payload))
+        dropped = record.dropped
+        record.dropped = 0  # counted once: the rest stays uncommitted on the new session
+        self.report.push_to_talk_audio_dropped += dropped
+        log.log(
+            logging.WARNING if dropped else logging.INFO,
+            "call=%s %s push-to-talk audio since the last commit carried to session %d:"
+            " %d append(s), %d frame(s) past rotate_carry_audio=%gs dropped",
+            self.call_label,
+            TAG,
+            new,
+            len(payloads),
+            dropped,
+            self.config.rotate_carry_audio,
+        )

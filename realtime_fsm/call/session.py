@@ -75,6 +75,7 @@ class CallSession(ToolCalls):
             admission=admission,
         )
         self.report.undelivered_texts = self.custody.returned
+        self.track_uncommitted()
 
     # --------------------------------------------------------------------- driver inputs
 
@@ -255,6 +256,7 @@ class CallSession(ToolCalls):
         if tool_choice is not None:
             changes["tool_choice"] = tool_choice
         self.config = attrs.evolve(self.config, **changes)
+        self.track_uncommitted()
         state = self.call_state
         if state is RUNNING or state is ROTATING or state is READY_TO_SWITCH:
             # A next session already configured gets the new config again at the switch.

@@ -29,6 +29,7 @@ from ..twilio_media import (
 )
 from .admitting import Admitting
 from .fields import log
+from .uncommitted import UncommittedAudio
 
 #: :meth:`TwilioSide.twilio_frame`'s answer for a frame that needs nothing done after it.
 NOTHING: Final = ""
@@ -65,6 +66,9 @@ class TwilioSide(Admitting):
                     and _b64(payload)
                 ):
                     self.report.media_in += 1
+                    uncommitted = self._uncommitted
+                    if uncommitted is not None:
+                        uncommitted.add(payload)
                     return input_audio_append_json(payload)
                 self._advance(now)
                 self._bad_media(message)
@@ -143,6 +147,9 @@ class TwilioSide(Admitting):
                 and _b64(payload)
             ):
                 self.report.media_in += 1
+                uncommitted = self._uncommitted
+                if uncommitted is not None:
+                    uncommitted.add(payload)
                 return input_audio_append_json(payload)
             self._advance(now)
             self._bad_media(message)
@@ -202,6 +209,23 @@ class TwilioSide(Admitting):
         )
         self._commits.append(event_id)
         self.out_openai.append(dumps(render_input_audio_commit(event_id=event_id)))
+        if self._uncommitted is not None:
+            self._uncommitted.clear()  # the audio so far is that turn's
+
+    def track_uncommitted(self) -> None:
+        """Keep the push-to-talk audio since the last commit while a switch of session can
+        happen (no turn detection, rotation on, something kept); else keep none."""
+        cfg = self.config
+        if (
+            cfg.session.turn_detection is None
+            and cfg.rotate_after is not None
+            and self.can_reconnect_sessions
+            and cfg.rotate_carry_audio > 0
+        ):
+            if self._uncommitted is None:
+                self._uncommitted = UncommittedAudio(cfg.rotate_carry_audio)
+        else:
+            self._uncommitted = None
 
     def bad_frame(self, side: str, exc: RemoteProtocolError) -> None:
         log.warning(
