@@ -65,6 +65,8 @@ def test_short_soak() -> None:
     assert sum(o.watchdog_fires for o in outcomes) > 0
     assert sum(o.hung_up_mid_response for o in outcomes) > 0
     assert sum(o.idle_after_s is not None for o in outcomes) > 20
+    # Sessions replaced before the cap, with the texts and idle checks above holding across.
+    assert sum(o.rotations for o in outcomes) > 0
 
 
 def outcome(**kw: object) -> CallOutcome:

@@ -235,6 +235,16 @@ class SoakCall:
         self.greeting = rng.random() < 0.6
         # Both ways of marking: after every ``media``, and coalesced (the default, and denser).
         self.mark_every_ms = rng.choice((0, 100, DEFAULT_MARK_EVERY_MS))
+        #: A rotating call: its session is replaced this long after it opened, at a quiet
+        #: moment or (past the quiet window) a response boundary, before the simulator's cap
+        #: (``session_max_s``) ends it; a cap that comes first is a reconnect's business.
+        self.rotate_after: float | None = None
+        self.rotate_quiet_window = 0.0
+        self.session_max_s: float | None = None
+        if "rotate" in self.faults:
+            self.rotate_after = rng.uniform(0.8, 2.5)
+            self.rotate_quiet_window = rng.choice((0.0, 0.5, 10.0))
+            self.session_max_s = self.rotate_after + rng.uniform(0.5, 4.0)
 
     def reply(self, ctx: ReplyContext) -> ScriptedReply:
         audio_ms = self.rng.randint(300, MAX_REPLY_MS)
@@ -255,6 +265,9 @@ class SoakCall:
             greeting="Greet the caller." if self.greeting else None,
             accept_text_messages=True,
             mark_every_ms=self.mark_every_ms,
+            rotate_after=self.rotate_after,
+            rotate_quiet_window=self.rotate_quiet_window,
+            rotate_retry_delay=0.5,
         )
 
     @property
@@ -285,6 +298,7 @@ class SoakCall:
             first_delta_delay_s=0.02,
             transcription_delay_s=0.01,
             seed=self.rng.randint(0, 2**31),
+            session_max_s=self.session_max_s,
         )
         async with FakeRealtimeServer(sim_cfg, replies=self.reply) as sim:
             server_cfg = ServerConfig(
@@ -442,6 +456,8 @@ class SoakCall:
         out.texts_delivered = sum(min(delivered[t], n) for t, n in expected.items())
         out.texts_undelivered = sum(min(undelivered[t], n) for t, n in expected.items())
         out.sessions = len(sim.connections)
+        if report is not None:
+            out.rotations = report.rotations
         out.protocol_errors = Counter(sim.error_counts)
         out.injected_error_codes = Counter(sim.injected_error_counts)
         out.injected_errors = sum(sim.injected_error_counts.values())

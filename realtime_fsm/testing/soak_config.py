@@ -15,6 +15,8 @@ from ..config import LifecycleConfig
 HOST: Final = "127.0.0.1"
 BUSY: Final = "conversation_already_has_active_response"
 #: Every fault a call can draw.  ``socket_drop`` and ``hangup`` end the call early by design.
+#: ``rotate`` is no fault of the server's: the call's OpenAI session is replaced mid-call (a
+#: short ``rotate_after``, and a simulator session cap a little later, as the real 60 minutes).
 FAULTS: Final = (
     "dropped_done",
     "duplicated",
@@ -28,6 +30,7 @@ FAULTS: Final = (
     "server_error",
     "socket_drop",
     "hangup",
+    "rotate",
 )
 
 #: Lifecycle timeouts shortened so every recovery path runs many times in a short soak.

@@ -35,6 +35,9 @@ EXPLAINED_ERRORS: Final[dict[str, str]] = {
 INJECTED_ERRORS: Final[dict[str, str]] = {
     "server_error": "injected on purpose (the server_error fault): OpenAI reporting a failure"
     " of its own, which the bridge must survive.",
+    "session_expired": "the simulator's session cap (the rotate fault, as the real 60 minutes)"
+    " ended a session the bridge had not replaced yet (the call ended or had no quiet moment"
+    " first); the bridge reconnects, as it must.",
 }
 
 
@@ -78,6 +81,8 @@ class CallOutcome:
     audio_chunks_heard: int = 0
     #: OpenAI sessions (simulator connections) the call used: more than one after a reconnect.
     sessions: int = 0
+    #: Sessions the bridge replaced before the cap (``rotate`` calls), from its report.
+    rotations: int = 0
 
     def violations(self) -> list[str]:
         found: list[str] = []
@@ -272,7 +277,9 @@ class SoakResult:
             ),
             f"  hung up mid-response: {sum(o.hung_up_mid_response for o in outs)},"
             f" OpenAI sockets dropped: {sum(o.socket_dropped for o in outs)} calls, sessions"
-            f" replaced: {sum(max(0, o.sessions - 1) for o in outs)}, calls ended by a drop:"
+            f" replaced: {sum(max(0, o.sessions - 1) for o in outs)} (rotated before the cap:"
+            f" {sum(o.rotations for o in outs)}, in {sum('rotate' in o.faults for o in outs)}"
+            f" rotating calls), calls ended by a drop:"
             f" {sum(o.socket_dropped and o.end_reason in DROP_ENDS for o in outs)}",
             f"  watchdog fires inside a cooldown: {sum(o.watchdog_in_cooldown for o in outs)}",
             f"  crashed tasks: {sum(o.crash is not None for o in outs)}, event-loop exceptions:"
