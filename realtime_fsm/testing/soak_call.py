@@ -244,7 +244,7 @@ class SoakCall:
         if "rotate" in self.faults:
             self.rotate_after = rng.uniform(0.8, 2.5)
             self.rotate_quiet_window = rng.choice((0.0, 0.5, 10.0))
-            self.session_max_s = self.rotate_after + rng.uniform(0.5, 4.0)
+            self.session_max_s = self.rotate_after + rng.uniform(1.0, 4.0)
 
     def reply(self, ctx: ReplyContext) -> ScriptedReply:
         audio_ms = self.rng.randint(300, MAX_REPLY_MS)
@@ -381,7 +381,16 @@ class SoakCall:
             out.hung_up_mid_response = caller.is_playing
             if caller.is_playing:
                 return  # the caller hangs up now, while the answer plays
+        if self.session_max_s is not None:
+            # A rotating call lasts until a session of it was rotated: a short script would
+            # otherwise end it before ``rotate_after``.  Idle after its script, it has a quiet
+            # moment; a cap that came first (a busy session, a loaded machine) is reconnected
+            # and the next session rotates in turn, hence two rounds.
+            await _until(self._rotated, 2 * self.session_max_s + 5.0)
         await self._wait_idle(sim)
+
+    def _rotated(self) -> bool:
+        return self.bridge_ended or not self.bridges or self.bridges[-1].report.rotations > 0
 
     def _no_session(self) -> bool:
         """The bridge is between OpenAI sessions: nothing can settle until the next one."""
