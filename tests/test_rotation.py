@@ -113,6 +113,19 @@ def converse(c: Call) -> None:
         c.tw(tw_mark(mark["mark"]["name"]))
 
 
+def busy_and_ready() -> Rotating:
+    """A call with history, ready to switch while an answer is generating (never quiet)."""
+    c = Rotating().start()
+    converse(c)
+    c.s.request_response(c.t, reason="first")
+    c.drain()
+    c.answer(c.creates()[-1], "resp_2")
+    c.oa(oa_audio("resp_2", "item_2"))
+    c.ready()
+    assert c.s.call_state is CallState.READY_TO_SWITCH
+    return c
+
+
 def test_rotation_is_due_at_rotate_after_and_opens_a_next_session() -> None:
     c = Rotating().start()
     assert c.s.next_deadline == pytest.approx(ROTATE)
@@ -231,13 +244,7 @@ def test_past_the_window_a_response_boundary_carries_the_queue_over() -> None:
     """Responses back to back: never quiet.  Past the window, the done of the current one is
     the boundary: the create its drain made for the old session is withdrawn and asked of the
     new one; the answer still playing is not cleared."""
-    c = Rotating().start()
-    converse(c)
-    c.s.request_response(c.t, reason="first")
-    c.drain()
-    c.answer(c.creates()[-1], "resp_2")
-    c.oa(oa_audio("resp_2", "item_2"))
-    c.ready()
+    c = busy_and_ready()
     c.at(c.t + CONFIG.rotate_quiet_window - 1.0)
     c.s.request_response(c.t, reason="second")  # queued behind resp_2
     c.drain()

@@ -19,27 +19,14 @@ from test_call_session import (
     reasons,
     tw_mark,
 )
-from test_rotation import CONFIG, Rotating, converse
+from test_rotation import CONFIG, Rotating, busy_and_ready
 
 from realtime_fsm.call import SessionLost, SessionRestored
 from realtime_fsm.table import CallState
 
 
-def _busy_and_ready() -> Rotating:
-    """A call with history, ready to switch while an answer is generating (never quiet)."""
-    c = Rotating().start()
-    converse(c)
-    c.s.request_response(c.t, reason="first")
-    c.drain()
-    c.answer(c.creates()[-1], "resp_2")
-    c.oa(oa_audio("resp_2", "item_2"))
-    c.ready()
-    assert c.s.call_state is CallState.READY_TO_SWITCH
-    return c
-
-
 def test_lost_while_ready_the_next_session_takes_over_with_the_reconnect_custody() -> None:
-    c = _busy_and_ready()
+    c = busy_and_ready()
     # After the next session was prepared: an answer completes (history it never saw) but
     # still plays, another is cut off mid-way, a request waits behind it.
     c.oa(oa_transcript("resp_2", "item_2", "Part two."))
@@ -85,7 +72,7 @@ def test_lost_while_ready_the_next_session_takes_over_with_the_reconnect_custody
 
 
 def test_lost_while_ready_a_held_text_is_delivered_once_on_the_new_session() -> None:
-    c = _busy_and_ready()
+    c = busy_and_ready()
     sent_before = c.s.report.user_texts_sent
     c.write_texts = False  # the old socket never wrote what it was given
     c.s.send_user_text("cancel my order", c.t)  # a barge-in: held until resp_2's done
@@ -125,7 +112,7 @@ def test_lost_while_ready_with_the_reconnects_used_up_ends_the_call() -> None:
 
 def test_a_switch_on_loss_then_a_rotation_later() -> None:
     """The session that took over is rotated in its turn, rotate_after after it opened."""
-    c = _busy_and_ready()
+    c = busy_and_ready()
     c.s.openai_lost("openai closed", c.t)
     c.drain()
     (create,) = [e for e in c.sent if e["type"] == "response.create"][-1:]
