@@ -113,6 +113,15 @@ def converse(c: Call) -> None:
         c.tw(tw_mark(mark["mark"]["name"]))
 
 
+def answering(c: Call, response_id: str) -> None:
+    """The session configured, and a response of ours created and answered: ``response_id``
+    holds the slot."""
+    c.oa(oa_session("session.updated"))
+    c.s.request_response(c.t)
+    c.drain()
+    c.answer(c.creates()[-1], response_id)
+
+
 def busy_and_ready() -> Rotating:
     """A call with history, ready to switch while an answer is generating (never quiet)."""
     c = Rotating().start()
@@ -226,10 +235,7 @@ def test_the_switch_waits_while_the_callers_turn_is_in_the_making() -> None:
 
 def test_an_open_tool_call_holds_the_switch() -> None:
     c = Rotating().start()
-    c.oa(oa_session("session.updated"))
-    c.s.request_response(c.t)
-    c.drain()
-    c.answer(c.creates()[-1], "resp_t")
+    answering(c, "resp_t")
     c.oa(oa_function_call("resp_t", "call_1"))
     c.oa(oa_done("resp_t"))
     c.ready()
@@ -282,10 +288,7 @@ def test_a_boundary_with_the_answer_still_playing_clears_it_on_a_barge_in() -> N
     """Switched at a boundary with nothing queued: the old answer plays on at Twilio, and the
     new session's machine knows nothing of it.  The caller speaking over it clears it."""
     c = Rotating().start()
-    c.oa(oa_session("session.updated"))
-    c.s.request_response(c.t)
-    c.drain()
-    c.answer(c.creates()[-1], "resp_1")
+    answering(c, "resp_1")
     c.oa(oa_audio("resp_1", "item_1"))
     c.ready()
     c.at(c.t + CONFIG.rotate_quiet_window)
@@ -303,10 +306,7 @@ def test_a_boundary_with_the_answer_still_playing_clears_it_on_a_barge_in() -> N
 
 def test_a_boundary_waits_for_a_turn_the_server_owes() -> None:
     c = Rotating().start()
-    c.oa(oa_session("session.updated"))
-    c.s.request_response(c.t)
-    c.drain()
-    c.answer(c.creates()[-1], "resp_1")
+    answering(c, "resp_1")
     c.oa(oa_audio("resp_1", "item_1"))
     c.ready()
     c.at(c.t + CONFIG.rotate_quiet_window)
@@ -404,10 +404,7 @@ def test_ending_while_rotating_drops_the_next_session() -> None:
 
 def test_a_config_change_after_the_next_session_was_configured_is_sent_at_the_switch() -> None:
     c = Rotating().start()
-    c.oa(oa_session("session.updated"))
-    c.s.request_response(c.t)
-    c.drain()
-    c.answer(c.creates()[-1], "resp_1")
+    answering(c, "resp_1")
     c.ready()
     c.s.update_session(c.t, session=attrs.evolve(CONFIG.session, instructions="Be terse."))
     c.drain()

@@ -14,12 +14,11 @@ from test_call_session import (
     oa_audio,
     oa_audio_done,
     oa_done,
-    oa_session,
     oa_transcript,
     reasons,
     tw_mark,
 )
-from test_rotation import CONFIG, Rotating, busy_and_ready
+from test_rotation import CONFIG, Rotating, answering, busy_and_ready
 
 from realtime_fsm.call import SessionLost, SessionRestored
 from realtime_fsm.table import CallState
@@ -99,10 +98,7 @@ def test_lost_while_ready_a_held_text_is_delivered_once_on_the_new_session() -> 
 
 def test_lost_while_ready_with_the_reconnects_used_up_ends_the_call() -> None:
     c = Rotating(attrs.evolve(CONFIG, max_reconnects=0)).start()
-    c.oa(oa_session("session.updated"))
-    c.s.request_response(c.t)
-    c.drain()
-    c.answer(c.creates()[-1], "resp_1")
+    answering(c, "resp_1")
     c.ready()
     assert c.s.call_state is CallState.READY_TO_SWITCH
     c.s.openai_lost("openai closed", c.t)
