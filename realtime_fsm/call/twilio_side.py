@@ -55,7 +55,10 @@ class TwilioSide(Admitting):
             self.bad_frame("twilio", exc)
             return None
         if type(message) is Media:  # per frame: narrowed without an ``assert``
-            if self.call_state is RUNNING:
+            # Forwarded while a session serves the call: running, or rotating (the current
+            # session hears the caller up to the switch).
+            state = self.call_state
+            if state is RUNNING or state is ROTATING or state is READY_TO_SWITCH:
                 payload = message.payload
                 track = message.track
                 size = len(payload)
@@ -73,7 +76,7 @@ class TwilioSide(Admitting):
                 self._advance(now)
                 self._bad_media(message)
                 return None
-            return self._media_elsewhere(message, now)
+            return self._media_elsewhere(message)
         self._advance(now)
         kind = type(message)
         if self.call_state is AWAITING_START:
@@ -132,28 +135,11 @@ class TwilioSide(Admitting):
         before = self.call_state is AWAITING_START
         self.end("telephony closed before start" if before else "telephony closed", now)
 
-    def _media_elsewhere(self, message: Media, now: float) -> str | None:
-        """Caller audio outside ``running``: forwarded the same way while a rotation is on
-        (the current session hears the caller up to the switch), dropped and counted while no
-        session is up."""
+    def _media_elsewhere(self, message: Media) -> str | None:
+        """Caller audio while no session serves the call: dropped and counted while one is
+        being reconnected, refused before ``start``."""
         state = self.call_state
-        if state is ROTATING or state is READY_TO_SWITCH:
-            payload = message.payload
-            size = len(payload)
-            if (
-                (message.track is None or message.track == "inbound")
-                and 0 < size <= MAX_MEDIA_CHARS
-                and not size & 3
-                and _b64(payload)
-            ):
-                self.report.media_in += 1
-                uncommitted = self._uncommitted
-                if uncommitted is not None:
-                    uncommitted.add(payload)
-                return input_audio_append_json(payload)
-            self._advance(now)
-            self._bad_media(message)
-        elif state is RECONNECTING:
+        if state is RECONNECTING:
             if message.track is None or message.track == "inbound":
                 self.report.media_in += 1
                 self.report.media_dropped += 1  # no session to hear it; never buffered
